@@ -1,0 +1,350 @@
+"""Configuration values: `Timeout`, `Retry` and `Settings` (environment, YAML file, defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, KeepError
+
+__all__ = ["Retry", "Settings", "Timeout", "default_config_path"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeout:
+    """Connection timeouts, Arvados style.
+
+    ``connect`` seconds to open a connection (doubled each retry round, up to
+    ``max_connect``); a transfer fails when it moves fewer than ``min_bandwidth`` bytes/s
+    for ``read`` seconds in a row. The same limits apply to GET, PUT and HEAD.
+    """
+
+    connect: float = 2.0
+    read: float = 256.0
+    min_bandwidth: int = 32768
+    max_connect: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "max_connect"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+                raise ConfigError(f"Timeout.{name} must be a positive number of seconds, got {value!r}")
+        if isinstance(self.min_bandwidth, bool) or not isinstance(self.min_bandwidth, int) or self.min_bandwidth < 1:
+            raise ConfigError(f"Timeout.min_bandwidth must be a positive integer (bytes/s), got {self.min_bandwidth!r}")
+
+    @classmethod
+    def from_value(cls, value: "Timeout | float | tuple[float, ...] | None") -> "Timeout":
+        """Accept a Timeout, a number (connect and read), or an Arvados-style tuple."""
+        if value is None:
+            return cls()
+        if isinstance(value, Timeout):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls(connect=float(value), read=float(value))
+        if isinstance(value, (tuple, list)) and 1 <= len(value) <= 3:
+            names = ("connect", "read", "min_bandwidth")
+            return cls(**dict(zip(names, value)))
+        raise ConfigError(f"invalid timeout {value!r}: want Timeout, seconds, or (connect, read, min_bandwidth)")
+
+    def for_round(self, round_number: int) -> "Timeout":
+        """The timeout for retry round *round_number* (0-based): connect doubles, with a cap."""
+        connect = min(self.max_connect, self.connect * (2 ** max(0, round_number)))
+        return dataclasses.replace(self, connect=max(connect, self.connect))
+
+    def __str__(self) -> str:
+        return f"connect={self.connect:g}s read={self.read:g}s min_bandwidth={self.min_bandwidth}B/s"
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """An immutable retry policy: ``retry = retry.increment(error)`` returns the next state.
+
+    ``increment`` raises *error* once ``total`` retries are used. Backoff is exponential
+    with full jitter: round n waits a random time in [0, min(backoff_max, backoff_initial * 2**(n-1))],
+    or at least a server's ``Retry-After`` (capped at ``backoff_max``).
+    """
+
+    total: int = 10
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    attempt: int = 0
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.total, bool) or not isinstance(self.total, int) or self.total < 0:
+            raise ConfigError(f"Retry.total must be a non-negative integer, got {self.total!r}")
+        if not 0 <= self.backoff_initial <= self.backoff_max:
+            raise ConfigError(
+                f"Retry backoff must satisfy 0 <= backoff_initial <= backoff_max, "
+                f"got {self.backoff_initial!r} and {self.backoff_max!r}"
+            )
+
+    @classmethod
+    def from_value(cls, value: "Retry | int | None") -> "Retry":
+        """Accept a Retry, a number of retries, or None (the default policy)."""
+        if value is None:
+            return cls()
+        if isinstance(value, Retry):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(total=value)
+        raise ConfigError(f"invalid retries {value!r}: want Retry or a non-negative integer")
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.attempt
+
+    def increment(self, error: BaseException | None = None, *, retry_after: float | None = None) -> "Retry":
+        """The policy after one more failed round; raise *error* when none are left."""
+        if self.attempt >= self.total:
+            raise error if error is not None else KeepError(f"all {self.total} retries used")
+        return dataclasses.replace(self, attempt=self.attempt + 1, retry_after=retry_after)
+
+    def backoff(self, rng: Callable[[float, float], float] = random.uniform) -> float:
+        """Seconds to wait before the next round (0 before the first)."""
+        if self.attempt == 0:
+            return 0.0
+        ceiling = min(self.backoff_max, self.backoff_initial * (2 ** (self.attempt - 1)))
+        wait = rng(0.0, ceiling)
+        if self.retry_after is not None:
+            wait = max(wait, min(self.retry_after, self.backoff_max))
+        return wait
+
+    def sleep(self, sleeper: Callable[[float], Any] = time.sleep) -> float:
+        """Sleep for `backoff()` using *sleeper*; return the time slept."""
+        wait = self.backoff()
+        if wait > 0:
+            sleeper(wait)
+        return wait
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path:
+    """``$XDG_CONFIG_HOME/keepstore/config.yml`` (``~/.config`` when unset)."""
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
+    return Path(base) / "keepstore" / "config.yml"
+
+
+def _xdg(environ: Mapping[str, str], name: str, fallback: str) -> Path:
+    base = environ.get(name) or os.path.join(environ.get("HOME") or os.path.expanduser("~"), fallback)
+    return Path(base)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_bool(text: str, where: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{where}: expected a boolean (true/false/1/0), got {text!r}")
+
+
+# key -> (type check, description) for the YAML file
+_FILE_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "services": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+                 "a list of service URLs or one space-separated string"),
+    "token": (lambda v: isinstance(v, str), "a string"),
+    "local_store": (lambda v: isinstance(v, str), "a directory path"),
+    "cache_dir": (lambda v: isinstance(v, str), "a directory path"),
+    "cache_max_bytes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+    "copies": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer"),
+    "retries": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+    "threads": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer"),
+    "timeout": (lambda v: isinstance(v, dict), "a mapping with connect, read, min_bandwidth"),
+    "ca_file": (lambda v: isinstance(v, str), "a file path"),
+    "insecure": (lambda v: isinstance(v, bool), "true or false"),
+    "api_host": (lambda v: isinstance(v, str), "host[:port]"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything `KeepClient.from_env()` needs, resolved once.
+
+    Precedence: explicit overrides > environment > config file > defaults. ``sources`` says
+    where each non-default value came from. The token never appears in ``repr()``.
+    """
+
+    services: tuple[str, ...] = ()
+    token: str | None = dataclasses.field(default=None, repr=False)
+    api_host: str | None = None
+    insecure: bool = False
+    ca_file: str | None = None
+    local_store: str | None = None
+    cache_dir: str | None = None
+    cache_max_bytes: int = 1 << 30
+    copies: int = 2
+    retries: int = 10
+    threads: int = 8
+    timeout: Timeout = dataclasses.field(default_factory=Timeout)
+    proxy: bool = False
+    config_path: str | None = None
+    default_local_store: str = ""
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={'***' if f.name == 'token' and self.token else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name != "sources"
+        )
+        return f"Settings({fields})"
+
+    @property
+    def mode(self) -> str:
+        """``services``, ``api`` (discovery) or ``local`` (a LocalStore)."""
+        if self.services:
+            return "services"
+        if self.api_host:
+            return "api"
+        return "local"
+
+    @property
+    def store_path(self) -> str:
+        """The LocalStore directory used in ``local`` mode."""
+        return self.local_store or self.default_local_store
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        config_path: str | os.PathLike[str] | None = None,
+        **overrides: Any,
+    ) -> "Settings":
+        """Resolve settings from *environ* (default ``os.environ``), the YAML file and *overrides*."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+
+        path = Path(config_path) if config_path is not None else Path(env["KEEP_CONFIG"]) if env.get("KEEP_CONFIG") else default_config_path(env)
+        explicit_file = config_path is not None or bool(env.get("KEEP_CONFIG"))
+        file_values = _load_file(path, required=explicit_file)
+        if file_values is not None:
+            values["config_path"] = str(path)
+        for key, value in (file_values or {}).items():
+            if key == "services":
+                value = tuple(value.split() if isinstance(value, str) else value)
+            elif key == "timeout":
+                value = _timeout_from_mapping(value, f"{path}: key 'timeout'")
+            values[key] = value
+            sources[key] = f"file {path}"
+
+        def from_env_var(key: str, *names: str, convert: Callable[[str, str], Any] = lambda v, n: v) -> None:
+            for name in names:
+                raw = env.get(name)
+                if raw is not None and raw.strip() != "":
+                    values[key] = convert(raw, name)
+                    sources[key] = f"environment {name}"
+                    return
+
+        from_env_var("token", "KEEP_TOKEN", "ARVADOS_API_TOKEN")
+        from_env_var("local_store", "KEEP_LOCAL_STORE")
+        from_env_var("cache_dir", "KEEP_CACHE_DIR")
+        from_env_var("api_host", "ARVADOS_API_HOST")
+        from_env_var("insecure", "ARVADOS_API_HOST_INSECURE", convert=lambda v, n: _parse_bool(v, f"environment {n}"))
+        from_env_var("services", "KEEP_SERVICES", "ARVADOS_KEEP_SERVICES",
+                     convert=lambda v, n: tuple(_check_urls(v.split(), f"environment {n}")))
+        if "services" not in sources or sources["services"].startswith("file"):
+            proxy = env.get("ARVADOS_KEEP_PROXY", "").strip()
+            if proxy:
+                values["services"] = tuple(_check_urls([proxy], "environment ARVADOS_KEEP_PROXY"))
+                values["proxy"] = True
+                sources["services"] = "environment ARVADOS_KEEP_PROXY"
+
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in {f.name for f in dataclasses.fields(cls)}:
+                raise ConfigError(f"unknown setting {key!r}")
+            if key == "services" and isinstance(value, str):
+                value = tuple(value.split())
+            if key == "timeout":
+                value = Timeout.from_value(value)
+            values[key] = value
+            sources[key] = "argument"
+
+        if "services" in values:
+            values["services"] = tuple(_check_urls(list(values["services"]), sources.get("services", "services")))
+        values["default_local_store"] = str(_xdg(env, "XDG_DATA_HOME", ".local/share") / "keepstore" / "blocks")
+        values["sources"] = sources
+        return cls(**values)
+
+    def default_cache_dir(self, environ: Mapping[str, str] | None = None) -> str:
+        """``cache_dir`` or ``$XDG_CACHE_HOME/keepstore/blocks``."""
+        env = os.environ if environ is None else environ
+        return self.cache_dir or str(_xdg(env, "XDG_CACHE_HOME", ".cache") / "keepstore" / "blocks")
+
+
+def _check_urls(urls: list[str], where: str) -> list[str]:
+    for url in urls:
+        if not (url.startswith("http://") or url.startswith("https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+            raise ConfigError(f"{where}: {url!r} is not an http:// or https:// service URL")
+    return urls
+
+
+def _timeout_from_mapping(value: Mapping[str, Any], where: str) -> Timeout:
+    unknown = set(value) - {"connect", "read", "min_bandwidth", "max_connect"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown timeout field(s) {', '.join(sorted(map(str, unknown)))}")
+    try:
+        return Timeout(**dict(value))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _load_file(path: Path, *, required: bool) -> dict[str, Any] | None:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    yaml = YAML(typ="rt")
+    try:
+        data = yaml.load(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path}{line}: invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} line 1: the top level must be a mapping of settings")
+    result: dict[str, Any] = {}
+    for key, value in data.items():
+        try:
+            line_no = data.lc.key(key)[0] + 1
+        except (AttributeError, KeyError, TypeError):
+            line_no = 0
+        where = f"config file {path} line {line_no}, key {key!r}"
+        if key not in _FILE_KEYS:
+            raise ConfigError(f"{where}: unknown setting (known: {', '.join(sorted(_FILE_KEYS))})")
+        check, wanted = _FILE_KEYS[key]
+        if not check(value):
+            shown = "a " + type(value).__name__ if key == "token" else repr(value)
+            raise ConfigError(f"{where}: expected {wanted}, got {shown}")
+        if key == "timeout":
+            value = _timeout_from_mapping(dict(value), where)
+            result[key] = dict(connect=value.connect, read=value.read,
+                               min_bandwidth=value.min_bandwidth, max_connect=value.max_connect)
+        elif key == "services":
+            result[key] = value if isinstance(value, str) else [str(v) for v in value]
+            _check_urls(result[key].split() if isinstance(result[key], str) else result[key], where)
+        else:
+            result[key] = value
+    return result

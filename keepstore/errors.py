@@ -1,0 +1,120 @@
+"""The keepstore error hierarchy: one root, specific leaves, never a token in a message."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = [
+    "BlockNotFound",
+    "CacheError",
+    "ConfigError",
+    "KeepError",
+    "LocatorError",
+    "NoServicesError",
+    "ReadError",
+    "WriteError",
+    "redact",
+]
+
+# Arvados v2 tokens, bare secrets after "Bearer"/"OAuth2", and +A signatures are all secret.
+_SECRET_PATTERNS = (
+    re.compile(r"v2/[a-z0-9]{5}-[a-z0-9]{5}-[a-z0-9]{15}/[A-Za-z0-9]+"),
+    re.compile(r"((?:Bearer|OAuth2)\s+)\S+", re.IGNORECASE),
+)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Return *text* with every given secret and every token-shaped string replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _SECRET_PATTERNS[0].sub("***", text)
+    return _SECRET_PATTERNS[1].sub(r"\1***", text)
+
+
+class KeepError(Exception):
+    """Root of every error keepstore raises on purpose."""
+
+    def __init__(self, message: str = "", *args: Any) -> None:
+        super().__init__(message or type(self).__name__, *args)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class LocatorError(KeepError, ValueError):
+    """A locator's text, or a value passed where a locator was expected, is not valid."""
+
+
+class ConfigError(KeepError, ValueError):
+    """A configuration value, file or environment variable is not valid."""
+
+
+class NoServicesError(KeepError):
+    """No Keep service is configured or usable for the request."""
+
+
+class ReadError(KeepError):
+    """A block could not be read (after every retry on every service).
+
+    ``attempts`` maps a service root to the last failure seen there (text, no secrets).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        locator: str | None = None,
+        request_id: str | None = None,
+        attempts: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.locator = locator
+        self.request_id = request_id
+        self.attempts = dict(attempts or {})
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+class BlockNotFound(ReadError):
+    """Every service that answered said the block is not there (403/404/410)."""
+
+
+class WriteError(KeepError):
+    """Fewer replicas were stored than wanted.
+
+    ``wanted`` and ``done`` count replicas; ``attempts`` maps a service root to what happened there.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        wanted: int = 0,
+        done: int = 0,
+        locator: str | None = None,
+        request_id: str | None = None,
+        attempts: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.wanted = wanted
+        self.done = done
+        self.locator = locator
+        self.request_id = request_id
+        self.attempts = dict(attempts or {})
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+class CacheError(KeepError):
+    """The block cache failed (disk full, read-only directory, damaged database)."""
+
+
+def _rebuild(cls: type[KeepError], message: str, state: dict[str, Any]) -> KeepError:
+    exc = cls.__new__(cls)
+    KeepError.__init__(exc, message)
+    exc.__dict__.update(state)
+    return exc

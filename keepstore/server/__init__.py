@@ -1,0 +1,1 @@
+"""``keep serve``: a Keep-protocol server for one machine."""

@@ -1,0 +1,76 @@
+"""The `BlockStore` interface that LocalStore and KeepClient both implement."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Union
+
+from .errors import BlockNotFound, LocatorError
+from .locator import Locator, LocatorLike
+
+__all__ = ["BlockStore", "Data", "as_view"]
+
+Data = Union[bytes, bytearray, memoryview, str]
+
+
+def as_view(data: Data) -> memoryview:
+    """A byte view of *data* without copying (``str`` is encoded as UTF-8)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"put() takes bytes, bytearray, memoryview or str, not {type(data).__name__}")
+    view = memoryview(data)
+    if not view.contiguous:
+        raise ValueError("put() needs a contiguous buffer")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+class BlockStore(abc.ABC):
+    """A content-addressed store of blocks of at most 64 MiB, named by `Locator`."""
+
+    @abc.abstractmethod
+    def put(
+        self,
+        data: Data,
+        *,
+        copies: int | None = None,
+        storage_classes: Iterable[str] | None = None,
+        request_id: str | None = None,
+    ) -> Locator:
+        """Store *data* as one block and return its locator."""
+
+    @abc.abstractmethod
+    def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
+        """Return the block's bytes, verified against the locator's md5 and size."""
+
+    @abc.abstractmethod
+    def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
+        """Return True when the block is stored; raise `BlockNotFound` when it is not."""
+
+    def exists(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
+        """True when the block is stored, False when it is not (other failures still raise)."""
+        try:
+            return self.head(locator, request_id=request_id)
+        except BlockNotFound:
+            return False
+
+    def close(self) -> None:
+        """Release resources; the store is not usable afterwards."""
+
+    def __enter__(self) -> "BlockStore":
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @staticmethod
+    def _locator(value: LocatorLike) -> Locator:
+        if isinstance(value, Locator):
+            return value
+        if isinstance(value, str):
+            return Locator.parse(value)
+        raise LocatorError(f"expected a Locator or locator text, got {type(value).__name__}")

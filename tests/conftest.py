@@ -1,0 +1,21 @@
+"""Shared fixtures: every test runs with a clean, private environment."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test reads the developer's real config, tokens or stores."""
+    for name in (
+        "KEEP_SERVICES", "KEEP_TOKEN", "KEEP_LOCAL_STORE", "KEEP_CACHE_DIR", "KEEP_CONFIG",
+        "ARVADOS_KEEP_SERVICES", "ARVADOS_KEEP_PROXY", "ARVADOS_API_HOST", "ARVADOS_API_TOKEN",
+        "ARVADOS_API_HOST_INSECURE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
