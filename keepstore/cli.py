@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Modules that add sub-commands: each has register(subparsers). Listed here, not discovered,
 # so `keep --help` is the same on every install.
-_REGISTRARS = ("keepstore.server.command",)
+_REGISTRARS = ("keepstore.server.command", "keepstore.contrib.fuse")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Union
 
 from .errors import BlockNotFound, LocatorError
 from .locator import Locator, LocatorLike
 
-__all__ = ["BlockStore", "Data", "as_view"]
+__all__ = ["BlockStore", "Data", "PutResult", "as_view"]
 
 Data = Union[bytes, bytearray, memoryview, str]
 
@@ -27,6 +28,16 @@ def as_view(data: Data) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
+@dataclasses.dataclass(frozen=True)
+class PutResult:
+    """What one block write achieved: the locator, replicas counted, and who confirmed them."""
+
+    locator: Locator
+    replicas: int
+    services: tuple[str, ...] = ()
+    storage_classes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
 class BlockStore(abc.ABC):
     """A content-addressed store of blocks of at most 64 MiB, named by `Locator`."""
 
@@ -40,6 +51,18 @@ class BlockStore(abc.ABC):
         request_id: str | None = None,
     ) -> Locator:
         """Store *data* as one block and return its locator."""
+
+    def put_block(
+        self,
+        data: Data,
+        *,
+        copies: int | None = None,
+        storage_classes: Iterable[str] | None = None,
+        request_id: str | None = None,
+    ) -> PutResult:
+        """Like `put`, but also report replicas and the services that confirmed them."""
+        loc = self.put(data, copies=copies, storage_classes=storage_classes, request_id=request_id)
+        return PutResult(loc, 1, (str(self),))
 
     @abc.abstractmethod
     def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
