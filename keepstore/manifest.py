@@ -111,7 +111,7 @@ class Manifest:
     def _parse_stream(line: str, line_no: int, files: dict[str, list[Segment]], dirs: set[str]) -> None:
         where = f"manifest line {line_no}"
         tokens = line.split(" ")
-        if len(tokens) < 3 or "" in tokens:
+        if "" in tokens:
             raise ManifestError(f"{where}: want '<stream> <locator>... <pos:len:name>...' separated by single spaces")
         stream = unescape_name(tokens[0])
         if stream != "." and not stream.startswith("./"):
