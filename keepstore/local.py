@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from .errors import BlockNotFound, KeepError, ReadError, WriteError
+from .errors import BlockNotFound, KeepError, LocatorError, ReadError, WriteError
 from .locator import MAX_BLOCK_SIZE, Locator, LocatorLike
 from .store import BlockStore, Data, as_view
 
@@ -119,12 +119,22 @@ class LocalStore(BlockStore):
         return f"LocalStore({str(self.root)!r})"
 
     def path_for(self, md5: str) -> Path:
-        """Where a block is written (the layered layout)."""
+        """Where a block is written (the layered layout).
+
+        Raises `LocatorError` unless *md5* is 32 lowercase hex digits, so no caller (the
+        server passes names taken from URLs) can name a path outside the root.
+        """
+        if not isinstance(md5, str) or not _BLOCK_NAME.match(md5):
+            raise LocatorError(f"invalid block name {md5!r}: need 32 lowercase hex digits")
         return self.root / md5[:3] / md5
+
+    def _candidates(self, md5: str) -> tuple[Path, Path]:
+        layered = self.path_for(md5)
+        return layered, self.root / md5
 
     def find(self, md5: str) -> Path | None:
         """The file holding block *md5* in either layout, or None."""
-        for path in (self.path_for(md5), self.root / md5):
+        for path in self._candidates(md5):
             if path.is_file():
                 return path
         return None
@@ -170,12 +180,22 @@ class LocalStore(BlockStore):
         loc = self._locator(locator)
         if loc.md5 == _EMPTY_MD5 and loc.size == 0:
             return b""
-        path = self.find(loc.md5)
-        if path is None:
-            raise BlockNotFound(f"block {loc} not found in {self.root}", locator=str(loc), request_id=request_id)
-        data = self._read_verified(path, loc, request_id)
-        assert data is not None
-        return data
+        damage: ReadError | None = None
+        for path in self._candidates(loc.md5):
+            if not path.is_file():
+                continue
+            try:
+                data = self._read_verified(path, loc, request_id)
+            except BlockNotFound:  # removed since is_file(); the other layout may still hold it
+                continue
+            except ReadError as exc:  # a damaged copy in one layout must not hide a good one in the other
+                damage = damage or exc
+                continue
+            assert data is not None
+            return data
+        if damage is not None:
+            raise damage
+        raise BlockNotFound(f"block {loc} not found in {self.root}", locator=str(loc), request_id=request_id)
 
     def _read_verified(self, path: Path, loc: Locator, request_id: str | None = None) -> bytes | None:
         try:
@@ -200,9 +220,13 @@ class LocalStore(BlockStore):
         if loc.md5 == _EMPTY_MD5 and loc.size == 0:
             return True
         path = self.find(loc.md5)
-        if path is None:
-            raise BlockNotFound(f"block {loc} not found in {self.root}", locator=str(loc), request_id=request_id)
-        size = path.stat().st_size
+        try:
+            if path is None:
+                raise FileNotFoundError(loc.md5)
+            size = path.stat().st_size
+        except FileNotFoundError:  # absent, or deleted between find() and stat()
+            raise BlockNotFound(f"block {loc} not found in {self.root}", locator=str(loc),
+                                request_id=request_id) from None
         if size != loc.size:
             raise ReadError(f"block {loc} at {path} is damaged: {size} bytes, want {loc.size}",
                             locator=str(loc), request_id=request_id)
@@ -235,7 +259,7 @@ class LocalStore(BlockStore):
         """Remove a block (both layouts); True when something was removed."""
         loc = self._locator(locator)
         removed = False
-        for path in (self.path_for(loc.md5), self.root / loc.md5):
+        for path in self._candidates(loc.md5):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed = True

@@ -1,0 +1,1 @@
+"""Shared test suites that every store implementation must pass."""
