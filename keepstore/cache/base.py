@@ -1,0 +1,209 @@
+"""The `BlockCache` interface: verified gets, puts, statistics and single-flight fetching."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import TracebackType
+
+from ..errors import ConfigError, LocatorError, ReadError
+from ..locator import Locator, LocatorLike
+from ..store import Data, as_view
+
+__all__ = ["BlockCache", "CacheStats", "cache_key", "check_block"]
+
+
+def cache_key(locator: LocatorLike) -> str:
+    """The cache key of *locator*: bare ``md5+size``, so signatures and hints never split entries."""
+    loc = _parse(locator)
+    return f"{loc.md5}+{loc.size}"
+
+
+def check_block(locator: Locator, data: memoryview) -> bool:
+    """True when *data* has the locator's size and md5."""
+    return data.nbytes == locator.size and hashlib.md5(data).hexdigest() == locator.md5
+
+
+def _parse(locator: LocatorLike) -> Locator:
+    if isinstance(locator, Locator):
+        return locator
+    if isinstance(locator, str):
+        return Locator.parse(locator)
+    raise LocatorError(f"expected a Locator or locator text, got {type(locator).__name__}")
+
+
+def check_max_bytes(max_bytes: int) -> int:
+    """Return *max_bytes* when it is a usable cache bound; raise `ConfigError` when it is not."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ConfigError(f"cache max_bytes must be a non-negative integer, got {max_bytes!r}")
+    return max_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheStats:
+    """Counters of one cache object in this process (other processes sharing a directory keep their own).
+
+    ``bytes_read`` counts bytes served from the cache, ``bytes_written`` bytes stored into it;
+    ``evictions`` entries dropped to respect ``max_bytes``; ``corrupt`` entries that failed
+    verification (dropped, and counted as misses); ``errors`` cache failures survived;
+    ``current_bytes`` what the cache holds now (for a directory, as diskcache measures it).
+    """
+
+    hits: int = 0
+    misses: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    evictions: int = 0
+    corrupt: int = 0
+    errors: int = 0
+    current_bytes: int = 0
+
+
+class _Counters:
+    """Thread-safe counters behind `CacheStats`."""
+
+    _FIELDS = ("hits", "misses", "bytes_read", "bytes_written", "evictions", "corrupt", "errors")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(self._FIELDS, 0)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                self._values[name] += delta
+
+    def snapshot(self, current_bytes: int) -> CacheStats:
+        with self._lock:
+            return CacheStats(**self._values, current_bytes=current_bytes)
+
+
+class BlockCache(abc.ABC):
+    """A bounded cache of blocks keyed by bare locator; every hit it returns is verified.
+
+    Subclasses implement `_get`, `_put`, `_discard` and `_current_bytes`; this class does
+    locator parsing, verification of what goes in, statistics, and single-flight fetching.
+    A cache never raises for its own failures: it logs once and behaves as an empty cache.
+    """
+
+    def __init__(self) -> None:
+        self._counters = _Counters()
+        self._flights: dict[str, Future[bytes]] = {}
+        self._flights_lock = threading.Lock()
+
+    # -- what implementations provide -------------------------------------------------------
+
+    @abc.abstractmethod
+    def _get(self, locator: Locator) -> bytes | None:
+        """Return the verified block, or None (missing, unverifiable, or the cache failed)."""
+
+    @abc.abstractmethod
+    def _put(self, locator: Locator, data: memoryview) -> None:
+        """Store *data*, already checked against *locator*; swallow (and count) cache failures."""
+
+    @abc.abstractmethod
+    def _discard(self, locator: Locator) -> None:
+        """Drop the entry if present."""
+
+    def _current_bytes(self) -> int:
+        return 0
+
+    def _fetch_lock(self, key: str) -> contextlib.AbstractContextManager[object]:
+        """Held while fetching *key*, so other processes sharing the cache can wait for us."""
+        return contextlib.nullcontext()
+
+    # -- the public interface ---------------------------------------------------------------
+
+    def get(self, locator: LocatorLike) -> bytes | None:
+        """The cached block, verified against *locator*, or None."""
+        loc = _parse(locator).bare()
+        data = self._get(loc)
+        if data is None:
+            self._counters.add(misses=1)
+        else:
+            self._counters.add(hits=1, bytes_read=len(data))
+        return data
+
+    def put(self, locator: LocatorLike, data: Data, *, verified: bool = False) -> None:
+        """Cache *data* as the block *locator* names.
+
+        The data is checked against the locator's size and md5 first (`LocatorError` when it
+        does not match); pass ``verified=True`` only when the caller has just done that check.
+        """
+        loc = _parse(locator).bare()
+        view = as_view(data)
+        if view.nbytes != loc.size or (not verified and not check_block(loc, view)):
+            raise LocatorError(f"refusing to cache {view.nbytes} bytes that do not match block {loc}")
+        self._put(loc, view)
+
+    def discard(self, locator: LocatorLike) -> None:
+        """Drop the block from the cache if it is there."""
+        self._discard(_parse(locator).bare())
+
+    def stats(self) -> CacheStats:
+        """A snapshot of this object's counters."""
+        return self._counters.snapshot(self._current_bytes())
+
+    def get_or_fetch(self, locator: LocatorLike, fetch: Callable[[], bytes], *, verified: bool = False) -> bytes:
+        """The cached block, or else ``fetch()``'s result, cached on the way out.
+
+        Concurrent callers for one block in this process share one ``fetch()`` call (its
+        exception reaches every waiter; the next call tries afresh). A cache shared between
+        processes also makes other processes wait, up to a timeout, for one fetch. ``fetch``'s
+        result is checked against the locator (`ReadError` on mismatch) unless ``verified=True``
+        says ``fetch`` already checks (as `KeepClient`'s does).
+        """
+        loc = _parse(locator).bare()
+        data = self.get(loc)
+        if data is not None:
+            return data
+        key = f"{loc.md5}+{loc.size}"
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = Future()
+        if not leader:
+            return flight.result()
+        try:
+            data = self._fetch_once(loc, key, fetch, verified)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            flight.set_result(data)
+            return data
+        finally:
+            with self._flights_lock:
+                del self._flights[key]
+
+    def _fetch_once(self, loc: Locator, key: str, fetch: Callable[[], bytes], verified: bool) -> bytes:
+        with self._fetch_lock(key):
+            # Another process may have stored the block while we waited for its lock.
+            data = self._get(loc)
+            if data is not None:
+                self._counters.add(hits=1, bytes_read=len(data))
+                return data
+            data = fetch()
+            view = as_view(data)
+            if view.nbytes != loc.size or (not verified and not check_block(loc, view)):
+                raise ReadError(f"fetched data for block {loc} does not match its locator", locator=str(loc))
+            self._put(loc, view)
+            return data if isinstance(data, bytes) else bytes(view)
+
+    def close(self) -> None:  # noqa: B027 - optional hook: only caches holding resources override it
+        """Release resources; a closed cache behaves as an empty one."""
+
+    def __enter__(self) -> "BlockCache":
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+

@@ -1,0 +1,270 @@
+"""`DiskBlockCache`: an LRU of blocks in a directory (diskcache), shared safely between processes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import diskcache
+from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
+
+from ..errors import ConfigError
+from ..locator import Locator
+from .base import BlockCache, check_max_bytes
+from .filelock import block_lock
+
+__all__ = ["DEFAULT_DISK_BYTES", "DiskBlockCache"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DISK_BYTES = 4 * 1024**3
+# Blocks below this size live inside the SQLite database; larger ones are files of their own.
+INLINE_LIMIT = 64 * 1024
+VERIFY_METHODS = ("crc32", "md5")
+
+# What a broken cache directory raises: SQLite errors (damaged or read-only database, disk
+# full), OSError (files), and diskcache.Timeout (another process held the database too long).
+_FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
+# Write failures after which reading the entries already there still makes sense.
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class _BlockDisk(diskcache.Disk):
+    """Writes a block file with one ``write`` from the caller's buffer, removing it if that fails.
+
+    (diskcache's own `Disk.store` iterates a BytesIO by *lines*, which is slow for binary data,
+    and leaves a partial file behind when the disk fills up.)
+    """
+
+    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
+        if not isinstance(value, memoryview):
+            return super().store(value, read, key=key)  # type: ignore[no-any-return]
+        if value.nbytes < self.min_file_size:
+            return 0, MODE_RAW, None, sqlite3.Binary(value)
+        filename, full_path = self.filename(key, value)
+        with contextlib.suppress(FileExistsError):  # made by another writer meanwhile
+            os.makedirs(os.path.dirname(full_path))
+        try:
+            with open(full_path, "xb") as writer:
+                writer.write(value)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):  # open() itself failed
+                os.remove(full_path)
+            raise
+        return value.nbytes, MODE_BINARY, filename, None
+
+
+class DiskBlockCache(BlockCache):
+    """Blocks cached in *path*, least recently used dropped first, within *max_bytes*.
+
+    Several processes (and threads) may use one directory at once: the index is a SQLite
+    database in WAL mode (diskcache), blocks of 64 KiB and more are files of their own, and a
+    per-block lock file lets processes wait for one download of a block (*lock_timeout*).
+
+    Every hit is verified before it is returned: *verify* ``"crc32"`` (default) checks a CRC-32
+    recorded with the entry when it was stored (the data was md5-verified then) together with
+    the entry's md5+size; ``"md5"`` re-hashes the block. A failed check drops the entry.
+
+    A failing directory (read-only, full, damaged database) never raises from a get or put:
+    the cache logs one warning and behaves as empty. Invalid arguments raise `ConfigError`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int = DEFAULT_DISK_BYTES,
+        *,
+        verify: str = "crc32",
+        lock_timeout: float = 60.0,
+        db_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.path = os.path.abspath(os.fspath(path))
+        self.max_bytes = check_max_bytes(max_bytes)
+        if verify not in VERIFY_METHODS:
+            raise ConfigError(f"cache verify must be one of {', '.join(VERIFY_METHODS)}, got {verify!r}")
+        if not lock_timeout >= 0 or not db_timeout > 0:
+            raise ConfigError(f"cache timeouts must be positive, got {lock_timeout!r} and {db_timeout!r}")
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ConfigError(f"cache path {self.path} exists and is not a directory")
+        self.verify = verify
+        self.lock_timeout = float(lock_timeout)
+        self._state_lock = threading.Lock()
+        self._warned = False
+        self._readable = self._writable = False
+        self._locks_dir = os.path.join(self.path, "locks")
+        self._cache: diskcache.Cache | None = None
+        try:
+            self._cache = diskcache.Cache(
+                self.path,
+                timeout=db_timeout,
+                disk=_BlockDisk,
+                eviction_policy="least-recently-used",
+                size_limit=self.max_bytes,
+                # We evict ourselves, one entry at a time, after each put (see _evict): diskcache's
+                # own cull drops cull_limit entries at once, and would hide the eviction count.
+                cull_limit=0,
+                disk_min_file_size=INLINE_LIMIT,
+                # Keep the write-ahead log small: it is not counted in max_bytes.
+                sqlite_journal_size_limit=2**20,
+            )
+            os.makedirs(self._locks_dir, exist_ok=True)
+        except _FAILURES as exc:
+            self._failed(exc, "opening")
+        else:
+            self._readable = self._writable = True
+
+    def __repr__(self) -> str:
+        return f"DiskBlockCache({self.path!r}, max_bytes={self.max_bytes})"
+
+    @property
+    def usable(self) -> bool:
+        """False once a failure has turned this cache into a no-op."""
+        return self._readable
+
+    def _failed(self, exc: BaseException, action: str) -> None:
+        """Count a failure, warn about the first one, and stop using what failed."""
+        self._counters.add(errors=1)
+        if isinstance(exc, diskcache.Timeout):
+            log.debug("block cache %s: database busy while %s; treated as a miss", self.path, action)
+            return  # contention, not damage: the next call may well succeed
+        with self._state_lock:
+            first = not self._warned
+            self._warned = True
+            self._writable = False
+            if action != "writing" or not isinstance(exc, OSError) or exc.errno not in _FULL:
+                self._readable = False
+        if first:
+            log.warning(
+                "block cache %s failed while %s (%s: %s); continuing without %s",
+                self.path, action, type(exc).__name__, exc,
+                "storing new blocks" if self._readable else "the cache",
+            )
+
+    # -- verification -----------------------------------------------------------------------
+
+    def _tag(self, locator: Locator, data: memoryview) -> str:
+        checksum = f"{zlib.crc32(data):08x}" if self.verify == "crc32" else ""
+        return f"{self.verify}:{checksum}:{locator}"
+
+    @staticmethod
+    def _check(locator: Locator, data: bytes, tag: object) -> bool:
+        if not isinstance(tag, str) or len(data) != locator.size:
+            return False
+        method, _, rest = tag.partition(":")
+        checksum, _, ident = rest.partition(":")
+        if ident != str(locator):
+            return False
+        if method == "crc32":
+            return checksum == f"{zlib.crc32(data):08x}"
+        if method == "md5":
+            return hashlib.md5(data).hexdigest() == locator.md5
+        return False
+
+    # -- BlockCache -------------------------------------------------------------------------
+
+    def _get(self, locator: Locator) -> bytes | None:
+        cache = self._cache
+        if cache is None or not self._readable:
+            return None
+        key = str(locator)
+        try:
+            value, tag = cache.get(key, default=None, read=True, tag=True)
+            if value is None:
+                return None
+            if isinstance(value, bytes):
+                data = value
+            else:
+                with value:  # the file stays readable even if another process evicts it now
+                    data = value.read()
+        except _FAILURES as exc:
+            self._failed(exc, "reading")
+            return None
+        if self._check(locator, data, tag):
+            return data
+        log.warning("block cache %s: entry for %s failed verification; dropped", self.path, locator)
+        self._counters.add(corrupt=1)
+        self._discard(locator)
+        return None
+
+    def _put(self, locator: Locator, data: memoryview) -> None:
+        cache = self._cache
+        if cache is None or not self._writable or data.nbytes > self.max_bytes:
+            return
+        try:
+            cache.set(str(locator), data, tag=self._tag(locator, data))
+        except _FAILURES as exc:
+            self._failed(exc, "writing")
+            return
+        self._counters.add(bytes_written=data.nbytes)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop least-recently-used entries until the directory is within max_bytes."""
+        cache = self._cache
+        assert cache is not None
+        evicted = 0
+        try:
+            while cache.volume() > self.max_bytes:
+                # diskcache has no public "least recently used key" query; this reads its Cache
+                # table (stable since diskcache 3) through the connection diskcache manages.
+                rows = cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchall()
+                if not rows:
+                    break
+                if cache.delete(rows[0][0]):
+                    evicted += 1  # else another process evicted it first; measure again
+        except _FAILURES as exc:
+            self._failed(exc, "evicting")
+        finally:
+            self._counters.add(evictions=evicted)
+
+    def _discard(self, locator: Locator) -> None:
+        cache = self._cache
+        if cache is None or not self._readable:
+            return
+        try:
+            cache.delete(str(locator))
+        except _FAILURES as exc:
+            self._failed(exc, "discarding")
+
+    def _current_bytes(self) -> int:
+        cache = self._cache
+        if cache is None or not self._readable:
+            return 0
+        try:
+            return int(cache.volume())
+        except _FAILURES as exc:
+            self._failed(exc, "measuring")
+            return 0
+
+    @contextlib.contextmanager
+    def _fetch_lock(self, key: str) -> Iterator[bool]:
+        if not self._writable or self.lock_timeout == 0:
+            yield False
+            return
+        stack = contextlib.ExitStack()
+        try:
+            acquired = stack.enter_context(block_lock(os.path.join(self._locks_dir, key + ".lock"), self.lock_timeout))
+        except OSError as exc:  # cannot even make a lock file: fetch without one
+            self._failed(exc, "locking")
+            yield False
+            return
+        with stack:
+            if not acquired:
+                log.info("block cache %s: gave up waiting %.0fs for another fetch of %s",
+                         self.path, self.lock_timeout, key)
+            yield acquired
+
+    def close(self) -> None:
+        with self._state_lock:
+            self._readable = self._writable = False
+        if self._cache is not None:
+            self._cache.close()
