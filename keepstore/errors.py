@@ -17,11 +17,14 @@ __all__ = [
     "redact",
 ]
 
-# Arvados v2 tokens, bare secrets after "Bearer"/"OAuth2", and +A signatures are all secret.
+# Arvados v2 tokens and bare secrets after "Bearer"/"OAuth2" are secret.
 _SECRET_PATTERNS = (
     re.compile(r"v2/[a-z0-9]{5}-[a-z0-9]{5}-[a-z0-9]{15}/[A-Za-z0-9]+"),
     re.compile(r"((?:Bearer|OAuth2)\s+)\S+", re.IGNORECASE),
 )
+# Narrower, for the automatic scrub of every error message: prose such as "needs a bearer
+# token" must survive, a copied Authorization header must not.
+_HEADER_PATTERN = re.compile(r"(Authorization:\s*(?:Bearer|OAuth2)\s+)\S+", re.IGNORECASE)
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -33,10 +36,20 @@ def redact(text: str, *secrets: str | None) -> str:
     return _SECRET_PATTERNS[1].sub(r"\1***", text)
 
 
+def _scrub(text: str) -> str:
+    """Redact token-shaped text: a safety net for messages built from untrusted values."""
+    return _HEADER_PATTERN.sub(r"\1***", _SECRET_PATTERNS[0].sub("***", text))
+
+
 class KeepError(Exception):
-    """Root of every error keepstore raises on purpose."""
+    """Root of every error keepstore raises on purpose.
+
+    Token-shaped text in the message is redacted here too, as a last line of defence.
+    """
 
     def __init__(self, message: str = "", *args: Any) -> None:
+        if isinstance(message, str):
+            message = _scrub(message)
         super().__init__(message or type(self).__name__, *args)
 
     def __str__(self) -> str:
@@ -72,7 +85,7 @@ class ReadError(KeepError):
         super().__init__(message)
         self.locator = locator
         self.request_id = request_id
-        self.attempts = dict(attempts or {})
+        self.attempts = {root: _scrub(str(why)) for root, why in (attempts or {}).items()}
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), str(self), self.__dict__))
@@ -103,7 +116,7 @@ class WriteError(KeepError):
         self.done = done
         self.locator = locator
         self.request_id = request_id
-        self.attempts = dict(attempts or {})
+        self.attempts = {root: _scrub(str(why)) for root, why in (attempts or {}).items()}
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), str(self), self.__dict__))
