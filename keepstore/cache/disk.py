@@ -235,6 +235,20 @@ class DiskBlockCache(BlockCache):
         except _FAILURES as exc:
             self._failed(exc, "discarding")
 
+    def locators(self) -> Iterator[Locator]:
+        """The bare locators of the entries now in the directory (nothing when the cache failed)."""
+        cache = self._cache
+        if cache is None or not self._readable:
+            return
+        try:
+            keys = list(cache.iterkeys())
+        except _FAILURES as exc:
+            self._failed(exc, "listing")
+            return
+        for key in keys:
+            with contextlib.suppress(ValueError):  # a foreign key in a shared directory: not ours
+                yield Locator.parse(key)
+
     def _current_bytes(self) -> int:
         cache = self._cache
         if cache is None or not self._readable:
