@@ -1,0 +1,17 @@
+"""HTTP transports for KeepClient: the `Transport` interface, `CurlTransport`, `MockTransport`."""
+
+from __future__ import annotations
+
+from .base import Headers, Request, Response, Transport, TransportError
+from .mock import MockTransport
+
+__all__ = ["CurlTransport", "Headers", "MockTransport", "Request", "Response", "Transport", "TransportError"]
+
+
+def __getattr__(name: str) -> object:
+    # pycurl loads only when the real transport is wanted, so MockTransport users need no libcurl.
+    if name == "CurlTransport":
+        from .curl import CurlTransport
+
+        return CurlTransport
+    raise AttributeError(f"module 'keepstore.transport' has no attribute {name!r}")

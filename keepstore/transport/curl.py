@@ -1,0 +1,282 @@
+"""CurlTransport: HTTP over pycurl with a bounded pool of keep-alive handles per client."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import queue
+import threading
+import warnings
+
+import pycurl
+
+from .base import Headers, Request, Response, Transport, TransportError
+
+__all__ = ["CurlTransport", "default_ca_file"]
+
+log = logging.getLogger(__name__)
+
+_SYSTEM_BUNDLES = (
+    "/etc/arvados/ca-certificates.crt",
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Red Hat
+)
+_ERROR_BODY_LIMIT = 4096  # error bodies are only kept for the message
+_UPLOAD_BUFFER = 1 << 20  # fewer read callbacks per PUT
+
+# libcurl error codes that mean "no connection was made" (the service list may be stale)
+_CONNECT_CODES = {pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY, pycurl.E_COULDNT_CONNECT}
+_REASONS = {
+    pycurl.E_COULDNT_RESOLVE_HOST: "cannot resolve host",
+    pycurl.E_COULDNT_CONNECT: "connection refused",
+    pycurl.E_OPERATION_TIMEDOUT: "timed out",
+    pycurl.E_PARTIAL_FILE: "truncated body",
+    pycurl.E_GOT_NOTHING: "empty reply",
+    pycurl.E_SEND_ERROR: "send failed",
+    pycurl.E_RECV_ERROR: "receive failed",
+    pycurl.E_SSL_CONNECT_ERROR: "TLS handshake failed",
+    pycurl.E_PEER_FAILED_VERIFICATION: "TLS certificate not trusted",
+}
+
+
+def default_ca_file(environ: dict[str, str] | None = None) -> str:
+    """The CA bundle to trust: ``SSL_CERT_FILE``, a system bundle, else certifi's.
+
+    pycurl's wheels carry a CA path from the build machine, so one is always set explicitly.
+    """
+    env = os.environ if environ is None else environ
+    candidates = [env.get("SSL_CERT_FILE", ""), *_SYSTEM_BUNDLES]
+    for path in candidates:
+        if path and os.path.isfile(path):
+            return path
+    import certifi  # a dependency of the Arvados SDK and of most Python installs
+
+    return str(certifi.where())
+
+
+class _Exchange:
+    """The receiving side of one request: status, headers and a bounded, hashed body."""
+
+    def __init__(self, expected_size: int | None) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.expected_size = expected_size
+        self.body = io.BytesIO()
+        self.received = 0
+        self.md5 = hashlib.md5() if expected_size is not None else None
+        self.too_long = False
+        self._last_header: str | None = None
+
+    def on_header(self, raw: bytes) -> None:
+        line = raw.decode("iso-8859-1").rstrip("\r\n")
+        if line.startswith("HTTP/"):
+            # a new response (after 100 Continue or a redirect): start over
+            parts = line.split(None, 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.headers = {}
+            self._last_header = None
+            if self.status == 200 and self.expected_size:
+                # Preallocate once; BytesIO.getvalue() then hands the buffer over without a copy.
+                self.body.seek(self.expected_size - 1)
+                self.body.write(b"\0")
+                self.body.seek(0)
+        elif line[:1] in (" ", "\t") and self._last_header:
+            self.headers[self._last_header] += " " + line.strip()
+        elif ":" in line:
+            name, value = line.split(":", 1)
+            self._last_header = name.strip()
+            self.headers[self._last_header] = value.strip()
+
+    def on_body(self, chunk: bytes) -> int | None:
+        size = len(chunk)
+        if self.status != 200 or self.expected_size is None:
+            if self.received < _ERROR_BODY_LIMIT or self.status == 200:
+                self.body.write(chunk)
+            self.received += size
+            return None
+        if self.received + size > self.expected_size:
+            self.too_long = True
+            return 0  # makes libcurl abort with E_WRITE_ERROR, long before the body ends
+        self.body.write(chunk)
+        assert self.md5 is not None
+        self.md5.update(chunk)
+        self.received += size
+        return None
+
+    def response(self) -> Response:
+        if self.status == 200 and self.expected_size is not None:
+            value = self.body.getvalue()
+            body = value if self.received == len(value) else value[: self.received]
+            md5 = self.md5.hexdigest() if self.md5 is not None else None
+            return Response(self.status, Headers(self.headers), body, md5)
+        return Response(self.status, Headers(self.headers), self.body.getvalue())
+
+
+class _BodyReader:
+    """Feeds a PUT body to libcurl from a memoryview, one bounded slice at a time."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.pos = 0
+
+    def read(self, size: int) -> bytes:
+        chunk = self.view[self.pos:self.pos + size]
+        self.pos += len(chunk)
+        return chunk.tobytes()
+
+
+class CurlTransport(Transport):
+    """A `Transport` on pycurl.
+
+    Handles are reused (HTTP keep-alive) from a LIFO pool of at most *pool_size*; a handle
+    that failed below HTTP is closed rather than pooled. The CA bundle is always set
+    (*ca_file* or `default_ca_file()`); ``insecure=True`` turns off certificate checks and
+    warns. TCP keepalive is on. Connect timeout and the low-speed limit apply to GET, PUT
+    and HEAD alike.
+    """
+
+    def __init__(self, *, ca_file: str | None = None, insecure: bool = False, pool_size: int = 16,
+                 user_agent: str | None = None) -> None:
+        if insecure:
+            warnings.warn("TLS certificate verification is disabled (insecure=True)", stacklevel=2)
+        self.ca_file = ca_file or default_ca_file()
+        self.insecure = insecure
+        self.pool_size = pool_size
+        self.user_agent = user_agent or _default_user_agent()
+        self._pool: queue.LifoQueue[pycurl.Curl] = queue.LifoQueue(maxsize=pool_size)
+        self._closed = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"CurlTransport(ca_file={self.ca_file!r}, insecure={self.insecure}, pool_size={self.pool_size})"
+
+    def request(self, request: Request) -> Response:
+        if self._closed.is_set():
+            raise TransportError("transport is closed", url=request.url)
+        curl = self._checkout()
+        exchange = _Exchange(request.expected_size if request.method == "GET" else None)
+        healthy = False
+        try:
+            self._configure(curl, request, exchange)
+            try:
+                curl.perform()
+            except pycurl.error as exc:
+                raise _map_error(exc, curl, request, exchange) from exc
+            healthy = True
+            return exchange.response()
+        finally:
+            self._checkin(curl, healthy)
+
+    def close(self) -> None:
+        self._closed.set()
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def _checkout(self) -> pycurl.Curl:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return pycurl.Curl()
+
+    def _checkin(self, curl: pycurl.Curl, healthy: bool) -> None:
+        if not healthy or self._closed.is_set():
+            curl.close()  # its connection may be in a bad state
+            return
+        curl.reset()  # keeps the connection cache, drops options and callbacks
+        try:
+            self._pool.put_nowait(curl)
+        except queue.Full:
+            curl.close()
+
+    def _configure(self, curl: pycurl.Curl, request: Request, exchange: _Exchange) -> None:
+        timeout = request.timeout
+        curl.setopt(pycurl.URL, request.url)
+        curl.setopt(pycurl.NOSIGNAL, 1)
+        curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        curl.setopt(pycurl.USERAGENT, self.user_agent)
+        curl.setopt(pycurl.CAINFO, self.ca_file)
+        if self.insecure:
+            curl.setopt(pycurl.SSL_VERIFYPEER, 0)
+            curl.setopt(pycurl.SSL_VERIFYHOST, 0)
+        curl.setopt(pycurl.TCP_KEEPALIVE, 1)
+        curl.setopt(pycurl.TCP_KEEPIDLE, 75)
+        curl.setopt(pycurl.TCP_KEEPINTVL, 75)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(timeout.connect * 1000)))
+        # Abort when fewer than min_bandwidth bytes/s move for `read` seconds (HEAD included:
+        # a server that accepts and then says nothing is caught the same way).
+        curl.setopt(pycurl.LOW_SPEED_LIMIT, int(timeout.min_bandwidth))
+        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(timeout.read)))
+        curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
+        curl.setopt(pycurl.WRITEFUNCTION, exchange.on_body)
+        headers = [f"{name}: {value}" for name, value in request.headers.items()]
+        method = request.method.upper()
+        if method == "HEAD":
+            curl.setopt(pycurl.NOBODY, 1)
+        elif method == "GET":
+            curl.setopt(pycurl.HTTPGET, 1)
+        elif method == "PUT":
+            body = request.body if request.body is not None else memoryview(b"")
+            self._set_upload(curl, body)
+            # 100-continue costs a round trip per block; Keep servers answer errors fast anyway.
+            headers.append("Expect:")
+        else:
+            curl.setopt(pycurl.CUSTOMREQUEST, method)
+            if request.body is not None:
+                self._set_upload(curl, request.body)
+                headers.append("Expect:")
+        curl.setopt(pycurl.HTTPHEADER, headers)
+
+    @staticmethod
+    def _set_upload(curl: pycurl.Curl, body: memoryview) -> None:
+        curl.setopt(pycurl.UPLOAD, 1)
+        curl.setopt(pycurl.INFILESIZE_LARGE, body.nbytes)
+        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, _UPLOAD_BUFFER)
+        curl.setopt(pycurl.READFUNCTION, _BodyReader(body).read)
+
+
+def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange: _Exchange) -> TransportError:
+    """The one place pycurl errors become keepstore errors."""
+    code = exc.args[0] if exc.args else -1
+    reason = _REASONS.get(code, f"curl error {code}")
+    connected = exchange.status != 0 or _connect_time(curl) > 0
+    if exchange.too_long:
+        reason = f"body longer than the expected {exchange.expected_size} bytes"
+    elif code == pycurl.E_OPERATION_TIMEDOUT:
+        if not connected:
+            reason = f"connect timed out after {request.timeout.connect:g}s"
+        elif exchange.status == 0:
+            reason = f"no response within {request.timeout.read:g}s"
+        else:
+            reason = (f"transfer slower than {request.timeout.min_bandwidth} B/s "
+                      f"for {request.timeout.read:g}s")
+    return TransportError(
+        f"{request.method} {reason}",
+        url=_strip_query(request.url),
+        connect=code in _CONNECT_CODES or (code == pycurl.E_OPERATION_TIMEDOUT and not connected),
+        timeout=code == pycurl.E_OPERATION_TIMEDOUT,
+        code=code,
+    )
+
+
+def _connect_time(curl: pycurl.Curl) -> float:
+    try:
+        return float(curl.getinfo(pycurl.CONNECT_TIME))
+    except pycurl.error:  # handle in an odd state: treat as not connected
+        return 0.0
+
+
+def _strip_query(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def _default_user_agent() -> str:
+    from .._version import __version__
+
+    return f"keepstore/{__version__} {pycurl.version.split()[0]}"
+
+

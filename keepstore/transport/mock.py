@@ -1,0 +1,46 @@
+"""MockTransport: a public test double that answers requests with a handler function."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .base import Request, Response, Transport, TransportError
+
+__all__ = ["MockTransport"]
+
+
+class MockTransport(Transport):
+    """Calls ``handler(request) -> Response`` for every request and records the requests.
+
+    The handler may raise `TransportError` to simulate a connection failure. Bodies larger
+    than a GET's ``expected_size`` are rejected as `CurlTransport` rejects them.
+    """
+
+    def __init__(self, handler: Callable[[Request], Response]) -> None:
+        self.handler = handler
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"MockTransport({getattr(self.handler, '__name__', self.handler)!r})"
+
+    def request(self, request: Request) -> Response:
+        if self.closed:
+            raise TransportError("transport is closed", url=request.url)
+        with self._lock:
+            self.requests.append(request)
+        response = self.handler(request)
+        if not isinstance(response, Response):
+            raise TypeError(f"MockTransport handler returned {type(response).__name__}, not Response")
+        if (request.method == "GET" and response.status == 200 and request.expected_size is not None
+                and len(response.body) > request.expected_size):
+            raise TransportError(f"GET body longer than the expected {request.expected_size} bytes",
+                                 url=request.url)
+        if request.method == "HEAD" and response.body:
+            response = Response(response.status, response.headers, b"")
+        return response
+
+    def close(self) -> None:
+        self.closed = True
