@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, KeepError
+from .errors import ConfigError, KeepError, redact
 
 __all__ = ["Retry", "Settings", "Timeout", "default_config_path"]
 
@@ -79,6 +79,10 @@ class Retry:
     def __post_init__(self) -> None:
         if isinstance(self.total, bool) or not isinstance(self.total, int) or self.total < 0:
             raise ConfigError(f"Retry.total must be a non-negative integer, got {self.total!r}")
+        for name in ("backoff_initial", "backoff_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise ConfigError(f"Retry.{name} must be a number of seconds, got {value!r}")
         if not 0 <= self.backoff_initial <= self.backoff_max:
             raise ConfigError(
                 f"Retry backoff must satisfy 0 <= backoff_initial <= backoff_max, "
@@ -110,7 +114,8 @@ class Retry:
         """Seconds to wait before the next round (0 before the first)."""
         if self.attempt == 0:
             return 0.0
-        ceiling = min(self.backoff_max, self.backoff_initial * (2 ** (self.attempt - 1)))
+        # Cap the exponent: 2**1100 does not fit a float, and 2**64 rounds already exceed any cap.
+        ceiling = min(self.backoff_max, self.backoff_initial * (2.0 ** min(self.attempt - 1, 64)))
         wait = rng(0.0, ceiling)
         if self.retry_after is not None:
             wait = max(wait, min(self.retry_after, self.backoff_max))
@@ -222,6 +227,23 @@ class Settings:
     ) -> "Settings":
         """Resolve settings from *environ* (default ``os.environ``), the YAML file and *overrides*."""
         env = dict(os.environ if environ is None else environ)
+        override_token = overrides.get("token")
+        secrets = [env.get("KEEP_TOKEN"), env.get("ARVADOS_API_TOKEN"),
+                   override_token if isinstance(override_token, str) else None]
+        try:
+            return cls._resolve(env, config_path, overrides)
+        except ConfigError as exc:
+            message = str(exc)
+            clean = redact(message, *(s.strip() for s in secrets if s and s.strip()))
+            if clean == message:
+                raise
+            # A token was misplaced into another setting; the original error (and so any
+            # traceback showing it) quotes the token, so it must not be chained.
+            raise ConfigError(clean) from None
+
+    @classmethod
+    def _resolve(cls, env: dict[str, str], config_path: str | os.PathLike[str] | None,
+                 overrides: dict[str, Any]) -> "Settings":
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
 
@@ -319,12 +341,24 @@ def _load_file(path: Path, *, required: bool) -> dict[str, Any] | None:
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {path}{line}: invalid YAML: {problem}") from exc
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        # Not chained: the YAML error's text quotes lines of the file, which may hold the token.
+        raise ConfigError(f"config file {path}{line}: invalid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} line 1: the top level must be a mapping of settings")
+    token = data.get("token")
+    try:
+        return _check_file_values(data, path)
+    except ConfigError as exc:
+        if isinstance(token, str) and token.strip() and token in str(exc):
+            # The token was misplaced into another setting: never quote it, nor chain the error that does.
+            raise ConfigError(redact(str(exc), token)) from None
+        raise
+
+
+def _check_file_values(data: Any, path: Path) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in data.items():
         try:
