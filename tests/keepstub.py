@@ -28,6 +28,7 @@ class KeepStub:
         self.blocks: dict[str, bytes] = {}
         self.faults: list[tuple[set[str], tuple[Any, ...]]] = []
         self.requests: list[tuple[str, str, int, dict[str, str]]] = []
+        self.peers: list[int] = []  # client port of each request, to see connection reuse
         self.replicas_header = replicas_header
         self.classes_header = classes_header
         self.sign = sign
@@ -79,6 +80,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
         self.server_stub.requests.append((self.command, self.path, status, dict(self.headers)))
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server_stub.peers.append(self.client_address[1])
+        return ok
 
     def _fault(self, body: bytes | None) -> bool:
         action = self.server_stub.take_fault(self.command)

@@ -1,0 +1,223 @@
+"""CurlTransport against loopback servers, and the MockTransport test double."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request as WRequest, Response as WResponse
+
+from keepstore import Timeout
+from keepstore.transport import CurlTransport, Headers, MockTransport, Request, Response, TransportError
+from keepstore.transport.curl import default_ca_file
+
+from keepstub import KeepStub
+
+TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
+FAST = Timeout(connect=1, read=1, min_bandwidth=100_000)
+
+
+@pytest.fixture
+def transport() -> Iterator[CurlTransport]:
+    with CurlTransport(pool_size=4) as t:
+        yield t
+
+
+@pytest.fixture
+def stub() -> Iterator[KeepStub]:
+    s = KeepStub()
+    yield s
+    s.stop()
+
+
+def _put(stub: KeepStub, data: bytes) -> str:
+    md5 = hashlib.md5(data).hexdigest()
+    stub.blocks[md5] = data
+    return f"{stub.url}{md5}+{len(data)}"
+
+
+def test_get_returns_body_and_its_md5(transport: CurlTransport, stub: KeepStub) -> None:
+    data = bytes(range(256)) * 4096
+    response = transport.request(Request("GET", _put(stub, data), expected_size=len(data)))
+    assert response.status == 200 and response.body == data
+    assert response.body_md5 == hashlib.md5(data).hexdigest()
+    assert isinstance(response.body, bytes)
+
+
+def test_get_of_a_longer_body_than_expected_is_rejected(transport: CurlTransport, stub: KeepStub) -> None:
+    url = _put(stub, b"x" * 1000)
+    with pytest.raises(TransportError, match="longer than the expected 10 bytes"):
+        transport.request(Request("GET", url, expected_size=10))
+
+
+def test_error_status_is_a_response_not_an_exception(transport: CurlTransport, stub: KeepStub) -> None:
+    response = transport.request(Request("GET", stub.url + "acbd18db4cc2f85cedef654fccc4a4d8+3", expected_size=3))
+    assert response.status == 404 and response.body_md5 is None
+
+
+def test_put_sends_memoryview_body_without_expect_continue(transport: CurlTransport, stub: KeepStub) -> None:
+    data = bytearray(b"abc" * 500_000)
+    md5 = hashlib.md5(data).hexdigest()
+    headers = Headers({"Authorization": f"Bearer {TOKEN}", "X-Request-Id": "req-0123456789abcdefghij"})
+    response = transport.request(Request("PUT", stub.url + md5, headers, memoryview(data)[:]))
+    assert response.status == 200 and response.body.startswith(md5.encode())
+    assert stub.blocks[md5] == data
+    sent = stub.requests[-1][3]
+    assert "Expect" not in sent and sent["Authorization"] == f"Bearer {TOKEN}"
+    assert sent["Content-Length"] == str(len(data))
+
+
+def test_response_headers_are_case_insensitive(transport: CurlTransport, stub: KeepStub) -> None:
+    md5 = hashlib.md5(b"foo").hexdigest()
+    response = transport.request(Request("PUT", stub.url + md5, body=memoryview(b"foo")))
+    assert response.headers["x-keep-replicas-stored"] == response.headers["X-KEEP-REPLICAS-STORED"] == "1"
+
+
+def test_handles_are_reused_across_requests(transport: CurlTransport, stub: KeepStub) -> None:
+    url = _put(stub, b"foo")
+    for _ in range(5):
+        assert transport.request(Request("GET", url, expected_size=3)).status == 200
+    assert len(set(stub.peers)) == 1, "keep-alive: all five requests on one connection"
+
+
+def test_head_reads_no_body(transport: CurlTransport, stub: KeepStub) -> None:
+    url = _put(stub, b"foo")
+    response = transport.request(Request("HEAD", url))
+    assert response.status == 200 and response.body == b""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_connection_refused_is_a_connect_error_without_the_token(transport: CurlTransport) -> None:
+    url = f"http://127.0.0.1:{_free_port()}/acbd18db4cc2f85cedef654fccc4a4d8+3"
+    with pytest.raises(TransportError) as info:
+        transport.request(Request("GET", url, Headers({"Authorization": f"Bearer {TOKEN}"}), expected_size=3))
+    assert info.value.connect and not info.value.timeout
+    assert "secret123" not in str(info.value) and "connection refused" in str(info.value)
+
+
+def test_stalled_head_times_out_in_bounded_time(transport: CurlTransport, stub: KeepStub) -> None:
+    url = _put(stub, b"foo")
+    stub.fail("stall", 5, methods="HEAD")
+    start = time.monotonic()
+    with pytest.raises(TransportError) as info:
+        transport.request(Request("HEAD", url, timeout=FAST))
+    assert info.value.timeout and not info.value.connect
+    assert time.monotonic() - start < 3.5
+
+
+def test_drip_below_min_bandwidth_fails_in_bounded_time(transport: CurlTransport, stub: KeepStub) -> None:
+    data = b"d" * 200_000
+    url = _put(stub, data)
+    stub.fail("drip", 10_000, methods="GET")  # 10 kB/s against a 100 kB/s floor
+    start = time.monotonic()
+    with pytest.raises(TransportError, match="slower than 100000 B/s") as info:
+        transport.request(Request("GET", url, expected_size=len(data), timeout=FAST))
+    assert info.value.timeout
+    assert time.monotonic() - start < 3.5
+
+
+def test_truncated_body_is_a_transport_error(transport: CurlTransport, stub: KeepStub) -> None:
+    url = _put(stub, b"t" * 10_000)
+    stub.fail("truncate", methods="GET")
+    with pytest.raises(TransportError, match="truncated"):
+        transport.request(Request("GET", url, expected_size=10_000))
+
+
+def test_slow_but_adequate_stream_succeeds(transport: CurlTransport, httpserver: HTTPServer) -> None:
+    def slow(request: WRequest) -> WResponse:
+        def chunks() -> Iterator[bytes]:
+            for _ in range(4):
+                time.sleep(0.2)
+                yield b"z" * 50_000
+
+        return WResponse(chunks(), headers={"Content-Length": "200000"})
+
+    httpserver.expect_request("/slow").respond_with_handler(slow)
+    response = transport.request(Request("GET", httpserver.url_for("/slow"), expected_size=200_000,
+                                         timeout=Timeout(connect=1, read=1, min_bandwidth=10_000)))
+    assert response.status == 200 and len(response.body) == 200_000
+
+
+def test_ca_file_defaults_to_an_existing_bundle() -> None:
+    assert Path(default_ca_file({})).is_file()
+    assert CurlTransport().ca_file == default_ca_file()
+
+
+def test_insecure_warns() -> None:
+    with pytest.warns(UserWarning, match="verification is disabled"):
+        CurlTransport(insecure=True).close()
+
+
+def test_https_with_the_server_ca_and_rejected_without(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=context)
+    server.expect_request("/ok").respond_with_data("ok")
+    server.start()
+    try:
+        with CurlTransport(ca_file=str(cert)) as trusted:
+            assert trusted.request(Request("GET", server.url_for("/ok"))).body == b"ok"
+        with CurlTransport() as system, pytest.raises(TransportError):
+            system.request(Request("GET", server.url_for("/ok")))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with CurlTransport(insecure=True) as insecure:
+                assert insecure.request(Request("GET", server.url_for("/ok"))).body == b"ok"
+    finally:
+        server.stop()
+
+
+def test_closed_transport_refuses_requests(stub: KeepStub) -> None:
+    t = CurlTransport()
+    t.close()
+    with pytest.raises(TransportError, match="closed"):
+        t.request(Request("GET", stub.url))
+
+
+def test_request_repr_hides_the_authorization_header() -> None:
+    request = Request("GET", "http://h/", {"Authorization": f"Bearer {TOKEN}"})
+    assert "secret123" not in repr(request) and "***" in repr(request)
+
+
+def test_retry_after_parses_seconds_only() -> None:
+    assert Response(429, {"Retry-After": "3"}).retry_after() == 3.0
+    assert Response(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after() is None
+    assert Response(429).retry_after() is None
+
+
+def test_mock_transport_calls_the_handler_and_records_requests() -> None:
+    mock = MockTransport(lambda r: Response(200, {"X-A": "1"}, b"hi"))
+    response = mock.request(Request("GET", "http://h/x", expected_size=2))
+    assert response.body == b"hi" and mock.requests[0].url == "http://h/x"
+
+
+def test_mock_transport_rejects_long_bodies_like_curl() -> None:
+    mock = MockTransport(lambda r: Response(200, body=b"toolong"))
+    with pytest.raises(TransportError):
+        mock.request(Request("GET", "http://h/x", expected_size=3))
+
+
+def test_mock_transport_handler_may_raise_transport_errors() -> None:
+    def refuse(request: Request) -> Response:
+        raise TransportError("connection refused", url=request.url, connect=True)
+
+    with pytest.raises(TransportError):
+        MockTransport(refuse).request(Request("GET", "http://h/"))
