@@ -77,7 +77,10 @@ def _write_atomically(dest: str, data: bytes) -> None:
     if os.path.isdir(dest):
         raise KeepError(f"{dest} is a directory; name a file to write the block to")
     directory = os.path.dirname(os.path.abspath(dest))
-    fd, temp = tempfile.mkstemp(prefix=".keep-", dir=directory)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=".keep-", dir=directory)
+    except OSError as exc:  # name what the user asked for, not our temp file
+        raise OSError(exc.errno, exc.strerror, dest) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
