@@ -168,6 +168,17 @@ def test_disk_cache_holds_small_blocks_inside_its_database(tmp_path):
     assert DiskBlockCache(path, MiB).get(loc) == data
 
 
+def test_putting_a_cached_block_again_does_not_rewrite_it(tmp_path):
+    path = tmp_path / "c"
+    cache = DiskBlockCache(path, 16 * MiB)
+    loc, data = block(1, MiB)
+    cache.put(loc, data)
+    before = val_files(path)
+    cache.put(loc, data)
+    assert val_files(path) == before
+    assert cache.stats().bytes_written == MiB
+
+
 @pytest.mark.parametrize("verify", ["crc32", "md5"])
 def test_flipped_byte_in_a_cache_file_is_detected_evicted_and_refetched(verify, tmp_path):
     path = tmp_path / "c"
@@ -332,6 +343,16 @@ def assert_degraded_but_serving(cache: BlockCache, caplog: pytest.LogCaptureFixt
     warnings = [r for r in caplog.records if r.name.startswith("keepstore.cache") and r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert cache.stats().errors >= 1
+
+
+def test_missing_lock_directory_costs_nothing(tmp_path, caplog):
+    path = tmp_path / "c"
+    cache = DiskBlockCache(path, 16 * MiB)
+    (path / "locks").rmdir()
+    loc, data = block(1)
+    assert cache.get_or_fetch(loc, lambda: data) == data
+    assert cache.get(loc) == data
+    assert cache.stats().errors == 0 and cache.usable
 
 
 def test_damaged_database_degrades_to_no_cache(tmp_path, caplog):

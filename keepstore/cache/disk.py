@@ -139,14 +139,15 @@ class DiskBlockCache(BlockCache):
         with self._state_lock:
             first = not self._warned
             self._warned = True
-            self._writable = False
-            if action != "writing" or not isinstance(exc, OSError) or exc.errno not in _FULL:
-                self._readable = False
+            if action != "locking":  # without a lock file we merely risk a duplicate download
+                self._writable = False
+                if action != "writing" or not isinstance(exc, OSError) or exc.errno not in _FULL:
+                    self._readable = False
         if first:
             log.warning(
                 "block cache %s failed while %s (%s: %s); continuing without %s",
                 self.path, action, type(exc).__name__, exc,
-                "storing new blocks" if self._readable else "the cache",
+                "the cache" if not self._readable else "storing new blocks" if not self._writable else "locks",
             )
 
     # -- verification -----------------------------------------------------------------------
@@ -199,8 +200,11 @@ class DiskBlockCache(BlockCache):
         cache = self._cache
         if cache is None or not self._writable or data.nbytes > self.max_bytes:
             return
+        key = str(locator)
         try:
-            cache.set(str(locator), data, tag=self._tag(locator, data))
+            if key in cache:
+                return  # blocks never change: rewriting one would only cost I/O
+            cache.set(key, data, tag=self._tag(locator, data))
         except _FAILURES as exc:
             self._failed(exc, "writing")
             return
@@ -266,6 +270,7 @@ class DiskBlockCache(BlockCache):
             return
         stack = contextlib.ExitStack()
         try:
+            os.makedirs(self._locks_dir, exist_ok=True)  # in case a clean-up removed it
             acquired = stack.enter_context(block_lock(os.path.join(self._locks_dir, key + ".lock"), self.lock_timeout))
         except OSError as exc:  # cannot even make a lock file: fetch without one
             self._failed(exc, "locking")
