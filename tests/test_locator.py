@@ -362,3 +362,12 @@ def test_stripped_drops_a_and_r_signatures_and_keeps_other_hints_in_order(md5: s
 def test_service_hints_lists_k_hint_targets_in_order() -> None:
     loc = Locator.parse(f"{FOO}+3+K@xyzzy+Zq+K@zzzzz-bi6l4-000000000000001")
     assert loc.service_hints == ("xyzzy", "zzzzz-bi6l4-000000000000001")
+
+
+def test_the_examples_in_docs_locators_md_run() -> None:
+    import doctest
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "locators.md"
+    result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 10 and result.failed == 0
