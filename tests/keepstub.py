@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,9 @@ class KeepStub:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.connections: list[Any] = []
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
 
     def fail(self, *action: Any, methods: str = "GET HEAD PUT", times: int = 1) -> None:
@@ -60,8 +63,14 @@ class KeepStub:
         return sum(1 for m, *_ in self.requests if m == method)
 
     def stop(self) -> None:
+        """Stop listening and cut open keep-alive connections, like a crashed server."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        for conn in self.connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by the handler
+                pass
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -71,7 +80,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # keep test output quiet
         pass
 
+    def _record(self, status: int) -> None:
+        # before the response goes out, so a client that has its answer sees the record
+        self.server_stub.requests.append((self.command, self.path, status, dict(self.headers)))
+
     def _answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self._record(status)
         self.send_response(status)
         headers = {"Content-Length": str(len(body)), **(headers or {})}
         for name, value in headers.items():
@@ -79,7 +93,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.server_stub.requests.append((self.command, self.path, status, dict(self.headers)))
+
+    def setup(self) -> None:
+        super().setup()
+        self.server_stub.connections.append(self.connection)
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
@@ -96,17 +113,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif kind == "corrupt" and body is not None:
             self._answer(200, bytes([body[0] ^ 1]) + body[1:] if body else b"x")
         elif kind == "truncate" and body is not None:
+            self._record(200)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
-            self.server_stub.requests.append((self.command, self.path, 200, dict(self.headers)))
         elif kind == "stall":
+            self._record(0)
             time.sleep(action[1])
             self.close_connection = True
         elif kind == "drip" and body is not None:
+            self._record(200)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -120,6 +139,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.1)
             self.close_connection = True
         elif kind == "drop":
+            self._record(0)
             self.close_connection = True
         else:
             return False

@@ -264,8 +264,9 @@ def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange:
 
 
 def _connect_time(curl: pycurl.Curl) -> float:
+    """Seconds until the request could be sent (>0 also for a reused connection), or 0."""
     try:
-        return float(curl.getinfo(pycurl.CONNECT_TIME))
+        return max(float(curl.getinfo(pycurl.CONNECT_TIME)), float(curl.getinfo(pycurl.PRETRANSFER_TIME)))
     except pycurl.error:  # handle in an odd state: treat as not connected
         return 0.0
 
