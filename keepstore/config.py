@@ -49,7 +49,8 @@ class Timeout:
             return cls(connect=float(value), read=float(value))
         if isinstance(value, (tuple, list)) and 1 <= len(value) <= 3:
             names = ("connect", "read", "min_bandwidth")
-            return cls(**dict(zip(names, value)))
+            fields: dict[str, Any] = dict(zip(names, value, strict=False))
+            return cls(**fields)
         raise ConfigError(f"invalid timeout {value!r}: want Timeout, seconds, or (connect, read, min_bandwidth)")
 
     def for_round(self, round_number: int) -> "Timeout":
@@ -247,7 +248,12 @@ class Settings:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
 
-        path = Path(config_path) if config_path is not None else Path(env["KEEP_CONFIG"]) if env.get("KEEP_CONFIG") else default_config_path(env)
+        if config_path is not None:
+            path = Path(config_path)
+        elif env.get("KEEP_CONFIG"):
+            path = Path(env["KEEP_CONFIG"])
+        else:
+            path = default_config_path(env)
         explicit_file = config_path is not None or bool(env.get("KEEP_CONFIG"))
         file_values = _load_file(path, required=explicit_file)
         if file_values is not None:

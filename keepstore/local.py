@@ -248,12 +248,12 @@ class LocalStore(BlockStore):
                                 st = block.stat()
                                 seen.add(block.name)
                                 yield block.name, st.st_size, st.st_mtime_ns
-            elif _BLOCK_NAME.match(entry.name) and entry.name.startswith(prefix) and entry.is_file():
-                if entry.name not in seen:
-                    with contextlib.suppress(FileNotFoundError):
-                        st = entry.stat()
-                        seen.add(entry.name)
-                        yield entry.name, st.st_size, st.st_mtime_ns
+            elif (_BLOCK_NAME.match(entry.name) and entry.name.startswith(prefix) and entry.is_file()
+                  and entry.name not in seen):
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat()
+                    seen.add(entry.name)
+                    yield entry.name, st.st_size, st.st_mtime_ns
 
     def delete(self, locator: LocatorLike) -> bool:
         """Remove a block (both layouts); True when something was removed."""

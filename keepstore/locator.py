@@ -60,7 +60,7 @@ class Locator:
             _check_hint(hint, f"{self.md5}+{self.size}")
 
     @classmethod
-    def parse(cls, text: "LocatorLike") -> "Locator":
+    def parse(cls, text: "LocatorLike | bytes") -> "Locator":
         """Parse locator text; raise `LocatorError` naming the text when it is not valid."""
         if isinstance(text, Locator):
             return text

@@ -79,7 +79,7 @@ class BlockStore(abc.ABC):
         except BlockNotFound:
             return False
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: stores holding nothing need not override it
         """Release resources; the store is not usable afterwards."""
 
     def __enter__(self) -> "BlockStore":

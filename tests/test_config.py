@@ -319,7 +319,7 @@ def test_explicit_config_path_and_keep_config(env: dict[str, str], tmp_path: Pat
     assert Settings.from_env({**env, "KEEP_CONFIG": str(other)}).copies == 5
     with pytest.raises(ConfigError, match="does not exist"):
         Settings.from_env(env, config_path=tmp_path / "missing.yml")
-    with pytest.raises(ConfigError, match="missing.yml"):
+    with pytest.raises(ConfigError, match=r"missing\.yml"):
         Settings.from_env({**env, "KEEP_CONFIG": str(tmp_path / "missing.yml")})
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
 import signal
@@ -143,7 +142,7 @@ def test_processes_writing_the_same_block_at_once_all_succeed(tmp_path: Path) ->
         for _ in range(4)
     ]
     outputs = [child.communicate(timeout=120) for child in children]
-    for child, (out, err) in zip(children, outputs):
+    for child, (_, err) in zip(children, outputs, strict=True):
         assert child.returncode == 0, err
     expected = Locator.for_data(block(0))
     assert {out.strip() for out, _ in outputs} == {str(expected)}

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from contract.store_contract import StoreContract
 
 from keepstore.errors import BlockNotFound, KeepError, LocatorError, ReadError
 from keepstore.local import LocalStore
 from keepstore.locator import Locator
-from contract.store_contract import StoreContract
 
 
 class TestLocalStoreContract(StoreContract):
@@ -200,7 +200,7 @@ def test_arvados_sdk_local_store_directory_is_readable_by_local_store(tmp_path: 
     blocks = [b"", b"foo", os.urandom(1), os.urandom(100_000)]
     locators = [arv.put(data) for data in blocks]  # type: ignore[attr-defined]
     store = LocalStore(tmp_path)
-    for data, text in zip(blocks, locators):
+    for data, text in zip(blocks, locators, strict=True):
         loc = Locator.parse(text)
         assert (loc.md5, loc.size) == (hashlib.md5(data).hexdigest(), len(data))
         assert store.get(text) == data
