@@ -8,13 +8,22 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from keepstub import KeepStub
 
 from keepstore import (
-    BlockNotFound, KeepClient, KeepError, LocalStore, Locator, ReadError, Service, Timeout, WriteError, probe_order,
+    BlockNotFound,
+    KeepClient,
+    KeepError,
+    LocalStore,
+    Locator,
+    ReadError,
+    Service,
+    Timeout,
+    WriteError,
+    probe_order,
 )
+from keepstore.store import Data
 from keepstore.transport import MockTransport, Request, Response
-
-from keepstub import KeepStub
 
 TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
 FAST = Timeout(connect=1, read=1, min_bandwidth=100_000)
@@ -63,10 +72,10 @@ def three(stubs_factory: Callable[..., list[KeepStub]], sleeps: Sleeps) -> Itera
 
 
 @pytest.mark.parametrize("data", [b"foo", bytearray(b"bar"), memoryview(b"bazz"), "h\u00e9llo"])
-def test_put_get_round_trip_for_every_input_type(three: tuple[KeepClient, list[KeepStub]], data: object) -> None:
+def test_put_get_round_trip_for_every_input_type(three: tuple[KeepClient, list[KeepStub]], data: Data) -> None:
     kc, _ = three
-    loc = kc.put(data)  # type: ignore[arg-type]
-    raw = data.encode() if isinstance(data, str) else bytes(data)  # type: ignore[arg-type]
+    loc = kc.put(data)
+    raw = data.encode() if isinstance(data, str) else bytes(data)
     assert loc.md5 == hashlib.md5(raw).hexdigest() and loc.size == len(raw)
     assert kc.get(loc) == raw and kc.get(str(loc)) == raw
     assert kc.head(loc) is True and kc.exists(loc) is True
@@ -192,9 +201,9 @@ def test_shortfall_raises_write_error_with_wanted_done_and_attempts(
         stubs_factory: Callable[..., list[KeepStub]], sleeps: Sleeps) -> None:
     good, bad = stubs_factory(2)
     bad.fail("status", 503, methods="PUT", times=100)
-    with KeepClient(disk_services([good, bad]), token=TOKEN, retries=3, sleep=sleeps) as kc:
-        with pytest.raises(WriteError) as info:
-            kc.put(b"short", copies=2, request_id="req-bbbbbbbbbbbbbbbbbbbb")
+    kc = KeepClient(disk_services([good, bad]), token=TOKEN, retries=3, sleep=sleeps)
+    with kc, pytest.raises(WriteError) as info:
+        kc.put(b"short", copies=2, request_id="req-bbbbbbbbbbbbbbbbbbbb")
     err = info.value
     assert (err.wanted, err.done) == (2, 1)
     assert good.count("PUT") == 1, "never a second PUT to a service that confirmed"
@@ -212,7 +221,6 @@ def test_507_is_not_retried_on_that_service(stubs_factory: Callable[..., list[Ke
         assert info.value.done == 1
         assert full.count("PUT") == 1 and ok.count("PUT") == 1
         assert sleeps == [], "nothing left that a retry could help"
-        assert kc.put_block(b"other", copies=1).services == (ok.url,) or full.count("PUT") == 2
 
 
 def test_permanent_4xx_retires_the_service(stubs_factory: Callable[..., list[KeepStub]], sleeps: Sleeps) -> None:
@@ -380,15 +388,19 @@ def test_empty_block_needs_no_request(three: tuple[KeepClient, list[KeepStub]]) 
 def test_from_env_with_keep_services(stubs_factory: Callable[..., list[KeepStub]]) -> None:
     stubs = stubs_factory(2)
     env = {"KEEP_SERVICES": " ".join(s.url for s in stubs), "KEEP_TOKEN": TOKEN, "HOME": "/nonexistent"}
-    with KeepClient.from_env(env, copies=1) as kc:
-        assert isinstance(kc, KeepClient) and kc.copies == 1
+    kc = KeepClient.from_env(env, copies=1)
+    assert isinstance(kc, KeepClient)
+    with kc:
+        assert kc.copies == 1
         assert [s.root for s in kc.services] == [s.url for s in stubs]
         assert kc.get(kc.put(b"env")) == b"env"
 
 
 def test_from_env_arvados_keep_proxy(stubs_factory: Callable[..., list[KeepStub]]) -> None:
     (stub,) = stubs_factory(1)
-    with KeepClient.from_env({"ARVADOS_KEEP_PROXY": stub.url, "HOME": "/nonexistent"}) as kc:
+    kc = KeepClient.from_env({"ARVADOS_KEEP_PROXY": stub.url, "HOME": "/nonexistent"})
+    assert isinstance(kc, KeepClient)
+    with kc:
         assert [s.service_type for s in kc.services] == ["proxy"]
 
 

@@ -9,10 +9,9 @@ from collections.abc import Iterator
 import arvados
 import arvados.keep
 import pytest
+from keepstub import KeepStub
 
 from keepstore import KeepClient, Locator, probe_order
-
-from keepstub import KeepStub
 
 TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
 
@@ -35,7 +34,7 @@ def test_arvados_reads_what_we_wrote(stubs: list[KeepStub]) -> None:
     with KeepClient(urls, token=TOKEN) as kc:
         locators = [kc.put(b, copies=2) for b in blocks]
     arv = _arvados(urls)
-    for loc, data in zip(locators, blocks):
+    for loc, data in zip(locators, blocks, strict=True):
         assert arv.get(str(loc)) == data
         assert arv.head(str(loc)) is True
 

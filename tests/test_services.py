@@ -126,13 +126,13 @@ def test_discovery_uses_the_token_and_filters_gateways_and_read_only(httpserver:
 def test_discovery_with_no_services_raises(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/arvados/v1/keep_services/accessible").respond_with_json(_keep_services_json())
     with KeepClient(api_host=httpserver.url_for("/"), token="t") as kc, pytest.raises(NoServicesError):
-        kc.services
+        assert kc.services
 
 
 def test_discovery_http_error_raises_no_services(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/arvados/v1/keep_services/accessible").respond_with_data("no", status=401)
     with KeepClient(api_host=httpserver.url_for("/"), token="t") as kc, pytest.raises(NoServicesError, match="401"):
-        kc.services
+        assert kc.services
 
 
 def test_directory_refreshes_on_timer_and_after_failures_but_rate_limited() -> None:
@@ -144,15 +144,19 @@ def test_directory_refreshes_on_timer_and_after_failures_but_rate_limited() -> N
         return [Service("zzzzz-bi6l4-000000000000001", "http://h:1/")]
 
     d = ServiceDirectory(discover_fn=discover, refresh_interval=100, min_interval=5, clock=lambda: now[0])
-    d.services(); d.services()
+    d.services()
+    d.services()
     assert len(calls) == 1
-    d.mark_stale(); d.services()
+    d.mark_stale()
+    d.services()
     assert len(calls) == 1  # within min_interval
-    now[0] = 6; d.services()
+    now[0] = 6
+    d.services()
     assert len(calls) == 2
     d.services()
     assert len(calls) == 2
-    now[0] = 200; d.services()
+    now[0] = 200
+    d.services()
     assert len(calls) == 3
 
 

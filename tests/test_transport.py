@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from keepstub import KeepStub
 from pytest_httpserver import HTTPServer
-from werkzeug import Request as WRequest, Response as WResponse
+from werkzeug import Request as WRequest
+from werkzeug import Response as WResponse
 
 from keepstore import Timeout
 from keepstore.transport import CurlTransport, Headers, MockTransport, Request, Response, TransportError
 from keepstore.transport.curl import default_ca_file
-
-from keepstub import KeepStub
 
 TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
 FAST = Timeout(connect=1, read=1, min_bandwidth=100_000)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import Headers, Request, Response, Transport, TransportError
 from .mock import MockTransport
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .curl import CurlTransport
 
 __all__ = ["CurlTransport", "Headers", "MockTransport", "Request", "Response", "Transport", "TransportError"]
 

@@ -6,12 +6,14 @@ import abc
 import dataclasses
 from collections.abc import Iterator, Mapping
 from types import TracebackType
+from typing import TypeVar
 
 from ..config import Timeout
 from ..errors import KeepError
 
 __all__ = ["Headers", "Request", "Response", "Transport", "TransportError"]
 
+_T = TypeVar("_T", bound="Transport")
 _SECRET_HEADERS = frozenset({"authorization"})
 
 
@@ -60,7 +62,7 @@ class Request:
 
     method: str
     url: str
-    headers: Headers = dataclasses.field(default_factory=Headers)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=Headers)  # stored as Headers
     body: memoryview | None = dataclasses.field(default=None, repr=False)
     expected_size: int | None = None
     timeout: Timeout = dataclasses.field(default_factory=Timeout)
@@ -78,7 +80,7 @@ class Response:
     while receiving (so callers need not hash again), else None."""
 
     status: int
-    headers: Headers = dataclasses.field(default_factory=Headers)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=Headers)  # stored as Headers
     body: bytes = dataclasses.field(default=b"", repr=False)
     body_md5: str | None = None
 
@@ -121,10 +123,10 @@ class Transport(abc.ABC):
     def request(self, request: Request) -> Response:
         """Perform *request*."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: stateless transports need nothing)
         """Release pooled connections."""
 
-    def __enter__(self) -> "Transport":
+    def __enter__(self: _T) -> _T:
         return self
 
     def __exit__(
