@@ -1,4 +1,4 @@
-"""The ``keep`` command line: put, get and head blocks (and more, registered by other modules)."""
+"""The ``keep`` command line: parser, error handling, and the block-level commands."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import __version__
 from .errors import BlockNotFound, KeepError
-from .locator import MAX_BLOCK_SIZE, Locator
+from .locator import Locator
 from .store import BlockStore
 
 __all__ = ["main", "open_store"]
@@ -31,66 +31,6 @@ def open_store(args: argparse.Namespace) -> BlockStore:
     from .client import KeepClient
 
     return KeepClient.from_env()
-
-
-def _cmd_put(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    with store:
-        for name in args.paths:
-            data = _read_input(name)
-            loc = store.put(data, copies=args.copies, storage_classes=args.storage_classes)
-            print(loc, flush=True)
-    return EXIT_OK
-
-
-def _read_input(name: str) -> bytes:
-    if name == "-":
-        data = sys.stdin.buffer.read(MAX_BLOCK_SIZE + 1)
-    else:
-        size = os.stat(name).st_size
-        if size > MAX_BLOCK_SIZE:
-            raise KeepError(f"{name}: {size} bytes is more than one block (64 MiB)")
-        with open(name, "rb") as f:
-            data = f.read(MAX_BLOCK_SIZE + 1)
-    if len(data) > MAX_BLOCK_SIZE:
-        raise KeepError(f"{name}: more than one block (64 MiB)")
-    return data
-
-
-def _cmd_get(args: argparse.Namespace) -> int:
-    loc = Locator.parse(args.locator)
-    store = open_store(args)
-    with store:
-        data = store.get(loc)
-    if args.dest in (None, "-"):
-        out: BinaryIO = sys.stdout.buffer
-        out.write(data)
-        out.flush()
-    else:
-        _write_atomically(args.dest, data)
-    return EXIT_OK
-
-
-def _write_atomically(dest: str, data: bytes) -> None:
-    import tempfile
-
-    if os.path.isdir(dest):
-        raise KeepError(f"{dest} is a directory; name a file to write the block to")
-    directory = os.path.dirname(os.path.abspath(dest))
-    try:
-        fd, temp = tempfile.mkstemp(prefix=".keep-", dir=directory)
-    except OSError as exc:  # name what the user asked for, not our temp file
-        raise OSError(exc.errno, exc.strerror, dest) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, dest)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def _cmd_head(args: argparse.Namespace) -> int:
@@ -119,6 +59,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _transfer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--copies", type=_positive_int, default=None, help="replicas wanted (default 2)")
+    parser.add_argument("--storage-classes", type=_storage_classes, default=None, metavar="A,B",
+                        help="storage classes wanted, comma-separated")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keep",
@@ -129,17 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    put = sub.add_parser("put", help="store files (or - for stdin) and print their locators")
-    put.add_argument("paths", nargs="+", metavar="FILE", help="files to store; - reads stdin")
-    put.add_argument("--copies", type=_positive_int, default=None, help="replicas wanted (default 2)")
-    put.add_argument("--storage-classes", type=_storage_classes, default=None, metavar="A,B",
-                     help="storage classes wanted, comma-separated")
-    put.set_defaults(func=_cmd_put)
+    from . import cli_datasets
 
-    get = sub.add_parser("get", help="fetch a block to a file or stdout")
-    get.add_argument("locator", help="block locator")
-    get.add_argument("dest", nargs="?", default=None, help="file to write (default: stdout, or -)")
-    get.set_defaults(func=_cmd_get)
+    cli_datasets.register(sub, _transfer_options)
 
     head = sub.add_parser("head", help="check that a block is stored (exit 3 when it is not)")
     head.add_argument("locator", help="block locator")

@@ -45,30 +45,30 @@ def assert_one_clear_line(result: subprocess.CompletedProcess[bytes], *fragments
     return err
 
 
-def test_put_prints_one_locator_per_file(env: dict[str, str], tmp_path: Path) -> None:
+def test_put_blocks_prints_one_locator_per_file(env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"foo\n")
     (tmp_path / "b").write_bytes(b"")
-    result = keep(env, "put", str(tmp_path / "a"), str(tmp_path / "b"))
+    result = keep(env, "put", "--blocks", str(tmp_path / "a"), str(tmp_path / "b"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines() == [FOO_LOC, keepstore.EMPTY_BLOCK]
     assert (tmp_path / "store" / "d3b" / "d3b07384d113edec49eaa6238ad5ff00").read_bytes() == b"foo\n"
 
 
-def test_put_reads_stdin_for_dash(env: dict[str, str]) -> None:
-    result = keep(env, "put", "-", stdin=b"foo\n")
+def test_put_blocks_reads_stdin_for_dash(env: dict[str, str]) -> None:
+    result = keep(env, "put", "--blocks", "-", stdin=b"foo\n")
     assert (result.returncode, result.stdout.decode().strip()) == (0, FOO_LOC)
 
 
 def test_get_writes_the_block_to_stdout(env: dict[str, str]) -> None:
     data = os.urandom(300_000)
-    loc = keep(env, "put", "-", stdin=data).stdout.decode().strip()
+    loc = keep(env, "put", "--blocks", "-", stdin=data).stdout.decode().strip()
     for args in ((loc,), (loc, "-")):
         result = keep(env, "get", *args)
         assert result.returncode == 0 and result.stdout == data
 
 
 def test_get_writes_the_block_to_a_file(env: dict[str, str], tmp_path: Path) -> None:
-    keep(env, "put", "-", stdin=b"foo\n")
+    keep(env, "put", "--blocks", "-", stdin=b"foo\n")
     dest = tmp_path / "out.txt"
     dest.write_bytes(b"old contents, replaced")
     result = keep(env, "get", FOO_LOC, str(dest))
@@ -78,13 +78,13 @@ def test_get_writes_the_block_to_a_file(env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_get_to_a_relative_file_name(env: dict[str, str], tmp_path: Path) -> None:
-    keep(env, "put", "-", stdin=b"foo\n")
+    keep(env, "put", "--blocks", "-", stdin=b"foo\n")
     assert keep(env, "get", FOO_LOC, "rel.txt", cwd=tmp_path).returncode == 0
     assert (tmp_path / "rel.txt").read_bytes() == b"foo\n"
 
 
 def test_head_reports_a_present_block(env: dict[str, str]) -> None:
-    keep(env, "put", "-", stdin=b"foo\n")
+    keep(env, "put", "--blocks", "-", stdin=b"foo\n")
     result = keep(env, "head", FOO_LOC)
     assert result.returncode == 0
     assert FOO_LOC in result.stdout.decode()
@@ -107,7 +107,7 @@ def test_invalid_locator_is_one_clear_line_and_non_zero(env: dict[str, str], com
 
 
 def test_damaged_block_is_an_error_not_wrong_bytes(env: dict[str, str], tmp_path: Path) -> None:
-    keep(env, "put", "-", stdin=b"foo\n")
+    keep(env, "put", "--blocks", "-", stdin=b"foo\n")
     (tmp_path / "store" / "d3b" / "d3b07384d113edec49eaa6238ad5ff00").write_bytes(b"fox\n")
     result = keep(env, "get", FOO_LOC)
     assert result.returncode == 1 and result.stdout == b""
@@ -120,17 +120,17 @@ def test_put_of_a_missing_file_names_it(env: dict[str, str], tmp_path: Path) -> 
     assert_one_clear_line(result, str(tmp_path / "absent"), "No such file")
 
 
-def test_put_of_a_file_over_64_mib_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+def test_put_blocks_of_a_file_over_64_mib_is_refused(env: dict[str, str], tmp_path: Path) -> None:
     big = tmp_path / "big"
     with open(big, "wb") as f:
         f.truncate(keepstore.MAX_BLOCK_SIZE + 1)
-    result = keep(env, "put", str(big))
+    result = keep(env, "put", "--blocks", str(big))
     assert result.returncode == 1
     assert_one_clear_line(result, "64 MiB")
 
 
 def test_get_into_a_missing_directory_names_the_destination(env: dict[str, str], tmp_path: Path) -> None:
-    keep(env, "put", "-", stdin=b"foo\n")
+    keep(env, "put", "--blocks", "-", stdin=b"foo\n")
     dest = tmp_path / "no" / "such" / "dir" / "out"
     result = keep(env, "get", FOO_LOC, str(dest))
     assert result.returncode == 1
@@ -155,7 +155,7 @@ def test_debug_shows_the_traceback(env: dict[str, str]) -> None:
 
 def test_without_keep_local_store_the_default_is_under_xdg_data_home(env: dict[str, str]) -> None:
     del env["KEEP_LOCAL_STORE"]
-    result = keep(env, "put", "-", stdin=b"foo\n")
+    result = keep(env, "put", "--blocks", "-", stdin=b"foo\n")
     assert result.returncode == 0, result.stderr
     path = Path(env["XDG_DATA_HOME"]) / "keepstore" / "blocks" / "d3b" / "d3b07384d113edec49eaa6238ad5ff00"
     assert hashlib.md5(path.read_bytes()).hexdigest() == "d3b07384d113edec49eaa6238ad5ff00"

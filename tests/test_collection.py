@@ -31,7 +31,7 @@ def make_tree(root):
 
 def tree_contents(root):
     out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         out[rel + "/"] = None
         for name in filenames:
