@@ -413,3 +413,12 @@ def test_keep_client_is_a_block_store() -> None:
     from keepstore.store import BlockStore
 
     assert issubclass(KeepClient, BlockStore)
+
+
+def test_the_examples_in_docs_client_md_run() -> None:
+    import doctest
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "client.md"
+    result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 10 and result.failed == 0
