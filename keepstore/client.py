@@ -36,7 +36,11 @@ def new_request_id() -> str:
 
 
 class BlockCacheLike(Protocol):
-    """What `KeepClient(cache=...)` needs from a block cache."""
+    """What `KeepClient(cache=...)` needs from a block cache.
+
+    A cache that also has ``get_or_fetch(locator, fetch, verified=True)`` (keepstore's
+    `BlockCache`) is used through it, so concurrent readers of a block share one download.
+    """
 
     def get(self, locator: Locator) -> bytes | None: ...
 
@@ -205,14 +209,28 @@ class KeepClient(BlockStore):
         loc = self._locator(locator)
         if str(loc.bare()) == EMPTY_BLOCK:
             return b""
-        if self.cache is not None:
-            cached = self.cache.get(loc)
-            if cached is not None:
+        rid = request_id or new_request_id()
+        if self.cache is None:
+            return self._read(loc, "GET", rid)
+        get_or_fetch = getattr(self.cache, "get_or_fetch", None)
+        if get_or_fetch is not None:
+            # keepstore's BlockCache: concurrent readers of one block share one download.
+            fetched = []
+
+            def fetch() -> bytes:
+                fetched.append(True)
+                return self._read(loc, "GET", rid)
+
+            data: bytes = get_or_fetch(loc, fetch, verified=True)
+            if not fetched:
                 self._counters.add(cache_hits=1)
-                return cached
-        data = self._read(loc, "GET", request_id or new_request_id())
-        if self.cache is not None:
-            self.cache.put(loc, data)
+            return data
+        cached = self.cache.get(loc)
+        if cached is not None:
+            self._counters.add(cache_hits=1)
+            return cached
+        data = self._read(loc, "GET", rid)
+        self.cache.put(loc, data)
         return data
 
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:

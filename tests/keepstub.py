@@ -21,7 +21,7 @@ class KeepStub:
     each matching request pops the first entry and runs it.
 
     Actions: ``("status", code, headers)``, ``("corrupt",)``, ``("truncate",)``,
-    ``("stall", seconds)``, ``("drip", bytes_per_second)``, ``("drop",)``.
+    ``("stall", seconds)``, ``("drip", bytes_per_second)``, ``("drop",)``, ``("delay", seconds)``.
     """
 
     def __init__(self, *, replicas_header: str | None = "1", classes_header: str | None = None,
@@ -108,6 +108,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if action is None:
             return False
         kind = action[0]
+        if kind == "delay":
+            time.sleep(action[1])
+            return False  # then answer normally
         if kind == "status":
             self._answer(action[1], b"error\n", action[2] if len(action) > 2 else None)
         elif kind == "corrupt" and body is not None:

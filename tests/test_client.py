@@ -422,3 +422,21 @@ def test_the_examples_in_docs_client_md_run() -> None:
     path = Path(__file__).resolve().parent.parent / "docs" / "client.md"
     result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10 and result.failed == 0
+
+
+def test_concurrent_reads_through_a_block_cache_download_once(stubs_factory: Callable[..., list[KeepStub]]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keepstore import MemoryBlockCache
+
+    stubs = stubs_factory(2)
+    data = b"popular" * 100_000
+    with KeepClient(disk_services(stubs), cache=MemoryBlockCache(max_bytes=1 << 24)) as kc:
+        loc = kc.put(data)
+        for s in stubs:
+            s.fail("delay", 0.3, methods="GET", times=8)  # slow enough that all eight overlap
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: kc.get(loc), range(8)))
+        assert all(r == data for r in results)
+        assert sum(s.count("GET") for s in stubs) == 1
+        assert kc.stats().cache_hits == 7

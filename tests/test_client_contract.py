@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from contract.store_contract import StoreContract
+from keepstub import KeepStub
 
 from keepstore import KeepClient
 from keepstore.store import BlockStore
-
-from contract.store_contract import StoreContract
-from keepstub import KeepStub
 
 
 class TestKeepClientContract(StoreContract):
