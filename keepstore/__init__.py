@@ -42,7 +42,6 @@ _LAZY = {
     "DatasetWriter": "keepstore.collection",
     "DatasetReader": "keepstore.collection",
     "Receipt": "keepstore.collection",
-    "AsyncKeepClient": "keepstore.aio",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
