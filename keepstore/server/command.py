@@ -1,9 +1,101 @@
-"""The ``keep serve`` sub-command."""
+"""The ``keep serve`` sub-command: run a `KeepServer` until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..locator import DEFAULT_SIGNING_TTL
+
+__all__ = ["register", "run"]
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``keep serve`` to the command line (placeholder until the server lands)."""
+    """Add ``keep serve`` to the command line."""
+    p = sub.add_parser(
+        "serve", help="run a Keep-protocol server on this machine",
+        description="Serve blocks from one or more volume directories over the Keep protocol. "
+                    "Prints 'listening on URL' once ready; stops cleanly on SIGTERM or SIGINT.")
+    p.add_argument("--listen", default="127.0.0.1:25107", metavar="HOST:PORT",
+                   help="address to listen on; port 0 picks a free port (default %(default)s)")
+    p.add_argument("--volume", action="append", required=True, metavar="DIR[:CLASS,...]",
+                   help="a block directory, optionally with the storage classes it confirms "
+                        "(default class: default); repeat for several volumes")
+    p.add_argument("--signing-key-file", type=Path, metavar="FILE",
+                   help="sign PUT responses with the blob signing key in FILE")
+    p.add_argument("--signing-ttl", type=int, default=DEFAULT_SIGNING_TTL, metavar="SECONDS",
+                   help="lifetime of signatures (default %(default)s)")
+    p.add_argument("--require-signatures", action="store_true",
+                   help="refuse GET/HEAD of locators without a valid signature")
+    p.add_argument("--system-token-file", type=Path, metavar="FILE",
+                   help="the token that may read /index")
+    p.add_argument("--max-requests", type=int, default=128, metavar="N",
+                   help="answer 503 beyond N requests in flight (default %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="close connections idle (or stalled mid-request) this long (default %(default)s)")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the private key for --tls-cert (PEM)")
+    p.add_argument("--no-fsync", action="store_true", help="skip fsync on writes (faster, not crash safe)")
+    p.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    p.set_defaults(func=run)
+
+
+def _secret(path: Path | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+    if not text:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return text
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--listen {text!r}: need HOST:PORT, e.g. 127.0.0.1:25107 or [::1]:0")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until a signal arrives; in-flight requests finish before the process exits."""
+    from .app import KeepServer
+
+    host, port = _listen(args.listen)
+    server = KeepServer(
+        args.volume, host=host, port=port,
+        signing_key=_secret(args.signing_key_file, "signing key"), signing_ttl=args.signing_ttl,
+        require_signatures=args.require_signatures,
+        system_token=_secret(args.system_token_file, "system token"),
+        max_requests=args.max_requests, idle_timeout=args.idle_timeout,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, fsync=not args.no_fsync,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    logger = logging.getLogger("keepstore.server")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    if args.quiet:
+        logging.getLogger("keepstore.server.access").setLevel(logging.WARNING)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    print(f"listening on {server.url}", flush=True)
+    while not done.wait(0.5):
+        pass
+    server.stop()
+    return 0

@@ -1,0 +1,650 @@
+"""KeepServer: the Keep block protocol over HTTP/1.1 for one machine, with fault injection."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import hmac
+import http.server
+import logging
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .._version import __version__
+from ..errors import ConfigError, LocatorError, WriteError
+from ..locator import DEFAULT_SIGNING_TTL, EMPTY_BLOCK, MAX_BLOCK_SIZE, Locator, sign_locator, signature_for
+from .faults import Fault, FaultPlan
+from .volumes import Volume, VolumeFull, parse_volume, rank_volumes
+
+__all__ = ["KeepServer", "RequestRecord"]
+
+log = logging.getLogger("keepstore.server")
+access_log = logging.getLogger("keepstore.server.access")
+
+_EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
+_MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
+_INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
+_SIGNATURE = re.compile(r"\+A[0-9a-f]{40}@[0-9a-f]{8}")
+_CHUNK = 1 << 20
+_SEND_CHUNK = 4 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestRecord:
+    """One request as the server saw it (for tests: count requests, check headers' effects)."""
+
+    method: str
+    path: str  # without signatures or query
+    status: int
+    bytes_out: int
+    seconds: float
+    request_id: str
+    fault: str | None = None
+
+
+class _Abort(Exception):
+    """The connection is unusable (client went away, or a fault dropped it): stop quietly."""
+
+
+class KeepServer:
+    """A Keep-protocol server on *host*:*port* storing blocks in *volumes*.
+
+    ``port=0`` picks a free port (see `url` after `start()`). `stop()` finishes requests in
+    flight (up to *grace* seconds), closes idle keep-alive connections and frees the port;
+    `start()` again listens on the same port. `faults` scripts misbehaviour for tests and
+    `requests` records what was asked. See ``docs/server.md``.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Volume | str | os.PathLike[str]],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        signing_key: bytes | str | None = None,
+        signing_ttl: int = DEFAULT_SIGNING_TTL,
+        require_signatures: bool = False,
+        system_token: str | None = None,
+        max_requests: int = 128,
+        idle_timeout: float = 60.0,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        fsync: bool = True,
+    ) -> None:
+        if not volumes:
+            raise ConfigError("keep serve needs at least one --volume")
+        if require_signatures and not signing_key:
+            raise ConfigError("--require-signatures needs a signing key (--signing-key-file)")
+        if max_requests < 1:
+            raise ConfigError(f"max_requests must be at least 1, got {max_requests}")
+        self.volumes = [self._volume(v, fsync) for v in volumes]
+        self.host = host
+        self.port = port
+        self._signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        self.signing_ttl = signing_ttl
+        self.require_signatures = require_signatures
+        self._system_token = system_token
+        self.max_requests = max_requests
+        self.idle_timeout = idle_timeout
+        self.faults = FaultPlan()
+        self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=100_000)
+        self._ssl: ssl.SSLContext | None = None
+        if tls_cert or tls_key:
+            if not (tls_cert and tls_key):
+                raise ConfigError("TLS needs both --tls-cert and --tls-key")
+            self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                self._ssl.load_cert_chain(str(tls_cert), str(tls_key))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}") from exc
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._state = threading.Condition()
+        self._inflight = 0
+        self._connections: set[socket.socket] = set()
+        for volume in self.volumes:
+            volume.store.remove_stale_temp_files()
+
+    @staticmethod
+    def _volume(spec: Volume | str | os.PathLike[str], fsync: bool) -> Volume:
+        if isinstance(spec, Volume):
+            return spec
+        if isinstance(spec, str):
+            volume = parse_volume(spec)
+            volume.fsync = fsync
+            volume.store.fsync = fsync
+            return volume
+        return Volume(Path(spec), fsync=fsync)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"KeepServer({self.url if self.port else 'unbound'}, {len(self.volumes)} volume(s), {state})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._httpd is not None
+
+    @property
+    def url(self) -> str:
+        """``http[s]://host:port/`` (the port is known once started)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self._ssl else 'http'}://{host}:{self.port}/"
+
+    def start(self) -> "KeepServer":
+        """Listen (on the same port as before after a `stop()`) and serve in a background thread."""
+        if self._httpd is not None:
+            return self
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        httpd = _HTTPServer((self.host, self.port), _Handler, self, family)
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"keep-serve-{self.port}", daemon=True)
+        self._thread.start()
+        log.info("listening on %s with %d volume(s)", self.url, len(self.volumes))
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish (up to *grace* s), close every connection."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        deadline = time.monotonic() + grace
+        with self._state:
+            while self._inflight and time.monotonic() < deadline:
+                self._state.wait(0.05)
+            connections = list(self._connections)
+        for conn in connections:  # idle keep-alive connections (and stragglers past the grace)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        log.info("stopped %s", self.url)
+
+    def restart(self) -> "KeepServer":
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> "KeepServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- admission and bookkeeping ----------------------------------------------------------
+
+    def _admit(self) -> bool:
+        with self._state:
+            if self._inflight >= self.max_requests:
+                return False
+            self._inflight += 1
+            return True
+
+    def _release(self) -> None:
+        with self._state:
+            self._inflight -= 1
+            self._state.notify_all()
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._state:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    # -- auth helpers -----------------------------------------------------------------------
+
+    def sign(self, loc: Locator, token: str | None) -> Locator:
+        if not self._signing_key or not token:
+            return loc
+        return sign_locator(loc, key=self._signing_key, token=token, ttl=self.signing_ttl)
+
+    def check_signature(self, loc: Locator, token: str | None) -> tuple[int, str] | None:
+        """None when the GET/HEAD may proceed, else (status, reason) as keepstore 3.x answers."""
+        if not self.require_signatures:
+            return None
+        if not token:
+            return 401, "no token"
+        hint = loc.permission_hint
+        if hint is None:
+            return 400, "unsigned locator"
+        assert self._signing_key is not None
+        expected = signature_for(loc.md5, token, hint[42:], self._signing_key, self.signing_ttl)
+        if not hmac.compare_digest(expected, hint[1:41]):
+            return 400, "invalid signature"
+        if loc.is_expired():
+            return 401, "expired signature"
+        return None
+
+    def check_system_token(self, token: str | None) -> tuple[int, str] | None:
+        if not token:
+            return 401, "no token"
+        if not self._system_token or not hmac.compare_digest(token.encode(), self._system_token.encode()):
+            return 403, "not the system token"
+        return None
+
+    def find(self, md5: str, size: int | None) -> tuple[Volume, Path, int] | None:
+        """The first volume holding *md5* (with *size*, when given)."""
+        for volume in self.volumes:
+            path = volume.store.find(md5)
+            if path is None:
+                continue
+            try:
+                actual = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size is None or actual == size:
+                return volume, path, actual
+        return None
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], handler: type, keep: KeepServer, family: int) -> None:
+        self.address_family = family
+        self.keep = keep
+        try:
+            super().__init__(address, handler)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from exc
+
+    def get_request(self) -> tuple[Any, Any]:
+        conn, addr = super().get_request()
+        if self.keep._ssl is not None:  # the handshake runs in the handler's thread, not here
+            conn = self.keep._ssl.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = f"keepstore/{__version__}"
+    server: _HTTPServer
+
+    # -- connection -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        keep = self.server.keep
+        self.timeout = keep.idle_timeout
+        super().setup()
+        keep._track(self.connection, True)
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        self.server.keep._track(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s: " + format, self.address_string(), *args)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # one access line per request is written by _dispatch instead
+
+    def handle_expect_100(self) -> bool:
+        # Admission happens before "100 Continue", so a busy server's 503 costs the client no body.
+        if not self.server.keep._admit():
+            self._admitted = False
+            self.close_connection = True
+            self._simple(503, "too many requests in flight", {"Retry-After": "1"})
+            self._log("PUT", 503, 0.0, "")
+            return False
+        self._admitted = True
+        return super().handle_expect_100()
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        keep = self.server.keep
+        start = time.monotonic()
+        self._status = 0
+        self._bytes_out = 0
+        self._fault: str | None = None
+        self._headers_sent = False
+        admitted = getattr(self, "_admitted", None)
+        self._admitted = None
+        if admitted is None and not keep._admit():
+            self._drain_body()
+            self._simple(503, "too many requests in flight", {"Retry-After": "1"})
+            self._log(method, 503, start, "")
+            return
+        path = urlsplit(self.path).path
+        try:
+            self._route(method, path)
+        except _Abort:
+            self.close_connection = True
+        except (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError) as exc:
+            log.debug("%s %s: connection lost: %s", method, _public(path), exc)
+            self.close_connection = True
+            self._status = self._status or 499
+        except Exception:  # a bug must cost one request, not the server
+            log.exception("%s %s failed", method, _public(path))
+            self.close_connection = True
+            if not self._headers_sent:
+                with contextlib.suppress(OSError):
+                    self._simple(500, "internal error")
+        finally:
+            keep._release()
+            self._log(method, self._status, start, path)
+
+    def _log(self, method: str, status: int, start: float, path: str) -> None:
+        seconds = time.monotonic() - start if start else 0.0
+        rid = self.headers.get("X-Request-Id", "") if self.headers else ""
+        rid = rid if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", rid or "") else ""
+        public = _public(path)
+        self.server.keep.requests.append(
+            RequestRecord(method, public, status, getattr(self, "_bytes_out", 0), seconds, rid,
+                          getattr(self, "_fault", None)))
+        access_log.info('%s "%s %s" %s %d %.1fms %s', self.client_address[0], method, public, status,
+                        getattr(self, "_bytes_out", 0), seconds * 1000, rid or "-")
+
+    def _route(self, method: str, path: str) -> None:
+        keep = self.server.keep
+        index = _INDEX_PATH.match(path)
+        if index and method in ("GET", "HEAD"):
+            return self._index(index.group(1) or "")
+        match = _MD5_PATH.match(path)
+        md5 = match.group(1) if match else None
+        fault = keep.faults.take(method, md5) if method in ("GET", "HEAD", "PUT") else None
+        if fault is not None:
+            self._fault = fault.kind
+            if self._pre_fault(fault, method):
+                return None
+        if method == "PUT":
+            return self._put(path, fault)
+        if method in ("GET", "HEAD"):
+            return self._get(method, path, fault)
+        self._drain_body()
+        self._simple(405, f"{method} is not supported")
+        return None
+
+    def _pre_fault(self, fault: Fault, method: str) -> bool:
+        """Apply the faults that act before the normal handling; True when it answered."""
+        if fault.kind == "delay":
+            time.sleep(fault.value)
+        elif fault.kind == "drop":
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            raise _Abort()
+        elif fault.kind == "status":
+            self._drain_body()
+            extra = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            self._simple(int(fault.value), f"injected fault {int(fault.value)}", extra)
+            return True
+        elif fault.kind == "stall" and method in ("HEAD", "PUT"):
+            time.sleep(fault.value)
+        return False
+
+    # -- PUT --------------------------------------------------------------------------------
+
+    def _put(self, path: str, fault: Fault | None) -> None:
+        keep = self.server.keep
+        match = _MD5_PATH.match(path)
+        if not match:
+            self._drain_body()
+            return self._simple(400, "PUT needs /<md5>")
+        md5 = match.group(1)
+        token = self._token()
+        if keep.require_signatures and not token:
+            self._drain_body()
+            return self._simple(401, "no token")
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or not length_text.isdigit():
+            self.close_connection = True  # the body's extent is unknown
+            return self._simple(411, "Content-Length required")
+        length = int(length_text)
+        if length > MAX_BLOCK_SIZE:
+            self.close_connection = True
+            return self._simple(413, f"block of {length} bytes is over the 64 MiB maximum")
+        if match.group(2) is not None and int(match.group(2)) != length:
+            self._drain_body(length)
+            return self._simple(400, "size in the locator does not match Content-Length")
+        found = keep.find(md5, length)
+        if found is not None:
+            return self._put_existing(md5, length, found[0], found[1], token)
+        if fault is not None and fault.kind == "full":
+            self._drain_body(length)
+            return self._simple(507, "every volume is full")
+        classes = [c.strip() for c in self.headers.get("X-Keep-Storage-Classes", "").split(",") if c.strip()]
+        for volume in rank_volumes(md5, keep.volumes, classes or ["default"]):
+            try:
+                volume.reserve(length)
+            except VolumeFull:
+                continue
+            return self._write(volume, md5, length, token)
+        self._drain_body(length)
+        return self._simple(507, "every volume is full")
+
+    def _put_existing(self, md5: str, length: int, volume: Volume, path: Path, token: str | None) -> None:
+        digest = hashlib.md5()
+        for chunk in self._body(length):
+            digest.update(chunk)
+        if digest.hexdigest() != md5:
+            return self._simple(400, "body md5 does not match the block name")
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        self._stored(Locator(md5, length), volume, token)
+
+    def _write(self, volume: Volume, md5: str, length: int, token: str | None) -> None:
+        try:
+            with volume.store.writer(md5) as writer:
+                for chunk in self._body(length):
+                    writer.write(chunk)
+                try:
+                    loc = writer.commit()
+                except WriteError:
+                    return self._simple(400, "body md5 does not match the block name")
+        except OSError as exc:
+            if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+                raise
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.close_connection = True
+                return self._simple(507, "volume full")
+            log.error("writing %s to %s: %s", md5, volume.path, exc.strerror or exc)
+            self.close_connection = True
+            return self._simple(500, "volume write error")
+        volume.written(length)
+        self._stored(loc, volume, token)
+        return None
+
+    def _stored(self, loc: Locator, volume: Volume, token: str | None) -> None:
+        body = (str(self.server.keep.sign(loc, token)) + "\n").encode()
+        confirmed = ", ".join(f"{c}=1" for c in volume.classes)
+        self._respond(200, body, {"X-Keep-Replicas-Stored": "1", "X-Keep-Storage-Classes-Confirmed": confirmed})
+
+    def _body(self, length: int) -> Iterable[bytes]:
+        remaining = length
+        while remaining:
+            chunk = self.rfile.read(min(_CHUNK, remaining))
+            if not chunk:
+                raise ConnectionError(f"client sent {length - remaining} of {length} bytes")
+            remaining -= len(chunk)
+            yield chunk
+
+    def _drain_body(self, length: int | None = None) -> None:
+        if length is None:
+            text = self.headers.get("Content-Length", "0") if self.headers else "0"
+            if not text.isdigit() or int(text) > MAX_BLOCK_SIZE:
+                self.close_connection = True
+                return
+            length = int(text)
+        for _ in self._body(length):
+            pass
+
+    # -- GET / HEAD -------------------------------------------------------------------------
+
+    def _get(self, method: str, path: str, fault: Fault | None) -> None:
+        keep = self.server.keep
+        text = path[1:]
+        bare = _MD5_PATH.match(path)
+        if bare and bare.group(2) is None:  # /<md5> without a size
+            if bare.group(1) == _EMPTY_MD5:
+                return self._respond(200, b"")
+            if method == "GET":
+                return self._simple(405, "GET needs the block size in the locator")
+            loc = None
+            md5, size = bare.group(1), None
+        else:
+            try:
+                loc = Locator.parse(text)
+            except LocatorError:
+                return self._simple(400, "bad locator")
+            md5, size = loc.md5, loc.size
+            if str(loc.bare()) == EMPTY_BLOCK:
+                return self._respond(200, b"")
+            problem = keep.check_signature(loc, self._token())
+            if problem is not None:
+                return self._simple(*problem)
+        found = keep.find(md5, size)
+        if found is None:
+            return self._simple(404, "not found")
+        _, file_path, actual = found
+        if method == "HEAD":
+            headers = {"Content-Length": str(actual)}
+            if loc is not None and self.headers.get("X-Keep-Signature"):
+                headers["X-Keep-Locator"] = str(keep.sign(Locator(md5, actual), self._token()))
+            return self._head_only(200, headers)
+        return self._send_block(md5, file_path, actual, fault)
+
+    def _send_block(self, md5: str, path: Path, size: int, fault: Fault | None) -> None:
+        """Stream the file while hashing it; the last chunk is held back until the hash checks,
+        so a damaged copy reaches the client as a truncated body (as keepstore 3.x does)."""
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return self._simple(404, "not found")
+        with f:
+            self._head_only(200, {"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+            kind = fault.kind if fault is not None else None
+            if kind == "stall":
+                assert fault is not None
+                time.sleep(fault.value)
+            limit = size // 2 if kind == "truncate" else size
+            digest = hashlib.md5()
+            held: bytes | None = None
+            offset = sent = 0
+            while True:
+                chunk = f.read(_SEND_CHUNK)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                if kind == "corrupt" and offset <= size // 2 < offset + len(chunk):
+                    i = size // 2 - offset
+                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
+                offset += len(chunk)
+                if held is not None:
+                    sent += self._write_body(held, limit - sent, fault)
+                    if sent >= limit:
+                        break
+                held = chunk
+            if held is not None and sent < limit:
+                if offset != size or digest.hexdigest() != md5:
+                    log.error("block %s at %s does not match its locator; truncating the response", md5, path)
+                    raise _Abort()
+                sent += self._write_body(held, limit - sent, fault)
+            if sent < size:
+                raise _Abort()
+        return None
+
+    def _write_body(self, data: bytes, room: int, fault: Fault | None) -> int:
+        data = data[:max(room, 0)]
+        if fault is not None and fault.kind == "throttle":
+            step = max(1, int(fault.value / 20))
+            for i in range(0, len(data), step):
+                self.wfile.write(data[i:i + step])
+                time.sleep(len(data[i:i + step]) / fault.value)
+        else:
+            self.wfile.write(data)
+        self._bytes_out += len(data)
+        return len(data)
+
+    # -- index ------------------------------------------------------------------------------
+
+    def _index(self, prefix: str) -> None:
+        keep = self.server.keep
+        problem = keep.check_system_token(self._token())
+        if problem is not None:
+            return self._simple(*problem)
+        seen: set[str] = set()
+        lines = []
+        for volume in keep.volumes:
+            for md5, size, mtime_ns in volume.store.index(prefix):
+                if md5 not in seen:
+                    seen.add(md5)
+                    lines.append(f"{md5}+{size} {mtime_ns}\n")
+        lines.append("\n")
+        self._respond(200, "".join(lines).encode(), {"Content-Type": "text/plain; charset=utf-8"})
+        return None
+
+    # -- responses --------------------------------------------------------------------------
+
+    def _token(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        for scheme in ("Bearer ", "OAuth2 "):
+            if auth.startswith(scheme):
+                return auth[len(scheme):].strip() or None
+        return None
+
+    def _head_only(self, status: int, headers: dict[str, str]) -> None:
+        self._status = status
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self._headers_sent = True
+
+    def _respond(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        all_headers = {"Content-Length": str(len(body)), "Content-Type": "text/plain; charset=utf-8"}
+        all_headers.update(headers or {})
+        self._head_only(status, all_headers)
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+            self._bytes_out = len(body)
+
+    def _simple(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        self._respond(status, f"{status} {reason}\n".encode(), headers)
+
+
+def _public(path: str) -> str:
+    """A path fit for logs: signatures replaced."""
+    return _SIGNATURE.sub("+A...", path)

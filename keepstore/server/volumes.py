@@ -1,0 +1,88 @@
+"""Volume: one directory a `KeepServer` stores blocks in, with its storage classes."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..local import LocalStore
+
+__all__ = ["Volume", "VolumeFull", "parse_volume", "rank_volumes"]
+
+_CLASS = re.compile(r"[A-Za-z0-9_.-]+\Z")
+
+
+class VolumeFull(OSError):
+    """A volume cannot take another block (real ENOSPC, its capacity, or an injected fault)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ENOSPC, "volume full", str(path))
+
+
+@dataclasses.dataclass
+class Volume:
+    """A directory in the LocalStore layout (``<root>/<md5[0:3]>/<md5>``).
+
+    *classes* are the storage classes the volume confirms (default ``("default",)``).
+    *capacity* optionally caps the bytes of blocks it will hold (checked before each write,
+    measured by a scan at start and kept up to date afterwards).
+    """
+
+    path: Path
+    classes: tuple[str, ...] = ("default",)
+    capacity: int | None = None
+    fsync: bool = True
+    used: int = 0
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.store = LocalStore(self.path, fsync=self.fsync)
+        if self.capacity is not None:
+            self.used = sum(size for _, size, _ in self.store.index())
+
+    def reserve(self, size: int) -> None:
+        """Raise `VolumeFull` unless *size* more bytes fit (by capacity and by free disk space)."""
+        if self.capacity is not None and self.used + size > self.capacity:
+            raise VolumeFull(self.path)
+        if shutil.disk_usage(self.path).free < size:
+            raise VolumeFull(self.path)
+
+    def written(self, size: int) -> None:
+        self.used += size
+
+
+def parse_volume(text: str) -> Volume:
+    """``DIR`` or ``DIR:class[,class...]`` -> `Volume` (`ConfigError` on a bad spec)."""
+    path, classes = text, ("default",)
+    head, sep, tail = text.rpartition(":")
+    if sep and head and tail and all(_CLASS.match(c) for c in tail.split(",")):
+        path, classes = head, tuple(tail.split(","))
+    elif sep and not tail:
+        raise ConfigError(f"volume {text!r}: empty storage class list after ':'")
+    if not path:
+        raise ConfigError(f"volume {text!r}: no directory")
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"volume {path!r}: cannot create directory: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"volume {path!r} is not writable")
+    return Volume(Path(path), classes)
+
+
+def rank_volumes(md5: str, volumes: Sequence[Volume], wanted: Iterable[str]) -> list[Volume]:
+    """Volumes to try for a new block: those with more of the *wanted* classes first, then a
+    stable per-block order (rendezvous on md5 + path) so blocks spread over the volumes."""
+    want = set(wanted)
+
+    def key(v: Volume) -> tuple[int, str]:
+        return (-len(want & set(v.classes)), hashlib.md5(f"{md5}{v.path}".encode()).hexdigest())
+
+    return sorted(volumes, key=key)
