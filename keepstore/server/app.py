@@ -286,7 +286,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         keep = self.server.keep
-        self.timeout = keep.idle_timeout
+        self.timeout = keep.idle_timeout  # type: ignore[misc]  # per-server, read by setup()
         super().setup()
         keep._track(self.connection, True)
         if isinstance(self.connection, ssl.SSLSocket):
@@ -298,7 +298,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             super().finish()
         self.server.keep._track(self.connection, False)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s: " + format, self.address_string(), *args)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -307,7 +307,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         # Admission happens before "100 Continue", so a busy server's 503 costs the client no body.
         if not self.server.keep._admit():
-            self._admitted = False
+            self._admitted: bool | None = False
             self.close_connection = True
             self._simple(503, "too many requests in flight", {"Retry-After": "1"})
             self._log("PUT", 503, 0.0, "")
@@ -351,7 +351,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._route(method, path)
         except _Abort:
             self.close_connection = True
-        except (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError) as exc:
+        except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
             log.debug("%s %s: connection lost: %s", method, _public(path), exc)
             self.close_connection = True
             self._status = self._status or 499
@@ -548,7 +548,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Stream the file while hashing it; the last chunk is held back until the hash checks,
         so a damaged copy reaches the client as a truncated body (as keepstore 3.x does)."""
         try:
-            f = open(path, "rb")
+            f = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError:
             return self._simple(404, "not found")
         with f:

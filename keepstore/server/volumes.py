@@ -60,7 +60,8 @@ class Volume:
 
 def parse_volume(text: str) -> Volume:
     """``DIR`` or ``DIR:class[,class...]`` -> `Volume` (`ConfigError` on a bad spec)."""
-    path, classes = text, ("default",)
+    path: str = text
+    classes: tuple[str, ...] = ("default",)
     head, sep, tail = text.rpartition(":")
     if sep and head and tail and all(_CLASS.match(c) for c in tail.split(",")):
         path, classes = head, tuple(tail.split(","))
