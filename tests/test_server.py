@@ -230,7 +230,7 @@ def test_index_lists_blocks_with_mtime_and_a_final_empty_line(server):
     for line in lines:
         assert re.fullmatch(r"[0-9a-f]{32}\+3 [0-9]{19}", line)
     status, _, body = request(server, "GET", "/index/acb", headers={"Authorization": "Bearer sys-token"})
-    assert body.decode() == [f"{line}\n\n" for line in lines if line.startswith("acb")][0]
+    assert body.decode() == next(f"{line}\n\n" for line in lines if line.startswith("acb"))
 
 
 def test_index_needs_the_system_token(server):
