@@ -97,18 +97,20 @@ def cmd_put(args: argparse.Namespace) -> int:
     if paths.count("-") > 1:
         raise KeepError("stdin (-) can be given only once")
     store = open_store(args)
-    with store, _progress(args, _input_size(paths), "put") as advance:
-        with DatasetWriter(store, copies=args.copies, storage_classes=args.storage_classes,
-                           progress=advance) as writer:
-            single_dir = len(paths) == 1 and paths[0] != "-" and os.path.isdir(paths[0])
-            for p in paths:
-                if p == "-":
-                    writer.add_stream(args.name or "stdin", sys.stdin.buffer)
-                elif os.path.isdir(p):
-                    writer.add_tree(p, prefix="" if single_dir else Path(os.path.abspath(p)).name)
-                else:
-                    writer.add_file(p, args.name if (args.name and len(paths) == 1) else None)
-            receipt = writer.finish()
+    with (
+        store,
+        _progress(args, _input_size(paths), "put") as advance,
+        DatasetWriter(store, copies=args.copies, storage_classes=args.storage_classes, progress=advance) as writer,
+    ):
+        single_dir = len(paths) == 1 and paths[0] != "-" and os.path.isdir(paths[0])
+        for p in paths:
+            if p == "-":
+                writer.add_stream(args.name or "stdin", sys.stdin.buffer)
+            elif os.path.isdir(p):
+                writer.add_tree(p, prefix="" if single_dir else Path(os.path.abspath(p)).name)
+            else:
+                writer.add_file(p, args.name if (args.name and len(paths) == 1) else None)
+        receipt = writer.finish()
     if args.json:
         print(receipt.to_json(indent=2))
     else:
