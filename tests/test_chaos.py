@@ -1,0 +1,50 @@
+"""Chaos: four keep servers, copies=2, mixed block and dataset traffic under random faults, a
+server stopped and restarted, a full volume; nothing acknowledged is lost, nothing wrong is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from chaos_engine import ChaosConfig, run_chaos
+
+pytestmark = pytest.mark.timeout(400)
+
+CONFIG = ChaosConfig(seed=20261122, operations=2500, fault_every=3, restart_every=400, full_every=450,
+                     time_limit=100.0)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config):  # type: ignore[no-untyped-def]
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    lines: list[str] = []
+    result = run_chaos(CONFIG, Path(tmp_path_factory.mktemp("chaos")), lines.append)
+    with capture.global_and_fixture_disabled():  # the figures are wanted in CI logs
+        print()
+        for line in lines:
+            print(line)
+    return result
+
+
+def test_chaos_ran_thousands_of_operations_with_every_fault_kind(report) -> None:  # type: ignore[no-untyped-def]
+    assert report.operations >= 1000
+    assert report.restarts >= 2 and report.full_periods >= 2
+    for kind in ("status", "drop", "stall", "throttle", "truncate", "corrupt", "delay", "full"):
+        assert report.faults_hit[kind] > 0, f"no {kind} fault was ever served"
+    assert report.blocks_acknowledged > 300 and report.datasets_acknowledged > 30
+
+
+def test_chaos_lost_no_acknowledged_block(report) -> None:  # type: ignore[no-untyped-def]
+    assert report.blocks_lost == 0, report.lost[:10]
+
+
+def test_chaos_acknowledged_blocks_have_two_replicas(report) -> None:  # type: ignore[no-untyped-def]
+    assert report.blocks_under_replicated == 0
+
+
+def test_chaos_never_returned_wrong_bytes(report) -> None:  # type: ignore[no-untyped-def]
+    assert report.wrong_bytes == 0, report.wrong[:10]
+
+
+def test_chaos_failures_are_keep_errors_naming_the_locator(report) -> None:  # type: ignore[no-untyped-def]
+    assert report.bad_failures == []
