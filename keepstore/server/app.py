@@ -9,6 +9,7 @@ import errno
 import hashlib
 import hmac
 import http.server
+import io
 import logging
 import os
 import re
@@ -276,6 +277,29 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each bounded by the idle timeout and, while a request's line and
+    headers are being read, by one overall deadline: a client dripping a byte at a time
+    (slowloris) must not hold a thread for longer than the idle timeout."""
+
+    def __init__(self, sock: socket.socket, idle: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.idle = idle
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request line and headers not received within the idle timeout")
+            self.sock.settimeout(min(self.idle, remaining))
+        return self.sock.recv_into(buffer)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -292,6 +316,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.do_handshake()
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._reader = _DeadlineReader(self.connection, keep.idle_timeout)
+        self._buffered = io.BufferedReader(self._reader, 64 * 1024)
+        self.rfile = self._buffered
+
+    def handle_one_request(self) -> None:
+        # An idle keep-alive connection may wait idle_timeout for its next request; once its
+        # first byte is in, the request line and headers must all arrive within idle_timeout.
+        self._reader.deadline = None
+        try:
+            first = self._buffered.peek(1)
+        except (TimeoutError, OSError):
+            first = b""
+        if not first:
+            self.close_connection = True
+            return
+        self._reader.deadline = time.monotonic() + self.server.keep.idle_timeout
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        try:
+            return super().parse_request()
+        finally:  # headers are in (or failed): bodies and responses use the idle timeout
+            self._reader.deadline = None
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(self.server.keep.idle_timeout)
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):
