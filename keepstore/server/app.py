@@ -302,6 +302,9 @@ class _DeadlineReader(io.RawIOBase):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # A request line the parser cannot read must still get a status line: with the stdlib's
+    # default ("HTTP/0.9") a garbage line was answered with a bare HTML body and no status.
+    default_request_version = "HTTP/1.0"
     disable_nagle_algorithm = True
     server_version = f"keepstore/{__version__}"
     server: _HTTPServer
