@@ -89,7 +89,7 @@ def test_sigkilled_server_never_serves_a_torn_block_and_keeps_every_acknowledged
         port = int(url.rsplit(":", 1)[1].strip("/"))
         stop = threading.Event()
 
-        def writer(url: str = url, first: int = n) -> None:
+        def writer(url: str = url, first: int = n, stop: threading.Event = stop) -> None:
             client = KeepClient(services=[url], copies=1, retries=0, timeout=Timeout(connect=1, read=2))
             i = first
             while not stop.is_set():
