@@ -215,3 +215,30 @@ def test_sigkilled_cache_writer_leaves_nothing_torn_to_read(tmp_path: Path, veri
         assert cache.get(Locator.for_data(probe)) == probe
         cache.close()
     assert kills >= 4
+
+
+def test_rejected_put_has_removed_its_temp_file_by_the_time_it_is_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the 400 for a body that does not match its name was sent before the temp file
+    was removed, so a client (or a crash right then) could still find it."""
+    from keepstore.local import BlockWriter
+
+    abort = BlockWriter.abort
+
+    def slow_abort(self: BlockWriter) -> None:
+        time.sleep(0.2)  # widen the window between the answer and the clean-up
+        abort(self)
+
+    monkeypatch.setattr(BlockWriter, "abort", slow_abort)
+    volume = tmp_path / "volume"
+    body = b"x" * (256 << 10)
+    wrong = Locator.for_data(b"something else").md5
+    with KeepServer([volume], fsync=False) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        for _ in range(3):
+            conn.request("PUT", f"/{wrong}", body=body, headers={"Content-Length": str(len(body))})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 400
+            assert [p for p in volume.rglob("*") if p.is_file()] == []
+        conn.close()

@@ -324,3 +324,59 @@ def test_oversized_requests_are_refused_without_reading_them(strict_server: Keep
         assert answer.split(b" ")[1] == status, answer[:100]
         assert _closed_within(sock, 5) < 3  # closed: the rest of the request is never read
     _server_still_works(strict_server)
+
+
+def test_body_dripped_slowly_is_cut_off_at_the_minimum_rate(strict_server: KeepServer) -> None:
+    """Regression: a body dripped a little at a time within each idle timeout used to hold a
+    thread and an admission slot until it ended (here: 50 s); now it must average 32 KiB/s."""
+    data = b"y" * 100_000
+    md5 = Locator.for_data(data).md5
+    start = time.monotonic()
+    with _connect(strict_server) as sock:
+        sock.sendall(f"PUT /{md5} HTTP/1.1\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+        sock.settimeout(0.01)
+        closed = False
+        for offset in range(0, len(data), 1000):
+            try:
+                sock.sendall(data[offset:offset + 1000])
+                if sock.recv(1024) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.5)
+            if time.monotonic() - start > 15:
+                break
+    assert closed and time.monotonic() - start < 1 + len(data) / 32768 + 2
+    assert strict_server.find(md5, None) is None
+    deadline = time.monotonic() + 2
+    while strict_server._inflight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert strict_server._inflight == 0
+    _server_still_works(strict_server)
+
+
+def test_fast_enough_body_is_accepted(strict_server: KeepServer) -> None:
+    data = os.urandom(3 << 20)
+    with _connect(strict_server) as sock:
+        sock.sendall(f"PUT /{Locator.for_data(data).md5} HTTP/1.1\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+        for offset in range(0, len(data), 1 << 20):
+            time.sleep(0.3)  # pauses shorter than the idle timeout, ~3 MiB/s overall
+            sock.sendall(data[offset:offset + (1 << 20)])
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_server_logs_mask_remote_signatures_too(strict_server: KeepServer, caplog: pytest.LogCaptureFixture) -> None:
+    signature = "0123456789abcdef0123456789abcdef01234567"
+    remote = f"acbd18db4cc2f85cedef654fccc4a4d8+3+Rzzzzz-{signature}@7fffffff"
+    caplog.set_level(logging.DEBUG, logger="keepstore.server")
+    with _connect(strict_server) as sock:
+        sock.sendall(f"GET /{remote} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        _closed_within(sock, 5)
+    time.sleep(0.1)
+    assert any("+Rzzzzz-..." in r.getMessage() for r in caplog.records), caplog.text
+    assert signature not in caplog.text
+    assert all(signature not in r.path for r in strict_server.requests)

@@ -37,6 +37,10 @@ _EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
 _MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
 _INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
 _SIGNATURE = re.compile(r"\+A[0-9a-f]{40}@[0-9a-f]{8}")
+_REMOTE_SIGNATURE = re.compile(r"\+R([a-z0-9]{5})-[0-9a-f]{40}@[0-9a-f]{8}")
+# A request body must average at least this rate (after one idle_timeout of grace): a client
+# dripping a byte per idle_timeout would otherwise hold a thread and an admission slot for days.
+MIN_BODY_RATE = 32 * 1024
 _CHUNK = 1 << 20
 _SEND_CHUNK = 4 << 20
 
@@ -295,7 +299,7 @@ class _DeadlineReader(io.RawIOBase):
         if self.deadline is not None:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("request line and headers not received within the idle timeout")
+                raise TimeoutError("request not received in time")
             self.sock.settimeout(min(self.idle, remaining))
         return self.sock.recv_into(buffer)
 
@@ -517,13 +521,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _write(self, volume: Volume, md5: str, length: int, token: str | None) -> None:
         try:
+            mismatch = False
             with volume.store.writer(md5) as writer:
                 for chunk in self._body(length):
                     writer.write(chunk)
                 try:
                     loc = writer.commit()
                 except WriteError:
-                    return self._simple(400, "body md5 does not match the block name")
+                    mismatch = True
+            if mismatch:  # answered only once the writer has removed its temp file
+                return self._simple(400, "body md5 does not match the block name")
         except OSError as exc:
             if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
                 raise
@@ -544,12 +551,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _body(self, length: int) -> Iterable[bytes]:
         remaining = length
-        while remaining:
-            chunk = self.rfile.read(min(_CHUNK, remaining))
-            if not chunk:
-                raise ConnectionError(f"client sent {length - remaining} of {length} bytes")
-            remaining -= len(chunk)
-            yield chunk
+        keep = self.server.keep
+        self._reader.deadline = time.monotonic() + keep.idle_timeout + length / MIN_BODY_RATE
+        try:
+            while remaining:
+                chunk = self.rfile.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise ConnectionError(f"client sent {length - remaining} of {length} bytes")
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            self._reader.deadline = None
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(keep.idle_timeout)
 
     def _drain_body(self, length: int | None = None) -> None:
         if length is None:
@@ -699,4 +713,4 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 def _public(path: str) -> str:
     """A path fit for logs: signatures replaced."""
-    return _SIGNATURE.sub("+A...", path)
+    return _REMOTE_SIGNATURE.sub(r"+R\1-...", _SIGNATURE.sub("+A...", path))
