@@ -9,6 +9,9 @@ import dataclasses
 import hashlib
 import random
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from keepstore.client import KeepClient
 from keepstore.collection import DatasetReader, DatasetWriter
 from keepstore.config import Retry, Timeout
 from keepstore.errors import BlockNotFound, KeepError
+from keepstore.local import LocalStore
 from keepstore.locator import Locator
 from keepstore.testing import KeepCluster
 
@@ -42,6 +47,9 @@ class ChaosConfig:
     full_every: int = 350  # a server's volume is full for a while every N operations
     max_block: int = 192 * 1024
     time_limit: float = 150.0  # stop issuing operations after this many seconds
+    # The last server is a `keep serve` subprocess (no fault plan): restarts alternate between
+    # stopping an in-process server and SIGKILLing this one.
+    killable: bool = True
 
 
 @dataclasses.dataclass
@@ -53,6 +61,7 @@ class ChaosReport:
     faults_planned: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     faults_hit: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     restarts: int = 0
+    kills: int = 0
     full_periods: int = 0
     blocks_acknowledged: int = 0
     datasets_acknowledged: int = 0
@@ -74,27 +83,81 @@ class ChaosReport:
             f"chaos: failed with a documented error: {sum(self.failed.values())} ({failed})",
             f"chaos: fault rules planned: {planned}",
             f"chaos: faulty responses served: {sum(self.faults_hit.values())} ({hit})",
-            f"chaos: server restarts: {self.restarts}, full-volume periods: {self.full_periods}",
+            f"chaos: servers stopped and restarted: {self.restarts}, SIGKILLed and restarted: {self.kills}, "
+            f"full-volume periods: {self.full_periods}",
             f"chaos: acknowledged blocks: {self.blocks_acknowledged}, datasets: {self.datasets_acknowledged}",
             f"chaos: blocks lost: {self.blocks_lost}, under-replicated: {self.blocks_under_replicated}, "
             f"wrong bytes returned: {self.wrong_bytes}, undocumented failures: {len(self.bad_failures)}",
         ]
 
 
+class _KillableServer:
+    """`keep serve` in a subprocess, SIGKILLed and started again on the same port."""
+
+    def __init__(self, base_dir: Path, token: str) -> None:
+        self.volume = base_dir / "killable"
+        self.log = base_dir / "killable.log"
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.store = LocalStore(self.volume)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        with open(self.log, "a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "keepstore", "serve", "--listen", f"127.0.0.1:{self.port}",
+                 "--volume", str(self.volume), "--quiet", "--idle-timeout", "10"],
+                stdout=subprocess.PIPE, stderr=log, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("listening on "):
+            proc.kill()
+            raise RuntimeError(f"keep serve did not start: {line!r}; see {self.log}")
+        self.port = int(line.split()[-1].rsplit(":", 1)[1].strip("/"))
+        self.proc = proc
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def holds(self, md5: str) -> bool:
+        return self.store.find(md5) is not None
+
+
 class _Engine:
-    def __init__(self, cluster: KeepCluster, config: ChaosConfig, report: ChaosReport) -> None:
+    def __init__(self, cluster: KeepCluster, config: ChaosConfig, report: ChaosReport,
+                 killable: _KillableServer | None) -> None:
         self.cluster = cluster
+        self.killable = killable
+        self.urls = cluster.urls + ([killable.url] if killable else [])
         self.config = config
         self.report = report
         self.lock = threading.Lock()
         self.blocks: dict[str, bytes] = {}  # md5+size -> data, for every acknowledged put
         self.signed: dict[str, str] = {}  # md5+size -> locator as returned
         self.datasets: list[tuple[str, dict[str, bytes]]] = []
-        self.client = cluster.client(
+        self.client = self.new_client(
             copies=config.copies, threads=8,
             timeout=Timeout(connect=1.0, read=1.0, min_bandwidth=16384),
             retries=Retry(total=4, backoff_initial=0.02, backoff_max=0.2),
         )
+
+    def new_client(self, **options: Any) -> KeepClient:
+        return KeepClient(services=self.urls, token=self.cluster.token, **options)
+
+    def holders(self, bare: str) -> int:
+        md5 = bare.split("+")[0]
+        return len(self.cluster.holders(bare)) + (1 if self.killable and self.killable.holds(md5) else 0)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -235,12 +298,16 @@ def run_chaos(config: ChaosConfig, base_dir: Path, log: Callable[[str], Any] = l
     report = ChaosReport()
     rng = random.Random(config.seed)
     started = time.monotonic()
-    cluster = KeepCluster(config.servers, base_dir, fsync=False, idle_timeout=10.0).start()
-    engine = _Engine(cluster, config, report)
+    in_process = config.servers - (1 if config.killable else 0)
+    cluster = KeepCluster(in_process, base_dir, fsync=False, idle_timeout=10.0).start()
+    killable = _KillableServer(base_dir, cluster.token) if config.killable else None
+    if killable is not None:
+        killable.start()
+    engine = _Engine(cluster, config, report, killable)
     ops = {"put": engine.op_put, "get": engine.op_get,
            "dataset-write": engine.op_dataset_write, "dataset-read": engine.op_dataset_read}
     weights = {"put": 40, "get": 40, "dataset-write": 8, "dataset-read": 12}
-    stopped: tuple[int, int] | None = None  # (server index, operation to restart at)
+    stopped: tuple[int, int] | None = None  # (server index, operation to restart at); -1: the killable one
     full: tuple[int, int] | None = None
     try:
         with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="chaos") as pool:
@@ -252,18 +319,27 @@ def run_chaos(config: ChaosConfig, base_dir: Path, log: Callable[[str], Any] = l
                 if rng.random() < 1 / config.fault_every:
                     engine.inject(rng)
                 if stopped is not None and n >= stopped[1]:
-                    cluster.servers[stopped[0]].start()
+                    if stopped[0] < 0:
+                        assert killable is not None
+                        killable.start()
+                    else:
+                        cluster.servers[stopped[0]].start()
                     stopped = None
                 if stopped is None and n and n % config.restart_every == 0:
-                    index = rng.randrange(config.servers)
-                    cluster.servers[index].stop(grace=0.5)
-                    report.restarts += 1
-                    stopped = (index, n + config.restart_every // 3)
+                    if killable is not None and (n // config.restart_every) % 2 == 1:
+                        killable.kill()
+                        report.kills += 1
+                        stopped = (-1, n + config.restart_every // 3)
+                    else:
+                        index = rng.randrange(in_process)
+                        cluster.servers[index].stop(grace=0.5)
+                        report.restarts += 1
+                        stopped = (index, n + config.restart_every // 3)
                 if full is not None and n >= full[1]:
                     cluster.servers[full[0]].faults.clear()  # also ends that server's other rules
                     full = None
                 if full is None and n and n % config.full_every == 0:
-                    index = rng.randrange(config.servers)
+                    index = rng.randrange(in_process)
                     cluster.servers[index].faults.full(times=None)
                     report.full_periods += 1
                     full = (index, n + config.full_every // 3)
@@ -282,13 +358,15 @@ def run_chaos(config: ChaosConfig, base_dir: Path, log: Callable[[str], Any] = l
         for server in cluster.servers:
             server.faults.clear()
             server.start()
+        if killable is not None:
+            killable.start()
         for server in cluster.servers:
             for record in server.requests:
                 if record.fault:
                     report.faults_hit[record.fault] += 1
         report.blocks_acknowledged = len(engine.blocks)
         report.datasets_acknowledged = len(engine.datasets)
-        audit = cluster.client(copies=config.copies)
+        audit = engine.new_client(copies=config.copies)
         try:
             for bare, data in engine.blocks.items():
                 try:
@@ -300,7 +378,7 @@ def run_chaos(config: ChaosConfig, base_dir: Path, log: Callable[[str], Any] = l
                 if got != data:
                     report.wrong_bytes += 1
                     report.wrong.append(f"audit {bare}")
-                if data and len(cluster.holders(bare)) < config.copies:
+                if data and engine.holders(bare) < config.copies:
                     report.blocks_under_replicated += 1
             for locator, files in engine.datasets:
                 try:
@@ -317,6 +395,8 @@ def run_chaos(config: ChaosConfig, base_dir: Path, log: Callable[[str], Any] = l
             engine.client.close()
     finally:
         cluster.stop()
+        if killable is not None:
+            killable.kill()
     for line in report.lines():
         log(line)
     return report
