@@ -79,12 +79,12 @@ class Locator:
             raise LocatorError(f"invalid locator {text!r}: md5 must be 32 lowercase hex digits")
         if not _SIZE.match(size):
             raise LocatorError(f"invalid locator {text!r}: size {size!r} is not a decimal number")
-        size_value = int(size)
-        if size_value > MAX_BLOCK_SIZE:
+        # Compare lengths first: int() refuses strings of over 4300 digits with a plain ValueError.
+        if len(size) > len(str(MAX_BLOCK_SIZE)) or int(size) > MAX_BLOCK_SIZE:
             raise LocatorError(f"invalid locator {text!r}: size exceeds the 64 MiB maximum")
         for hint in hints:
             _check_hint(hint, text)
-        return cls(md5, size_value, tuple(hints))
+        return cls(md5, int(size), tuple(hints))
 
     @classmethod
     def for_data(cls, data: bytes | bytearray | memoryview | str) -> "Locator":

@@ -140,6 +140,8 @@ class Manifest:
             m = _SEGMENT.match(token)
             if not m:
                 raise ManifestError(f"{where}: {token!r} is not a pos:len:name file segment")
+            if len(m.group(1)) > 20 or len(m.group(2)) > 20:  # int() refuses over 4300 digits anyway
+                raise ManifestError(f"{where}: segment {token[:60]!r}... runs past the stream's {total} bytes")
             pos, length, raw_name = int(m.group(1)), int(m.group(2)), unescape_name(m.group(3))
             if pos + length > total:
                 raise ManifestError(f"{where}: segment {token!r} runs past the stream's {total} bytes")

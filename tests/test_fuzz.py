@@ -26,7 +26,7 @@ FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCh
 md5s = st.text("0123456789abcdef", min_size=32, max_size=32)
 _PIECES = ["d41d8cd98f00b204e9800998ecf8427e", "acbd18db4cc2f85cedef654fccc4a4d8", "+", "+0", "+3", "+67108864",
            "+67108865", "+A" + "a" * 40 + "@7fffffff", "+K@zzzzz", "+R", "+Z", "+a", "+-1", "+*", "@", "\x00", "é",
-           "0", "99999999999999999999999", " ", "\n"]
+           "0", "99999999999999999999999", "9" * 5000, "\u00b2", " ", "\n"]
 locatorish = st.lists(st.sampled_from(_PIECES), max_size=8).map("".join)
 
 
@@ -164,12 +164,13 @@ _METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "BREW", "get", ""
 _PATHS = ["/", "/index", "/index/", "/index/acb", "/index/zz", "/acbd18db4cc2f85cedef654fccc4a4d8",
           "/acbd18db4cc2f85cedef654fccc4a4d8+3", "/acbd18db4cc2f85cedef654fccc4a4d8+3+A" + "0" * 40 + "@00000000",
           "/d41d8cd98f00b204e9800998ecf8427e+0", "/acbd18db4cc2f85cedef654fccc4a4d8+67108865", "/../../etc/passwd",
-          "//", "*", "http://127.0.0.1/x", "/%00", "/acbd18db4cc2f85cedef654fccc4a4d8?x=1#f", "/" + "a" * 3000]
+          "//", "*", "http://127.0.0.1/x", "/%00", "/acbd18db4cc2f85cedef654fccc4a4d8?x=1#f", "/" + "a" * 3000,
+          "/acbd18db4cc2f85cedef654fccc4a4d8+" + "9" * 5000]
 _VERSIONS = ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1x", "HTTP/", "http/1.1", "HTTP/1.10000000000"]
 _HEADER_NAMES = ["Content-Length", "Authorization", "Expect", "Transfer-Encoding", "Connection",
                  "X-Keep-Desired-Replicas", "X-Keep-Storage-Classes", "X-Keep-Signature", "X-Request-Id", "Host",
                  "Bad Name", "", ":"]
-_HEADER_VALUES = ["0", "3", "-1", "10", "67108865", "99999999999999999999", "abc", "", "100-continue", "chunked",
+_HEADER_VALUES = ["0", "3", "-1", "10", "\u00b2", "1\u00b9", "9" * 5000, "0" * 30 + "3", "67108865", "99999999999999999999", "abc", "", "100-continue", "chunked",
                   "close", "keep-alive", "Bearer fuzz-system-token", "OAuth2 x", "Bearer ", "local, 2020-01-01",
                   "a, , b", "req-aaaaaaaaaaaaaaaaaaaa", "\u00e9", " folded\r\n continued"]
 headers = st.lists(st.tuples(st.one_of(st.sampled_from(_HEADER_NAMES), st.text(max_size=10)),
@@ -257,3 +258,43 @@ def test_unparseable_request_line_is_answered_with_a_status_line(fuzz_server: tu
     such lines got a bare HTML error page without a status line or headers."""
     server, _ = fuzz_server
     assert re.match(rb"HTTP/1\.[01] 400 ", _exchange(server.port, raw))
+
+
+HUGE = "9" * 5000
+
+
+def test_locator_with_a_size_of_thousands_of_digits_raises_locator_error() -> None:
+    """Regression: int() refuses over 4300 digits, and that plain ValueError escaped parse()."""
+    with pytest.raises(LocatorError):
+        Locator.parse("acbd18db4cc2f85cedef654fccc4a4d8+" + HUGE)
+
+
+def test_manifest_with_a_segment_of_thousands_of_digits_raises_manifest_error() -> None:
+    """Regression: the same ValueError escaped Manifest.parse() from a pos:len:name segment."""
+    with pytest.raises(ManifestError):
+        Manifest.parse(f". acbd18db4cc2f85cedef654fccc4a4d8+3 0:{HUGE}:f\n")
+    with pytest.raises(ManifestError):
+        Manifest.parse(f". acbd18db4cc2f85cedef654fccc4a4d8+{HUGE} 0:3:f\n")
+
+
+def test_serve_listen_port_in_other_digits_is_a_config_error() -> None:
+    from keepstore.server.command import _listen
+
+    with pytest.raises(ConfigError):
+        _listen("127.0.0.1:\u00b2")
+
+
+@pytest.mark.parametrize("raw", [
+    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n",
+    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nContent-Length: " + HUGE.encode() + b"\r\n\r\n",
+    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8+" + HUGE.encode() + b" HTTP/1.1\r\nContent-Length: 3\r\n\r\nfoo",
+    b"GET /acbd18db4cc2f85cedef654fccc4a4d8+" + HUGE.encode() + b" HTTP/1.1\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nContent-Length: \xb9\r\n\r\n",
+], ids=["superscript-length", "huge-length", "huge-locator-size-put", "huge-locator-size-get", "superscript-get"])
+def test_odd_digits_get_a_4xx_not_a_500(fuzz_server: tuple[KeepServer, _Errors], raw: bytes) -> None:
+    """Regression (found by fuzzing): "²".isdigit() is true but int("²") fails, and int() refuses
+    over 4300 digits; both became a 500 with a logged traceback."""
+    server, errors = fuzz_server
+    answer = _exchange(server.port, raw)
+    assert re.match(rb"HTTP/1\.[01] 4[0-9][0-9] ", answer), answer[:100]
+    assert not errors.records

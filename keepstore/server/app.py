@@ -41,6 +41,7 @@ _REMOTE_SIGNATURE = re.compile(r"\+R([a-z0-9]{5})-[0-9a-f]{40}@[0-9a-f]{8}")
 # A request body must average at least this rate (after one idle_timeout of grace): a client
 # dripping a byte per idle_timeout would otherwise hold a thread and an admission slot for days.
 MIN_BODY_RATE = 32 * 1024
+_DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() also takes "²", which int() refuses
 _CHUNK = 1 << 20
 _SEND_CHUNK = 4 << 20
 
@@ -483,14 +484,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._drain_body()
             return self._simple(401, "no token")
         length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
+        length = _decimal(length_text)
+        if length is None:
             self.close_connection = True  # the body's extent is unknown
             return self._simple(411, "Content-Length required")
-        length = int(length_text)
         if length > MAX_BLOCK_SIZE:
             self.close_connection = True
             return self._simple(413, f"block of {length} bytes is over the 64 MiB maximum")
-        if match.group(2) is not None and int(match.group(2)) != length:
+        if match.group(2) is not None and _decimal(match.group(2)) != length:
             self._drain_body(length)
             return self._simple(400, "size in the locator does not match Content-Length")
         found = keep.find(md5, length)
@@ -567,11 +568,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _drain_body(self, length: int | None = None) -> None:
         if length is None:
-            text = self.headers.get("Content-Length", "0") if self.headers else "0"
-            if not text.isdigit() or int(text) > MAX_BLOCK_SIZE:
+            length = _decimal(self.headers.get("Content-Length", "0") if self.headers else "0")
+            if length is None or length > MAX_BLOCK_SIZE:
                 self.close_connection = True
                 return
-            length = int(text)
         for _ in self._body(length):
             pass
 
@@ -709,6 +709,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _simple(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         self._respond(status, f"{status} {reason}\n".encode(), headers)
+
+
+def _decimal(text: str | None) -> int | None:
+    """A Content-Length or locator size: ASCII digits, any length (huge means too large), else None."""
+    if text is None or not _DIGITS.match(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    # int() refuses over 4300 digits with a ValueError; anything past 20 is too large anyway.
+    return int(digits) if len(digits) <= 20 else MAX_BLOCK_SIZE + 1
 
 
 def _public(path: str) -> str:

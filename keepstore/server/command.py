@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import threading
@@ -60,7 +61,7 @@ def _secret(path: Path | None, what: str) -> str | None:
 
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:  # isdigit() takes "²"
         raise ConfigError(f"--listen {text!r}: need HOST:PORT, e.g. 127.0.0.1:25107 or [::1]:0")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
