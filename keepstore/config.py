@@ -350,6 +350,9 @@ def _load_file(path: Path, *, required: bool) -> dict[str, Any] | None:
         problem = getattr(exc, "problem", None) or type(exc).__name__
         # Not chained: the YAML error's text quotes lines of the file, which may hold the token.
         raise ConfigError(f"config file {path}{line}: invalid YAML: {problem}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting past the stack
+        problem = "a number too long to read" if isinstance(exc, ValueError) else "nested too deeply"
+        raise ConfigError(f"config file {path}: invalid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -9,6 +9,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -102,7 +103,7 @@ def test_manifest_parse_of_bytes_raises_only_manifest_error(raw: bytes) -> None:
 SECRET = "v2/zzzzz-gj3su-0123456789abcde/fuzzSecretValue123"
 _KEYS = ["services", "token", "local_store", "cache_dir", "cache_max_bytes", "copies", "retries", "threads",
          "timeout", "ca_file", "insecure", "api_host", "bogus"]
-_VALUES = ["1", "0", "-1", "true", "no", "~", "[]", "{}", "[http://127.0.0.1:1/]", "http://127.0.0.1:1/",
+_VALUES = ["1", "0", "-1", "9" * 5000, "[" * 300 + "]" * 300, "true", "no", "~", "[]", "{}", "[http://127.0.0.1:1/]", "http://127.0.0.1:1/",
            "ftp://x", "'a b'", "{connect: 1, read: 2}", "{connect: -1}", "{bogus: 1}", "1e999", "!!binary AA==",
            "&a [*a]", "*x", "|\n  text", "'" + SECRET + "'", "\"\\x00\"", "[1, [2, [3]]]"]
 yaml_lines = st.builds(lambda k, v: f"{k}: {v}", st.sampled_from(_KEYS), st.sampled_from(_VALUES))
@@ -115,7 +116,7 @@ environs = st.dictionaries(st.sampled_from(["KEEP_SERVICES", "ARVADOS_KEEP_SERVI
                                             "KEEP_CACHE_DIR"]), env_values, max_size=4)
 
 
-@FUZZ
+@settings(max_examples=300, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 @given(text=config_texts, environ=environs)
 def test_settings_from_env_gives_settings_or_config_error_without_the_token(text: str, environ: dict[str, str],
                                                                            tmp_path_factory: pytest.TempPathFactory,
@@ -298,3 +299,16 @@ def test_odd_digits_get_a_4xx_not_a_500(fuzz_server: tuple[KeepServer, _Errors],
     answer = _exchange(server.port, raw)
     assert re.match(rb"HTTP/1\.[01] 4[0-9][0-9] ", answer), answer[:100]
     assert not errors.records
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("copies: " + "9" * 5000 + "\n", "too long"),
+    ("copies: " + "[" * 20000 + "]" * 20000 + "\n", "nested too deeply"),
+], ids=["5000-digit-integer", "20000-deep-list"])
+def test_config_file_that_yaml_cannot_hold_is_a_config_error(tmp_path: Path, text: str, problem: str) -> None:
+    """Regression: ruamel raised a plain ValueError (int() of over 4300 digits) or a
+    RecursionError, which escaped Settings.from_env instead of a ConfigError."""
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=problem):
+        Settings.from_env({"KEEP_CONFIG": str(path)})
