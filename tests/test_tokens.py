@@ -392,3 +392,17 @@ def test_password_in_a_service_url_is_never_shown() -> None:
         client.put(b"x")
     client.close()
     assert "Pa55w0rdInUrl" not in str(info.value) + repr(client)
+
+
+def test_server_debug_log_of_a_malformed_request_line_masks_query_and_signature(
+        strict_server: KeepServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: the stdlib's "Bad request syntax ('<raw line>')" went to the DEBUG log verbatim."""
+    signature = "0123456789abcdef0123456789abcdef01234567"
+    caplog.set_level(logging.DEBUG, logger="keepstore.server")
+    with _connect(strict_server) as sock:
+        sock.sendall(f"GET /acbd18db4cc2f85cedef654fccc4a4d8+3+A{signature}@7fffffff?api_token={PLAIN_TOKEN} "
+                     f"extra HTTP/1.1\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+    time.sleep(0.1)
+    assert "Bad request syntax" in caplog.text
+    assert PLAIN_TOKEN not in caplog.text and signature not in caplog.text

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._version import __version__
-from ..errors import ConfigError, LocatorError, WriteError
+from ..errors import ConfigError, LocatorError, WriteError, _scrub
 from ..locator import DEFAULT_SIGNING_TTL, EMPTY_BLOCK, MAX_BLOCK_SIZE, Locator, sign_locator, signature_for
 from .faults import Fault, FaultPlan
 from .volumes import Volume, VolumeFull, parse_volume, rank_volumes
@@ -36,6 +36,7 @@ access_log = logging.getLogger("keepstore.server.access")
 _EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
 _MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
 _INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
+_QUERY = re.compile(r"\?[^\s'\"]*")
 _SIGNATURE = re.compile(r"\+A[0-9a-f]{40}@[0-9a-f]{8}")
 _REMOTE_SIGNATURE = re.compile(r"\+R([a-z0-9]{5})-[0-9a-f]{40}@[0-9a-f]{8}")
 # A request body must average at least this rate (after one idle_timeout of grace): a client
@@ -356,7 +357,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.keep._track(self.connection, False)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s: " + format, self.address_string(), *args)
+        # The stdlib's messages quote raw request lines ("Bad request syntax ('...')"), which may
+        # carry a token in a query string or a signed locator: mask those first.
+        log.debug("%s: %s", self.address_string(), _scrub(_QUERY.sub("?...", _public(format % args))))
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # one access line per request is written by _dispatch instead
