@@ -311,7 +311,7 @@ def run_chaos(config: ChaosConfig, base_dir: Path, log: Callable[[str], Any] = l
     full: tuple[int, int] | None = None
     try:
         with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="chaos") as pool:
-            pending = collections.deque()
+            pending: collections.deque[Any] = collections.deque()
             for n in range(config.operations):
                 if time.monotonic() - started > config.time_limit:
                     log(f"chaos: time limit reached after {n} operations")

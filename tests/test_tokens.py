@@ -193,7 +193,7 @@ def test_server_compares_signatures_and_tokens_with_compare_digest(
 
     def recording(a: object, b: object) -> bool:
         calls.append((a, b))
-        return hmac.compare_digest(a, b)  # type: ignore[arg-type]
+        return hmac.compare_digest(a, b)  # type: ignore[arg-type,call-overload]
 
     monkeypatch.setattr(server_app, "hmac", SimpleNamespace(compare_digest=recording, new=hmac.new))
     with KeepServer([tmp_path / "v"], signing_key=SIGNING_KEY, require_signatures=True,
