@@ -15,7 +15,9 @@ __all__ = ["Manifest", "ManifestError", "ManifestFile", "Segment", "escape_name"
 
 _ESCAPE = re.compile(r"[\\:\000-\040]")
 _UNESCAPE = re.compile(r"\\([0-3][0-7][0-7])")
-_SEGMENT = re.compile(r"(0|[1-9][0-9]*):(0|[1-9][0-9]*):(\S+)\Z")
+# A name is anything but a space: not \S, which also refuses NBSP and other Unicode spaces that
+# escape_name leaves as they are (so our own manifests failed to parse) and Arvados accepts.
+_SEGMENT = re.compile(r"(0|[1-9][0-9]*):(0|[1-9][0-9]*):([^ ]+)\Z")
 _LOCATOR_START = re.compile(r"[0-9a-f]{32}\+")
 
 

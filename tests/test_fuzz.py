@@ -312,3 +312,16 @@ def test_config_file_that_yaml_cannot_hold_is_a_config_error(tmp_path: Path, tex
     path.write_text(text)
     with pytest.raises(ConfigError, match=problem):
         Settings.from_env({"KEEP_CONFIG": str(path)})
+
+
+@pytest.mark.parametrize("name", ["a\u00a0b", "em\u2003space", "ideographic\u3000space", "line\u2028sep", "x\x85y"])
+def test_manifest_with_unicode_space_in_a_name_round_trips(name: str) -> None:
+    """Regression (found by hypothesis in test_manifest): the segment pattern used \\S, so a file
+    name with NBSP or another Unicode space, which escape_name leaves as it is, made our own
+    manifest unparseable (and the Arvados SDK accepts it)."""
+    from keepstore.manifest import Segment
+
+    loc = Locator.for_data(b"abc")
+    manifest = Manifest.from_files({name: [Segment(loc, 0, 3)], f"dir{name}/f": [Segment(loc, 0, 3)]})
+    again = Manifest.parse(manifest.text)
+    assert sorted(again.files) == sorted([name, f"dir{name}/f"])
