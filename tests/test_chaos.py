@@ -10,7 +10,7 @@ from chaos_engine import ChaosConfig, run_chaos
 
 pytestmark = pytest.mark.timeout(400)
 
-CONFIG = ChaosConfig(seed=20261122, operations=2500, fault_every=3, restart_every=400, full_every=450,
+CONFIG = ChaosConfig(seed=20261122, operations=2500, fault_every=3, restart_every=250, full_every=300,
                      time_limit=100.0)
 
 
