@@ -1,0 +1,184 @@
+"""KeepFileSystem: ``keep://`` through fsspec and pandas, over a LocalStore and a ``keep serve`` cluster."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+
+from keepstore import KeepError, LocalStore
+from keepstore.collection import DatasetReader, DatasetWriter
+from keepstore.contrib.fsspec import KeepFileSystem
+from keepstore.testing import KeepCluster
+
+BLOCK = 256 * 1024
+CSV = "name,value\nalpha,1\nbeta,2\ngamma,3\n"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store", fsync=False)
+
+
+@pytest.fixture
+def big() -> bytes:
+    return random.Random(3).randbytes(5 * BLOCK + 77)
+
+
+@pytest.fixture
+def loc(store: LocalStore, big: bytes) -> str:
+    with DatasetWriter(store, block_size=BLOCK) as writer:
+        writer.add_bytes("data/table.csv", CSV.encode())
+        writer.add_bytes("data/raw/big.bin", big)
+        writer.add_bytes("README", b"read me\n")
+        writer.add_directory("empty")
+        return writer.finish().locator
+
+
+@pytest.fixture
+def fs(store: LocalStore) -> KeepFileSystem:
+    return KeepFileSystem(store=store, skip_instance_cache=True)
+
+
+def test_keep_protocol_is_registered_through_the_entry_point() -> None:
+    assert fsspec.get_filesystem_class("keep") is KeepFileSystem
+
+
+def test_ls_lists_a_directory_with_details(fs: KeepFileSystem, loc: str) -> None:
+    assert fs.ls(f"keep://{loc}", detail=False) == [f"{loc}/README", f"{loc}/data", f"{loc}/empty"]
+    entries = {e["name"]: e for e in fs.ls(f"keep://{loc}/data")}
+    assert entries[f"{loc}/data/table.csv"] == {"name": f"{loc}/data/table.csv", "size": len(CSV), "type": "file"}
+    assert entries[f"{loc}/data/raw"]["type"] == "directory"
+
+
+def test_info_find_exists_isdir(fs: KeepFileSystem, loc: str, big: bytes) -> None:
+    assert fs.info(f"keep://{loc}/data/raw/big.bin")["size"] == len(big)
+    assert fs.info(f"{loc}/data")["type"] == "directory"
+    assert fs.find(f"keep://{loc}") == [f"{loc}/README", f"{loc}/data/raw/big.bin", f"{loc}/data/table.csv"]
+    assert fs.exists(f"keep://{loc}/README") and not fs.exists(f"keep://{loc}/nope")
+    assert fs.isdir(f"keep://{loc}/empty") and fs.isfile(f"keep://{loc}/README")
+
+
+def test_cat_file_with_ranges(fs: KeepFileSystem, loc: str, big: bytes) -> None:
+    path = f"keep://{loc}/data/raw/big.bin"
+    assert fs.cat_file(path) == big
+    assert fs.cat_file(path, start=BLOCK - 5, end=BLOCK + 5) == big[BLOCK - 5:BLOCK + 5]
+    assert fs.cat_file(path, start=-10) == big[-10:]
+    assert fs.cat_file(path, start=10, end=-10) == big[10:-10]
+    assert fs.cat_file(path, start=len(big) + 10) == b""
+
+
+def test_open_is_seekable_and_reads_across_blocks(fs: KeepFileSystem, loc: str, big: bytes) -> None:
+    with fs.open(f"keep://{loc}/data/raw/big.bin", block_size=64 * 1024) as f:
+        assert f.seekable()
+        f.seek(3 * BLOCK - 2)
+        assert f.read(4) == big[3 * BLOCK - 2:3 * BLOCK + 2]
+        f.seek(-7, io.SEEK_END)
+        assert f.read() == big[-7:]
+        f.seek(0)
+        assert f.read() == big
+
+
+def test_missing_paths_raise_file_not_found(fs: KeepFileSystem, loc: str) -> None:
+    for path in (f"keep://{loc}/nope", f"keep://{loc}/data/nope.csv"):
+        with pytest.raises(FileNotFoundError):
+            fs.info(path)
+        with pytest.raises(FileNotFoundError):
+            fs.cat_file(path)
+        with pytest.raises(FileNotFoundError):
+            fs.open(path)
+    with pytest.raises(FileNotFoundError):
+        fs.ls(f"keep://{loc}/nope")
+    with pytest.raises(FileNotFoundError):
+        fs.info("keep://" + "0" * 32 + "+5/x")  # no such dataset
+    with pytest.raises(FileNotFoundError):
+        fs.info("keep://not-a-locator/x")
+
+
+def test_fsspec_open_with_storage_options(store: LocalStore, loc: str) -> None:
+    with fsspec.open(f"keep://{loc}/data/table.csv", "rt", local_store=str(store.root)) as f:
+        assert f.read() == CSV
+
+
+def test_pandas_reads_csv_from_a_local_store(store: LocalStore, loc: str) -> None:
+    df = pd.read_csv(f"keep://{loc}/data/table.csv", storage_options={"local_store": str(store.root)})
+    assert list(df["name"]) == ["alpha", "beta", "gamma"] and df["value"].sum() == 6
+
+
+def test_pipe_stores_a_new_dataset_and_returns_its_locator(fs: KeepFileSystem, store: LocalStore) -> None:
+    new = fs.pipe({"keep://new/a.txt": b"A", "keep://new/sub/b.txt": b"BB"})
+    reader = DatasetReader(store, new)
+    assert sorted(f.path for f in reader.files()) == ["a.txt", "sub/b.txt"]
+    assert fs.cat_file(f"keep://{new}/sub/b.txt") == b"BB"
+    assert fs.pipe_file("keep://new/one", b"1") != new
+
+
+def test_put_stores_a_local_tree_as_a_new_dataset(fs: KeepFileSystem, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "x.csv").write_text(CSV)
+    (src / "d" / "y.bin").write_bytes(b"\x00" * 1000)
+    new = fs.put(str(src), "keep://new/", recursive=True)
+    assert fs.find(f"keep://{new}") == [f"{new}/d/y.bin", f"{new}/x.csv"]
+    one = fs.put_file(str(src / "x.csv"), "keep://new/renamed.csv")
+    assert fs.ls(f"keep://{one}", detail=False) == [f"{one}/renamed.csv"]
+
+
+def test_datasets_are_immutable(fs: KeepFileSystem, loc: str) -> None:
+    with pytest.raises(PermissionError):
+        fs.pipe_file(f"keep://{loc}/README", b"changed")
+    with pytest.raises(PermissionError):
+        fs.open(f"keep://{loc}/README", "wb")
+    with pytest.raises(PermissionError):
+        fs.rm_file(f"keep://{loc}/README")
+
+
+# -- over a keep serve cluster -------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_loc(keep_cluster: KeepCluster, big: bytes) -> str:
+    with keep_cluster.client() as client, DatasetWriter(client, block_size=BLOCK) as writer:
+        writer.add_bytes("data/table.csv", CSV.encode())
+        writer.add_bytes("data/raw/big.bin", big)
+        return writer.finish().locator
+
+
+def test_pandas_reads_csv_from_a_cluster_with_storage_options(keep_cluster: KeepCluster, cluster_loc: str) -> None:
+    options = {"services": keep_cluster.urls, "token": keep_cluster.token}
+    df = pd.read_csv(f"keep://{cluster_loc}/data/table.csv", storage_options=options)
+    assert list(df["value"]) == [1, 2, 3]
+
+
+def test_pandas_reads_csv_from_a_cluster_configured_by_environment(
+    keep_cluster: KeepCluster, cluster_loc: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in keep_cluster.env().items():
+        monkeypatch.setenv(name, value)
+    df = pd.read_csv(f"keep://{cluster_loc}/data/table.csv")
+    assert list(df["name"]) == ["alpha", "beta", "gamma"]
+
+
+def test_cluster_reads_seek_and_range(keep_cluster: KeepCluster, cluster_loc: str, big: bytes) -> None:
+    fs = KeepFileSystem(services=keep_cluster.urls, token=keep_cluster.token, skip_instance_cache=True)
+    with fs.open(f"keep://{cluster_loc}/data/raw/big.bin") as f:
+        f.seek(4 * BLOCK + 1)
+        assert f.read(100) == big[4 * BLOCK + 1:4 * BLOCK + 101]
+    assert fs.cat_file(f"keep://{cluster_loc}/data/raw/big.bin", 5, 50) == big[5:50]
+    new = fs.pipe("keep://new/out.csv", b"a\n1\n")
+    assert pd.read_csv(fs.open(f"keep://{new}/out.csv"))["a"].tolist() == [1]
+
+
+def test_token_is_never_in_repr_or_errors(keep_cluster: KeepCluster, cluster_loc: str) -> None:
+    fs = KeepFileSystem(services=keep_cluster.urls, token=keep_cluster.token, retries=0, skip_instance_cache=True)
+    assert keep_cluster.token not in repr(fs)
+    fs.ls(f"keep://{cluster_loc}")  # the manifest is read; the data blocks are not yet
+    for server in keep_cluster.servers:
+        server.stop()
+    with pytest.raises(KeepError) as exc:
+        fs.cat_file(f"keep://{cluster_loc}/data/raw/big.bin")
+    assert keep_cluster.token not in str(exc.value) and keep_cluster.token not in repr(exc.value)
