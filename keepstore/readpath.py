@@ -167,11 +167,9 @@ class ReadPath:
         sequential = self._note_read(name, offset, offset + sum(p[3] for p in pieces))
         if sequential:
             self._prefetch(index, pieces[-1][0] + 1)
-        out = bytearray()
-        for _i, seg, within, take in pieces:
-            block = self.block(seg.locator)
-            out += block[seg.offset + within:seg.offset + within + take]
-        return bytes(out)
+        parts = [self.block(seg.locator)[seg.offset + within:seg.offset + within + take]
+                 for _i, seg, within, take in pieces]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def block(self, locator: Locator) -> bytes:
         """One block, through the cache (one download however many readers want it)."""

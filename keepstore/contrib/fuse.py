@@ -130,7 +130,7 @@ def open_mount_store(*, retries: int = MOUNT_RETRIES, timeout: Timeout = MOUNT_T
 
 
 def mount(tree: ReadPath, mountpoint: str, *, foreground: bool = True,
-          on_init: Callable[[], Any] | None = None, debug: bool = False) -> None:
+          on_init: Callable[[], Any] | None = None, debug: bool = False, **options: Any) -> None:
     """Serve *tree* at *mountpoint* until unmounted or SIGINT/SIGTERM (libfuse then unmounts)."""
     mfusepy = _load_mfusepy()
     mounted: list[bool] = []
@@ -143,7 +143,9 @@ def mount(tree: ReadPath, mountpoint: str, *, foreground: bool = True,
     name = f"keep:{tree.locator.stripped()}"
     try:
         mfusepy.FUSE(KeepOperations(tree, on_init=started), mountpoint, foreground=foreground, debug=debug,
-                     ro=True, fsname=name[:120], subtype="keep", default_permissions=True)
+                     ro=True, fsname=name[:120], subtype="keep", default_permissions=True,
+                     # A dataset never changes, so the kernel may keep its pages across opens.
+                     kernel_cache=True, **options)
     except RuntimeError as exc:  # mfusepy's report of fuse_main's non-zero status
         if mounted:  # libfuse reports an exit by SIGINT/SIGTERM as status 8, after unmounting
             log.info("unmounted %s (fuse_main status %s)", mountpoint, exc)
