@@ -182,3 +182,21 @@ def test_token_is_never_in_repr_or_errors(keep_cluster: KeepCluster, cluster_loc
     with pytest.raises(KeepError) as exc:
         fs.cat_file(f"keep://{cluster_loc}/data/raw/big.bin")
     assert keep_cluster.token not in str(exc.value) and keep_cluster.token not in repr(exc.value)
+
+
+# -- docs/fsspec.md --------------------------------------------------------------------------------
+
+
+def doc_blocks(name: str, fence: str) -> list[str]:
+    """The fenced code blocks of one language in a file under docs/."""
+    text = (Path(__file__).parent.parent / "docs" / name).read_text()
+    return [part.split("```", 1)[0] for part in text.split(f"```{fence}\n")[1:]]
+
+
+def test_the_docs_example_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    KeepFileSystem.clear_instance_cache()  # the example's from_env() store is this test's
+    try:
+        exec(compile(doc_blocks("fsspec.md", "python")[0], "docs/fsspec.md", "exec"), {})
+    finally:
+        KeepFileSystem.clear_instance_cache()

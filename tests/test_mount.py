@@ -235,3 +235,18 @@ def test_reads_fail_with_eio_promptly_when_services_are_gone(cluster_env, keep_c
             server.start()
         assert (mnt / "b" / "table.csv").read_bytes() == (source / "a" / "b" / "table.csv").read_bytes()
         assert proc.poll() is None
+
+
+def test_the_docs_example_script_runs(env, tmp_path) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "mount.md").read_text()
+    script = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    try:
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        unmount(work / "mnt")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["hello", "1000"]
