@@ -175,3 +175,13 @@ def test_close_stops_read_ahead(tree: ReadPath) -> None:
     tree.close()
     assert tree.read("data/big.bin", 10, 10)  # reads still work, without read-ahead
     assert tree._executor is None
+
+
+@pytest.mark.parametrize("module", ["keepstore.readpath", "keepstore.contrib.fuse", "keepstore.contrib.fsspec",
+                                    "keepstore.contrib.ipython", "keepstore.ipython"])
+def test_integration_modules_keep_all_sorted_and_resolvable(module: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert mod.__all__ == sorted(mod.__all__)
+    assert all(hasattr(mod, name) for name in mod.__all__)

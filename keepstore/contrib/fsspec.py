@@ -18,7 +18,7 @@ from ..manifest import ManifestError
 from ..readpath import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath, normalize_path
 from ..store import BlockStore
 
-__all__ = ["NEW", "KeepFileSystem"]
+__all__ = ["KeepBufferedFile", "KeepFileSystem"]
 
 NEW = "new"  # keep://new/<path>: where put/pipe write; each call stores one new dataset
 _MAX_OPEN_DATASETS = 64
@@ -218,8 +218,6 @@ class KeepBufferedFile(AbstractBufferedFile):
         tree, _head, rel = self.fs._tree(self.path)
         try:
             return tree.read(rel, start, max(0, end - start))
-        except KeepError:
-            raise
         except FileNotFoundError:
             raise FileNotFoundError(f"keep://{self.path}") from None
 
