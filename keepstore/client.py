@@ -11,9 +11,10 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
+from .batch import RAISE_FIRST, Batch, RaisePolicy
 from .config import Retry, Settings, Timeout
 from .errors import BlockNotFound, KeepError, NoServicesError, ReadError
 from .local import LocalStore
@@ -26,6 +27,11 @@ from .writer import NOT_FOUND_STATUSES, TRANSIENT_STATUSES, write_block
 __all__ = ["BlockCacheLike", "ClientStats", "KeepClient", "new_request_id"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Blocks waiting for prefetch at once; more are dropped (prefetch is a hint, not a queue).
+MAX_PREFETCH_PENDING = 256
 
 _ID_ALPHABET = string.digits + string.ascii_lowercase
 
@@ -112,14 +118,17 @@ class KeepClient(BlockStore):
         storage_classes: Iterable[str] | None = None,
         threads: int = 8,
         cache: BlockCacheLike | None = None,
+        cache_writes: bool = False,
+        prefetch_threads: int = 2,
         transport: Transport | None = None,
         insecure: bool = False,
         ca_file: str | None = None,
         sleep: Callable[[float], Any] = time.sleep,
         refresh_interval: float = 300.0,
     ) -> None:
-        if copies < 1 or threads < 1:
-            raise ValueError(f"copies and threads must be at least 1, got {copies} and {threads}")
+        if copies < 1 or threads < 1 or prefetch_threads < 1:
+            raise ValueError(f"copies, threads and prefetch_threads must be at least 1, "
+                             f"got {copies}, {threads} and {prefetch_threads}")
         self._token = token
         self.timeout = Timeout.from_value(timeout)
         self.retry = Retry.from_value(retries)
@@ -127,6 +136,10 @@ class KeepClient(BlockStore):
         self.storage_classes = tuple(storage_classes or ())
         self.threads = threads
         self.cache = cache
+        self.cache_writes = cache_writes
+        self.prefetch_threads = prefetch_threads
+        self._owns_cache = False
+        self._cache_warned = False
         self._sleep = sleep
         if transport is None:
             from .transport.curl import CurlTransport
@@ -141,7 +154,11 @@ class KeepClient(BlockStore):
         else:
             raise NoServicesError("KeepClient needs services= or api_host= (or use KeepClient.from_env())")
         self._counters = _Counters()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # replica fan-out inside one put
+        self._tasks: ThreadPoolExecutor | None = None  # whole operations: *_async, batches, aio
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetching: set[str] = set()
+        self._accepting = True
         self._pool_lock = threading.Lock()
         self._single_replica_roots: set[str] = set()
         self._closed = False
@@ -153,6 +170,11 @@ class KeepClient(BlockStore):
         Keyword arguments naming `Settings` fields override them (``config_path`` picks the
         file); any others go to the constructor (``transport=``, ``cache=``, ``sleep=``...).
         With nothing configured this is a `LocalStore`.
+
+        A disk block cache is wired at ``cache_dir`` (``KEEP_CACHE_DIR`` or the config file)
+        when that is set; ``cache=True`` asks for one at the default location too
+        (``$XDG_CACHE_HOME/keepstore/blocks``), ``cache=False`` for none, and a cache object is
+        used as given. A cache made here is closed with the client.
         """
         names = {f.name for f in dataclasses.fields(Settings)} - {"config_path"}
         config_path = overrides.pop("config_path", None)
@@ -160,12 +182,20 @@ class KeepClient(BlockStore):
         extra = {k: v for k, v in overrides.items() if k not in names}
         if settings.mode == "local":
             return LocalStore(os.path.expanduser(settings.store_path))
-        return cls(
-            services=list(settings.services) if settings.services else None,
-            api_host=settings.api_host, token=settings.token, timeout=settings.timeout,
-            retries=settings.retries, copies=settings.copies, threads=settings.threads,
-            insecure=settings.insecure, ca_file=settings.ca_file, **extra,
-        )
+        cache, owned = _cache_from_settings(settings, environ, extra.pop("cache") if "cache" in extra else "configured")
+        try:
+            client = cls(
+                services=list(settings.services) if settings.services else None,
+                api_host=settings.api_host, token=settings.token, timeout=settings.timeout,
+                retries=settings.retries, copies=settings.copies, threads=settings.threads,
+                insecure=settings.insecure, ca_file=settings.ca_file, cache=cache, **extra,
+            )
+        except BaseException:
+            if owned and cache is not None:
+                cache.close()  # type: ignore[attr-defined]  # ours: a BlockCache
+            raise
+        client._owns_cache = owned
+        return client
 
     def __repr__(self) -> str:
         where = " ".join(s.root for s in self._directory.services()) if self._directory.is_static else (
@@ -198,8 +228,11 @@ class KeepClient(BlockStore):
         if wanted < 1:
             return PutResult(loc, 0)
         classes = tuple(storage_classes) if storage_classes is not None else self.storage_classes
-        return write_block(self, view, loc, copies=wanted, classes=classes,
-                           request_id=request_id or new_request_id())
+        result = write_block(self, view, loc, copies=wanted, classes=classes,
+                             request_id=request_id or new_request_id())
+        if self.cache_writes and self.cache is not None:
+            self._cache_put(loc, view)
+        return result
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -225,13 +258,41 @@ class KeepClient(BlockStore):
             if not fetched:
                 self._counters.add(cache_hits=1)
             return data
-        cached = self.cache.get(loc)
+        cached = self._cache_get(loc)
         if cached is not None:
             self._counters.add(cache_hits=1)
             return cached
         data = self._read(loc, "GET", rid)
-        self.cache.put(loc, data)
+        self._cache_put(loc, memoryview(data))
         return data
+
+    # A cache is an optimisation: its failures must never fail a read or write the network
+    # served. keepstore's own caches swallow their failures; these guards are for other
+    # cache objects, whose exception types we cannot know (hence the broad catch).
+
+    def _cache_get(self, loc: Locator) -> bytes | None:
+        assert self.cache is not None
+        try:
+            return self.cache.get(loc)
+        except Exception as exc:  # see above
+            self._cache_failed(exc, "reading")
+            return None
+
+    def _cache_put(self, loc: Locator, view: memoryview) -> None:
+        assert self.cache is not None
+        try:
+            put = self.cache.put
+            if hasattr(self.cache, "get_or_fetch"):  # a BlockCache: the data is already verified
+                put(loc, view, verified=True)  # type: ignore[call-arg, arg-type]
+            else:
+                put(loc, bytes(view))
+        except Exception as exc:  # see above
+            self._cache_failed(exc, "storing")
+
+    def _cache_failed(self, exc: Exception, action: str) -> None:
+        first, self._cache_warned = not self._cache_warned, True
+        (log.warning if first else log.debug)("block cache %r failed while %s (%s: %s); carrying on without it",
+                                              self.cache, action, type(exc).__name__, exc)
 
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
         """True when a service has the block; `BlockNotFound` when none has it."""
@@ -241,6 +302,93 @@ class KeepClient(BlockStore):
             return True
         self._read(loc, "HEAD", request_id or new_request_id())
         return True
+
+    # -- concurrency: futures, batches, fan-out (see docs/concurrency.md) -----------------
+
+    def put_async(self, data: Data, *, copies: int | None = None, storage_classes: Iterable[str] | None = None,
+                  request_id: str | None = None) -> Future[Locator]:
+        """`put` on the client's task pool; a `Future` of the locator."""
+        return self._submit(self.put, data, copies=copies, storage_classes=storage_classes, request_id=request_id)
+
+    def get_async(self, locator: LocatorLike, *, request_id: str | None = None) -> Future[bytes]:
+        """`get` on the client's task pool; a `Future` of the verified bytes."""
+        return self._submit(self.get, locator, request_id=request_id)
+
+    def head_async(self, locator: LocatorLike, *, request_id: str | None = None) -> Future[bool]:
+        """`head` on the client's task pool; a `Future` of True (or of `BlockNotFound`)."""
+        return self._submit(self.head, locator, request_id=request_id)
+
+    def batch(self, *, raise_for_status: RaisePolicy = RAISE_FIRST) -> Batch:
+        """A `Batch`: queue puts, gets and heads that run in parallel, then ``wait()`` for all."""
+        self._check_open()
+        return Batch(self, raise_for_status)
+
+    def get_many(self, locators: Iterable[LocatorLike]) -> list[bytes]:
+        """The blocks' bytes, in the order asked, fetched in parallel; the first failure is raised."""
+        with self.batch() as batch:
+            for locator in locators:
+                batch.get(locator)
+            return [outcome.result() for outcome in batch.wait()]
+
+    def exists_many(self, locators: Iterable[LocatorLike]) -> list[bool]:
+        """Whether each block is stored, in the order asked, checked in parallel.
+
+        A block no service has is False; other failures (no service answering) are raised.
+        """
+        with self.batch(raise_for_status={BlockNotFound}) as batch:
+            for locator in locators:
+                batch.head(locator)
+            return [outcome.ok for outcome in batch.wait()]
+
+    def prefetch(self, locators: Iterable[LocatorLike]) -> list[Future[None]]:
+        """Start fetching blocks into ``kc.cache`` in the background; return at once.
+
+        Does nothing without a cache. Blocks already queued are skipped, and so are blocks
+        beyond `MAX_PREFETCH_PENDING` waiting ones (prefetch is a hint). Failures are logged,
+        never raised; the returned futures (one per block queued) complete either way.
+        """
+        if self.cache is None:
+            return []
+        queued: list[Future[None]] = []
+        for locator in locators:
+            loc = self._locator(locator)
+            key = str(loc.bare())
+            with self._pool_lock:
+                if not self._accepting or key in self._prefetching or key == EMPTY_BLOCK:
+                    continue
+                if len(self._prefetching) >= MAX_PREFETCH_PENDING:
+                    log.debug("prefetch queue full; not prefetching %s", key)
+                    continue
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(max_workers=self.prefetch_threads,
+                                                          thread_name_prefix="keepstore-prefetch")
+                self._prefetching.add(key)
+                queued.append(self._prefetcher.submit(self._prefetch_one, loc, key))
+        return queued
+
+    def _prefetch_one(self, loc: Locator, key: str) -> None:
+        try:
+            self.get(loc)
+        except BlockNotFound as exc:
+            log.debug("prefetch of %s: %s", key, exc)
+        except Exception:  # nobody waits on a prefetch: say what went wrong, don't lose it
+            log.warning("prefetch of %s failed", key, exc_info=True)
+        finally:
+            with self._pool_lock:
+                self._prefetching.discard(key)
+
+    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` on the task pool (bounded by ``threads``).
+
+        Whole operations get their own pool so that queued operations can never occupy every
+        thread of the replica pool their own puts need.
+        """
+        with self._pool_lock:
+            if not self._accepting:
+                raise KeepError("this KeepClient is closed")
+            if self._tasks is None:
+                self._tasks = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="keepstore-task")
+            return self._tasks.submit(fn, *args, **kwargs)
 
     def _read(self, loc: Locator, method: str, request_id: str) -> bytes:
         retry = self.retry
@@ -364,15 +512,40 @@ class KeepClient(BlockStore):
             raise KeepError("this KeepClient is closed")
 
     def close(self) -> None:
-        """Finish writes in flight, stop the writer pool and close pooled connections."""
+        """Finish queued and running operations, drop queued prefetches, stop the pools and
+        close pooled connections (and a cache `from_env` made)."""
         with self._pool_lock:
-            if self._closed:
+            if not self._accepting:
                 return
+            self._accepting = False  # no new work; what is queued still runs
+            tasks, prefetcher = self._tasks, self._prefetcher
+        if prefetcher is not None:
+            prefetcher.shutdown(wait=True, cancel_futures=True)
+        if tasks is not None:
+            tasks.shutdown(wait=True)
+        with self._pool_lock:
             self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
         self.transport.close()
+        if self._owns_cache and self.cache is not None:
+            self.cache.close()  # type: ignore[attr-defined]  # ours: a BlockCache
 
     def __enter__(self) -> "KeepClient":
         return self
+
+
+def _cache_from_settings(settings: Settings, environ: Mapping[str, str] | None,
+                         choice: Any) -> tuple[BlockCacheLike | None, bool]:
+    """The cache `KeepClient.from_env` uses for *choice*, and whether the client owns it."""
+    if choice is None or choice is False:
+        return None, False
+    if choice is True or (choice == "configured" and settings.cache_dir):
+        from .cache import DiskBlockCache
+
+        path = os.path.expanduser(settings.default_cache_dir(environ))
+        return DiskBlockCache(path, settings.cache_max_bytes), True
+    if choice == "configured":
+        return None, False
+    return choice, False
