@@ -27,6 +27,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # Heavier parts load on first use, so `import keepstore` (and the CLI) start fast.
 _LAZY = {
     "KeepClient": "keepstore.client",
+    "AsyncKeepClient": "keepstore.aio",
+    "Batch": "keepstore.batch",
     "Service": "keepstore.services",
     "probe_order": "keepstore.services",
     "Transport": "keepstore.transport",
