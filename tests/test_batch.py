@@ -143,3 +143,13 @@ def test_one_thousand_small_puts_from_one_batch(keep_cluster: KeepCluster) -> No
         assert kc.exists_many(o.value for o in outcomes) == [True] * 1000  # type: ignore[misc]
     puts = sum(1 for server in keep_cluster.servers for r in server.requests if r.method == "PUT")
     assert puts == 2000
+
+
+def test_concurrency_md_examples_run() -> None:
+    import doctest
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "concurrency.md"
+    result = doctest.testfile(str(path), module_relative=False,
+                              optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 15 and result.failed == 0

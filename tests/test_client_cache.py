@@ -155,3 +155,11 @@ def test_from_env_cache_true_uses_the_xdg_cache_home(keep_cluster: KeepCluster, 
     memory = MemoryBlockCache()
     with KeepClient.from_env(env, cache=memory) as given:
         assert given.cache is memory  # type: ignore[attr-defined]
+
+
+def test_cache_md_examples_run() -> None:
+    import doctest
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "cache.md"
+    result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 10 and result.failed == 0
