@@ -16,7 +16,8 @@ __all__ = ["Manifest", "ManifestError", "ManifestFile", "Segment", "escape_name"
 _ESCAPE = re.compile(r"[\\:\000-\040]")
 _UNESCAPE = re.compile(r"\\([0-3][0-7][0-7])")
 # A name is anything but a space: not \S, which also refuses NBSP and other Unicode spaces that
-# escape_name leaves as they are (so our own manifests failed to parse) and Arvados accepts.
+# escape_name leaves as they are (so our own manifests failed to parse). The Go SDK splits on " "
+# alone, as we do; the Arvados Python SDK splits on \s and cannot read such names.
 _SEGMENT = re.compile(r"(0|[1-9][0-9]*):(0|[1-9][0-9]*):([^ ]+)\Z")
 _LOCATOR_START = re.compile(r"[0-9a-f]{32}\+")
 

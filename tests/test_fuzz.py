@@ -318,7 +318,8 @@ def test_config_file_that_yaml_cannot_hold_is_a_config_error(tmp_path: Path, tex
 def test_manifest_with_unicode_space_in_a_name_round_trips(name: str) -> None:
     """Regression (found by hypothesis in test_manifest): the segment pattern used \\S, so a file
     name with NBSP or another Unicode space, which escape_name leaves as it is, made our own
-    manifest unparseable (and the Arvados SDK accepts it)."""
+    manifest unparseable. (The Go SDK reads such names; the Arvados Python SDK, which splits on
+    \\s, does not.)"""
     from keepstore.manifest import Segment
 
     loc = Locator.for_data(b"abc")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -108,9 +109,12 @@ def test_missing_paths_raise_the_builtin_errors():
 _blocks = st.lists(
     st.builds(lambda data: Locator.for_data(data), st.binary(min_size=1, max_size=12)), min_size=1, max_size=4
 )
+# The Arvados Python SDK splits manifest lines on the regex ``\s``, which also matches NBSP and the
+# other Unicode spaces that escaping leaves as they are, so it cannot read such names (the Go SDK and
+# keepstore can; tests/test_fuzz.py checks that we do). Names for the comparison avoid them.
 _names = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00\n"), min_size=1, max_size=8
-).filter(lambda n: n not in (".", ".."))
+).filter(lambda n: n not in (".", "..") and not re.search(r"\s", escape_name(n)))
 
 
 @st.composite

@@ -47,9 +47,14 @@ _CHUNK = 1 << 20
 _SEND_CHUNK = 4 << 20
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class RequestRecord:
-    """One request as the server saw it (for tests: count requests, check headers' effects)."""
+    """One request as the server saw it (for tests: count requests, check headers' effects).
+
+    A record is added to `KeepServer.requests` just before the response's headers are sent
+    (or when the request ends without a response), so a client that has its answer can count
+    on finding the record; ``bytes_out`` and ``seconds`` are final once the request ends.
+    """
 
     method: str
     path: str  # without signatures or query
@@ -366,6 +371,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_expect_100(self) -> bool:
         # Admission happens before "100 Continue", so a busy server's 503 costs the client no body.
+        self._record = None
+        self._fault = None
+        self._bytes_out = 0
+        self._method = self.command
+        self._public_path = _public(urlsplit(self.path).path)
         if not self.server.keep._admit():
             self._admitted: bool | None = False
             self.close_connection = True
@@ -399,6 +409,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._bytes_out = 0
         self._fault: str | None = None
         self._headers_sent = False
+        self._record: RequestRecord | None = None
+        self._method = method
+        self._public_path = ""
         admitted = getattr(self, "_admitted", None)
         self._admitted = None
         if admitted is None and not keep._admit():
@@ -407,6 +420,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._log(method, 503, start, "")
             return
         path = urlsplit(self.path).path
+        self._public_path = _public(path)
         try:
             self._route(method, path)
         except _Abort:
@@ -425,16 +439,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             keep._release()
             self._log(method, self._status, start, path)
 
+    def _request_id(self) -> str:
+        rid = self.headers.get("X-Request-Id", "") if self.headers else ""
+        return rid if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", rid or "") else ""
+
+    def _remember(self, status: int) -> None:
+        """Add this request's record (once), before the client can see an answer."""
+        if getattr(self, "_record", None) is not None:
+            return
+        self._record = RequestRecord(getattr(self, "_method", self.command or "?"),
+                                     getattr(self, "_public_path", "") or _public(urlsplit(self.path).path),
+                                     status, 0, 0.0, self._request_id(), getattr(self, "_fault", None))
+        self.server.keep.requests.append(self._record)
+
     def _log(self, method: str, status: int, start: float, path: str) -> None:
         seconds = time.monotonic() - start if start else 0.0
-        rid = self.headers.get("X-Request-Id", "") if self.headers else ""
-        rid = rid if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", rid or "") else ""
-        public = _public(path)
-        self.server.keep.requests.append(
-            RequestRecord(method, public, status, getattr(self, "_bytes_out", 0), seconds, rid,
-                          getattr(self, "_fault", None)))
-        access_log.info('%s "%s %s" %s %d %.1fms %s', self.client_address[0], method, public, status,
-                        getattr(self, "_bytes_out", 0), seconds * 1000, rid or "-")
+        self._remember(status)
+        record = self._record
+        assert record is not None
+        record.status = status
+        record.bytes_out = getattr(self, "_bytes_out", 0)
+        record.seconds = seconds
+        record.fault = getattr(self, "_fault", None)
+        access_log.info('%s "%s %s" %s %d %.1fms %s', self.client_address[0], method, record.path, status,
+                        record.bytes_out, seconds * 1000, record.request_id or "-")
 
     def _route(self, method: str, path: str) -> None:
         keep = self.server.keep
@@ -699,6 +727,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
+        self._remember(status)
         self.end_headers()
         self._headers_sent = True
 
