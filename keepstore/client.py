@@ -38,7 +38,14 @@ _ID_ALPHABET = string.digits + string.ascii_lowercase
 
 def new_request_id() -> str:
     """An Arvados-style request id: ``req-`` and 20 characters of ``[0-9a-z]``."""
-    return "req-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+    # One draw of 20 base-36 digits: uniform like 20 secrets.choice calls, at one urandom call
+    # instead of twenty (60 -> 8 us an id, docs/performance.md).
+    n = secrets.randbelow(36**20)
+    digits = []
+    for _ in range(20):
+        n, d = divmod(n, 36)
+        digits.append(_ID_ALPHABET[d])
+    return "req-" + "".join(digits)
 
 
 class BlockCacheLike(Protocol):
@@ -161,6 +168,7 @@ class KeepClient(BlockStore):
         self._accepting = True
         self._pool_lock = threading.Lock()
         self._single_replica_roots: set[str] = set()
+        self._url_list_single_replica = False
         self._closed = False
 
     @classmethod

@@ -67,6 +67,21 @@ class Receipt:
         return cls(**d)
 
 
+def _read_into(stream: BinaryIO, view: memoryview) -> int:
+    """Fill *view* from *stream* (``readinto`` when it has one); return the bytes read, 0 at EOF."""
+    readinto = getattr(stream, "readinto", None)
+    if readinto is not None:
+        n = readinto(view)
+    else:
+        chunk = stream.read(len(view))
+        n = None if chunk is None else len(chunk)
+        if n:
+            view[:n] = chunk
+    if n is None:  # a non-blocking stream with nothing ready: reading on would drop data
+        raise BlockingIOError(f"{stream!r} is non-blocking and had no data ready")
+    return int(n)
+
+
 def _block_receipt(result: PutResult) -> BlockReceipt:
     return BlockReceipt(str(result.locator), result.locator.size, result.replicas, tuple(result.services),
                         dict(result.storage_classes))
@@ -99,7 +114,10 @@ class DatasetWriter:
         self.storage_classes = list(storage_classes) if storage_classes else None
         self.block_size = block_size
         self._progress = progress
-        self._buffer = bytearray()
+        # The open block: one buffer of block_size, filled in place by readinto and handed to the
+        # upload as it is (no copy), so memory holds max_in_flight blocks plus this one.
+        self._buffer: bytearray | None = None
+        self._fill = 0
         self._pending: list[tuple[str, int, int]] = []  # (path, offset in buffer, length) for the open block
         self._files: dict[str, list[tuple[int, int, int]]] = {}  # path -> [(block index, offset, length)]
         self._dirs: set[str] = set()
@@ -119,14 +137,18 @@ class DatasetWriter:
         pieces = self._files.setdefault(path, [])
         total = 0
         while True:
-            room = self.block_size - len(self._buffer)
-            chunk = stream.read(min(room, _READ_CHUNK))
-            if not chunk:
+            if self._buffer is None:
+                self._buffer = bytearray(self.block_size)  # calloc'd: pages count once written
+            want = min(self.block_size - self._fill, _READ_CHUNK)
+            # released at once: the buffer is resized (a short last block) only with no view on it
+            with memoryview(self._buffer) as whole, whole[self._fill:self._fill + want] as part:
+                n = _read_into(stream, part)
+            if not n:
                 break
-            pieces.append((self._next_block, len(self._buffer), len(chunk)))
-            self._buffer += chunk
-            total += len(chunk)
-            if len(self._buffer) >= self.block_size:
+            pieces.append((self._next_block, self._fill, n))
+            self._fill += n
+            total += n
+            if self._fill >= self.block_size:
                 self._flush()
         self._bytes += total
         return total
@@ -186,10 +208,11 @@ class DatasetWriter:
     # -- uploading -------------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        if not self._buffer:
+        if self._buffer is None or not self._fill:
             return
-        data = bytes(self._buffer)
-        self._buffer = bytearray()
+        data = self._buffer
+        del data[self._fill:]  # a short last block: shrink in place
+        self._buffer, self._fill = None, 0
         index = self._next_block
         self._next_block += 1
         self._collect(block=False)
@@ -202,7 +225,7 @@ class DatasetWriter:
         future.add_done_callback(lambda _f: self._slots.release())
         self._futures[index] = future
 
-    def _put(self, data: bytes) -> PutResult:
+    def _put(self, data: bytearray) -> PutResult:
         result = self.store.put_block(data, copies=self.copies, storage_classes=self.storage_classes)
         if self._progress is not None:
             self._progress(len(data))

@@ -34,6 +34,13 @@ class Service:
 
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.root)
+        if "@" in parts.netloc:
+            # Keep authenticates with the token (Authorization: Bearer), which replaces what
+            # libcurl would make of URL credentials; refusing them also keeps a password out of
+            # every repr, log line and error that names a service root.
+            shown = urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+            raise ConfigError(f"Keep service root {shown} has credentials in it: pass the token as "
+                              f"token= (or KEEP_TOKEN) instead")
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"invalid Keep service root {self.root!r}: need http:// or https:// and a host")
         if not self.root.endswith("/"):
@@ -69,6 +76,11 @@ class Service:
     @property
     def is_disk(self) -> bool:
         return self.service_type == "disk"
+
+    @property
+    def from_url_list(self) -> bool:
+        """Named by URL alone (`from_url`): typed ``proxy`` for want of knowing better."""
+        return self.service_type == "proxy" and self.uuid.startswith(SYNTHETIC_UUID.split("%", 1)[0])
 
     def weight(self, md5: str) -> str:
         """Rendezvous weight for block *md5*: md5 hex of md5 + the uuid's last 15 characters."""

@@ -141,6 +141,12 @@ class _Put:
         self.done += outcome.replicas
         if outcome.asked_several and outcome.replicas == 1:
             self.client._single_replica_roots.add(root)
+            if outcome.service.from_url_list:
+                # A list of plain URLs is a set of keepstores or one proxy: once one of them
+                # stores a single replica when asked for several, they are keepstores, and a
+                # short-lived process (`keep put`) need not learn that of every root in turn.
+                # Were one a proxy after all, the cost is a spare replica, never a missing one.
+                self.client._url_list_single_replica = True
         if outcome.classes is None:
             if self.track_classes:
                 log.warning("%s does not confirm storage classes; counting replicas only", root)
@@ -164,7 +170,9 @@ class _Put:
         queue = collections.deque(order)
         # A disk service (or one seen storing a single replica) takes one replica per PUT, so
         # we can write `need` at once; a proxy might store them all, so go one at a time there.
-        parallel = all(s.is_disk or s.root in self.client._single_replica_roots for s in order)
+        singles = self.client._single_replica_roots
+        url_singles = self.client._url_list_single_replica
+        parallel = all(s.is_disk or s.root in singles or (url_singles and s.from_url_list) for s in order)
         inflight: dict[Future[_Outcome], Service] = {}
         retry_after: float | None = None
         while True:

@@ -30,6 +30,7 @@ class KeepStub:
         self.faults: list[tuple[set[str], tuple[Any, ...]]] = []
         self.requests: list[tuple[str, str, int, dict[str, str]]] = []
         self.peers: list[int] = []  # client port of each request, to see connection reuse
+        self.put_spans: list[tuple[float, float]] = []  # (arrived, answered), monotonic, per PUT
         self.replicas_header = replicas_header
         self.classes_header = classes_header
         self.sign = sign
@@ -172,10 +173,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._answer(200 if body is not None else 404, b"", {"Content-Length": str(len(body or b""))})
 
     def do_PUT(self) -> None:
+        arrived = time.monotonic()
         length = int(self.headers.get("Content-Length", "0"))
         data = self.rfile.read(length)
         if self._fault(data):
             return
+        self.server_stub.put_spans.append((arrived, time.monotonic()))
         md5 = self._block()[0]
         if md5 is None or hashlib.md5(data).hexdigest() != md5:
             self._answer(422, b"hash mismatch\n")

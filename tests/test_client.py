@@ -120,13 +120,14 @@ def test_get_retries_500_then_503_then_succeeds(three: tuple[KeepClient, list[Ke
     assert kc.stats().retries == 2
 
 
-def test_all_404_raises_block_not_found_at_once(stubs_factory: Callable[..., list[KeepStub]]) -> None:
+def test_all_404_raises_block_not_found_at_once(stubs_factory: Callable[..., list[KeepStub]],
+                                                sleeps: Sleeps) -> None:
     stubs = stubs_factory(3)
-    with KeepClient([s.url for s in stubs], retries=10) as kc:  # real sleep: there must be none
+    with KeepClient([s.url for s in stubs], retries=10, sleep=sleeps) as kc:
         start = time.monotonic()
         with pytest.raises(BlockNotFound) as info:
             kc.get("acbd18db4cc2f85cedef654fccc4a4d8+3", request_id="req-aaaaaaaaaaaaaaaaaaaa")
-        assert time.monotonic() - start < 0.5
+        assert sleeps == [] and time.monotonic() - start < 0.5
         assert kc.exists("acbd18db4cc2f85cedef654fccc4a4d8+3") is False
     assert "acbd18db4cc2f85cedef654fccc4a4d8+3" in str(info.value)
     assert "req-aaaaaaaaaaaaaaaaaaaa" in str(info.value)
@@ -255,6 +256,22 @@ def test_proxy_reporting_two_replicas_satisfies_two_copies_with_one_put(
     with KeepClient([p1.url, p2.url]) as kc:
         result = kc.put_block(b"proxied", copies=2)
     assert result.replicas == 2 and p1.count("PUT") + p2.count("PUT") == 1
+
+
+def test_url_services_are_written_in_parallel_once_one_stores_a_single_replica(
+        stubs_factory: Callable[..., list[KeepStub]]) -> None:
+    stubs = stubs_factory(3)  # plain URLs: typed proxy, each answering "1 stored"
+    with KeepClient([s.url for s in stubs]) as kc:
+        for s in stubs:
+            s.fail("delay", 0.3, methods="PUT", times=4)
+        first = kc.put_block(b"learns", copies=2)
+        second = kc.put_block(b"then goes parallel", copies=2)
+    assert first.replicas == second.replicas == 2
+    spans = sorted(span for s in stubs for span in s.put_spans)
+    assert len(spans) == 4
+    (_a1, e1), (a2, _e2), (_a3, e3), (a4, _e4) = spans
+    assert a2 >= e1, "the first put asks one service at a time until it learns"
+    assert a4 < e3, "the second put sends both copies at once"
 
 
 def test_missing_replicas_header_counts_one_and_disk_counts_at_most_one(

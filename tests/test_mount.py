@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from keepstore.cache import DiskBlockCache
+from keepstore.collection import open_dataset
 from keepstore.testing import KeepCluster
 
 
@@ -208,13 +210,21 @@ def cluster_env(env: dict[str, str], keep_cluster: KeepCluster) -> dict[str, str
     return env
 
 
-def test_mount_over_a_keep_serve_cluster_reads_back_and_fills_the_disk_cache(cluster_env, source, tmp_path) -> None:
+def test_mount_over_a_keep_serve_cluster_reads_back_and_fills_the_disk_cache(
+        cluster_env, keep_cluster, source, tmp_path) -> None:
     loc = keep_put(cluster_env, source / "a")
     mnt = tmp_path / "mnt"
     with mounted(cluster_env, loc, mnt):
         for rel in all_files(source / "a"):
             assert (mnt / rel).read_bytes() == (source / "a" / rel).read_bytes(), rel
-    assert any((tmp_path / "cache" / "keepstore" / "blocks").iterdir())
+    with keep_cluster.client() as kc:
+        manifest = open_dataset(kc, loc).manifest
+    blocks = {seg.locator.bare() for f in manifest.files.values() for seg in f.segments}
+    cache = DiskBlockCache(tmp_path / "cache" / "keepstore" / "blocks")
+    try:
+        assert blocks and all(cache.get(b) is not None for b in blocks), "every block read is in the disk cache"
+    finally:
+        cache.close()
 
 
 def test_reads_fail_with_eio_promptly_when_services_are_gone(cluster_env, keep_cluster, source, tmp_path) -> None:

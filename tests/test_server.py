@@ -264,10 +264,13 @@ def test_64_concurrent_clients_get_only_200_or_503_and_nothing_is_lost(tmp_path)
 
 def test_a_busy_server_answers_503_before_the_body_is_sent(tmp_path):
     with KeepServer([tmp_path / "v"], max_requests=1, fsync=False) as s:
-        s.faults.delay(1.0, methods="GET")
+        s.faults.delay(2.0, methods="GET")
         t = threading.Thread(target=request, args=(s, "GET", f"/{FOO_MD5}+3"))
         t.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while s.in_flight < 1:  # the GET holds the only slot before the PUT asks for one
+            assert time.monotonic() < deadline, "the GET never reached the server"
+            time.sleep(0.01)
         conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
         conn.putrequest("PUT", "/" + FOO_MD5)
         conn.putheader("Content-Length", "3")

@@ -172,3 +172,43 @@ def test_discovery_json_body_parses_like_the_api(httpserver: HTTPServer) -> None
         body, content_type="application/json")
     with KeepClient(api_host=httpserver.url_for("/"), token="t") as kc:
         assert kc.services[0].root == "http://127.0.0.1:9/"
+
+
+def test_client_rediscovers_after_connection_failures_once_not_every_retry_round(
+        httpserver: HTTPServer, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from keepstore import Retry
+    from keepstore.errors import ReadError
+    from keepstore.server import KeepServer
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    with KeepServer([tmp_path / "v"], fsync=False) as live:
+        listed = [_item("zzzzz-bi6l4-000000000000001", dead_port), _item("zzzzz-bi6l4-000000000000002", live.port)]
+        calls: list[int] = []
+
+        def accessible(request):  # type: ignore[no-untyped-def]
+            from werkzeug import Response
+
+            calls.append(1)
+            return Response(json.dumps(_keep_services_json(*listed)), content_type="application/json")
+
+        httpserver.expect_request("/arvados/v1/keep_services/accessible").respond_with_handler(accessible)
+        sleeps: list[float] = []
+        with KeepClient(api_host=httpserver.url_for("/"), token="t", retries=Retry(total=3),
+                        sleep=sleeps.append, timeout=(1, 5)) as kc:
+            now = [1000.0]
+            monkeypatch.setattr(kc._directory, "_clock", lambda: now[0])
+            with pytest.raises(ReadError):
+                kc.get("acbd18db4cc2f85cedef654fccc4a4d8+3")  # nowhere: the dead service fails every round
+            assert len(sleeps) == 3 and kc.stats().failures[f"http://127.0.0.1:{dead_port}/"] == 4
+            assert len(calls) == 1, "connection failures in retry rounds do not rediscover each round"
+            listed.pop(0)  # the cluster drops the dead service
+            now[0] += 6  # past the 5 s rate limit
+            assert [s.root for s in kc.services] == [live.url]
+            assert len(calls) == 2, "a connection failure makes the next call rediscover"
+            assert kc.put(b"foo", copies=1).md5 == "acbd18db4cc2f85cedef654fccc4a4d8"
+            assert kc.services[0].root == live.url
+            assert len(calls) == 2, "no failure since: no refresh before the timer"

@@ -21,7 +21,7 @@ import pytest
 import keepstore.server.app as server_app
 from keepstore.client import KeepClient
 from keepstore.config import Retry, Settings, Timeout
-from keepstore.errors import BlockNotFound, KeepError, ReadError, WriteError
+from keepstore.errors import BlockNotFound, ConfigError, KeepError, ReadError, WriteError
 from keepstore.locator import Locator
 from keepstore.server import KeepServer
 from keepstore.testing import KeepCluster
@@ -382,16 +382,16 @@ def test_server_logs_mask_remote_signatures_too(strict_server: KeepServer, caplo
     assert all(signature not in r.path for r in strict_server.requests)
 
 
-@pytest.mark.xfail(strict=True, reason="credentials in a service URL (http://user:pw@host/) are shown verbatim in "
-                   "KeepClient repr and in WriteError/ReadError messages: service roots are quoted as given "
-                   "(keepstore/services.py keeps them; keepstore/writer.py error() and client.py _read quote "
-                   "them; errors._scrub only knows token shapes)")
-def test_password_in_a_service_url_is_never_shown() -> None:
-    client = KeepClient(services=["http://user:Pa55w0rdInUrl@127.0.0.1:1/"], copies=1, retries=0, timeout=FAST)
-    with pytest.raises(WriteError) as info:
-        client.put(b"x")
-    client.close()
-    assert "Pa55w0rdInUrl" not in str(info.value) + repr(client)
+@pytest.mark.parametrize("url", ["http://user:Pa55w0rdInUrl@127.0.0.1:1/", "https://Pa55w0rdInUrl@keep.example/"])
+def test_credentials_in_a_service_url_are_refused_without_showing_them(url: str) -> None:
+    """Regression: a password in a service URL was shown verbatim in the client's repr and in
+    WriteError/ReadError messages, which quote service roots."""
+    with pytest.raises(ConfigError, match="has credentials in it") as info:
+        KeepClient(services=[url], copies=1, retries=0, timeout=FAST)
+    assert "Pa55w0rdInUrl" not in str(info.value) and "***@" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        KeepClient.from_env({"KEEP_SERVICES": url})
+    assert "Pa55w0rdInUrl" not in str(info.value)
 
 
 def test_server_debug_log_of_a_malformed_request_line_masks_query_and_signature(

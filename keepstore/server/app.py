@@ -150,6 +150,12 @@ class KeepServer:
         return self._httpd is not None
 
     @property
+    def in_flight(self) -> int:
+        """How many requests hold an admission slot now (at most `max_requests`)."""
+        with self._state:
+            return self._inflight
+
+    @property
     def url(self) -> str:
         """``http[s]://host:port/`` (the port is known once started)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -319,6 +325,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = f"keepstore/{__version__}"
     server: _HTTPServer
+    # What this request has done so far (reset by _begin for each request on the connection).
+    _status: int = 0
+    _bytes_out: int = 0
+    _fault: str | None = None
+    _headers_sent: bool = False
+    _record: RequestRecord | None = None
+    _method: str = ""
+    _public_path: str = ""
+    _admitted: bool | None = None  # set by handle_expect_100 before the body is sent
 
     # -- connection -------------------------------------------------------------------------
 
@@ -369,18 +384,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # one access line per request is written by _dispatch instead
 
+    def _begin(self, method: str) -> None:
+        self._status = 0
+        self._bytes_out = 0
+        self._fault = None
+        self._headers_sent = False
+        self._record = None
+        self._method = method
+        self._public_path = _public(urlsplit(self.path).path)
+
     def handle_expect_100(self) -> bool:
         # Admission happens before "100 Continue", so a busy server's 503 costs the client no body.
-        self._record = None
-        self._fault = None
-        self._bytes_out = 0
-        self._method = self.command
-        self._public_path = _public(urlsplit(self.path).path)
+        self._begin(self.command)
         if not self.server.keep._admit():
-            self._admitted: bool | None = False
+            self._admitted = False
             self.close_connection = True
             self._simple(503, "too many requests in flight", {"Retry-After": "1"})
-            self._log("PUT", 503, 0.0, "")
+            self._log("PUT", 503, 0.0)
             return False
         self._admitted = True
         return super().handle_expect_100()
@@ -405,22 +425,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         keep = self.server.keep
         start = time.monotonic()
-        self._status = 0
-        self._bytes_out = 0
-        self._fault: str | None = None
-        self._headers_sent = False
-        self._record: RequestRecord | None = None
-        self._method = method
-        self._public_path = ""
-        admitted = getattr(self, "_admitted", None)
-        self._admitted = None
+        self._begin(method)
+        admitted, self._admitted = self._admitted, None
         if admitted is None and not keep._admit():
             self._drain_body()
             self._simple(503, "too many requests in flight", {"Retry-After": "1"})
-            self._log(method, 503, start, "")
+            self._log(method, 503, start)
             return
         path = urlsplit(self.path).path
-        self._public_path = _public(path)
         try:
             self._route(method, path)
         except _Abort:
@@ -437,30 +449,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self._simple(500, "internal error")
         finally:
             keep._release()
-            self._log(method, self._status, start, path)
+            self._log(method, self._status, start)
 
     def _request_id(self) -> str:
         rid = self.headers.get("X-Request-Id", "") if self.headers else ""
         return rid if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", rid or "") else ""
 
-    def _remember(self, status: int) -> None:
+    def _remember(self, status: int) -> RequestRecord:
         """Add this request's record (once), before the client can see an answer."""
-        if getattr(self, "_record", None) is not None:
-            return
-        self._record = RequestRecord(getattr(self, "_method", self.command or "?"),
-                                     getattr(self, "_public_path", "") or _public(urlsplit(self.path).path),
-                                     status, 0, 0.0, self._request_id(), getattr(self, "_fault", None))
-        self.server.keep.requests.append(self._record)
+        if self._record is None:
+            self._record = RequestRecord(self._method or self.command or "?", self._public_path, status, 0, 0.0,
+                                         self._request_id(), self._fault)
+            self.server.keep.requests.append(self._record)
+        return self._record
 
-    def _log(self, method: str, status: int, start: float, path: str) -> None:
+    def _log(self, method: str, status: int, start: float) -> None:
         seconds = time.monotonic() - start if start else 0.0
-        self._remember(status)
-        record = self._record
-        assert record is not None
+        record = self._remember(status)
         record.status = status
-        record.bytes_out = getattr(self, "_bytes_out", 0)
+        record.bytes_out = self._bytes_out
         record.seconds = seconds
-        record.fault = getattr(self, "_fault", None)
+        record.fault = self._fault
         access_log.info('%s "%s %s" %s %d %.1fms %s', self.client_address[0], method, record.path, status,
                         record.bytes_out, seconds * 1000, record.request_id or "-")
 
@@ -489,6 +498,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault.kind == "delay":
             time.sleep(fault.value)
         elif fault.kind == "drop":
+            self._remember(0)  # no answer ever goes out: record it before the client can move on
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             raise _Abort()
