@@ -13,7 +13,7 @@ import pytest
 from test_cache import read_only
 
 from keepstore import KeepClient, Locator, ReadError
-from keepstore.cache import DiskBlockCache, MemoryBlockCache
+from keepstore.cache import DiskBlockCache, MemoryBlockCache, TieredBlockCache
 from keepstore.testing import KeepCluster
 
 
@@ -163,3 +163,22 @@ def test_cache_md_examples_run() -> None:
     path = Path(__file__).resolve().parent.parent / "docs" / "cache.md"
     result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 10 and result.failed == 0
+
+
+def test_tiered_cache_serves_from_memory_then_from_disk_for_a_new_process_view(
+        keep_cluster: KeepCluster, tmp_path: Path) -> None:
+    with keep_cluster.client() as writer:
+        loc = writer.put(b"memory in front of disk")
+    tiered = TieredBlockCache(MemoryBlockCache(), DiskBlockCache(tmp_path / "c"))
+    with keep_cluster.client(cache=tiered, retries=0) as kc:
+        assert kc.get(loc) == b"memory in front of disk"  # a miss in both tiers: one GET fills both
+        assert kc.get(loc) == b"memory in front of disk"
+        assert _gets(keep_cluster, loc) == 1
+        assert tiered.memory.stats().hits == 1 and tiered.disk.stats().hits == 0
+    _stop_all(keep_cluster)
+    # A later client (a new process, say) with an empty memory tier: the disk tier answers and
+    # promotes the block into memory.
+    later = TieredBlockCache(MemoryBlockCache(), DiskBlockCache(tmp_path / "c"))
+    with keep_cluster.client(cache=later, retries=0) as kc:
+        assert kc.get(loc) == b"memory in front of disk"
+        assert later.disk.stats().hits == 1 and later.memory.get(loc) == b"memory in front of disk"

@@ -120,6 +120,7 @@ def test_sigkilled_writers_leave_no_readable_partial_block_and_no_trap_for_put(t
 
     # Leftover temp files must not make a later put of the same blocks fail.
     leftovers = _temp_files(root)
+    assert leftovers, "no kill landed during a write, so nothing above was tested"
     for n in range(BLOCK_COUNT):
         data = block(n)
         loc = store.put(data)

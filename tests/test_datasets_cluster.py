@@ -56,8 +56,10 @@ def test_keep_put_and_get_round_trip_a_tree_with_copies_2(keep_cluster, source, 
     receipt = json.loads(put.stdout)
     assert receipt["min_replicas"] == 2
     locator = receipt["locator"]
-    for block in receipt["blocks"]:
-        assert len(keep_cluster.holders(block["locator"])) == 2
+    for block in [*receipt["blocks"], receipt["manifest_block"]]:
+        holders = keep_cluster.holders(block["locator"])
+        assert len(holders) == 2 and block["replicas"] == 2
+        assert sorted(block["services"]) == sorted(keep_cluster.urls[i] for i in holders)
     get = keep(keep_cluster, tmp_path, "get", locator, str(tmp_path / "out"))
     assert get.returncode == 0, get.stderr.decode()
     assert tree(tmp_path / "out") == tree(source)
@@ -121,3 +123,51 @@ def test_keep_get_reads_a_manifest_the_arvados_sdk_wrote(keep_cluster, tmp_path)
     with keep_cluster.client(token=TOKEN) as kc:
         reader = DatasetReader(kc, dataset)
         assert reader.open("sub dir/ü.bin").read() == files["sub dir/ü.bin"]
+
+
+@pytest.mark.parametrize("wanted, volume", [("hot", "v-hot"), ("cold", "v-cold")])
+def test_keep_put_storage_classes_reach_the_server_and_come_back_in_the_receipt(tmp_path, wanted, volume):
+    from types import SimpleNamespace
+
+    from keepstore.server import KeepServer
+
+    (tmp_path / "f.txt").write_bytes(b"classy data\n")
+    with KeepServer([f"{tmp_path / 'v-hot'}:hot", f"{tmp_path / 'v-cold'}:cold"], fsync=False) as server:
+        cluster = SimpleNamespace(env=lambda: {"KEEP_SERVICES": server.url, "KEEP_TOKEN": TOKEN})
+        put = keep(cluster, tmp_path, "put", "--copies", "1", "--storage-classes", wanted, "--json",
+                   "--no-progress", str(tmp_path / "f.txt"))
+        assert put.returncode == 0, put.stderr.decode()
+        receipt = json.loads(put.stdout)
+        [block] = receipt["blocks"]
+        assert block["storage_classes"] == {wanted: 1}
+        md5 = block["locator"][:32]
+        assert (tmp_path / volume / md5[:3] / md5).is_file()
+        other = "v-cold" if volume == "v-hot" else "v-hot"
+        assert not (tmp_path / other / md5[:3] / md5).exists()
+
+
+def test_sequential_reader_prefetches_the_next_blocks_into_the_cache(keep_cluster):
+    import time
+
+    from keepstore import MemoryBlockCache
+    from keepstore.collection import DatasetWriter
+
+    data = os.urandom(10 * 4096)
+    with keep_cluster.client() as writer_kc, DatasetWriter(writer_kc, copies=1, block_size=4096) as w:
+        w.add_bytes("f.bin", data)
+        locator = w.finish().locator
+    cache = MemoryBlockCache()
+    with keep_cluster.client(cache=cache, retries=0) as kc:
+        reader = DatasetReader(kc, locator, readahead=2)
+        blocks = [seg.locator for seg in reader.stat("f.bin").segments]
+        with reader.open("f.bin") as f:
+            assert f.read(100) == data[:100]  # block 0: blocks 1 and 2 are asked for in the background
+            deadline = time.monotonic() + 10
+            while cache.get(blocks[1]) is None or cache.get(blocks[2]) is None:
+                assert time.monotonic() < deadline, "read-ahead never fetched blocks 1 and 2"
+                time.sleep(0.02)
+            assert all(cache.get(b) is None for b in blocks[3:]), "read-ahead stays within its window"
+            for server in keep_cluster.servers:
+                server.stop()
+            f.seek(4096)
+            assert f.read(2 * 4096) == data[4096:3 * 4096]  # served from the cache, servers gone

@@ -1,4 +1,4 @@
-"""VerifierTransport and mock_client: their checks and messages, and the docs/test-doubles.md example module."""
+"""VerifierTransport and mock_client: their checks and messages, and the docs/testing.md example module."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_mock_client_with_blocks_behaves_like_a_small_keep() -> None:
 
 
 def test_the_docs_example_module_passes(tmp_path: Path) -> None:
-    text = (DOCS / "test-doubles.md").read_text()
+    text = (DOCS / "testing.md").read_text()
     blocks = re.findall(r"```python\n(# test_my_archive\.py\n.*?)```", text, re.S)
     assert len(blocks) == 1
     (tmp_path / "test_my_archive.py").write_text(blocks[0])
