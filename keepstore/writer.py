@@ -178,9 +178,20 @@ class _Put:
         while True:
             need = max(self.copies - self.done, 1 if self.pending_classes() else 0)
             limit = need if parallel else min(need, 1)
-            while queue and len(inflight) < limit:
-                service = queue.popleft()
+            launch = []
+            while queue and len(inflight) + len(launch) < limit:
+                launch.append(queue.popleft())
+            # When the caller would only wait, it makes one of the PUTs itself: one thread
+            # hand-off fewer per put, which is most of a small block's cost beyond the wire.
+            inline = launch.pop() if launch and not inflight else None
+            for service in launch:
                 inflight[self.client._executor().submit(self.attempt, service, round_number)] = service
+            if inline is not None:
+                outcome = self.attempt(inline, round_number)
+                self.record(outcome)
+                if outcome.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, outcome.retry_after)
+                continue
             if not inflight:
                 break
             finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
