@@ -178,7 +178,7 @@ class _Put:
         while True:
             need = max(self.copies - self.done, 1 if self.pending_classes() else 0)
             limit = need if parallel else min(need, 1)
-            launch = []
+            launch: list[Service] = []
             while queue and len(inflight) + len(launch) < limit:
                 launch.append(queue.popleft())
             # When the caller would only wait, it makes one of the PUTs itself: one thread
