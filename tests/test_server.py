@@ -127,6 +127,29 @@ def test_507_when_every_volume_is_full(tmp_path):
         assert put(s, b"12345")[0] == 200  # already stored: no space needed
 
 
+def test_a_really_full_disk_answers_507_leaves_nothing_torn_and_keeps_serving(tmp_path):
+    from test_cache import mounted
+
+    volume = tmp_path / "tiny"
+    volume.mkdir()
+    with mounted("-t", "tmpfs", "-o", "size=3m", "tmpfs", str(volume)), \
+            KeepServer([volume], fsync=False) as s:
+        blocks = [os.urandom(1200 * 1024) for _ in range(4)]  # two fit; writes race for the rest
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda data: put(s, data)[0], blocks))
+        assert set(statuses) <= {200, 507} and statuses.count(200) >= 1 and 507 in statuses, statuses
+        for data, status in zip(blocks, statuses, strict=True):
+            got = request(s, "GET", f"/{hashlib.md5(data).hexdigest()}+{len(data)}")
+            if status == 200:
+                assert got[0] == 200 and got[2] == data
+            else:
+                assert got[0] == 404  # a refused block is not there at all, torn or whole
+        names = [p.name for p in volume.rglob("*") if p.is_file()]
+        assert all(re.fullmatch(r"[0-9a-f]{32}", n) for n in names), names  # no temp file left behind
+        assert len(names) == statuses.count(200)
+        assert put(s, b"a small block still fits")[0] == 200
+
+
 # -- GET / HEAD --------------------------------------------------------------------------------
 
 
