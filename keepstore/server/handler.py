@@ -360,6 +360,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._stored(Locator(md5, length), volume, token)
 
     def _write(self, volume: Volume, md5: str, length: int, token: str | None) -> None:
+        """Write the body to *volume*, which has reserved *length* bytes for it."""
+        loc: Locator | None = None
+        try:
+            loc = self._write_reserved(volume, md5, length)
+        finally:
+            volume.release(length, stored=loc is not None)
+        if loc is not None:
+            self._stored(loc, volume, token)
+
+    def _write_reserved(self, volume: Volume, md5: str, length: int) -> Locator | None:
+        """The stored block's locator, or None once a refusal has been answered."""
         try:
             mismatch = False
             with volume.store.writer(md5) as writer:
@@ -370,19 +381,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 except WriteError:
                     mismatch = True
             if mismatch:  # answered only once the writer has removed its temp file
-                return self._simple(400, "body md5 does not match the block name")
+                self._simple(400, "body md5 does not match the block name")
+                return None
         except OSError as exc:
             if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
                 raise
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.close_connection = True
-                return self._simple(507, "volume full")
-            log.error("writing %s to %s: %s", md5, volume.path, exc.strerror or exc)
             self.close_connection = True
-            return self._simple(500, "volume write error")
-        volume.written(length)
-        self._stored(loc, volume, token)
-        return None
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._simple(507, "volume full")
+            else:
+                log.error("writing %s to %s: %s", md5, volume.path, exc.strerror or exc)
+                self._simple(500, "volume write error")
+            return None
+        return loc
 
     def _stored(self, loc: Locator, volume: Volume, token: str | None) -> None:
         body = (str(self.server.keep.sign(loc, token)) + "\n").encode()

@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,6 +34,10 @@ class Volume:
     *classes* are the storage classes the volume confirms (default ``("default",)``).
     *capacity* optionally caps the bytes of blocks it will hold (checked before each write,
     measured by a scan at start and kept up to date afterwards).
+
+    Space is reserved for a write before its body is read (`reserve`) and given back when it
+    ends (`release`), so concurrent writes never promise together more than the disk has:
+    rather one 507 at once than several writes that all run out of space half-way.
     """
 
     path: Path
@@ -40,6 +45,8 @@ class Volume:
     capacity: int | None = None
     fsync: bool = True
     used: int = 0
+    pending: int = 0  # bytes reserved by writes in progress
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -48,14 +55,24 @@ class Volume:
             self.used = sum(size for _, size, _ in self.store.index())
 
     def reserve(self, size: int) -> None:
-        """Raise `VolumeFull` unless *size* more bytes fit (by capacity and by free disk space)."""
-        if self.capacity is not None and self.used + size > self.capacity:
-            raise VolumeFull(self.path)
-        if shutil.disk_usage(self.path).free < size:
-            raise VolumeFull(self.path)
+        """Reserve *size* bytes for a write, or raise `VolumeFull` (by capacity and free space).
 
-    def written(self, size: int) -> None:
-        self.used += size
+        Free space still counts the part of a write in progress that is already on disk, so
+        near full the check errs towards refusing: the client writes elsewhere.
+        """
+        with self._lock:
+            if self.capacity is not None and self.used + self.pending + size > self.capacity:
+                raise VolumeFull(self.path)
+            if shutil.disk_usage(self.path).free - self.pending < size:
+                raise VolumeFull(self.path)
+            self.pending += size
+
+    def release(self, size: int, *, stored: bool) -> None:
+        """End a write that `reserve` admitted; *stored* when the block is now on the volume."""
+        with self._lock:
+            self.pending -= size
+            if stored:
+                self.used += size
 
 
 def parse_volume(text: str) -> Volume:
