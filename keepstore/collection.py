@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import dataclasses
 import io
 import json
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -67,12 +68,22 @@ class Receipt:
         return cls(**d)
 
 
+def _new_block(size: int) -> mmap.mmap:
+    """Memory for one block. Anonymous pages are supplied zeroed as they are first written, so
+    a block's memory grows with what is read into it; ``bytearray(size)`` would zero (and make
+    resident) all 64 MiB at once, even for a dataset of three bytes."""
+    return mmap.mmap(-1, size)
+
+
 def _read_into(stream: BinaryIO, view: memoryview) -> int:
     """Fill *view* from *stream* (``readinto`` when it has one); return the bytes read, 0 at EOF."""
     readinto = getattr(stream, "readinto", None)
     if readinto is not None:
-        n = readinto(view)
-    else:
+        try:
+            n = readinto(view)
+        except NotImplementedError:  # io.RawIOBase's own readinto: the subclass has only read()
+            readinto = None
+    if readinto is None:
         chunk = stream.read(len(view))
         n = None if chunk is None else len(chunk)
         if n:
@@ -116,8 +127,9 @@ class DatasetWriter:
         self._progress = progress
         # The open block: one buffer of block_size, filled in place by readinto and handed to the
         # upload as it is (no copy), so memory holds max_in_flight blocks plus this one.
-        self._buffer: bytearray | None = None
+        self._buffer: mmap.mmap | None = None
         self._fill = 0
+        self._failed: BaseException | None = None  # an add that failed part-way: no receipt
         self._pending: list[tuple[str, int, int]] = []  # (path, offset in buffer, length) for the open block
         self._files: dict[str, list[tuple[int, int, int]]] = {}  # path -> [(block index, offset, length)]
         self._dirs: set[str] = set()
@@ -136,20 +148,24 @@ class DatasetWriter:
         path = self._check_new(path)
         pieces = self._files.setdefault(path, [])
         total = 0
-        while True:
-            if self._buffer is None:
-                self._buffer = bytearray(self.block_size)  # calloc'd: pages count once written
-            want = min(self.block_size - self._fill, _READ_CHUNK)
-            # released at once: the buffer is resized (a short last block) only with no view on it
-            with memoryview(self._buffer) as whole, whole[self._fill:self._fill + want] as part:
-                n = _read_into(stream, part)
-            if not n:
-                break
-            pieces.append((self._next_block, self._fill, n))
-            self._fill += n
-            total += n
-            if self._fill >= self.block_size:
-                self._flush()
+        try:
+            while True:
+                if self._buffer is None:
+                    self._buffer = _new_block(self.block_size)
+                want = min(self.block_size - self._fill, _READ_CHUNK)
+                with memoryview(self._buffer) as whole, whole[self._fill:self._fill + want] as part:
+                    n = _read_into(stream, part)
+                if not n:
+                    break
+                pieces.append((self._next_block, self._fill, n))
+                self._fill += n
+                total += n
+                if self._fill >= self.block_size:
+                    self._flush()
+        except BaseException as exc:
+            # Part of the file may be in a block already: a receipt would name a truncated file.
+            self._failed = exc
+            raise
         self._bytes += total
         return total
 
@@ -197,9 +213,15 @@ class DatasetWriter:
             raise ValueError(f"invalid dataset path {path!r}")
         return "/".join(parts)
 
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise KeepError(f"dataset writer cannot go on after a failed add ({self._failed!r}); "
+                            f"start a new one") from self._failed
+
     def _check_new(self, path: str) -> str:
         if self._finished is not None:
             raise KeepError("dataset writer is already finished")
+        self._check_usable()
         path = self._norm(path)
         if path in self._files or path in self._dirs:
             raise ValueError(f"{path!r} is already in the dataset")
@@ -210,8 +232,7 @@ class DatasetWriter:
     def _flush(self) -> None:
         if self._buffer is None or not self._fill:
             return
-        data = self._buffer
-        del data[self._fill:]  # a short last block: shrink in place
+        data = memoryview(self._buffer)[:self._fill]  # keeps the block's memory until uploaded
         self._buffer, self._fill = None, 0
         index = self._next_block
         self._next_block += 1
@@ -225,7 +246,7 @@ class DatasetWriter:
         future.add_done_callback(lambda _f: self._slots.release())
         self._futures[index] = future
 
-    def _put(self, data: bytearray) -> PutResult:
+    def _put(self, data: memoryview) -> PutResult:
         result = self.store.put_block(data, copies=self.copies, storage_classes=self.storage_classes)
         if self._progress is not None:
             self._progress(len(data))
@@ -241,6 +262,7 @@ class DatasetWriter:
         """Upload what is left, store the manifest block, and return the receipt."""
         if self._finished is not None:
             return self._finished
+        self._check_usable()
         try:
             self._flush()
             self._collect(block=True)

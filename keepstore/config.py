@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, KeepError, redact
+from .errors import ConfigError, KeepError, mask_url_credentials, redact
 
 __all__ = ["Retry", "Settings", "Timeout", "default_config_path"]
 
@@ -314,6 +314,9 @@ class Settings:
 
 def _check_urls(urls: list[str], where: str) -> list[str]:
     for url in urls:
+        if "@" in url:  # Keep authenticates with the token; URL credentials would only leak
+            raise ConfigError(f"{where}: service URL {mask_url_credentials(url)} has credentials in it: "
+                              f"set the token (KEEP_TOKEN) instead")
         if not (url.startswith("http://") or url.startswith("https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
             raise ConfigError(f"{where}: {url!r} is not an http:// or https:// service URL")
     return urls

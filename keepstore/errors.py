@@ -36,6 +36,16 @@ def redact(text: str, *secrets: str | None) -> str:
     return _SECRET_PATTERNS[1].sub(r"\1***", text)
 
 
+def mask_url_credentials(url: str) -> str:
+    """*url* with everything between the scheme and the last ``@`` shown as ``***``."""
+    if "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
 def _scrub(text: str) -> str:
     """Redact token-shaped text: a safety net for messages built from untrusted values."""
     return _HEADER_PATTERN.sub(r"\1***", _SECRET_PATTERNS[0].sub("***", text))

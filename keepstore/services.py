@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
-from .errors import ConfigError, NoServicesError
+from .errors import ConfigError, NoServicesError, mask_url_credentials
 from .locator import Locator
 
 __all__ = ["Service", "ServiceDirectory", "ServiceLike", "discover", "parse_services", "probe_order"]
@@ -34,13 +34,13 @@ class Service:
 
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.root)
-        if "@" in parts.netloc:
+        if "@" in self.root:
             # Keep authenticates with the token (Authorization: Bearer), which replaces what
             # libcurl would make of URL credentials; refusing them also keeps a password out of
-            # every repr, log line and error that names a service root.
-            shown = urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
-            raise ConfigError(f"Keep service root {shown} has credentials in it: pass the token as "
-                              f"token= (or KEEP_TOKEN) instead")
+            # every repr, log line and error that names a service root. Any "@" counts: a
+            # password with an unescaped "?", "/" or "#" ends urlsplit's netloc before it.
+            raise ConfigError(f"Keep service root {mask_url_credentials(self.root)} has credentials in it: "
+                              f"pass the token as token= (or KEEP_TOKEN) instead")
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"invalid Keep service root {self.root!r}: need http:// or https:// and a host")
         if not self.root.endswith("/"):

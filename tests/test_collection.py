@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keepstore import LocalStore, Locator
+from keepstore import KeepError, LocalStore, Locator
 from keepstore.collection import DatasetReader, DatasetWriter, Receipt
 from keepstore.manifest import Manifest
 
@@ -190,3 +190,61 @@ def test_locator_of_receipt_parses(store):
     with DatasetWriter(store) as w:
         w.add_bytes("f", b"1")
         assert Locator.parse(w.finish().locator).size > 0
+
+
+def test_a_stream_with_only_read_is_accepted(store):
+    class OnlyRead(io.RawIOBase):  # inherits a readinto that raises NotImplementedError
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data.read(size)
+
+    data = os.urandom(10_000)
+    with DatasetWriter(store, block_size=4096) as w:
+        assert w.add_stream("f", OnlyRead(data)) == len(data)
+        receipt = w.finish()
+    assert DatasetReader(store, receipt.locator).read_bytes("f") == data
+
+
+def test_after_an_add_fails_part_way_the_writer_gives_no_receipt(store):
+    class Breaks(io.RawIOBase):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, view) -> int:
+            self.calls += 1
+            if self.calls > 2:
+                raise OSError(5, "Input/output error")
+            view[:100] = b"x" * 100
+            return 100
+
+    w = DatasetWriter(store)
+    w.add_bytes("fine", b"fine")
+    with pytest.raises(OSError, match="Input/output"):
+        w.add_stream("broken", Breaks())
+    with pytest.raises(KeepError, match="failed add"):
+        w.finish()  # a receipt now would name a 200-byte "broken" that was longer
+    with pytest.raises(KeepError, match="failed add"):
+        w.add_bytes("more", b"more")
+    w.abort()
+
+
+def test_a_small_dataset_does_not_make_a_whole_block_resident(store):
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    with DatasetWriter(store) as w:  # 64 MiB blocks
+        before = rss()
+        w.add_bytes("tiny", b"abc")
+        grown = rss() - before
+        receipt = w.finish()
+    assert grown < 16 << 20, f"RSS grew by {grown >> 20} MiB for a 3-byte file"
+    assert DatasetReader(store, receipt.locator).read_bytes("tiny") == b"abc"

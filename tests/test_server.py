@@ -306,6 +306,24 @@ def test_a_busy_server_answers_503_before_the_body_is_sent(tmp_path):
         t.join()
 
 
+def test_unsupported_methods_with_expect_100_do_not_leak_admission_slots(tmp_path):
+    """Regression: the slot was taken before "100 Continue", and for a method without a handler
+    (PATCH) the stdlib answered 501 without ever releasing it: two such requests locked out a
+    server with max_requests=2."""
+    with KeepServer([tmp_path / "v"], max_requests=2, fsync=False) as s:
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+            conn.putrequest("PATCH", "/" + FOO_MD5)
+            conn.putheader("Content-Length", "3")
+            conn.putheader("Expect", "100-continue")
+            conn.endheaders()
+            conn.send(b"foo")
+            assert conn.getresponse().status == 501
+            conn.close()
+        assert s.in_flight == 0
+        assert put(s, b"foo")[0] == 200
+
+
 def test_stop_closes_keepalive_connections_and_start_reuses_the_port(server):
     put(server, b"foo")
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)

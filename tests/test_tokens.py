@@ -383,7 +383,9 @@ def test_server_logs_mask_remote_signatures_too(strict_server: KeepServer, caplo
     assert all(signature not in r.path for r in strict_server.requests)
 
 
-@pytest.mark.parametrize("url", ["http://user:Pa55w0rdInUrl@127.0.0.1:1/", "https://Pa55w0rdInUrl@keep.example/"])
+@pytest.mark.parametrize("url", ["http://user:Pa55w0rdInUrl@127.0.0.1:1/", "https://Pa55w0rdInUrl@keep.example/",
+                                 "http://u:Pa55w0rdInUrl?x@127.0.0.1:1/", "http://u:Pa55w0rdInUrl/x@127.0.0.1:1/",
+                                 "u:Pa55w0rdInUrl@127.0.0.1:25107", "http://u:Pa55w0rdInUrl@[::1]:25107/"])
 def test_credentials_in_a_service_url_are_refused_without_showing_them(url: str) -> None:
     """Regression: a password in a service URL was shown verbatim in the client's repr and in
     WriteError/ReadError messages, which quote service roots."""

@@ -194,14 +194,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         # Admission happens before "100 Continue", so a busy server's 503 costs the client no body.
         self._begin(self.command)
-        if not self.server.keep._admit():
+        if not hasattr(self, "do_" + self.command):
+            return super().handle_expect_100()  # the stdlib answers 501 next: nothing to admit
+        keep = self.server.keep
+        if not keep._admit():
             self._admitted = False
             self.close_connection = True
             self._simple(503, "too many requests in flight", {"Retry-After": "1"})
-            self._log("PUT", 503, 0.0)
+            self._log(self.command, 503, 0.0)
             return False
-        self._admitted = True
-        return super().handle_expect_100()
+        self._admitted = True  # _dispatch, which runs next, releases the slot
+        try:
+            return super().handle_expect_100()
+        except BaseException:  # "100 Continue" could not be sent: _dispatch will not run
+            self._admitted = None
+            keep._release()
+            raise
 
     def do_GET(self) -> None:
         self._dispatch("GET")
