@@ -145,7 +145,8 @@ class _Put:
                 # A list of plain URLs is a set of keepstores or one proxy: once one of them
                 # stores a single replica when asked for several, they are keepstores, and a
                 # short-lived process (`keep put`) need not learn that of every root in turn.
-                # Were one a proxy after all, the cost is a spare replica, never a missing one.
+                # Were one a proxy after all, a parallel PUT to it may store spare replicas;
+                # each PUT still counts only the replicas its service reports.
                 self.client._url_list_single_replica = True
         if outcome.classes is None:
             if self.track_classes:
