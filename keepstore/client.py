@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from .batch import RAISE_FIRST, Batch, RaisePolicy
 from .config import Retry, Settings, Timeout
-from .errors import BlockNotFound, KeepError, NoServicesError, ReadError
+from .errors import BlockNotFound, KeepError, LocatorError, NoServicesError, ReadError
 from .local import LocalStore
 from .locator import EMPTY_BLOCK, Locator, LocatorLike
 from .services import Service, ServiceDirectory, ServiceLike, discover, parse_services, probe_order
@@ -311,6 +312,20 @@ class KeepClient(BlockStore):
         self._read(loc, "HEAD", request_id or new_request_id())
         return True
 
+    def refresh_signature(self, locator: LocatorLike, *, request_id: str | None = None) -> Locator:
+        """A locator signed by the cluster for this client's token, for *locator* (typically one
+        with a ``+R`` remote signature, or an expiring ``+A`` one).
+
+        Sends ``HEAD`` with ``X-Keep-Signature: local, <now, UTC>`` (as the Arvados SDK's
+        ``refresh_signature`` does) and returns the ``X-Keep-Locator`` the service answers with.
+        `BlockNotFound` when no service has the block; `ReadError` when none gives a locator.
+        """
+        self._check_open()
+        loc = self._locator(locator)
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        text = self._read(loc, "HEAD", request_id or new_request_id(), {"X-Keep-Signature": f"local, {now}"})
+        return Locator.parse(text.decode("ascii"))
+
     # -- concurrency: futures, batches, fan-out (see docs/concurrency.md) -----------------
 
     def put_async(self, data: Data, *, copies: int | None = None, storage_classes: Iterable[str] | None = None,
@@ -398,7 +413,9 @@ class KeepClient(BlockStore):
                 self._tasks = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="keepstore-task")
             return self._tasks.submit(fn, *args, **kwargs)
 
-    def _read(self, loc: Locator, method: str, request_id: str) -> bytes:
+    def _read(self, loc: Locator, method: str, request_id: str, extra: Mapping[str, str] | None = None) -> bytes:
+        """GET: the verified block. HEAD: b"", or with *extra* ``X-Keep-Signature`` the
+        ``X-Keep-Locator`` answered (checked to name the same block)."""
         retry = self.retry
         retired: set[str] = set()
         last: dict[str, _Read] = {}
@@ -412,7 +429,7 @@ class KeepClient(BlockStore):
             for service in order:
                 if service.root in retired:
                     continue
-                result = self._read_once(service, loc, method, request_id, timeout)
+                result = self._read_once(service, loc, method, request_id, timeout, extra)
                 if result.data is not None:
                     return result.data
                 last[service.root] = result
@@ -434,9 +451,10 @@ class KeepClient(BlockStore):
             round_number += 1
 
     def _read_once(self, service: Service, loc: Locator, method: str, request_id: str,
-                   timeout: Timeout) -> _Read:
+                   timeout: Timeout, extra: Mapping[str, str] | None = None) -> _Read:
         headers = self._headers(request_id)
         headers["Accept"] = "application/octet-stream"
+        headers.update(extra or {})
         request = Request(method, service.root + str(loc), Headers(headers),
                           expected_size=loc.size if method == "GET" else None, timeout=timeout)
         try:
@@ -446,11 +464,26 @@ class KeepClient(BlockStore):
         status = response.status
         if status == 200:
             if method == "HEAD":
+                if extra and "X-Keep-Signature" in extra:
+                    return self._returned_locator(loc, response)
                 return _Read(data=b"", status=200)
             return self._verify(service, loc, response)
         if status in TRANSIENT_STATUSES:
             return _Read(status=status, note=str(status), retry_after=response.retry_after())
         return _Read(status=status, note=str(status), permanent=True)
+
+    @staticmethod
+    def _returned_locator(loc: Locator, response: Response) -> _Read:
+        """The ``X-Keep-Locator`` of a refreshing HEAD, if it names the block asked about."""
+        text = (response.headers.get("X-Keep-Locator") or "").strip()
+        try:
+            returned = Locator.parse(text)
+        except LocatorError:
+            return _Read(status=200, note="200 without a valid X-Keep-Locator", permanent=True)
+        if returned.md5 != loc.md5 or returned.size != loc.size:
+            return _Read(status=200, note=f"200 with X-Keep-Locator for another block ({returned.bare()})",
+                         permanent=True)
+        return _Read(data=str(returned).encode("ascii"), status=200)
 
     def _verify(self, service: Service, loc: Locator, response: Response) -> _Read:
         body = response.body

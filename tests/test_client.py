@@ -457,3 +457,15 @@ def test_concurrent_reads_through_a_block_cache_download_once(stubs_factory: Cal
         assert all(r == data for r in results)
         assert sum(s.count("GET") for s in stubs) == 1
         assert kc.stats().cache_hits == 7
+
+
+def test_refresh_signature_needs_an_x_keep_locator_for_the_same_block(
+        stubs_factory: Callable[..., list[KeepStub]]) -> None:
+    stubs = stubs_factory(2)  # stubs answer HEAD 200 without X-Keep-Locator, as an old server might
+    with KeepClient(disk_services(stubs), retries=0) as kc:
+        loc = kc.put(b"old server", copies=2)
+        with pytest.raises(ReadError, match="without a valid X-Keep-Locator"):
+            kc.refresh_signature(loc)
+        sent = [r[3] for s in stubs for r in s.requests if r[0] == "HEAD"]
+        assert sent and all(h["X-Keep-Signature"].startswith("local, ") and h["X-Keep-Signature"].endswith("Z")
+                            for h in sent)

@@ -62,3 +62,27 @@ def test_interop_both_ways_through_the_same_keep_serve_servers(keep_cluster_fact
             top = sorted(probe_order(loc, kc.services)[:2], key=lambda s: s.root)
             holders = sorted(cluster.urls[i] for i in cluster.holders(loc))
             assert holders == [s.root for s in top], "both clients place replicas alike"
+
+
+def test_refresh_signature_turns_a_remote_locator_into_a_local_one_as_the_arvados_sdk_does(keep_cluster_factory):
+    from keepstore.locator import sign_locator
+
+    cluster = keep_cluster_factory(2, signing_key=KEY)
+    with cluster.client(token=TOKEN) as kc:
+        stored = kc.put(b"federated block", copies=2)
+        remote = Locator.parse(f"{stored.bare()}+Rzzzzz-{'0' * 40}@7fffffff")
+        ours = kc.refresh_signature(remote)
+        assert ours.bare() == stored.bare() and ours.signature is not None
+        assert ours == sign_locator(str(stored.bare()), key=KEY, token=TOKEN,
+                                    expires_at=int(ours.permission_hint[-8:], 16))
+        assert kc.get(ours) == b"federated block"
+    theirs = Locator.parse(_arvados(cluster).refresh_signature(str(remote)).strip())  # the SDK keeps header space
+    assert theirs.bare() == ours.bare() and theirs.signature is not None
+
+
+def test_refresh_signature_of_a_block_nobody_has_is_block_not_found(keep_cluster_factory):
+    from keepstore.errors import BlockNotFound
+
+    cluster = keep_cluster_factory(2, signing_key=KEY)
+    with cluster.client(token=TOKEN, retries=0) as kc, pytest.raises(BlockNotFound):
+        kc.refresh_signature(f"{hashlib.md5(b'nowhere').hexdigest()}+7+Rzzzzz-{'0' * 40}@7fffffff")

@@ -232,6 +232,31 @@ def test_signature_enforcement_codes(signing_server):
     assert request(signing_server, "PUT", "/" + FOO_MD5, b"foo")[0] == 401  # PUT without a token
 
 
+def test_head_of_a_bare_md5_is_refused_when_signatures_are_required(signing_server):
+    """Regression: a HEAD of /<md5> (no size, so no signature) skipped enforcement and told
+    anyone whether a block existed."""
+    put(signing_server, b"foo", token=VECTOR_TOKEN)
+    assert request(signing_server, "HEAD", f"/{FOO_MD5}")[0] == 401
+    auth = {"Authorization": f"Bearer {VECTOR_TOKEN}"}
+    assert request(signing_server, "HEAD", f"/{FOO_MD5}", headers=auth)[0] == 400
+    assert request(signing_server, "HEAD", f"/{FOO_MD5}+3+A{VECTOR_SIG}@7fffffff", headers=auth)[0] == 200
+
+
+def test_head_with_x_keep_signature_local_returns_a_locally_signed_locator(tmp_path):
+    with KeepServer([tmp_path / "v"], signing_key=KEY, fsync=False) as s:
+        put(s, b"foo", token=VECTOR_TOKEN)
+        remote = f"/{FOO_MD5}+3+Rzzzzz-{'0' * 40}@7fffffff"
+        auth = {"Authorization": f"Bearer {VECTOR_TOKEN}"}
+        status, headers, _ = request(s, "HEAD", remote, headers={**auth, "X-Keep-Signature": "local, 2026-12-01T08:00:00Z"})
+        assert status == 200
+        refreshed = Locator.parse(headers["x-keep-locator"])
+        assert refreshed.bare() == Locator.parse(f"{FOO_MD5}+3") and refreshed.signature is not None
+        assert refreshed == sign_locator(f"{FOO_MD5}+3", key=KEY, token=VECTOR_TOKEN,
+                                         expires_at=int(refreshed.permission_hint[-8:], 16))
+        assert "x-keep-locator" not in request(s, "HEAD", remote, headers=auth)[1]
+        assert "x-keep-locator" not in request(s, "HEAD", remote, headers={**auth, "X-Keep-Signature": "remote"})[1]
+
+
 def test_require_signatures_without_a_key_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="signing key"):
         KeepServer([tmp_path], require_signatures=True)

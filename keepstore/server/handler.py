@@ -444,6 +444,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._respond(200, b"")
             if method == "GET":
                 return self._simple(405, "GET needs the block size in the locator")
+            if keep.require_signatures:  # a bare md5 carries no signature: enforcement applies
+                return self._simple(*(keep.check_signature(Locator(bare.group(1), 0), self._token())
+                                      or (400, "unsigned locator")))
             loc = None
             md5, size = bare.group(1), None
         else:
@@ -463,7 +466,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         _, file_path, actual = found
         if method == "HEAD":
             headers = {"Content-Length": str(actual)}
-            if loc is not None and self.headers.get("X-Keep-Signature"):
+            if loc is not None and _wants_local_signature(self.headers.get("X-Keep-Signature")):
                 headers["X-Keep-Locator"] = str(keep.sign(Locator(md5, actual), self._token()))
             return self._head_only(200, headers)
         return self._send_block(md5, file_path, actual, fault)
@@ -568,6 +571,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _simple(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         self._respond(status, f"{status} {reason}\n".encode(), headers)
+
+
+def _wants_local_signature(value: str | None) -> bool:
+    """``X-Keep-Signature: local, <UTC time>``: the client asks for a locally signed locator."""
+    return value is not None and value.split(",", 1)[0].strip() == "local"
 
 
 def _decimal(text: str | None) -> int | None:
