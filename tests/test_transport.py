@@ -197,9 +197,14 @@ def test_request_repr_hides_the_authorization_header() -> None:
     assert "secret123" not in repr(request) and "***" in repr(request)
 
 
-def test_retry_after_parses_seconds_only() -> None:
+def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert Response(429, {"Retry-After": "3"}).retry_after() == 3.0
-    assert Response(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after() is None
+    at = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert Response(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after(now=at - 7) == 7.0
+    assert Response(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after(now=at + 60) == 0.0
+    assert Response(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 -0000"}).retry_after(now=at - 1) == 1.0
+    for junk in ("", "soon", "-1", "nan", "Wed, 99 Foo 2015"):
+        assert Response(429, {"Retry-After": junk}).retry_after() is None, junk
     assert Response(429).retry_after() is None
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import datetime
+import email.utils
+import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import TypeVar
@@ -88,14 +91,26 @@ class Response:
         if not isinstance(self.headers, Headers):
             object.__setattr__(self, "headers", Headers(self.headers))
 
-    def retry_after(self) -> float | None:
-        """The ``Retry-After`` delay in seconds (delta form only), or None."""
+    def retry_after(self, now: float | None = None) -> float | None:
+        """The ``Retry-After`` delay in seconds, or None when absent or unreadable.
+
+        Both forms of RFC 9110: delay seconds, or an HTTP date (measured from *now*, Unix
+        seconds, default the current time; a date in the past means no wait).
+        """
         value = self.headers.get("Retry-After", "").strip()
+        if not value:
+            return None
         try:
             seconds = float(value)
         except ValueError:
-            return None  # HTTP-date form or junk: fall back to our own backoff
-        return seconds if seconds >= 0 else None
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return None  # junk: fall back to our own backoff
+            if when.tzinfo is None:  # "-0000": the RFC's "UTC, zone unknown"
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            return max(0.0, when.timestamp() - (time.time() if now is None else now))
+        return seconds if seconds >= 0 else None  # also refuses NaN
 
 
 class TransportError(KeepError):
