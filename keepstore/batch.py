@@ -64,7 +64,13 @@ def check_policy(policy: RaisePolicy) -> RaisePolicy:
         if policy not in (RAISE_FIRST, RAISE_NEVER):
             raise ValueError(f"raise_for_status must be 'first', 'never' or a set of exception classes, got {policy!r}")
         return policy
-    classes = tuple(policy)
+    if isinstance(policy, type) and issubclass(policy, BaseException):
+        return frozenset({policy})  # one class: as good as a set of one
+    try:
+        classes = tuple(policy)
+    except TypeError:  # None, a number...: not a collection at all
+        raise ValueError(f"raise_for_status must be 'first', 'never' or a set of exception classes, "
+                         f"got {policy!r}") from None
     if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
         raise ValueError(f"raise_for_status: a set of exception classes was expected, got {policy!r}")
     return frozenset(classes)

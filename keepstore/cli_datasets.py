@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .collection import DatasetReader, DatasetWriter
+from .collection import DatasetReader, DatasetWriter, atomic_write
 from .errors import KeepError, LocatorError
 from .locator import MAX_BLOCK_SIZE, Locator
 from .manifest import ManifestError
@@ -134,27 +134,6 @@ def _stream_file(reader: DatasetReader, path: str, out: BinaryIO, advance: Calla
     out.flush()
 
 
-def _write_to(dest: str, write: Callable[[BinaryIO], object]) -> None:
-    """Write a file atomically: temp name beside *dest*, then rename."""
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(dest))
-    try:
-        fd, temp = tempfile.mkstemp(prefix=".keep-", dir=directory)
-    except OSError as exc:  # name what the user asked for, not our temp file
-        raise OSError(exc.errno, exc.strerror, dest) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
 def cmd_get(args: argparse.Namespace) -> int:
     from .cli import open_store
 
@@ -174,7 +153,7 @@ def cmd_get(args: argparse.Namespace) -> int:
                 sys.stdout.buffer.flush()
             else:
                 target = os.path.join(dest, loc.md5) if os.path.isdir(dest) else dest
-                _write_to(target, lambda f: f.write(data))
+                atomic_write(target, lambda f: f.write(data))
             return 0
         if path and not reader.manifest.is_dir(path):
             size = reader.stat(path).size
@@ -183,7 +162,7 @@ def cmd_get(args: argparse.Namespace) -> int:
                     _stream_file(reader, path, sys.stdout.buffer, advance)
                 else:
                     target = os.path.join(dest, path.rsplit("/", 1)[-1]) if os.path.isdir(dest) else dest
-                    _write_to(target, lambda f: _stream_file(reader, path, f, advance))
+                    atomic_write(target, lambda f: _stream_file(reader, path, f, advance))
             return 0
         if dest in (None, "-"):
             raise KeepError(f"{args.target} is a dataset directory; give a destination directory "

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from .batch import RAISE_FIRST, Batch, RaisePolicy
+from .cache import BlockCache
 from .config import Retry, Settings, Timeout
 from .errors import BlockNotFound, KeepError, LocatorError, NoServicesError, ReadError
 from .local import LocalStore
@@ -52,8 +53,8 @@ def new_request_id() -> str:
 class BlockCacheLike(Protocol):
     """What `KeepClient(cache=...)` needs from a block cache.
 
-    A cache that also has ``get_or_fetch(locator, fetch, verified=True)`` (keepstore's
-    `BlockCache`) is used through it, so concurrent readers of a block share one download.
+    A keepstore `BlockCache` is used through its ``get_or_fetch``, so concurrent readers of a
+    block share one download; any other cache's hits are checked by size and md5.
     """
 
     def get(self, locator: Locator) -> bytes | None: ...
@@ -254,8 +255,7 @@ class KeepClient(BlockStore):
         rid = request_id or new_request_id()
         if self.cache is None:
             return self._read(loc, "GET", rid)
-        get_or_fetch = getattr(self.cache, "get_or_fetch", None)
-        if get_or_fetch is not None:
+        if isinstance(self.cache, BlockCache):
             # keepstore's BlockCache: concurrent readers of one block share one download.
             fetched = []
 
@@ -263,7 +263,7 @@ class KeepClient(BlockStore):
                 fetched.append(True)
                 return self._read(loc, "GET", rid)
 
-            data: bytes = get_or_fetch(loc, fetch, verified=True)
+            data = self.cache.get_or_fetch(loc, fetch, verified=True, origin=self)
             if not fetched:
                 self._counters.add(cache_hits=1)
             return data
@@ -280,18 +280,26 @@ class KeepClient(BlockStore):
     # cache objects, whose exception types we cannot know (hence the broad catch).
 
     def _cache_get(self, loc: Locator) -> bytes | None:
+        """A hit from a cache that is not a keepstore `BlockCache`, checked like a network read."""
         assert self.cache is not None
         try:
-            return self.cache.get(loc)
+            data = self.cache.get(loc)
         except Exception as exc:  # see above
             self._cache_failed(exc, "reading")
             return None
+        if data is None:
+            return None
+        if len(data) != loc.size or hashlib.md5(data).hexdigest() != loc.md5:
+            log.warning("block cache %r returned wrong bytes for %s; reading from the network", self.cache,
+                        loc.bare())
+            return None
+        return bytes(data)
 
     def _cache_put(self, loc: Locator, view: memoryview) -> None:
         assert self.cache is not None
         try:
             put = self.cache.put
-            if hasattr(self.cache, "get_or_fetch"):  # a BlockCache: the data is already verified
+            if isinstance(self.cache, BlockCache):  # the data is already verified
                 put(loc, view, verified=True)  # type: ignore[call-arg, arg-type]
             else:
                 put(loc, bytes(view))
@@ -368,7 +376,8 @@ class KeepClient(BlockStore):
 
         Does nothing without a cache. Blocks already queued are skipped, and so are blocks
         beyond `MAX_PREFETCH_PENDING` waiting ones (prefetch is a hint). Failures are logged,
-        never raised; the returned futures (one per block queued) complete either way.
+        never raised; the returned futures (one per block queued) complete either way (those still
+        queued when the client closes are cancelled).
         """
         if self.cache is None:
             return []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import io
 import json
 import mmap
 import os
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,9 +20,14 @@ from .locator import MAX_BLOCK_SIZE, Locator, LocatorLike
 from .manifest import Manifest, ManifestError, ManifestFile, Segment
 from .store import BlockStore, PutResult
 
-__all__ = ["BlockReceipt", "DatasetReader", "DatasetWriter", "KeepFile", "Receipt", "open_dataset"]
+__all__ = ["BlockReceipt", "DatasetError", "DatasetReader", "DatasetWriter", "KeepFile", "Receipt", "atomic_write",
+           "open_dataset"]
 
 _READ_CHUNK = 8 << 20
+
+
+class DatasetError(KeepError, ValueError):
+    """A dataset path that cannot be used: invalid, or already in the dataset."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +73,36 @@ class Receipt:
         mb = d["manifest_block"]
         d["manifest_block"] = BlockReceipt(**{**mb, "services": tuple(mb["services"])})
         return cls(**d)
+
+
+def atomic_write(dest: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """Create or replace the file *dest* with what ``write(f)`` writes, atomically.
+
+    The data goes to a new, uniquely named file beside *dest* (created with mode 0666 less the
+    umask, like any new file), is fsynced, and is renamed over *dest*; on any failure the temp
+    file is removed and *dest* is untouched. OSErrors name *dest*, not the temp file.
+    """
+    dest = os.fspath(dest)
+    directory = os.path.dirname(os.path.abspath(dest))
+    while True:
+        temp = os.path.join(directory, f".keep-{secrets.token_hex(8)}.partial")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            break
+        except FileExistsError:
+            continue  # 64 random bits taken already: draw again
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, dest) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
 
 
 def _new_block(size: int) -> mmap.mmap:
@@ -210,7 +247,7 @@ class DatasetWriter:
     def _norm(path: str) -> str:
         parts = [p for p in path.replace(os.sep, "/").split("/") if p not in ("", ".")]
         if not parts or ".." in parts:
-            raise ValueError(f"invalid dataset path {path!r}")
+            raise DatasetError(f"invalid dataset path {path!r}")
         return "/".join(parts)
 
     def _check_usable(self) -> None:
@@ -224,7 +261,7 @@ class DatasetWriter:
         self._check_usable()
         path = self._norm(path)
         if path in self._files or path in self._dirs:
-            raise ValueError(f"{path!r} is already in the dataset")
+            raise DatasetError(f"{path!r} is already in the dataset")
         return path
 
     # -- uploading -------------------------------------------------------------------------------
@@ -348,24 +385,33 @@ class DatasetReader:
         """
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
+        root = os.path.abspath(dest)
+
+        def inside(rel: str) -> Path:
+            # Manifest paths are checked when parsed or built (no "..", no absolute names);
+            # this is the last line of defence before writing.
+            target = os.path.abspath(os.path.join(root, rel))
+            if os.path.commonpath([root, target]) != root:
+                raise DatasetError(f"dataset path {rel!r} would be written outside {dest}")
+            return Path(target)
+
         for d in sorted(self.manifest.directories):
-            (dest / d).mkdir(parents=True, exist_ok=True)
+            inside(d).mkdir(parents=True, exist_ok=True)
         total = 0
         for mf in self.manifest.walk_files():
-            target = dest / mf.path
+            target = inside(mf.path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(f".{target.name}.keep-partial")
-            try:
-                with self.open(mf.path) as src, open(temp, "wb") as out:
+
+            def copy(out: BinaryIO, path: str = mf.path) -> None:
+                nonlocal total
+                with self.open(path) as src:
                     while chunk := src.read(_READ_CHUNK):
                         out.write(chunk)
                         total += len(chunk)
                         if progress is not None:
                             progress(len(chunk))
-                os.replace(temp, target)
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
+
+            atomic_write(target, copy)
         return total
 
 
@@ -404,13 +450,19 @@ class KeepFile(io.RawIOBase):
         return True
 
     def tell(self) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
         return self._pos
+
+    def close(self) -> None:
+        self._cached = None  # the last block fetched: up to 64 MiB
+        super().close()
 
     @property
     def size(self) -> int:
         return self._size
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]  # io.IOBase's own check: ValueError
         if whence == io.SEEK_SET:
             pos = offset
         elif whence == io.SEEK_CUR:
@@ -445,6 +497,7 @@ class KeepFile(io.RawIOBase):
             prefetch([self.file.segments[i].locator for i in wanted])
 
     def readinto(self, buffer: Any) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
         view = memoryview(buffer).cast("B")
         want = min(len(view), max(0, self._size - self._pos))
         done = 0

@@ -80,9 +80,13 @@ class Manifest:
     def __init__(self, files: Mapping[str, ManifestFile] | None = None,
                  directories: Iterable[str] = (), *, text: str | None = None) -> None:
         self._files: dict[str, ManifestFile] = dict(files or {})
-        dirs = set(directories)
         for path in self._files:
-            parts = path.split("/")[:-1]
+            _check_path(path, "file")
+        dirs: set[str] = set()
+        # Every ancestor is a directory: of a file, and of a directory too (the normal form has
+        # no line for a directory that holds only directories, e.g. "./a/b" alone implies "a").
+        for path in [*(p.rsplit("/", 1)[0] for p in self._files if "/" in p), *directories]:
+            parts = _check_path(path, "directory").split("/")
             for i in range(1, len(parts) + 1):
                 dirs.add("/".join(parts[:i]))
         conflicts = dirs & set(self._files)

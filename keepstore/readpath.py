@@ -193,14 +193,14 @@ class ReadPath:
         for seg in segments:
             loc = seg.locator.bare()
             key = str(loc)
+            if self.cache.get(loc) is not None:  # outside the lock: a disk lookup may be slow
+                continue
             with self._lock:
                 if key in self._pending or self._closed:
                     continue
-                if self.cache.get(loc) is not None:
-                    continue
                 self._pending.add(key)
-                executor = self._executor_locked()
-            executor.submit(self._fetch_ahead, seg.locator, key)
+                # submitted under the lock, so close() cannot shut the executor down in between
+                self._executor_locked().submit(self._fetch_ahead, seg.locator, key)
 
     def _executor_locked(self) -> cf.ThreadPoolExecutor:
         if self._executor is None:

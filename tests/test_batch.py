@@ -153,3 +153,12 @@ def test_concurrency_md_examples_run() -> None:
     result = doctest.testfile(str(path), module_relative=False,
                               optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 15 and result.failed == 0
+
+
+def test_a_single_exception_class_is_a_policy_and_junk_is_a_value_error() -> None:
+    from keepstore.batch import check_policy
+
+    assert check_policy(BlockNotFound) == frozenset({BlockNotFound})
+    for junk in (None, 3, "sometimes", [ValueError, "x"]):
+        with pytest.raises(ValueError, match="raise_for_status"):
+            check_policy(junk)  # type: ignore[arg-type]

@@ -308,11 +308,22 @@ def test_a_lock_held_elsewhere_delays_the_fetch_only_until_lock_timeout(tmp_path
     cache = DiskBlockCache(tmp_path / "c", 16 * MiB, lock_timeout=0.5)
     loc, data = block(1)
     lock_path = tmp_path / "c" / "locks" / f"{cache_key(loc)}.lock"
-    with block_lock(str(lock_path), 1) as held:  # a hung holder: flock conflicts across descriptors
-        assert held
-        started = time.monotonic()
-        assert cache.get_or_fetch(loc, lambda: data) == data
-        assert 0.4 <= time.monotonic() - started < 3
+    holding, release = threading.Event(), threading.Event()
+
+    def hung_holder() -> None:  # another thread, so not this thread's own (re-entrant) lock
+        with block_lock(str(lock_path), 1) as held:
+            assert held
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hung_holder)
+    holder.start()
+    assert holding.wait(5)
+    started = time.monotonic()
+    assert cache.get_or_fetch(loc, lambda: data) == data
+    assert 0.4 <= time.monotonic() - started < 3
+    release.set()
+    holder.join()
     assert cache.get(loc) == data
     assert not lock_path.exists()
 
@@ -457,3 +468,105 @@ def run_threads(target, count: int) -> list:
     for t in threads:
         t.join(30)
     return results
+
+
+# -- regressions found in review --------------------------------------------------------------
+
+
+def test_verify_md5_rehashes_even_an_entry_tagged_crc32(tmp_path):
+    """Regression: the check followed the entry's tag, so a crc32-tagged entry (written by a
+    crc32-mode process, or forged with a matching CRC) was served by a verify="md5" cache."""
+    import zlib
+
+    import diskcache
+
+    good, bad = b"x" * 100, b"y" * 100
+    loc = Locator.for_data(good)
+    raw = diskcache.Cache(str(tmp_path / "c"))
+    raw.set(str(loc), bad, tag=f"crc32:{zlib.crc32(bad):08x}:{loc}")
+    raw.close()
+    cache = DiskBlockCache(tmp_path / "c", verify="md5")
+    assert cache.get(loc) is None and cache.stats().corrupt == 1
+    cache.close()
+
+
+def test_eviction_gets_past_a_foreign_entry_with_a_pickled_key(tmp_path):
+    """Regression: delete(key) cannot name a pickled (non-str) key, so eviction selected the
+    same foreign row forever and the put never returned."""
+    import diskcache
+
+    raw = diskcache.Cache(str(tmp_path / "c"))
+    raw.set(("foreign", 1), b"z" * 70_000)
+    raw.close()
+    cache = DiskBlockCache(tmp_path / "c", max_bytes=200_000)
+    loc, data = block(7, 150_000)
+    done = threading.Event()
+    threading.Thread(target=lambda: (cache.put(loc, data), done.set()), daemon=True).start()
+    assert done.wait(10), "put did not return: eviction loops"
+    assert cache.get(loc) == data and cache.stats().evictions >= 1
+    cache.close()
+
+
+def test_a_failed_flight_does_not_fail_a_waiter_that_asked_differently():
+    """Regression: a waiter got the leader's exception, though the leader's locator (say, an
+    expired signature) was not the waiter's."""
+    cache = MemoryBlockCache()
+    loc, data = block(3, 1000)
+    expired = Locator.parse(f"{loc}+A{'0' * 40}@00000001")
+    started = threading.Event()
+
+    def failing() -> bytes:
+        started.set()
+        time.sleep(0.3)
+        raise ReadError("the leader's own trouble")
+
+    results: dict[str, object] = {}
+
+    def lead() -> None:
+        try:
+            cache.get_or_fetch(expired, failing)
+        except ReadError as exc:
+            results["leader"] = exc
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert started.wait(5)
+    results["waiter"] = cache.get_or_fetch(loc, lambda: data)  # joins the flight, then fetches itself
+    leader.join()
+    assert isinstance(results["leader"], ReadError) and results["waiter"] == data
+    # Another client (origin) sharing the cache is not failed by this one's trouble either.
+    other, other_data = block(6, 1000)
+    started.clear()
+    def lead_for_a() -> None:
+        with contextlib.suppress(ReadError):
+            cache.get_or_fetch(other, failing, origin="client A")
+
+    threading.Thread(target=lead_for_a).start()
+    assert started.wait(5)
+    assert cache.get_or_fetch(other, lambda: other_data, origin="client B") == other_data
+
+
+def test_a_fetch_that_reads_through_the_same_cache_does_not_wait_on_itself():
+    cache = MemoryBlockCache()
+    loc, data = block(4, 1000)
+
+    def outer() -> bytes:
+        return cache.get_or_fetch(loc, lambda: data)  # e.g. a read path over a client sharing the cache
+
+    done: list[bytes] = []
+    t = threading.Thread(target=lambda: done.append(cache.get_or_fetch(loc, outer)), daemon=True)
+    t.start()
+    t.join(5)
+    assert done == [data], "the nested get_or_fetch waited on its own flight"
+
+
+def test_nested_caches_on_one_directory_share_the_threads_block_lock(tmp_path):
+    outer_disk = DiskBlockCache(tmp_path / "c", lock_timeout=5)
+    inner_disk = DiskBlockCache(tmp_path / "c", lock_timeout=5)
+    tiered = TieredBlockCache(MemoryBlockCache(), outer_disk)
+    loc, data = block(5, 1000)
+    start = time.monotonic()
+    assert tiered.get_or_fetch(loc, lambda: inner_disk.get_or_fetch(loc, lambda: data)) == data
+    assert time.monotonic() - start < 2, "the inner cache waited on the lock its own thread held"
+    outer_disk.close()
+    inner_disk.close()

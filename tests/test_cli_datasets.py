@@ -155,3 +155,26 @@ def test_progress_bar_on_a_terminal_and_silenced_by_no_progress(env, tmp_path):
     assert b"put:" in shown and b"B/s" in shown, shown[-500:]  # a tqdm bar, sized to the input
     code, out, shown = _put_with_stderr_on_a_terminal(env, "--no-progress", str(src))
     assert code == 0 and out.strip() and shown == b""
+
+
+def test_user_errors_from_the_dataset_writer_are_one_line_not_a_traceback(env, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"1")
+    (tmp_path / "b" / "f").write_bytes(b"2")
+    result = keep(env, "put", "--name", "..", str(tmp_path / "a" / "f"))
+    assert result.returncode == 1 and b"Traceback" not in result.stderr
+    assert result.stderr.decode().strip().startswith("keep: error: invalid dataset path")
+
+
+def test_get_of_one_file_writes_it_with_the_usual_mode(env, tmp_path):
+    src = make_tree(tmp_path / "src")
+    loc = keep(env, "put", str(src)).stdout.decode().strip().splitlines()[-1]
+    old = os.umask(0o022)
+    try:
+        result = keep(env, "get", f"{loc}/a.txt", str(tmp_path / "a.txt"))
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a.txt").read_bytes() == b"alpha\n"
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644

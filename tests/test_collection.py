@@ -248,3 +248,54 @@ def test_a_small_dataset_does_not_make_a_whole_block_resident(store):
         receipt = w.finish()
     assert grown < 16 << 20, f"RSS grew by {grown >> 20} MiB for a 3-byte file"
     assert DatasetReader(store, receipt.locator).read_bytes("tiny") == b"abc"
+
+
+def test_extract_keeps_files_whose_names_look_like_temp_files_and_long_names(store, tmp_path):
+    """Regression: extract wrote each file to ".<name>.keep-partial", so a dataset holding both
+    ".x.keep-partial" and "x" lost one, and names over 241 bytes failed (ENAMETOOLONG)."""
+    long_name = "n" * 250
+    with DatasetWriter(store) as w:
+        w.add_bytes(".x.keep-partial", b"first")
+        w.add_bytes("x", b"second")
+        w.add_bytes(long_name, b"long")
+        receipt = w.finish()
+    out = tmp_path / "out"
+    DatasetReader(store, receipt.locator).extract(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([".x.keep-partial", "x", long_name])
+    assert (out / ".x.keep-partial").read_bytes() == b"first" and (out / "x").read_bytes() == b"second"
+    assert (out / long_name).read_bytes() == b"long"
+
+
+def test_extracted_files_get_the_usual_mode(store, tmp_path):
+    with DatasetWriter(store) as w:
+        w.add_bytes("f", b"data")
+        receipt = w.finish()
+    old = os.umask(0o022)
+    try:
+        DatasetReader(store, receipt.locator).extract(tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "f").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_closed_keep_file_refuses_reads_and_seeks(store):
+    with DatasetWriter(store) as w:
+        w.add_bytes("f", b"hello")
+        receipt = w.finish()
+    f = DatasetReader(store, receipt.locator).open("f")
+    f.close()
+    for call in (f.read, f.readall, lambda: f.seek(0), f.tell):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+
+
+def test_duplicate_and_invalid_paths_are_dataset_errors(store):
+    from keepstore.collection import DatasetError
+
+    with DatasetWriter(store) as w:
+        w.add_bytes("a", b"1")
+        with pytest.raises(DatasetError, match="already in the dataset"):
+            w.add_bytes("a", b"2")
+        with pytest.raises(DatasetError, match="invalid dataset path"):
+            w.add_bytes("..", b"3")
+        w.abort()

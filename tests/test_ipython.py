@@ -77,6 +77,8 @@ def test_errors_are_one_clear_usage_error(shell: InteractiveShell, capsys: pytes
     assert "keep: error:" in str(result.error_in_exec)
     result = shell.run_cell("%keep frobnicate")
     assert "invalid choice" in str(result.error_in_exec)
+    result = shell.run_cell("%keep get 'unclosed")  # shlex's ValueError, as a usage error
+    assert type(result.error_in_exec).__name__ == "UsageError" and "keep: error:" in str(result.error_in_exec)
 
 
 def test_help_lists_the_verbs(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:

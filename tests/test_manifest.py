@@ -157,3 +157,24 @@ def test_arbitrary_text_parses_or_raises_manifest_error(text):
     except ManifestError:
         return
     assert str(m) == text
+
+
+def test_a_directory_holding_only_directories_is_a_directory():
+    """Regression: the normal form has no line for "a" when it holds only "a/b", and "a" was
+    then not a directory (fsspec ls of the root and keep ls LOC/a failed)."""
+    from keepstore.locator import EMPTY_BLOCK
+
+    m = Manifest.parse(f"./a/b {EMPTY_BLOCK} 0:0:\\056\n")
+    assert m.listdir("") == ["a"] and m.is_dir("a") and m.listdir("a") == ["b"] and m.is_dir("a/b")
+
+
+def test_a_file_named_like_an_implied_parent_directory_is_refused():
+    from keepstore.locator import EMPTY_BLOCK
+
+    with pytest.raises(ManifestError, match="both a file and a directory"):
+        Manifest.parse(f". {FOO} 0:3:a\n./a/b {EMPTY_BLOCK} 0:0:\\056\n")
+
+
+def test_paths_given_to_the_constructor_are_checked_like_parsed_ones():
+    with pytest.raises(ManifestError, match="invalid path"):
+        Manifest({"../escape.txt": None})  # type: ignore[dict-item]

@@ -93,8 +93,9 @@ class BlockCache(abc.ABC):
 
     def __init__(self) -> None:
         self._counters = _Counters()
-        self._flights: dict[str, Future[bytes]] = {}
+        self._flights: dict[str, tuple[Future[bytes], tuple[str, object]]] = {}  # key -> (flight, asker)
         self._flights_lock = threading.Lock()
+        self._leading = threading.local()  # keys whose fetch this thread leads
 
     # -- what implementations provide -------------------------------------------------------
 
@@ -149,27 +150,46 @@ class BlockCache(abc.ABC):
         """A snapshot of this object's counters."""
         return self._counters.snapshot(self._current_bytes())
 
-    def get_or_fetch(self, locator: LocatorLike, fetch: Callable[[], bytes], *, verified: bool = False) -> bytes:
+    def get_or_fetch(self, locator: LocatorLike, fetch: Callable[[], bytes], *, verified: bool = False,
+                     origin: object = None) -> bytes:
         """The cached block, or else ``fetch()``'s result, cached on the way out.
 
-        Concurrent callers for one block in this process share one ``fetch()`` call (its
-        exception reaches every waiter; the next call tries afresh). A cache shared between
+        Concurrent callers for one block in this process share one ``fetch()`` call. When it
+        fails, a waiter that asked with other locator text (another signature) or another
+        *origin* (another client sharing this cache) makes its own ``fetch()``; the others get
+        the leader's exception. A cache shared between
         processes also makes other processes wait, up to a timeout, for one fetch. ``fetch``'s
         result is checked against the locator (`ReadError` on mismatch) unless ``verified=True``
         says ``fetch`` already checks (as `KeepClient`'s does).
         """
-        loc = _parse(locator).bare()
+        full = _parse(locator)
+        loc = full.bare()
         data = self.get(loc)
         if data is not None:
             return data
         key = f"{loc.md5}+{loc.size}"
+        asker = (str(full), origin)
+        mine: set[str] = self._leading.__dict__.setdefault("keys", set())
+        if key in mine:
+            # This thread leads this block's fetch further up its stack (a fetch that reads
+            # through the same cache): waiting on that flight would wait on ourselves.
+            return self._checked(loc, fetch(), verified)
         with self._flights_lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = Future()
+            found = self._flights.get(key)
+            leader = found is None
+            if found is None:
+                found = self._flights[key] = (Future(), asker)
+        flight, leaders_asker = found
         if not leader:
-            return flight.result()
+            try:
+                return flight.result()
+            except Exception:
+                if leaders_asker == asker:
+                    raise  # the same request would fail the same way
+                # The leader asked with another locator (an unsigned or expired signature) or
+                # for another client: its failure need not be ours.
+                return self._fetch_once(loc, key, fetch, verified)
+        mine.add(key)
         try:
             data = self._fetch_once(loc, key, fetch, verified)
         except BaseException as exc:
@@ -179,6 +199,7 @@ class BlockCache(abc.ABC):
             flight.set_result(data)
             return data
         finally:
+            mine.discard(key)
             with self._flights_lock:
                 del self._flights[key]
 
@@ -189,12 +210,17 @@ class BlockCache(abc.ABC):
             if data is not None:
                 self._counters.add(hits=1, bytes_read=len(data))
                 return data
-            data = fetch()
-            view = as_view(data)
-            if view.nbytes != loc.size or (not verified and not check_block(loc, view)):
-                raise ReadError(f"fetched data for block {loc} does not match its locator", locator=str(loc))
-            self._put(loc, view)
-            return data if isinstance(data, bytes) else bytes(view)
+            data = self._checked(loc, fetch(), verified)
+            self._put(loc, memoryview(data))
+            return data
+
+    @staticmethod
+    def _checked(loc: Locator, data: bytes, verified: bool) -> bytes:
+        """*data* as bytes, after checking it is the block (size always, md5 unless *verified*)."""
+        view = as_view(data)
+        if view.nbytes != loc.size or (not verified and not check_block(loc, view)):
+            raise ReadError(f"fetched data for block {loc} does not match its locator", locator=str(loc))
+        return data if isinstance(data, bytes) else bytes(view)
 
     def close(self) -> None:  # noqa: B027 - optional hook: only caches holding resources override it
         """Release resources; a closed cache behaves as an empty one."""

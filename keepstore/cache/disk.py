@@ -156,18 +156,19 @@ class DiskBlockCache(BlockCache):
         checksum = f"{zlib.crc32(data):08x}" if self.verify == "crc32" else ""
         return f"{self.verify}:{checksum}:{locator}"
 
-    @staticmethod
-    def _check(locator: Locator, data: bytes, tag: object) -> bool:
+    def _check(self, locator: Locator, data: bytes, tag: object) -> bool:
         if not isinstance(tag, str) or len(data) != locator.size:
             return False
         method, _, rest = tag.partition(":")
         checksum, _, ident = rest.partition(":")
         if ident != str(locator):
             return False
+        # The tag is written by whoever filled the entry (another process, maybe another
+        # setting): with verify="md5" every hit is checked by md5, whatever the tag says.
+        if method == "md5" or self.verify == "md5":
+            return hashlib.md5(data).hexdigest() == locator.md5
         if method == "crc32":
             return checksum == f"{zlib.crc32(data):08x}"
-        if method == "md5":
-            return hashlib.md5(data).hexdigest() == locator.md5
         return False
 
     # -- BlockCache -------------------------------------------------------------------------
@@ -220,15 +221,30 @@ class DiskBlockCache(BlockCache):
             while cache.volume() > self.max_bytes:
                 # diskcache has no public "least recently used key" query; this reads its Cache
                 # table (stable since diskcache 3) through the connection diskcache manages.
-                rows = cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchall()
+                rows = cache._sql("SELECT rowid, key, raw FROM Cache ORDER BY access_time LIMIT 1").fetchall()
                 if not rows:
                     break
-                if cache.delete(rows[0][0]):
+                rowid, key, raw = rows[0]
+                # A foreign entry in a shared directory (a pickled key, which delete(key) cannot
+                # name) goes by its rowid, as diskcache's own cull removes rows.
+                ours = bool(raw) and isinstance(key, str)
+                if cache.delete(key) if ours else self._evict_row(cache, rowid):
                     evicted += 1  # else another process evicted it first; measure again
         except _FAILURES as exc:
             self._failed(exc, "evicting")
         finally:
             self._counters.add(evictions=evicted)
+
+    @staticmethod
+    def _evict_row(cache: diskcache.Cache, rowid: int) -> bool:
+        """Delete one row and its file by rowid (never unpickling a foreign key to name it)."""
+        with cache._transact() as (sql, cleanup):  # diskcache's own transaction and file clean-up
+            row = sql("SELECT filename FROM Cache WHERE rowid = ?", (rowid,)).fetchone()
+            if row is None:
+                return False  # another process got there first
+            sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+            cleanup(row[0])
+        return True
 
     def _discard(self, locator: Locator) -> None:
         cache = self._cache

@@ -5,11 +5,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 __all__ = ["block_lock"]
+
+log = logging.getLogger(__name__)
+
+# Lock files this thread holds. flock belongs to an open file, so a thread that already holds
+# a block's lock (a cache nested in another on the same directory) would otherwise wait on itself.
+_held = threading.local()
 
 
 @contextlib.contextmanager
@@ -27,6 +35,11 @@ def block_lock(
     release; a waiter that wakes holding a removed file's lock notices (the inode changed) and
     tries again, so lock files do not pile up. OSError other than contention propagates.
     """
+    held: set[str] = _held.__dict__.setdefault("paths", set())
+    key = os.path.realpath(path)
+    if key in held:
+        yield True  # this thread holds it already, further up its own stack
+        return
     deadline = clock() + timeout
     delay = 0.002
     while True:
@@ -44,17 +57,29 @@ def block_lock(
             delay = min(delay * 2, 0.05)
             continue
         try:
-            current = os.stat(path).st_ino
-        except FileNotFoundError:
-            current = None  # released and removed by the holder we waited for
-        if current != os.fstat(fd).st_ino:
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None  # released and removed by the holder we waited for
+            same = current == os.fstat(fd).st_ino
+        except OSError:
+            os.close(fd)
+            raise
+        if not same:
             os.close(fd)
             continue
         break
+    held.add(key)
     try:
         yield True
     finally:
+        held.discard(key)
         # Unlink before unlocking so a waiter never locks a name that is about to vanish unseen.
-        with contextlib.suppress(FileNotFoundError):  # removed by a cache clean-up
+        try:
             os.unlink(path)
-        os.close(fd)
+        except FileNotFoundError:  # removed by a cache clean-up
+            pass
+        except OSError as exc:  # the fetch it guarded succeeded: a stray lock file is harmless
+            log.debug("could not remove lock file %s: %s", path, exc)
+        finally:
+            os.close(fd)

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from ..collection import DatasetReader, DatasetWriter
+from ..collection import DatasetReader, DatasetWriter, atomic_write
 from ..errors import KeepError
 from ..manifest import ManifestError
 from ..store import BlockStore
@@ -76,7 +76,11 @@ class KeepMagics(Magics):
     @line_magic
     def keep(self, line: str) -> Any:
         """%keep put PATH... | get LOCATOR[/path] [DEST] | ls LOCATOR[/path] [-l] | use SERVICE... | help"""
-        args = self._parser.parse_args(shlex.split(line) or ["help"])
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:  # an unclosed quote
+            raise UsageError(f"keep: error: {exc}") from None
+        args = self._parser.parse_args(words or ["help"])
         handler = getattr(self, f"_{args.command}")
         try:
             return handler(args)
@@ -111,14 +115,15 @@ class KeepMagics(Magics):
             data = self.store.get(loc)
             if args.dest is None:
                 return data
-            Path(args.dest).write_bytes(data)
+            atomic_write(args.dest, lambda f: f.write(data))
             return str(args.dest)
         if path and not reader.manifest.is_dir(path):
             if args.dest is None:
                 return reader.read_bytes(path)
             dest = Path(args.dest)
             target = dest / path.rsplit("/", 1)[-1] if dest.is_dir() else dest
-            target.write_bytes(reader.read_bytes(path))
+            content = reader.read_bytes(path)
+            atomic_write(target, lambda f: f.write(content))
             return str(target)
         if args.dest is None:
             raise KeepError(f"{args.target} is a dataset directory; give a destination: %keep get {args.target} DIR")
