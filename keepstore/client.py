@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 from .batch import RAISE_FIRST, Batch, RaisePolicy
 from .cache import BlockCache
 from .config import Retry, Settings, Timeout
-from .errors import BlockNotFound, KeepError, LocatorError, NoServicesError, ReadError
+from .errors import BlockNotFound, ConfigError, KeepError, LocatorError, NoServicesError, ReadError
 from .local import LocalStore
 from .locator import EMPTY_BLOCK, Locator, LocatorLike
 from .services import Service, ServiceDirectory, ServiceLike, discover, parse_services, probe_order
@@ -36,6 +36,20 @@ T = TypeVar("T")
 MAX_PREFETCH_PENDING = 256
 
 _ID_ALPHABET = string.digits + string.ascii_lowercase
+
+
+def _clean_token(token: str | None) -> str | None:
+    """*token* without surrounding whitespace (a secret file's newline); `ConfigError` when what
+    is left could not be sent as one header value. The message never shows the token."""
+    if token is None:
+        return None
+    token = token.strip()
+    if not token:
+        return None
+    if any(not 0x21 <= ord(c) <= 0x7E for c in token):
+        # A line break would end the request's headers early (and could inject new ones).
+        raise ConfigError("the Keep token has a space, line break, control or non-ASCII character in it")
+    return token
 
 
 def new_request_id() -> str:
@@ -138,7 +152,7 @@ class KeepClient(BlockStore):
         if copies < 1 or threads < 1 or prefetch_threads < 1:
             raise ValueError(f"copies, threads and prefetch_threads must be at least 1, "
                              f"got {copies}, {threads} and {prefetch_threads}")
-        self._token = token
+        self._token = _clean_token(token)
         self.timeout = Timeout.from_value(timeout)
         self.retry = Retry.from_value(retries)
         self.copies = copies
@@ -450,9 +464,10 @@ class KeepClient(BlockStore):
             if all(last.get(s.root, _Read()).status in NOT_FOUND_STATUSES for s in order):
                 raise BlockNotFound(f"[{request_id}] {loc} not found on {len(order)} service(s)",
                                     locator=str(loc), request_id=request_id, attempts=attempts)
-            if all(s.root in retired for s in order) or retry.remaining <= 0:
+            if all(s.root in retired for s in order) or retry.remaining <= 0 or self._closed:
                 detail = "; ".join(f"{root}: {note}" for root, note in attempts.items())
-                raise ReadError(f"[{request_id}] failed to read {loc} after {round_number + 1} round(s): {detail}",
+                why = "(the client was closed)" if self._closed else f"after {round_number + 1} round(s)"
+                raise ReadError(f"[{request_id}] failed to read {loc} {why}: {detail}",
                                 locator=str(loc), request_id=request_id, attempts=attempts)
             retry = retry.increment(retry_after=retry_after)
             self._note_retry()

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -299,6 +300,16 @@ class Settings:
                 value = Timeout.from_value(value)
             values[key] = value
             sources[key] = "argument"
+        # An argument naming where blocks live beats a service list from lower down: from_env(
+        # api_host=...) means discovery, from_env(local_store=...) a LocalStore, whatever the
+        # environment or the file list (a services= argument, given too, still wins).
+        if overrides.get("services") is None and any(overrides.get(k) for k in ("api_host", "local_store")):
+            values.pop("services", None)
+            values.pop("proxy", None)
+            sources.pop("services", None)
+            if overrides.get("local_store") and not overrides.get("api_host"):
+                values.pop("api_host", None)
+                sources.pop("api_host", None)
 
         if "services" in values:
             values["services"] = tuple(_check_urls(list(values["services"]), sources.get("services", "services")))
@@ -332,6 +343,9 @@ def _timeout_from_mapping(value: Mapping[str, Any], where: str) -> Timeout:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+_QUOTED = re.compile(r'"[^"]*"' + r"|'[^']*'")
+
+
 def _load_file(path: Path, *, required: bool) -> dict[str, Any] | None:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
@@ -351,11 +365,16 @@ def _load_file(path: Path, *, required: bool) -> dict[str, Any] | None:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        # Not chained: the YAML error's text quotes lines of the file, which may hold the token.
+        # Not chained, and quoted values masked: the YAML error's text quotes the file, which
+        # may hold the token ('found duplicate key "token" with value "..."').
+        problem = _QUOTED.sub('"..."', str(problem))
         raise ConfigError(f"config file {path}{line}: invalid YAML: {problem}") from None
     except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting past the stack
         problem = "a number too long to read" if isinstance(exc, ValueError) else "nested too deeply"
         raise ConfigError(f"config file {path}: invalid YAML: {problem}") from None
+    except (KeyError, AttributeError, TypeError):  # ruamel's constructors on odd tags (!!bool x, !!set x)
+        # Their messages are the raw value (KeyError: 'the token'): say nothing of it.
+        raise ConfigError(f"config file {path}: invalid YAML: a tagged value could not be read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

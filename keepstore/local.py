@@ -219,18 +219,21 @@ class LocalStore(BlockStore):
         loc = self._locator(locator)
         if loc.md5 == _EMPTY_MD5 and loc.size == 0:
             return True
-        path = self.find(loc.md5)
-        try:
-            if path is None:
-                raise FileNotFoundError(loc.md5)
-            size = path.stat().st_size
-        except FileNotFoundError:  # absent, or deleted between find() and stat()
-            raise BlockNotFound(f"block {loc} not found in {self.root}", locator=str(loc),
-                                request_id=request_id) from None
-        if size != loc.size:
-            raise ReadError(f"block {loc} at {path} is damaged: {size} bytes, want {loc.size}",
-                            locator=str(loc), request_id=request_id)
-        return True
+        damage: ReadError | None = None
+        for path in self._candidates(loc.md5):  # both layouts, as get() reads them
+            try:
+                size = path.stat().st_size if path.is_file() else None
+            except FileNotFoundError:  # deleted while we looked
+                size = None
+            if size is None:
+                continue
+            if size == loc.size:
+                return True
+            damage = damage or ReadError(f"block {loc} at {path} is damaged: {size} bytes, want {loc.size}",
+                                         locator=str(loc), request_id=request_id)
+        if damage is not None:
+            raise damage
+        raise BlockNotFound(f"block {loc} not found in {self.root}", locator=str(loc), request_id=request_id)
 
     def index(self, prefix: str = "") -> Iterator[tuple[str, int, int]]:
         """Yield ``(md5, size, mtime_ns)`` for every stored block whose md5 starts with *prefix*."""

@@ -165,7 +165,11 @@ def discover(api_host: str, fetch: Callable[[str], tuple[int, bytes]]) -> list[S
         items = json.loads(body)["items"]
     except (ValueError, KeyError, TypeError) as exc:
         raise NoServicesError(f"Keep service discovery at {base} returned an unexpected body") from exc
-    services = [Service.from_api(item) for item in items]
+    services: list[Service] = []
+    for item in items:
+        service = Service.from_api(item)
+        if all(s.root != service.root for s in services):  # two records for one host:port
+            services.append(service)  # would count a replica twice and PUT one server twice
     if not services:
         raise NoServicesError(f"the Arvados API at {base} lists no accessible Keep services")
     return services

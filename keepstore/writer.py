@@ -171,9 +171,7 @@ class _Put:
         queue = collections.deque(order)
         # A disk service (or one seen storing a single replica) takes one replica per PUT, so
         # we can write `need` at once; a proxy might store them all, so go one at a time there.
-        singles = self.client._single_replica_roots
-        url_singles = self.client._url_list_single_replica
-        parallel = all(s.is_disk or s.root in singles or (url_singles and s.from_url_list) for s in order)
+        parallel = all(self.takes_one_replica(s) for s in order)
         inflight: dict[Future[_Outcome], Service] = {}
         retry_after: float | None = None
         while True:
@@ -202,8 +200,18 @@ class _Put:
                 self.record(outcome)
                 if outcome.retry_after is not None:
                     retry_after = max(retry_after or 0.0, outcome.retry_after)
-        hopeful = any(s.root not in self.retired and s.root not in self.confirmed for s in writable)
+        left = [s for s in writable if s.root not in self.retired and s.root not in self.confirmed]
+        # A later round helps only if what is left can still hold the replicas missing: one each
+        # for disk services (and those seen storing one), possibly all of them for a proxy.
+        room = sum(1 if self.takes_one_replica(s) else self.copies for s in left)
+        hopeful = bool(left) and self.done + room >= self.copies
         return hopeful, retry_after
+
+    def takes_one_replica(self, service: Service) -> bool:
+        """Whether one PUT to *service* stores one replica (so copies can go out in parallel)."""
+        client = self.client
+        return (service.is_disk or service.root in client._single_replica_roots
+                or (client._url_list_single_replica and service.from_url_list))
 
     def error(self, why: str) -> WriteError:
         attempts = {root: ", ".join(notes) for root, notes in self.attempts.items()}
@@ -228,9 +236,11 @@ def write_block(client: "KeepClient", view: memoryview, loc: Locator, *, copies:
             assert put.locator is not None
             return PutResult(put.locator, put.done, tuple(put.confirmed), dict(put.confirmed_classes))
         if not hopeful:
-            raise put.error("no service left to try")
+            raise put.error("no service left that could store the rest")
         if retry.remaining <= 0:
             raise put.error(f"gave up after {round_number + 1} rounds")
+        if client._closed:  # closed under us: its transport refuses every request now
+            raise put.error("the client was closed")
         retry = retry.increment(retry_after=retry_after)
         client._note_retry()
         retry.sleep(client._sleep)

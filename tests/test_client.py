@@ -469,3 +469,55 @@ def test_refresh_signature_needs_an_x_keep_locator_for_the_same_block(
         sent = [r[3] for s in stubs for r in s.requests if r[0] == "HEAD"]
         assert sent and all(h["X-Keep-Signature"].startswith("local, ") and h["X-Keep-Signature"].endswith("Z")
                             for h in sent)
+
+
+def test_closing_the_client_stops_a_read_in_flight_without_retry_rounds(
+        stubs_factory: Callable[..., list[KeepStub]], sleeps: Sleeps) -> None:
+    """Regression: after close() the transport refuses requests, which counted as transient
+    failures, so a get running in another thread went through every retry round."""
+    import threading
+
+    stubs = stubs_factory(2)
+    kc = KeepClient([s.url for s in stubs], sleep=sleeps, retries=10, timeout=Timeout(connect=1, read=1))
+    for s in stubs:
+        s.fail("stall", 1.5, methods="GET")
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            kc.get("abf7f0c50f9f08c680c97d669f346e3c+1000")
+        except ReadError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    kc.close()
+    reader.join(30)
+    assert outcome and "the client was closed" in str(outcome[0])
+    assert sleeps == []
+
+
+def test_a_put_that_cannot_reach_its_copies_fails_at_once_without_retry_rounds(
+        stubs_factory: Callable[..., list[KeepStub]], sleeps: Sleeps) -> None:
+    """Regression: with two disk services, one refusing (403) and one busy (503), copies=2 can
+    never be reached, yet the writer slept through every retry round before failing."""
+    refusing, busy = stubs_factory(2)
+    refusing.fail("status", 403, methods="PUT", times=100)
+    busy.fail("status", 503, methods="PUT", times=100)
+    with KeepClient(disk_services([refusing, busy]), sleep=sleeps, retries=10) as kc, \
+            pytest.raises(WriteError, match="no service left that could store the rest") as info:
+        kc.put(b"two copies wanted", copies=2)
+    assert info.value.wanted == 2 and info.value.done == 0 and sleeps == []
+
+
+def test_a_put_on_a_kept_alive_connection_the_server_dropped_is_resent_by_libcurl(
+        stubs_factory: Callable[..., list[KeepStub]], sleeps: Sleeps) -> None:
+    """Regression: without a seek callback libcurl could not rewind the body to resend the PUT
+    on a new connection ("curl error 65"), so a dropped idle connection failed the put."""
+    [stub] = stubs_factory(1)
+    with KeepClient(disk_services([stub]), sleep=sleeps, retries=0) as kc:
+        kc.put(b"opens the connection", copies=1)
+        stub.fail("drop", methods="PUT")
+        result = kc.put_block(b"second" * 1000, copies=1)
+    assert result.replicas == 1 and sleeps == [] and stub.count("PUT") == 3

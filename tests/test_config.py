@@ -448,3 +448,16 @@ def test_the_examples_in_docs_configuration_md_run() -> None:
     path = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
     result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10 and result.failed == 0
+
+
+def test_an_argument_naming_where_blocks_live_beats_a_service_list_from_the_environment(tmp_path) -> None:
+    """Regression: from_env(api_host=...) was ignored when KEEP_SERVICES was set."""
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "none"),
+           "KEEP_SERVICES": "http://127.0.0.1:25107", "ARVADOS_API_HOST": "zzzzz.example.com"}
+    assert Settings.from_env(env).mode == "services"
+    by_api = Settings.from_env(env, api_host="yyyyy.example.com")
+    assert by_api.mode == "api" and by_api.api_host == "yyyyy.example.com"
+    local = Settings.from_env(env, local_store=str(tmp_path / "blocks"))
+    assert local.mode == "local" and local.store_path == str(tmp_path / "blocks")
+    both = Settings.from_env(env, api_host="yyyyy.example.com", services="http://127.0.0.1:1")
+    assert both.mode == "services"

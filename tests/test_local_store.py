@@ -235,3 +235,15 @@ def test_a_damaged_copy_in_one_layout_does_not_hide_a_good_one_in_the_other(tmp_
     (tmp_path / loc.md5[:3]).mkdir()
     (tmp_path / loc.md5[:3] / loc.md5).write_bytes(b"two copiez")
     assert store.get(loc) == b"two copies"
+
+
+def test_head_and_exists_find_a_good_flat_copy_behind_a_torn_layered_one(tmp_path):
+    """Regression: get() fell back to the Arvados flat-layout copy, head()/exists() did not."""
+    store = LocalStore(tmp_path, fsync=False)
+    data = b"two layouts"
+    md5 = hashlib.md5(data).hexdigest()
+    (tmp_path / md5[:3]).mkdir()
+    (tmp_path / md5[:3] / md5).write_bytes(data[:3])  # torn
+    (tmp_path / md5).write_bytes(data)  # what an Arvados SDK local_store wrote
+    loc = f"{md5}+{len(data)}"
+    assert store.get(loc) == data and store.head(loc) is True and store.exists(loc) is True

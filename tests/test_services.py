@@ -212,3 +212,13 @@ def test_client_rediscovers_after_connection_failures_once_not_every_retry_round
             assert kc.put(b"foo", copies=1).md5 == "acbd18db4cc2f85cedef654fccc4a4d8"
             assert kc.services[0].root == live.url
             assert len(calls) == 2, "no failure since: no refresh before the timer"
+
+
+def test_discovery_keeps_one_service_per_root(httpserver: HTTPServer) -> None:
+    """Regression: two API records for one host:port were two services, so one server got two
+    PUTs of a block and was counted as two replicas."""
+    httpserver.expect_request("/arvados/v1/keep_services/accessible").respond_with_json(_keep_services_json(
+        _item("zzzzz-bi6l4-000000000000001", 7), _item("zzzzz-bi6l4-000000000000002", 7),
+        _item("zzzzz-bi6l4-000000000000003", 8)))
+    with KeepClient(api_host=httpserver.url_for("/"), token="t") as kc:
+        assert [s.uuid[-1] for s in kc.services] == ["1", "3"]

@@ -409,3 +409,31 @@ def test_server_debug_log_of_a_malformed_request_line_masks_query_and_signature(
     time.sleep(0.1)
     assert "Bad request syntax" in caplog.text
     assert PLAIN_TOKEN not in caplog.text and signature not in caplog.text
+
+
+@pytest.mark.parametrize("text", [
+    "token: Pa55w0rdSecret\ntoken: Pa55w0rdSecret2\n",  # duplicate key: ruamel quotes both values
+    "token: !!timestamp Pa55w0rdSecret\n",
+    "token: !!bool Pa55w0rdSecret\n",  # a raw KeyError holding the value
+    "token: !!set Pa55w0rdSecret\n",  # a raw AttributeError
+    "token: !!float Pa55w0rdSecret\n",
+])
+def test_config_file_errors_never_quote_the_token(tmp_path: Path, text: str) -> None:
+    """Regression: YAML errors passed on ruamel's problem text, which quotes values."""
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({}, path)
+    assert "Pa55w0rdSecret" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_token_with_a_trailing_newline_works_and_one_with_a_line_break_inside_is_refused(
+        keep_cluster: KeepCluster) -> None:
+    """Regression: KEEP_TOKEN read from a secret file ("tok\\n") put a line break into the
+    headers, ending them early: every PUT failed with 411."""
+    with KeepClient.from_env({"KEEP_SERVICES": keep_cluster.services, "KEEP_TOKEN": keep_cluster.token + "\n"},
+                             copies=1) as kc:
+        assert kc.get(kc.put(b"secret-file token")) == b"secret-file token"
+    with pytest.raises(ConfigError, match="line break") as info:
+        KeepClient(keep_cluster.urls, token="Pa55w0rd\r\nX-Injected: yes")
+    assert "Pa55w0rd" not in str(info.value)

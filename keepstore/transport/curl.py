@@ -128,6 +128,14 @@ class _BodyReader:
         self.pos += len(chunk)
         return chunk.tobytes()
 
+    def seek(self, offset: int, origin: int) -> int:
+        """Rewind for libcurl, which resends a request whose kept-alive connection turned out
+        to be closed (without this it fails the PUT with "send failed since rewinding")."""
+        if origin != os.SEEK_SET or not 0 <= offset <= self.view.nbytes:
+            return pycurl.SEEKFUNC_CANTSEEK
+        self.pos = offset
+        return pycurl.SEEKFUNC_OK
+
 
 class CurlTransport(Transport):
     """A `Transport` on pycurl.
@@ -193,6 +201,9 @@ class CurlTransport(Transport):
             self._pool.put_nowait(curl)
         except queue.Full:
             curl.close()
+            return
+        if self._closed.is_set():  # close() ran between our check and the put: empty the pool again
+            self.close()
 
     def _configure(self, curl: pycurl.Curl, request: Request, exchange: _Exchange) -> None:
         timeout = request.timeout
@@ -238,7 +249,9 @@ class CurlTransport(Transport):
         curl.setopt(pycurl.UPLOAD, 1)
         curl.setopt(pycurl.INFILESIZE_LARGE, body.nbytes)
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, _UPLOAD_BUFFER)
-        curl.setopt(pycurl.READFUNCTION, _BodyReader(body).read)
+        reader = _BodyReader(body)
+        curl.setopt(pycurl.READFUNCTION, reader.read)
+        curl.setopt(pycurl.SEEKFUNCTION, reader.seek)
 
 
 def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange: _Exchange) -> TransportError:
