@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .client import KeepClient
-from .errors import BlockNotFound
+from .errors import BlockNotFound, NoServicesError
 from .locator import Locator, LocatorLike
 from .store import Data, PutResult
 
@@ -39,11 +39,13 @@ class AsyncKeepClient:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "AsyncKeepClient":
-        """An async client over `KeepClient.from_env` (which must configure Keep services)."""
+        """An async client over `KeepClient.from_env` (which must configure Keep services:
+        `NoServicesError` when it gives the local-store default)."""
         store = KeepClient.from_env(environ, **overrides)
         if not isinstance(store, KeepClient):
             store.close()
-            raise TypeError(f"AsyncKeepClient needs Keep services; the configuration gives {store!r}")
+            raise NoServicesError(f"AsyncKeepClient needs Keep services (KEEP_SERVICES, ARVADOS_API_HOST or "
+                                  f"services=); the configuration gives {store!r}")
         client = cls(store)
         client._owns_client = True
         return client

@@ -150,7 +150,7 @@ class KeepClient(BlockStore):
         refresh_interval: float = 300.0,
     ) -> None:
         if copies < 1 or threads < 1 or prefetch_threads < 1:
-            raise ValueError(f"copies, threads and prefetch_threads must be at least 1, "
+            raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, "
                              f"got {copies}, {threads} and {prefetch_threads}")
         self._token = _clean_token(token)
         self.timeout = Timeout.from_value(timeout)

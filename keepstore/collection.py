@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import KeepError, WriteError
+from .errors import ConfigError, KeepError, WriteError
 from .locator import MAX_BLOCK_SIZE, Locator, LocatorLike
 from .manifest import Manifest, ManifestError, ManifestFile, Segment
 from .store import BlockStore, PutResult
@@ -154,9 +154,9 @@ class DatasetWriter:
         progress: Callable[[int], Any] | None = None,
     ) -> None:
         if not 1 <= block_size <= MAX_BLOCK_SIZE:
-            raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
+            raise ConfigError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
         if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+            raise ConfigError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.store = store
         self.copies = copies
         self.storage_classes = list(storage_classes) if storage_classes else None

@@ -204,7 +204,9 @@ class Settings:
             for f in dataclasses.fields(self)
             if f.name != "sources"
         )
-        return f"Settings({fields})"
+        # The token may also sit, misplaced, in another setting (ca_file: <token>): mask it
+        # wherever it is, and anything shaped like an Arvados token too.
+        return redact(f"Settings({fields})", self.token)
 
     @property
     def mode(self) -> str:

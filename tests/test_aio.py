@@ -144,3 +144,11 @@ def test_closing_an_owned_client_does_not_block_the_loop(keep_cluster: KeepClust
 def test_client_and_options_together_are_a_type_error(keep_cluster: KeepCluster) -> None:
     with keep_cluster.client() as kc, pytest.raises(TypeError):
         AsyncKeepClient(kc, copies=1)
+
+
+def test_from_env_with_nothing_configured_is_a_clear_no_services_error(tmp_path) -> None:
+    from keepstore.errors import NoServicesError
+
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "c"), "XDG_DATA_HOME": str(tmp_path / "d")}
+    with pytest.raises(NoServicesError, match="needs Keep services"):
+        AsyncKeepClient.from_env(env)

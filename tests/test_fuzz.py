@@ -131,8 +131,7 @@ def test_settings_from_env_gives_settings_or_config_error_without_the_token(text
         assert exc.__cause__ is None or "fuzzSecretValue123" not in str(exc.__cause__)
         return
     assert isinstance(result, Settings)
-    assert "fuzzSecretValue123" not in repr(result).replace(repr(result.services), "").replace(
-        repr(result.local_store), "").replace(repr(result.cache_dir), "").replace(repr(result.api_host), "")
+    assert "fuzzSecretValue123" not in repr(result)  # wherever the token went, the repr masks it
 
 
 # -- the server's request parsing -------------------------------------------------------------

@@ -439,3 +439,89 @@ def test_sigterm_during_a_slow_upload_leaves_nothing_partial(tmp_path):
     assert proc.returncode == 0
     assert not list((tmp_path / "v").rglob(md5))
     assert not [p for p in (tmp_path / "v").rglob("*") if p.is_file()]
+
+
+# -- regressions found in review ---------------------------------------------------------------
+
+
+def test_a_slow_but_steady_reader_gets_the_whole_block(tmp_path):
+    """Regression: the body went out in 4 MiB socket writes, each bounded by idle_timeout, so a
+    reader taking less than 4 MiB per idle_timeout was cut off though it never paused."""
+    import socket
+
+    data = os.urandom(6 << 20)
+    with KeepServer([tmp_path / "v"], idle_timeout=1.0, fsync=False) as s:
+        assert put(s, data)[0] == 200
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.sendall(f"GET /{hashlib.md5(data).hexdigest()}+{len(data)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            got = bytearray()
+            while len(got) < len(data) + 100:  # about 2.5 MiB/s: 4 MiB takes longer than 1 s
+                chunk = sock.recv(32 << 10)
+                if not chunk:
+                    break
+                got += chunk
+                time.sleep(0.012)
+        head, _, body = bytes(got).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == data
+
+
+def test_a_put_over_a_damaged_copy_writes_a_good_one(tmp_path):
+    """Regression: a re-PUT was acknowledged over a copy damaged on disk, which every GET then
+    truncated: the client counted a replica that could not be read."""
+    with KeepServer([tmp_path / "v"], fsync=False) as s:
+        assert put(s, b"precious")[0] == 200
+        path = s.find(hashlib.md5(b"precious").hexdigest(), 8)[1]
+        path.write_bytes(b"prec1ous")  # same size, one byte changed
+        assert put(s, b"precious")[0] == 200
+        assert request(s, "GET", f"/{hashlib.md5(b'precious').hexdigest()}+8")[2] == b"precious"
+
+
+def test_faults_by_block_apply_to_signed_locators_too(signing_server):
+    put(signing_server, b"foo", token=VECTOR_TOKEN)
+    signing_server.faults.fail(503, methods="GET", block=FOO_MD5)
+    auth = {"Authorization": f"Bearer {VECTOR_TOKEN}"}
+    assert request(signing_server, "GET", f"/{FOO_MD5}+3+A{VECTOR_SIG}@7fffffff", headers=auth)[0] == 503
+    assert request(signing_server, "GET", f"/{FOO_MD5}+3+A{VECTOR_SIG}@7fffffff", headers=auth)[0] == 200
+
+
+def test_full_is_spent_only_on_a_new_block(server):
+    put(server, b"foo")
+    server.faults.full(times=1)
+    assert put(server, b"foo")[0] == 200  # already stored: no space needed, rule not spent
+    assert put(server, b"new block")[0] == 507
+    assert put(server, b"new block")[0] == 200
+
+
+def test_concurrent_puts_of_one_block_count_its_size_once(tmp_path):
+    volume = Volume(tmp_path / "v", capacity=3000)
+    data = os.urandom(1000)
+    with KeepServer([volume], fsync=False) as s:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(lambda _: put(s, data)[0], range(3))) == [200] * 3
+        assert volume.used == 1000
+        assert put(s, os.urandom(1000))[0] == 200
+
+
+def test_a_get_with_a_body_closes_the_connection_so_nothing_is_smuggled(server):
+    import socket
+
+    put(server, b"foo")
+    inner = f"PUT /{hashlib.md5(b'bar').hexdigest()} HTTP/1.1\r\nContent-Length: 3\r\n\r\nbar".encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"GET /{FOO_MD5}+3 HTTP/1.1\r\nContent-Length: {len(inner)}\r\n\r\n".encode() + inner)
+        answers = b""
+        while chunk := sock.recv(4096):
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 ") == 1 and answers.startswith(b"HTTP/1.1 200")
+    assert server.find(hashlib.md5(b"bar").hexdigest(), 3) is None
+
+
+def test_an_oversized_put_is_refused_before_100_continue(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"PUT /{FOO_MD5} HTTP/1.1\r\nContent-Length: 99999999999\r\nExpect: 100-continue\r\n\r\n".encode())
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:40]
+    assert put(server, b"foo")[0] == 200

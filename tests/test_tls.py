@@ -3,6 +3,8 @@ given ``ca_file``, and ``insecure=True`` works but warns."""
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime as dt
 import ipaddress
 import subprocess
@@ -137,3 +139,24 @@ def test_client_that_never_completes_the_handshake_is_dropped_after_idle_timeout
                 assert time.monotonic() - start < 3
         with _client(server.url, ca_file=str(cert)) as client:
             assert client.get(client.put(DATA)) == DATA
+
+
+def test_failed_handshakes_do_not_leave_connections_tracked(tmp_path: Path) -> None:
+    """Regression: a connection was tracked before its TLS handshake, and a failed handshake
+    never untracked it (memory grew with every plain-HTTP probe of a TLS port)."""
+    import socket
+    import time
+
+    from keepstore.server import KeepServer
+
+    cert, key = _self_signed(tmp_path)
+    with KeepServer([tmp_path / "v"], tls_cert=cert, tls_key=key, fsync=False) as server:
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # plain HTTP: the handshake fails
+                with contextlib.suppress(OSError):
+                    sock.recv(4096)
+        deadline = time.monotonic() + 5
+        while server._connections and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not server._connections

@@ -437,3 +437,11 @@ def test_a_token_with_a_trailing_newline_works_and_one_with_a_line_break_inside_
     with pytest.raises(ConfigError, match="line break") as info:
         KeepClient(keep_cluster.urls, token="Pa55w0rd\r\nX-Injected: yes")
     assert "Pa55w0rd" not in str(info.value)
+
+
+def test_settings_repr_masks_the_token_even_in_another_setting(tmp_path: Path) -> None:
+    """Regression (hypothesis): a token misplaced as ca_file showed in the Settings repr."""
+    path = tmp_path / "config.yml"
+    path.write_text(f"ca_file: '{PLAIN_TOKEN}'\n")
+    settings = Settings.from_env({"KEEP_TOKEN": PLAIN_TOKEN}, path)
+    assert settings.ca_file == PLAIN_TOKEN and PLAIN_TOKEN not in repr(settings)

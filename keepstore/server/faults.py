@@ -121,10 +121,18 @@ class FaultPlan:
 
     # -- used by the server ---------------------------------------------------------------
 
-    def take(self, method: str, md5: str | None) -> Fault | None:
-        """The first rule matching this request, with one of its uses consumed."""
+    def take(self, method: str, md5: str | None, *, skip: Iterable[str] = (),
+             only: Iterable[str] | None = None) -> Fault | None:
+        """The first rule matching this request, with one of its uses consumed.
+
+        *skip* / *only* limit the kinds considered: the server takes ``full`` rules only where
+        a new block would be written, so a PUT of a block already stored does not spend one.
+        """
+        skipped, wanted = set(skip), None if only is None else set(only)
         with self._lock:
             for rule in self._rules:
+                if rule.kind in skipped or (wanted is not None and rule.kind not in wanted):
+                    continue
                 if rule.matches(method, md5):
                     rule.hits += 1
                     return dataclasses.replace(rule)

@@ -35,6 +35,7 @@ access_log = logging.getLogger("keepstore.server.access")
 
 _EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
 _MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
+_BLOCK_OF_PATH = re.compile(r"/([0-9a-f]{32})(?:\+|\Z)")
 _INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
 _QUERY = re.compile(r"\?[^\s'\"]*")
 _SIGNATURE = re.compile(r"\+A[0-9a-f]{40}@[0-9a-f]{8}")
@@ -44,7 +45,8 @@ _REMOTE_SIGNATURE = re.compile(r"\+R([a-z0-9]{5})-[0-9a-f]{40}@[0-9a-f]{8}")
 MIN_BODY_RATE = 32 * 1024
 _DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() also takes "²", which int() refuses
 _CHUNK = 1 << 20
-_SEND_CHUNK = 4 << 20
+_SEND_CHUNK = 4 << 20  # read from disk (and hashed) this much at a time
+_SOCKET_PIECE = 64 << 10  # ...and sent this much per socket write
 
 
 @dataclasses.dataclass
@@ -140,9 +142,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.timeout = keep.idle_timeout  # type: ignore[misc]  # per-server, read by setup()
         super().setup()
         keep._track(self.connection, True)
-        if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        try:
+            if isinstance(self.connection, ssl.SSLSocket):
+                self.connection.do_handshake()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except BaseException:  # finish() will not run: forget the connection here
+            keep._track(self.connection, False)
+            raise
         self._reader = _DeadlineReader(self.connection, keep.idle_timeout)
         self._buffered = io.BufferedReader(self._reader, 64 * 1024)
         self.rfile = self._buffered
@@ -197,6 +203,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not hasattr(self, "do_" + self.command):
             return super().handle_expect_100()  # the stdlib answers 501 next: nothing to admit
         keep = self.server.keep
+        refusal = self._refuse_before_body() if self.command == "PUT" else None
+        if refusal is not None:  # say so before "100 Continue": the client keeps its body
+            self._admitted = False
+            self.close_connection = True
+            self._simple(*refusal)
+            self._log(self.command, refusal[0], 0.0)
+            return False
         if not keep._admit():
             self._admitted = False
             self.close_connection = True
@@ -210,6 +223,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._admitted = None
             keep._release()
             raise
+
+    def _refuse_before_body(self) -> tuple[int, str] | None:
+        """The answer a PUT gets whatever its body holds, if it gets one (checked again in _put)."""
+        length = _decimal(self.headers.get("Content-Length"))
+        if length is None:
+            return 411, "Content-Length required"
+        if length > MAX_BLOCK_SIZE:
+            return 413, f"block of {length} bytes is over the 64 MiB maximum"
+        if self.server.keep.require_signatures and not self._token():
+            return 401, "no token"
+        return None
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -284,9 +308,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         index = _INDEX_PATH.match(path)
         if index and method in ("GET", "HEAD"):
             return self._index(index.group(1) or "")
-        match = _MD5_PATH.match(path)
+        match = _BLOCK_OF_PATH.match(path)  # any locator form, signed or hinted
         md5 = match.group(1) if match else None
-        fault = keep.faults.take(method, md5) if method in ("GET", "HEAD", "PUT") else None
+        has_body = (_decimal(self.headers.get("Content-Length")) or 0) > 0 or "Transfer-Encoding" in self.headers
+        if has_body and method in ("GET", "HEAD"):
+            # A body we do not read would be parsed as the next request on this connection.
+            self.close_connection = True
+        fault = keep.faults.take(method, md5, skip=("full",)) if method in ("GET", "HEAD", "PUT") else None
         if fault is not None:
             self._fault = fault.kind
             if self._pre_fault(fault, method):
@@ -342,9 +370,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._drain_body(length)
             return self._simple(400, "size in the locator does not match Content-Length")
         found = keep.find(md5, length)
-        if found is not None:
+        if found is not None and _intact(found[1], md5):
             return self._put_existing(md5, length, found[0], found[1], token)
-        if fault is not None and fault.kind == "full":
+        if found is not None:  # damaged on disk: this PUT writes a good copy over it (as keepstore does)
+            log.warning("block %s at %s does not match its name; rewriting it from the PUT", md5, found[1])
+        if keep.faults.take("PUT", md5, only=("full",)) is not None:  # spent only on a new block
+            self._fault = "full"
             self._drain_body(length)
             return self._simple(507, "every volume is full")
         classes = [c.strip() for c in self.headers.get("X-Keep-Storage-Classes", "").split(",") if c.strip()]
@@ -373,7 +404,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             loc = self._write_reserved(volume, md5, length)
         finally:
-            volume.release(length, stored=loc is not None)
+            volume.release(length, stored=loc is not None, md5=md5)
         if loc is not None:
             self._stored(loc, volume, token)
 
@@ -519,9 +550,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(data[i:i + step])
                 time.sleep(len(data[i:i + step]) / fault.value)
         else:
-            self.wfile.write(data)
+            self._send(data)
         self._bytes_out += len(data)
         return len(data)
+
+    def _send(self, data: bytes) -> None:
+        """Write in pieces: the socket timeout (idle_timeout) bounds each send call, so a reader
+        at a steady 32 KiB/s must never be asked to take megabytes within one timeout."""
+        with memoryview(data) as view:
+            for start in range(0, len(view), _SOCKET_PIECE):
+                self.wfile.write(view[start:start + _SOCKET_PIECE])
 
     # -- index ------------------------------------------------------------------------------
 
@@ -566,11 +604,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         all_headers.update(headers or {})
         self._head_only(status, all_headers)
         if self.command != "HEAD" and body:
-            self.wfile.write(body)
+            self._send(body)
             self._bytes_out = len(body)
 
     def _simple(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         self._respond(status, f"{status} {reason}\n".encode(), headers)
+
+
+def _intact(path: Path, md5: str) -> bool:
+    """Whether the file at *path* hashes to *md5* (read in pieces; False if it cannot be read)."""
+    digest = hashlib.md5()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_SEND_CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == md5
 
 
 def _wants_local_signature(value: str | None) -> bool:

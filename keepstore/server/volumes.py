@@ -47,12 +47,16 @@ class Volume:
     used: int = 0
     pending: int = 0  # bytes reserved by writes in progress
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+    # With a capacity, the size of each block held: a block written twice (concurrent PUTs of
+    # one block, a damaged copy replaced) is counted once.
+    _sizes: dict[str, int] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.store = LocalStore(self.path, fsync=self.fsync)
         if self.capacity is not None:
-            self.used = sum(size for _, size, _ in self.store.index())
+            self._sizes = {md5: size for md5, size, _ in self.store.index()}
+            self.used = sum(self._sizes.values())
 
     def reserve(self, size: int) -> None:
         """Reserve *size* bytes for a write, or raise `VolumeFull` (by capacity and free space).
@@ -67,12 +71,14 @@ class Volume:
                 raise VolumeFull(self.path)
             self.pending += size
 
-    def release(self, size: int, *, stored: bool) -> None:
-        """End a write that `reserve` admitted; *stored* when the block is now on the volume."""
+    def release(self, size: int, *, stored: bool, md5: str = "") -> None:
+        """End a write that `reserve` admitted; *stored* when block *md5* is now on the volume."""
         with self._lock:
             self.pending -= size
             if stored:
-                self.used += size
+                self.used += size - self._sizes.get(md5, 0)
+                if self.capacity is not None:
+                    self._sizes[md5] = size
 
 
 def parse_volume(text: str) -> Volume:
