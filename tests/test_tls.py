@@ -4,7 +4,6 @@ given ``ca_file``, and ``insecure=True`` works but warns."""
 from __future__ import annotations
 
 import contextlib
-
 import datetime as dt
 import ipaddress
 import subprocess
