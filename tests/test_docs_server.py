@@ -24,4 +24,4 @@ def test_testing_md_example_module_passes_with_the_installed_plugin(tmp_path: Pa
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "5 passed" in out.stdout
+    assert "7 passed" in out.stdout
