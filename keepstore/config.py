@@ -8,6 +8,7 @@ import os
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -362,7 +363,10 @@ def _load_file(path: Path, *, required: bool) -> dict[str, Any] | None:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
     yaml = YAML(typ="rt")
     try:
-        data = yaml.load(text)
+        with warnings.catch_warnings():
+            # ruamel warns (ReusedAnchorWarning...) by quoting lines of the file, token and all.
+            warnings.simplefilter("ignore")
+            data = yaml.load(text)
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

@@ -445,3 +445,11 @@ def test_settings_repr_masks_the_token_even_in_another_setting(tmp_path: Path) -
     path.write_text(f"ca_file: '{PLAIN_TOKEN}'\n")
     settings = Settings.from_env({"KEEP_TOKEN": PLAIN_TOKEN}, path)
     assert settings.ca_file == PLAIN_TOKEN and PLAIN_TOKEN not in repr(settings)
+
+
+def test_yaml_warnings_about_the_config_file_are_not_shown(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    """ruamel's ReusedAnchorWarning quotes the file's lines, the token's included."""
+    path = tmp_path / "config.yml"
+    path.write_text(f"token: &a {PLAIN_TOKEN}\ncache_dir: &a /tmp/c\n")
+    Settings.from_env({}, path)
+    assert not any(PLAIN_TOKEN in str(w.message) for w in recwarn)
