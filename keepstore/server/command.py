@@ -80,11 +80,14 @@ def run(args: argparse.Namespace) -> int:
         max_requests=args.max_requests, idle_timeout=args.idle_timeout,
         tls_cert=args.tls_cert, tls_key=args.tls_key, fsync=not args.no_fsync,
     )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     logger = logging.getLogger("keepstore.server")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    if getattr(args, "debug", False):
+        logger.setLevel(logging.DEBUG)  # `keep --debug` set up the root handler: use it, once
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     if args.quiet:
         logging.getLogger("keepstore.server.access").setLevel(logging.WARNING)
     done = threading.Event()
