@@ -225,14 +225,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise
 
     def _refuse_before_body(self) -> tuple[int, str] | None:
-        """The answer a PUT gets whatever its body holds, if it gets one (checked again in _put)."""
+        """The answer a PUT gets whatever its body holds, if it gets one: the checks of `_put`
+        that need no body, in the same order, so both paths answer a request alike."""
+        if self.server.keep.require_signatures and not self._token():
+            return 401, "no token"
         length = _decimal(self.headers.get("Content-Length"))
         if length is None:
             return 411, "Content-Length required"
         if length > MAX_BLOCK_SIZE:
             return 413, f"block of {length} bytes is over the 64 MiB maximum"
-        if self.server.keep.require_signatures and not self._token():
-            return 401, "no token"
         return None
 
     def do_GET(self) -> None:
