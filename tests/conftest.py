@@ -5,6 +5,20 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long-chaos", action="store_true",
+                     help="also run the tests marked long_chaos (the long chaos run; .ci/run passes this)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long-chaos"):
+        return
+    skip = pytest.mark.skip(reason="the long chaos run needs --long-chaos (.ci/run passes it)")
+    for item in items:
+        if "long_chaos" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No test reads the developer's real config, tokens or stores."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from keepstore import BlockNotFound, KeepClient, Locator
-from keepstore.doubles import KeepClientMock, VerifierTransport, expect, mock_client
+from keepstore.testing.doubles import KeepClientMock, VerifierTransport, expect, mock_client
 from keepstore.transport import Response, TransportError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

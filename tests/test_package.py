@@ -22,3 +22,13 @@ def test_import_configures_no_logging_handlers_beyond_nullhandler():
 def test_python_m_keepstore_prints_version():
     out = subprocess.run([sys.executable, "-m", "keepstore", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"keepstore {keepstore.__version__}"
+
+
+def test_old_doubles_path_still_imports_with_a_deprecation_warning():
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    import keepstore.doubles as old\n"
+            "import keepstore.testing.doubles as new\n"
+            "assert old.VerifierTransport is new.VerifierTransport\n"
+            "assert any(issubclass(w.category, DeprecationWarning) for w in seen), seen\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

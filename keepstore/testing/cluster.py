@@ -1,55 +1,22 @@
-"""keepstore's pytest plugin: Keep servers, clusters and local stores as fixtures, with faults.
-
-Installed with keepstore and registered through the ``pytest11`` entry point, so in any
-project that has keepstore these fixtures are available without imports:
-
-- ``keep_local_store``: a `LocalStore` in a temporary directory.
-- ``keep_server``: one `KeepServer` on 127.0.0.1 with a temporary volume.
-- ``keep_cluster``: a `KeepCluster` of three servers (``cluster.client()`` gives a client).
-- ``keep_cluster_factory``: ``make(n=..., **server_options)`` for other shapes.
-
-Each server has a ``faults`` plan (`FaultPlan`): fail with a status N times, delay, throttle,
-stall, corrupt or truncate bodies, drop connections, behave full; ``stop()`` and ``start()``
-take it down and bring it back on the same port. See ``docs/testing.md``.
-"""
+"""KeepCluster: several `KeepServer`\\ s on 127.0.0.1 with temporary volumes, for tests."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
-from .locator import Locator, LocatorLike
+from ..locator import Locator, LocatorLike
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .client import KeepClient
-    from .local import LocalStore
-    from .server import KeepServer
+    from ..client import KeepClient
+    from ..server import KeepServer
 
-__all__ = [
-    "KeepCluster",
-    "keep_cluster",
-    "keep_cluster_factory",
-    "keep_local_store",
-    "keep_server",
-]
+__all__ = ["DEFAULT_SYSTEM_TOKEN", "DEFAULT_TOKEN", "KeepCluster"]
 
 DEFAULT_TOKEN = "keepstore-test-token"
 DEFAULT_SYSTEM_TOKEN = "keepstore-test-system-token"
-
-# Test doubles live in keepstore.doubles; they are offered here too.
-_DOUBLES = ("VerifierTransport", "KeepClientMock", "mock_client")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _DOUBLES:
-        return getattr(importlib.import_module("keepstore.doubles"), name)
-    raise AttributeError(f"module 'keepstore.testing' has no attribute {name!r}")
 
 
 class KeepCluster:
@@ -62,7 +29,7 @@ class KeepCluster:
     def __init__(self, n: int = 3, base_dir: str | os.PathLike[str] | None = None, *,
                  token: str = DEFAULT_TOKEN, system_token: str = DEFAULT_SYSTEM_TOKEN,
                  fsync: bool = False, **server_options: Any) -> None:
-        from .server import KeepServer
+        from ..server import KeepServer
 
         if n < 1:
             raise ValueError(f"a cluster needs at least one server, got {n}")
@@ -115,7 +82,7 @@ class KeepCluster:
 
     def client(self, **options: Any) -> "KeepClient":
         """A `KeepClient` for this cluster; *options* go to its constructor."""
-        from .client import KeepClient
+        from ..client import KeepClient
 
         options.setdefault("token", self.token)
         return KeepClient(services=self.urls, **options)
@@ -129,46 +96,3 @@ class KeepCluster:
     def clear_faults(self) -> None:
         for server in self.servers:
             server.faults.clear()
-
-
-# -- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def keep_local_store(tmp_path: Path) -> "LocalStore":
-    """A `LocalStore` in a fresh temporary directory."""
-    from .local import LocalStore
-
-    return LocalStore(tmp_path / "keep-local-store")
-
-
-@pytest.fixture
-def keep_server(tmp_path: Path) -> Iterator["KeepServer"]:
-    """One running `KeepServer` on 127.0.0.1 with a temporary volume (no fsync)."""
-    from .server import KeepServer
-
-    server = KeepServer([tmp_path / "keep-server-volume"], system_token=DEFAULT_SYSTEM_TOKEN, fsync=False)
-    server.start()
-    yield server
-    server.stop(grace=2.0)
-
-
-@pytest.fixture
-def keep_cluster_factory(tmp_path: Path) -> Iterator[Callable[..., KeepCluster]]:
-    """``make(n=3, **options)`` -> a started `KeepCluster`; all are stopped after the test."""
-    made: list[KeepCluster] = []
-
-    def make(n: int = 3, **options: Any) -> KeepCluster:
-        cluster = KeepCluster(n, tmp_path / f"keep-cluster-{len(made)}", **options)
-        made.append(cluster)
-        return cluster.start()
-
-    yield make
-    for cluster in made:
-        cluster.stop()
-
-
-@pytest.fixture
-def keep_cluster(keep_cluster_factory: Callable[..., KeepCluster]) -> KeepCluster:
-    """Three running `KeepServer`\\ s on 127.0.0.1 (``.client()``, ``.servers[i].faults``)."""
-    return keep_cluster_factory(3)
