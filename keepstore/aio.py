@@ -29,12 +29,21 @@ class AsyncKeepClient:
     Wrap an existing client (``AsyncKeepClient(kc)``; closing this one then leaves *kc* open)
     or pass `KeepClient` arguments to make one it owns (``AsyncKeepClient(services=[...])``).
     Cancelling an awaiting task cancels the operation if it has not started yet.
+
+    Args:
+        client: The `KeepClient` to wrap; None to make one from *options*.
+        close_client: Whether `close` closes the `KeepClient`; default: only one made here.
+        **options: `KeepClient` arguments, when *client* is None.
+
+    Raises:
+        TypeError: both *client* and *options* given.
     """
 
-    def __init__(self, client: KeepClient | None = None, **options: Any) -> None:
+    def __init__(self, client: KeepClient | None = None, *, close_client: bool | None = None,
+                 **options: Any) -> None:
         if client is not None and options:
             raise TypeError("pass either a KeepClient or KeepClient arguments, not both")
-        self._owns_client = client is None
+        self.close_client = client is None if close_client is None else close_client
         self.client = client if client is not None else KeepClient(**options)
 
     @classmethod
@@ -46,9 +55,7 @@ class AsyncKeepClient:
             store.close()
             raise NoServicesError(f"AsyncKeepClient needs Keep services (KEEP_SERVICES, ARVADOS_API_HOST or "
                                   f"services=); the configuration gives {store!r}")
-        client = cls(store)
-        client._owns_client = True
-        return client
+        return cls(store, close_client=True)
 
     def __repr__(self) -> str:
         return f"AsyncKeepClient({self.client!r})"
@@ -62,8 +69,8 @@ class AsyncKeepClient:
     async def put_block(self, data: Data, *, copies: int | None = None,
                         storage_classes: Iterable[str] | None = None, request_id: str | None = None) -> PutResult:
         """Like `put`, with replicas and confirming services. See `KeepClient.put_block`."""
-        return await _awaitable(self.client._submit(self.client.put_block, data, copies=copies,
-                                                    storage_classes=storage_classes, request_id=request_id))
+        return await _awaitable(self.client.put_block_async(data, copies=copies, storage_classes=storage_classes,
+                                                            request_id=request_id))
 
     async def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         """The block's verified bytes. See `KeepClient.get`."""
@@ -82,7 +89,7 @@ class AsyncKeepClient:
 
     async def close(self) -> None:
         """Close the wrapped client if this object made it (waits for its queued work off the loop)."""
-        if self._owns_client:
+        if self.close_client:
             # Not on the client's own pool: close() waits for that pool to finish.
             await asyncio.get_running_loop().run_in_executor(None, self.client.close)
 

@@ -3,28 +3,48 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import threading
 from collections.abc import Collection, Iterable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
+from typing import Any, Generic, Protocol, TypeVar, Union
 
 from .errors import KeepError
 from .locator import Locator, LocatorLike
 from .store import Data
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .client import KeepClient
-
-__all__ = ["RAISE_FIRST", "RAISE_NEVER", "Batch", "Outcome", "RaisePolicy"]
+__all__ = ["RAISE_FIRST", "RAISE_NEVER", "AsyncStore", "Batch", "Outcome", "Raise", "RaisePolicy"]
 
 T = TypeVar("T")
 
-RAISE_FIRST = "first"
-RAISE_NEVER = "never"
 
-#: ``"first"``, ``"never"``, or the exception classes that count as acceptable outcomes.
-RaisePolicy = Union[str, Collection[type[BaseException]]]
+class Raise(str, enum.Enum):
+    """Which failures `Batch.wait` raises (besides a set of acceptable exception classes).
+
+    A ``str`` enum, so the text ``"first"`` and ``"never"`` keep working.
+    """
+
+    FIRST = "first"  # the first failure, as soon as it happens
+    NEVER = "never"  # none: every failure is an outcome
+
+
+RAISE_FIRST = Raise.FIRST
+RAISE_NEVER = Raise.NEVER
+
+#: `Raise` (or its text), or the exception classes that count as acceptable outcomes.
+RaisePolicy = Union[Raise, str, Collection[type[BaseException]]]
+
+
+class AsyncStore(Protocol):
+    """What a `Batch` needs of its client: operations that return futures (`KeepClient` has them)."""
+
+    def put_async(self, data: Data, *, copies: int | None = None,
+                  storage_classes: Iterable[str] | None = None) -> Future[Locator]: ...
+
+    def get_async(self, locator: LocatorLike) -> Future[bytes]: ...
+
+    def head_async(self, locator: LocatorLike) -> Future[bool]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +81,11 @@ class Outcome(Generic[T]):
 def check_policy(policy: RaisePolicy) -> RaisePolicy:
     """Return *policy* when it is valid; raise `ValueError` naming the choices when it is not."""
     if isinstance(policy, str):
-        if policy not in (RAISE_FIRST, RAISE_NEVER):
-            raise ValueError(f"raise_for_status must be 'first', 'never' or a set of exception classes, got {policy!r}")
-        return policy
+        try:
+            return Raise(policy)
+        except ValueError:
+            raise ValueError(f"raise_for_status must be 'first', 'never' or a set of exception classes, "
+                             f"got {policy!r}") from None
     if isinstance(policy, type) and issubclass(policy, BaseException):
         return frozenset({policy})  # one class: as good as a set of one
     try:
@@ -78,9 +100,9 @@ def check_policy(policy: RaisePolicy) -> RaisePolicy:
 
 def _acceptable(error: BaseException, policy: RaisePolicy) -> bool:
     """Whether *error* is returned as an outcome (True) or raised from `Batch.wait` (False)."""
-    if policy == RAISE_NEVER:
+    if policy is Raise.NEVER:
         return True
-    if policy == RAISE_FIRST:
+    if policy is Raise.FIRST:
         return False
     return isinstance(error, tuple(policy))  # type: ignore[arg-type]
 
@@ -104,7 +126,7 @@ class Batch:
     waited for, and the block's exception goes on. See ``docs/concurrency.md``.
     """
 
-    def __init__(self, client: "KeepClient", raise_for_status: RaisePolicy = RAISE_FIRST) -> None:
+    def __init__(self, client: AsyncStore, raise_for_status: RaisePolicy = RAISE_FIRST) -> None:
         self._client = client
         self.raise_for_status = check_policy(raise_for_status)
         self._ops: list[_Op] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ConfigError, KeepError, mask_url_credentials, redact
 
-__all__ = ["Retry", "Settings", "Timeout", "default_config_path"]
+__all__ = ["Retry", "RetryRound", "Settings", "Timeout", "default_config_path"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,12 +25,18 @@ class Timeout:
     ``connect`` seconds to open a connection (doubled each retry round, up to
     ``max_connect``); a transfer fails when it moves fewer than ``min_bandwidth`` bytes/s
     for ``read`` seconds in a row. The same limits apply to GET, PUT and HEAD.
+
+    Every request also has an overall deadline (`deadline`): ``total`` seconds when set, else
+    the time a transfer of the request's bytes needs at ``min_bandwidth``, plus ``connect``
+    and ``read`` as slack. A server that keeps a transfer just above the minimum rate forever
+    (an endless header or body) is cut off there.
     """
 
     connect: float = 2.0
     read: float = 256.0
     min_bandwidth: int = 32768
     max_connect: float = 60.0
+    total: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("connect", "read", "max_connect"):
@@ -39,6 +45,9 @@ class Timeout:
                 raise ConfigError(f"Timeout.{name} must be a positive number of seconds, got {value!r}")
         if isinstance(self.min_bandwidth, bool) or not isinstance(self.min_bandwidth, int) or self.min_bandwidth < 1:
             raise ConfigError(f"Timeout.min_bandwidth must be a positive integer (bytes/s), got {self.min_bandwidth!r}")
+        if self.total is not None and (isinstance(self.total, bool) or not isinstance(self.total, (int, float))
+                                       or not self.total > 0 or math.isinf(self.total)):
+            raise ConfigError(f"Timeout.total must be a positive number of seconds or None, got {self.total!r}")
 
     @classmethod
     def from_value(cls, value: "Timeout | float | tuple[float, ...] | None") -> "Timeout":
@@ -60,16 +69,33 @@ class Timeout:
         connect = min(self.max_connect, self.connect * (2 ** max(0, round_number)))
         return dataclasses.replace(self, connect=max(connect, self.connect))
 
+    def deadline(self, nbytes: int = 0) -> float:
+        """Seconds one request moving *nbytes* (up and down) may take in all."""
+        if self.total is not None:
+            return float(self.total)
+        return self.connect + self.read + nbytes / self.min_bandwidth
+
     def __str__(self) -> str:
-        return f"connect={self.connect:g}s read={self.read:g}s min_bandwidth={self.min_bandwidth}B/s"
+        text = f"connect={self.connect:g}s read={self.read:g}s min_bandwidth={self.min_bandwidth}B/s"
+        return text + (f" total={self.total:g}s" if self.total is not None else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryRound:
+    """One failed round as `Retry.history` records it: what went wrong, and any Retry-After."""
+
+    error: str = ""
+    retry_after: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Retry:
     """An immutable retry policy: ``retry = retry.increment(error)`` returns the next state.
 
-    ``increment`` raises *error* once ``total`` retries are used. Backoff is exponential
-    with full jitter: round n waits a random time in [0, min(backoff_max, backoff_initial * 2**(n-1))],
+    As urllib3's ``Retry.increment``, it decides when retries are exhausted (``increment``
+    raises *error* once ``total`` retries are used, so callers never check `remaining`
+    first) and keeps the history of failed rounds (``history``). Backoff is exponential with
+    full jitter: round n waits a random time in [0, min(backoff_max, backoff_initial * 2**(n-1))],
     or at least a server's ``Retry-After`` (capped at ``backoff_max``).
     """
 
@@ -78,6 +104,7 @@ class Retry:
     backoff_max: float = 30.0
     attempt: int = 0
     retry_after: float | None = None
+    history: tuple[RetryRound, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.total, bool) or not isinstance(self.total, int) or self.total < 0:
@@ -105,13 +132,24 @@ class Retry:
 
     @property
     def remaining(self) -> int:
+        """Retries not yet used."""
         return self.total - self.attempt
 
+    @property
+    def is_exhausted(self) -> bool:
+        """True when the next `increment` raises."""
+        return self.attempt >= self.total
+
     def increment(self, error: BaseException | None = None, *, retry_after: float | None = None) -> "Retry":
-        """The policy after one more failed round; raise *error* when none are left."""
-        if self.attempt >= self.total:
+        """The policy after one more failed round (recorded in ``history``).
+
+        Raises *error* (a `KeepError` saying so when None) when no retries are left.
+        """
+        if self.is_exhausted:
             raise error if error is not None else KeepError(f"all {self.total} retries used")
-        return dataclasses.replace(self, attempt=self.attempt + 1, retry_after=retry_after)
+        entry = RetryRound(str(error) if error is not None else "", retry_after)
+        return dataclasses.replace(self, attempt=self.attempt + 1, retry_after=retry_after,
+                                   history=(*self.history, entry))
 
     def backoff(self, rng: Callable[[float, float], float] = random.uniform) -> float:
         """Seconds to wait before the next round (0 before the first)."""

@@ -114,8 +114,9 @@ class BlockCache(abc.ABC):
     def _current_bytes(self) -> int:
         return 0
 
-    def _fetch_lock(self, key: str) -> contextlib.AbstractContextManager[object]:
-        """Held while fetching *key*, so other processes sharing the cache can wait for us."""
+    def fetch_lock(self, key: str) -> contextlib.AbstractContextManager[object]:
+        """Held while fetching *key* (a `cache_key`), so other processes sharing the cache can
+        wait for us; a cache of one process needs none (this default)."""
         return contextlib.nullcontext()
 
     # -- the public interface ---------------------------------------------------------------
@@ -204,7 +205,7 @@ class BlockCache(abc.ABC):
                 del self._flights[key]
 
     def _fetch_once(self, loc: Locator, key: str, fetch: Callable[[], bytes], verified: bool) -> bytes:
-        with self._fetch_lock(key):
+        with self.fetch_lock(key):
             # Another process may have stored the block while we waited for its lock.
             data = self._get(loc)
             if data is not None:

@@ -101,6 +101,9 @@ class DiskBlockCache(BlockCache):
         self._warned = False
         self._readable = self._writable = False
         self._locks_dir = os.path.join(self.path, "locks")
+        self._db_timeout = float(db_timeout)
+        self._lru_lock = threading.Lock()
+        self._lru: sqlite3.Connection | None = None  # eviction's own connection (see _evict_one)
         self._cache: diskcache.Cache | None = None
         try:
             self._cache = diskcache.Cache(
@@ -218,32 +221,42 @@ class DiskBlockCache(BlockCache):
         assert cache is not None
         evicted = 0
         try:
-            while cache.volume() > self.max_bytes:
-                # diskcache has no public "least recently used key" query; this reads its Cache
-                # table (stable since diskcache 3) through the connection diskcache manages.
-                rows = cache._sql("SELECT rowid, key, raw FROM Cache ORDER BY access_time LIMIT 1").fetchall()
-                if not rows:
-                    break
-                rowid, key, raw = rows[0]
-                # A foreign entry in a shared directory (a pickled key, which delete(key) cannot
-                # name) goes by its rowid, as diskcache's own cull removes rows.
-                ours = bool(raw) and isinstance(key, str)
-                if cache.delete(key) if ours else self._evict_row(cache, rowid):
-                    evicted += 1  # else another process evicted it first; measure again
+            while cache.volume() > self.max_bytes and self._evict_one(cache):
+                evicted += 1
         except _FAILURES as exc:
             self._failed(exc, "evicting")
         finally:
             self._counters.add(evictions=evicted)
 
-    @staticmethod
-    def _evict_row(cache: diskcache.Cache, rowid: int) -> bool:
-        """Delete one row and its file by rowid (never unpickling a foreign key to name it)."""
-        with cache._transact() as (sql, cleanup):  # diskcache's own transaction and file clean-up
-            row = sql("SELECT filename FROM Cache WHERE rowid = ?", (rowid,)).fetchone()
-            if row is None:
-                return False  # another process got there first
-            sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
-            cleanup(row[0])
+    def _evict_one(self, cache: diskcache.Cache) -> bool:
+        """Delete the least recently used entry and its file; False when the cache is empty.
+
+        diskcache has no public call for this (its ``cull()`` drops ten entries at a time: 640
+        MiB of 64 MiB blocks when one would do, and an eviction count we could not report), so
+        this reads diskcache's documented SQLite table ``Cache`` on a connection of our own and
+        removes the file with the public ``Disk.remove``. The table's triggers keep diskcache's
+        size and count right. Tied to diskcache's schema: setup.cfg pins diskcache to 5.6.x and
+        tests/test_cache.py pins the behaviour. The row goes by rowid, so a foreign entry in a
+        shared directory (a pickled key) is never unpickled to name it.
+        """
+        with self._lru_lock:
+            if self._lru is None:
+                self._lru = sqlite3.connect(os.path.join(self.path, diskcache.core.DBNAME), timeout=self._db_timeout,
+                                            isolation_level=None, check_same_thread=False)
+            con = self._lru
+            con.execute("BEGIN IMMEDIATE")  # one writer at a time, as diskcache's own transactions
+            try:
+                row = con.execute("SELECT rowid, filename FROM Cache ORDER BY access_time LIMIT 1").fetchone()
+                if row is not None:
+                    con.execute("DELETE FROM Cache WHERE rowid = ?", (row[0],))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        if row is None:
+            return False
+        if row[1]:
+            cache.disk.remove(row[1])  # after the commit, as diskcache does: a reader may still hold it open
         return True
 
     def _discard(self, locator: Locator) -> None:
@@ -280,7 +293,7 @@ class DiskBlockCache(BlockCache):
             return 0
 
     @contextlib.contextmanager
-    def _fetch_lock(self, key: str) -> Iterator[bool]:
+    def fetch_lock(self, key: str) -> Iterator[bool]:
         if not self._writable or self.lock_timeout == 0:
             yield False
             return
@@ -301,5 +314,9 @@ class DiskBlockCache(BlockCache):
     def close(self) -> None:
         with self._state_lock:
             self._readable = self._writable = False
+        with self._lru_lock:
+            lru, self._lru = self._lru, None
+        if lru is not None:
+            lru.close()
         if self._cache is not None:
             self._cache.close()

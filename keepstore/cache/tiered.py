@@ -46,8 +46,8 @@ class TieredBlockCache(BlockCache):
     def _current_bytes(self) -> int:
         return self.memory.stats().current_bytes + self.disk.stats().current_bytes
 
-    def _fetch_lock(self, key: str) -> contextlib.AbstractContextManager[object]:
-        return self.disk._fetch_lock(key)  # only the shared tier needs cross-process exclusion
+    def fetch_lock(self, key: str) -> contextlib.AbstractContextManager[object]:
+        return self.disk.fetch_lock(key)  # only the shared tier needs cross-process exclusion
 
     def close(self) -> None:
         try:

@@ -14,10 +14,15 @@ from typing import TypeVar
 from ..config import Timeout
 from ..errors import KeepError
 
-__all__ = ["Headers", "Request", "Response", "Transport", "TransportError"]
+__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "Headers", "Request", "Response", "Transport", "TransportError"]
 
 _T = TypeVar("_T", bound="Transport")
 _SECRET_HEADERS = frozenset({"authorization"})
+
+#: Bytes of a non-block answer body kept by default (a PUT answers a locator of < 200 bytes).
+DEFAULT_BODY_LIMIT = 64 << 10
+#: Bytes of an error body kept (only its start is ever shown, in a message).
+ERROR_BODY_LIMIT = 4096
 
 
 class Headers(Mapping[str, str]):
@@ -60,7 +65,11 @@ class Request:
     """One HTTP request to a Keep service.
 
     ``expected_size`` (GET only) lets a transport preallocate the body and reject a longer
-    one early. ``repr()`` never shows the Authorization header.
+    one early. Any other answer body (a PUT's locator, an error page, a JSON list) is kept up
+    to ``body_limit`` bytes (`DEFAULT_BODY_LIMIT`; an error body at most `ERROR_BODY_LIMIT`):
+    past that the transport stops reading and marks the response ``truncated``. Every request
+    must also finish within ``timeout.deadline()`` of the bytes it moves. ``repr()`` never
+    shows the Authorization header.
     """
 
     method: str
@@ -69,6 +78,20 @@ class Request:
     body: memoryview | None = dataclasses.field(default=None, repr=False)
     expected_size: int | None = None
     timeout: Timeout = dataclasses.field(default_factory=Timeout)
+    body_limit: int = 0  # 0: DEFAULT_BODY_LIMIT
+
+    def limit_for(self, status: int) -> int | None:
+        """Bytes of an answer body with *status* worth reading (None: exactly ``expected_size``)."""
+        if not 200 <= status <= 299:
+            return min(ERROR_BODY_LIMIT, self.body_limit or DEFAULT_BODY_LIMIT)
+        if self.method.upper() == "GET" and self.expected_size is not None:
+            return None
+        return self.body_limit or DEFAULT_BODY_LIMIT
+
+    def deadline(self) -> float:
+        """Seconds this request may take in all (`Timeout.deadline` of the bytes it moves)."""
+        sent = self.body.nbytes if self.body is not None else 0
+        return self.timeout.deadline(sent + (self.expected_size or 0))
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, Headers):
@@ -86,6 +109,7 @@ class Response:
     headers: Mapping[str, str] = dataclasses.field(default_factory=Headers)  # stored as Headers
     body: bytes = dataclasses.field(default=b"", repr=False)
     body_md5: str | None = None
+    truncated: bool = False  # the body went on past the request's limit; ``body`` is its start
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, Headers):

@@ -24,7 +24,7 @@ _SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu
     "/etc/pki/tls/certs/ca-bundle.crt",  # Red Hat
 )
-_ERROR_BODY_LIMIT = 4096  # error bodies are only kept for the message
+_HEADER_LIMIT = 256 << 10  # all header lines of one exchange (1xx answers included)
 _UPLOAD_BUFFER = 1 << 20  # fewer read callbacks per PUT
 _RECEIVE_BUFFER = 512 << 10  # libcurl's default is 16 KiB: 32x the body callbacks on a 64 MiB GET
 
@@ -59,19 +59,33 @@ def default_ca_file(environ: dict[str, str] | None = None) -> str:
 
 
 class _Exchange:
-    """The receiving side of one request: status, headers and a bounded, hashed body."""
+    """The receiving side of one request: status, headers and a bounded, hashed body.
 
-    def __init__(self, expected_size: int | None) -> None:
+    A block GET's 2xx body must be exactly ``expected_size`` bytes; any other body is kept up
+    to the request's limit, and reading stops there (``truncated``): a hostile or broken
+    server cannot grow our memory or hold us with an endless answer.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.expected_size = expected_size
+        self.expected_size = request.expected_size if request.method.upper() == "GET" else None
         self.body = io.BytesIO()
         self.received = 0
-        self.md5 = hashlib.md5() if expected_size is not None else None
+        self.header_bytes = 0
+        self.md5 = hashlib.md5() if self.expected_size is not None else None
         self.too_long = False
+        self.truncated = False
+        self.headers_too_long = False
+        self._limit: int | None = 0
         self._last_header: str | None = None
 
-    def on_header(self, raw: bytes) -> None:
+    def on_header(self, raw: bytes) -> int | None:
+        self.header_bytes += len(raw)
+        if self.header_bytes > _HEADER_LIMIT:
+            self.headers_too_long = True
+            return 0  # makes libcurl abort the transfer
         line = raw.decode("iso-8859-1").rstrip("\r\n")
         if line.startswith("HTTP/"):
             # a new response (after 100 Continue or a redirect): start over
@@ -79,7 +93,8 @@ class _Exchange:
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             self.headers = {}
             self._last_header = None
-            if self.status == 200 and self.expected_size:
+            self._limit = self.request.limit_for(self.status)
+            if self._limit is None and self.expected_size:
                 # Preallocate once; BytesIO.getvalue() then hands the buffer over without a copy.
                 self.body.seek(self.expected_size - 1)
                 self.body.write(b"\0")
@@ -90,14 +105,21 @@ class _Exchange:
             name, value = line.split(":", 1)
             self._last_header = name.strip()
             self.headers[self._last_header] = value.strip()
+        return None
 
     def on_body(self, chunk: bytes) -> int | None:
         size = len(chunk)
-        if self.status != 200 or self.expected_size is None:
-            if self.received < _ERROR_BODY_LIMIT or self.status == 200:
-                self.body.write(chunk)
+        if self._limit is not None:
+            room = self._limit - self.received
+            if size > room:
+                self.body.write(chunk[:room])
+                self.received += room
+                self.truncated = True
+                return 0  # stop reading: libcurl aborts with E_WRITE_ERROR, and we answer what we have
+            self.body.write(chunk)
             self.received += size
             return None
+        assert self.expected_size is not None
         if self.received + size > self.expected_size:
             self.too_long = True
             return 0  # makes libcurl abort with E_WRITE_ERROR, long before the body ends
@@ -108,12 +130,12 @@ class _Exchange:
         return None
 
     def response(self) -> Response:
-        if self.status == 200 and self.expected_size is not None:
+        if self._limit is None and self.expected_size is not None:
             value = self.body.getvalue()
             body = value if self.received == len(value) else value[: self.received]
             md5 = self.md5.hexdigest() if self.md5 is not None else None
             return Response(self.status, Headers(self.headers), body, md5)
-        return Response(self.status, Headers(self.headers), self.body.getvalue())
+        return Response(self.status, Headers(self.headers), self.body.getvalue(), truncated=self.truncated)
 
 
 class _BodyReader:
@@ -165,13 +187,15 @@ class CurlTransport(Transport):
         if self._closed.is_set():
             raise TransportError("transport is closed", url=request.url)
         curl = self._checkout()
-        exchange = _Exchange(request.expected_size if request.method == "GET" else None)
+        exchange = _Exchange(request)
         healthy = False
         try:
             self._configure(curl, request, exchange)
             try:
                 curl.perform()
             except pycurl.error as exc:
+                if exchange.truncated:  # we stopped reading an overlong body: an answer all the same
+                    return exchange.response()  # (the handle is closed: its connection is mid-body)
                 raise _map_error(exc, curl, request, exchange) from exc
             healthy = True
             return exchange.response()
@@ -223,6 +247,8 @@ class CurlTransport(Transport):
         # a server that accepts and then says nothing is caught the same way).
         curl.setopt(pycurl.LOW_SPEED_LIMIT, int(timeout.min_bandwidth))
         curl.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(timeout.read)))
+        # ... and in any case after the request's overall deadline, however fast bytes trickle.
+        curl.setopt(pycurl.TIMEOUT_MS, max(1, int(request.deadline() * 1000)))
         curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, exchange.on_body)
         headers = [f"{name}: {value}" for name, value in request.headers.items()]
@@ -257,33 +283,43 @@ class CurlTransport(Transport):
 def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange: _Exchange) -> TransportError:
     """The one place pycurl errors become keepstore errors."""
     code = exc.args[0] if exc.args else -1
+    message = str(exc.args[1]) if len(exc.args) > 1 else ""
     reason = _REASONS.get(code, f"curl error {code}")
-    connected = exchange.status != 0 or _connect_time(curl) > 0
+    # Whether a connection was made: an HTTP status came back, or libcurl timed the connect, or
+    # (a kept-alive connection reused, whose CONNECT_TIME is 0) the socket has a local port.
+    # PRETRANSFER_TIME is no sign of it: libcurl 8 reports it > 0 with CONNECT_TIME 0 when the
+    # connect itself timed out.
+    connected = exchange.status != 0 or _connected(curl)
+    timed_out = code == pycurl.E_OPERATION_TIMEDOUT
     if exchange.too_long:
         reason = f"body longer than the expected {exchange.expected_size} bytes"
-    elif code == pycurl.E_OPERATION_TIMEDOUT:
+    elif exchange.headers_too_long:
+        reason = f"headers longer than {_HEADER_LIMIT} bytes"
+    elif timed_out:
         if not connected:
             reason = f"connect timed out after {request.timeout.connect:g}s"
         elif exchange.status == 0:
             reason = f"no response within {request.timeout.read:g}s"
-        else:
+        elif "too slow" in message:  # libcurl's LOW_SPEED message ("Operation too slow. Less than ...")
             reason = (f"transfer slower than {request.timeout.min_bandwidth} B/s "
                       f"for {request.timeout.read:g}s")
+        else:
+            reason = f"no complete answer within the {request.deadline():g}s deadline"
     return TransportError(
         f"{request.method} {reason}",
         url=_strip_query(request.url),
-        connect=code in _CONNECT_CODES or (code == pycurl.E_OPERATION_TIMEDOUT and not connected),
-        timeout=code == pycurl.E_OPERATION_TIMEDOUT,
+        connect=code in _CONNECT_CODES or (timed_out and not connected),
+        timeout=timed_out,
         code=code,
     )
 
 
-def _connect_time(curl: pycurl.Curl) -> float:
-    """Seconds until the request could be sent (>0 also for a reused connection), or 0."""
+def _connected(curl: pycurl.Curl) -> bool:
+    """Whether the failed transfer had a TCP connection (new: CONNECT_TIME > 0; reused: a local port)."""
     try:
-        return max(float(curl.getinfo(pycurl.CONNECT_TIME)), float(curl.getinfo(pycurl.PRETRANSFER_TIME)))
+        return float(curl.getinfo(pycurl.CONNECT_TIME)) > 0 or int(curl.getinfo(pycurl.LOCAL_PORT)) > 0
     except pycurl.error:  # handle in an odd state: treat as not connected
-        return 0.0
+        return False
 
 
 def _strip_query(url: str) -> str:

@@ -14,7 +14,8 @@ class MockTransport(Transport):
     """Calls ``handler(request) -> Response`` for every request and records the requests.
 
     The handler may raise `TransportError` to simulate a connection failure. Bodies larger
-    than a GET's ``expected_size`` are rejected as `CurlTransport` rejects them.
+    than a GET's ``expected_size`` are rejected, and other bodies over the request's limit
+    truncated, as `CurlTransport` does.
     """
 
     def __init__(self, handler: Callable[[Request], Response]) -> None:
@@ -34,12 +35,15 @@ class MockTransport(Transport):
         response = self.handler(request)
         if not isinstance(response, Response):
             raise TypeError(f"MockTransport handler returned {type(response).__name__}, not Response")
-        if (request.method == "GET" and response.status == 200 and request.expected_size is not None
+        if (request.method == "GET" and 200 <= response.status <= 299 and request.expected_size is not None
                 and len(response.body) > request.expected_size):
             raise TransportError(f"GET body longer than the expected {request.expected_size} bytes",
                                  url=request.url)
         if request.method == "HEAD" and response.body:
             response = Response(response.status, response.headers, b"")
+        limit = request.limit_for(response.status)
+        if limit is not None and len(response.body) > limit:  # as CurlTransport stops reading there
+            response = Response(response.status, response.headers, response.body[:limit], truncated=True)
         return response
 
     def close(self) -> None:

@@ -1,0 +1,442 @@
+"""KeepClient: replicated, verified, retrying reads and writes against Keep services."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ..batch import RAISE_FIRST, Batch, RaisePolicy
+from ..cache import BlockCache, BlockCacheLike, as_block_cache
+from ..config import Retry, Settings, Timeout
+from ..errors import BlockNotFound, ConfigError, KeepError, NoServicesError
+from ..local import LocalStore
+from ..locator import EMPTY_BLOCK, Locator, LocatorLike
+from ..services import Service, ServiceDirectory, ServiceLike, discover, parse_services
+from ..store import BlockStore, Data, PutResult, as_view
+from ..transport import Headers, Request, Transport, TransportError
+from .read import SIGNATURE_HEADER, read_block
+from .rounds import RoundPolicy
+from .stats import ClientStats, Counters
+from .wire import Link, Wire, clean_token, new_request_id
+from .write import ReplicaMemory, write_block
+
+__all__ = ["BlockCacheLike", "ClientStats", "KeepClient", "new_request_id"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Blocks waiting for prefetch at once; more are dropped (prefetch is a hint, not a queue).
+MAX_PREFETCH_PENDING = 256
+
+# Bytes a service-discovery answer may have (a list of services as JSON).
+DISCOVERY_BODY_LIMIT = 16 << 20
+
+
+class _CacheChoice(enum.Enum):
+    """``from_env``'s default for ``cache=``: what the settings configure."""
+
+    CONFIGURED = "configured"
+
+
+class KeepClient(BlockStore):
+    """A client for Keep services with client-driven replication.
+
+    See ``docs/client.md`` for retries, timeouts and placement, ``docs/cache.md`` for caches
+    and ``docs/concurrency.md`` for futures, batches and prefetch.
+
+    Args:
+        services: `Service` objects, URLs, or one space-separated string of URLs. URLs get the
+            Arvados synthetic uuids by position, as ``ARVADOS_KEEP_SERVICES`` does. Without
+            them, *api_host* must name an Arvados API server to discover services from.
+        token: The API token, sent as ``Authorization: Bearer``; surrounding whitespace is
+            dropped. It never appears in a repr, log line or error.
+        api_host: ``host[:port]`` (HTTPS) or an ``http(s)://`` URL of an Arvados API server
+            whose ``keep_services/accessible`` list is used (and refreshed) when *services*
+            is not given.
+        timeout: A `Timeout`, a number of seconds (connect and read), or a
+            ``(connect, read, min_bandwidth)`` tuple; default ``Timeout()``.
+        retries: A `Retry` policy or a number of retry rounds (default 10).
+        copies: Replicas each `put` stores unless told otherwise (default 2).
+        storage_classes: Storage classes each `put` asks for unless told otherwise.
+        threads: Size of each pool: replica PUTs in one put, and whole operations
+            (``*_async``, batches, the asyncio client).
+        cache: A block cache for reads: a keepstore `BlockCache`, or any object with
+            ``get(locator)`` and ``put(locator, data)`` (wrapped in a `ForeignCache`, whose
+            hits are md5-checked and whose failures never fail a read).
+        cache_writes: Also cache blocks this client puts.
+        close_cache: Close *cache* when the client closes (``from_env`` sets it for a cache
+            it made).
+        prefetch_threads: Threads that fill the cache for `prefetch`.
+        transport: The `Transport` to send requests with; default a `CurlTransport` built
+            from *insecure* and *ca_file*.
+        insecure: Skip TLS certificate checks (warns); for the default transport only.
+        ca_file: CA bundle to trust; for the default transport only.
+        sleep: What waits between retry rounds (tests pass one that does not sleep).
+        refresh_interval: Seconds between refreshes of a discovered service list.
+
+    Raises:
+        ConfigError: *copies*, *threads* or *prefetch_threads* below 1, a token that cannot
+            be a header, or an invalid timeout, retry policy or service.
+        NoServicesError: neither *services* nor *api_host* given.
+    """
+
+    def __init__(
+        self,
+        services: ServiceLike | Iterable[ServiceLike] | None = None,
+        *,
+        token: str | None = None,
+        api_host: str | None = None,
+        timeout: Timeout | float | tuple[float, ...] | None = None,
+        retries: Retry | int | None = None,
+        copies: int = 2,
+        storage_classes: Iterable[str] | None = None,
+        threads: int = 8,
+        cache: BlockCache | BlockCacheLike | None = None,
+        cache_writes: bool = False,
+        close_cache: bool = False,
+        prefetch_threads: int = 2,
+        transport: Transport | None = None,
+        insecure: bool = False,
+        ca_file: str | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+        refresh_interval: float = 300.0,
+    ) -> None:
+        if copies < 1 or threads < 1 or prefetch_threads < 1:
+            raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, "
+                             f"got {copies}, {threads} and {prefetch_threads}")
+        token = clean_token(token)
+        self.timeout = Timeout.from_value(timeout)
+        self.retry = Retry.from_value(retries)
+        self.copies = copies
+        self.storage_classes = tuple(storage_classes or ())
+        self.threads = threads
+        self.cache = cache
+        self._cache_front = as_block_cache(cache) if cache is not None else None  # the one cache path
+        self.cache_writes = cache_writes
+        self.close_cache = close_cache
+        self.prefetch_threads = prefetch_threads
+        self._sleep = sleep
+        if transport is None:
+            from ..transport.curl import CurlTransport
+
+            transport = CurlTransport(ca_file=ca_file, insecure=insecure, pool_size=max(threads * 2, 4))
+        self.transport = transport
+        self.api_host = api_host
+        if services is not None:
+            self._directory = ServiceDirectory(parse_services(services))
+        elif api_host:
+            self._directory = ServiceDirectory(discover_fn=self._discover, refresh_interval=refresh_interval)
+        else:
+            raise NoServicesError("KeepClient needs services= or api_host= (or use KeepClient.from_env())")
+        self._counters = Counters()
+        self._wire = Wire(transport, token, self._directory, self._counters)
+        self._replicas = ReplicaMemory()
+        self._pool: ThreadPoolExecutor | None = None  # replica fan-out inside one put
+        self._tasks: ThreadPoolExecutor | None = None  # whole operations: *_async, batches, aio
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetching: set[str] = set()
+        self._accepting = True
+        self._pool_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> BlockStore:
+        """A store configured from *environ* (default ``os.environ``) and the config file.
+
+        Keyword arguments naming `Settings` fields override them (``config_path`` picks the
+        file); any others go to the constructor (``transport=``, ``cache=``, ``sleep=``...).
+        With nothing configured this is a `LocalStore`.
+
+        A disk block cache is wired at ``cache_dir`` (``KEEP_CACHE_DIR`` or the config file)
+        when that is set; ``cache=True`` asks for one at the default location too
+        (``$XDG_CACHE_HOME/keepstore/blocks``), ``cache=False`` for none, and a cache object is
+        used as given. A cache made here is closed with the client.
+        """
+        names = {f.name for f in dataclasses.fields(Settings)} - {"config_path"}
+        config_path = overrides.pop("config_path", None)
+        settings = Settings.from_env(environ, config_path, **{k: v for k, v in overrides.items() if k in names})
+        extra = {k: v for k, v in overrides.items() if k not in names}
+        if settings.mode == "local":
+            return LocalStore(os.path.expanduser(settings.store_path))
+        cache, owned = _cache_from_settings(settings, environ, extra.pop("cache", _CacheChoice.CONFIGURED))
+        try:
+            return cls(
+                services=list(settings.services) if settings.services else None,
+                api_host=settings.api_host, token=settings.token, timeout=settings.timeout,
+                retries=settings.retries, copies=settings.copies, threads=settings.threads,
+                insecure=settings.insecure, ca_file=settings.ca_file, cache=cache,
+                close_cache=owned or bool(extra.pop("close_cache", False)), **extra,
+            )
+        except BaseException:
+            if owned and cache is not None:
+                cache.close()
+            raise
+
+    def __repr__(self) -> str:
+        where = " ".join(s.root for s in self._directory.services()) if self._directory.is_static else (
+            f"api_host={self.api_host}")
+        return f"KeepClient({where!r}, copies={self.copies}, retries={self.retry.total})"
+
+    @property
+    def services(self) -> list[Service]:
+        """The services in configured (or discovered) order."""
+        return list(self._directory.services())
+
+    def stats(self) -> ClientStats:
+        """Bytes up and down, requests, retry rounds, cache hits and per-service failures."""
+        return self._counters.snapshot()
+
+    def _link(self) -> Link:
+        """What a read or write needs of this client, with the policies as they are now."""
+        rounds = RoundPolicy(self.retry, self._sleep, lambda: self._closed, lambda: self._counters.add(retries=1))
+        return Link(self._wire, rounds, self.timeout)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def put(self, data: Data, *, copies: int | None = None, storage_classes: Iterable[str] | None = None,
+            request_id: str | None = None) -> Locator:
+        """Store *data* on *copies* replicas; return the (possibly signed) locator."""
+        return self.put_block(data, copies=copies, storage_classes=storage_classes, request_id=request_id).locator
+
+    def put_block(self, data: Data, *, copies: int | None = None, storage_classes: Iterable[str] | None = None,
+                  request_id: str | None = None) -> PutResult:
+        """Like `put`, and report replicas, confirming services and storage classes."""
+        self._check_open()
+        view = as_view(data)
+        loc = Locator.for_data(view)
+        wanted = self.copies if copies is None else copies
+        if wanted < 1:
+            return PutResult(loc, 0)
+        classes = tuple(storage_classes) if storage_classes is not None else self.storage_classes
+        result = write_block(self._link(), self._submit_replica, self._replicas, view, loc, copies=wanted,
+                             classes=classes, request_id=request_id or new_request_id())
+        if self.cache_writes and self._cache_front is not None:
+            self._cache_front.put(loc, view, verified=True)  # just hashed: it is the block
+        return result
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
+        """The block's bytes, verified against the locator's md5 and size."""
+        self._check_open()
+        loc = self._locator(locator)
+        if str(loc.bare()) == EMPTY_BLOCK:
+            return b""
+        rid = request_id or new_request_id()
+        if self._cache_front is None:
+            return read_block(self._link(), loc, "GET", rid)
+        fetched = []
+
+        def fetch() -> bytes:
+            fetched.append(True)
+            return read_block(self._link(), loc, "GET", rid)
+
+        # Concurrent readers of one block share one download (and, for a directory cache,
+        # other processes wait for it too).
+        data = self._cache_front.get_or_fetch(loc, fetch, verified=True, origin=self)
+        if not fetched:
+            self._counters.add(cache_hits=1)
+        return data
+
+    def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
+        """True when a service has the block; `BlockNotFound` when none has it."""
+        self._check_open()
+        loc = self._locator(locator)
+        if str(loc.bare()) == EMPTY_BLOCK:
+            return True
+        read_block(self._link(), loc, "HEAD", request_id or new_request_id())
+        return True
+
+    def refresh_signature(self, locator: LocatorLike, *, request_id: str | None = None) -> Locator:
+        """A locator signed by the cluster for this client's token, for *locator* (typically one
+        with a ``+R`` remote signature, or an expiring ``+A`` one).
+
+        Sends ``HEAD`` with ``X-Keep-Signature: local, <now, UTC>`` (as the Arvados SDK's
+        ``refresh_signature`` does) and returns the ``X-Keep-Locator`` the service answers with.
+        Real keepstore answers one only for ``+R`` locators: when a service accepts the HEAD
+        without one, a locator whose ``+A`` signature has not expired is returned as it is
+        (the SDK returns True there). `BlockNotFound` when no service has the block;
+        `ReadError` when none gives a usable locator.
+        """
+        self._check_open()
+        loc = self._locator(locator)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        text = read_block(self._link(), loc, "HEAD", request_id or new_request_id(),
+                          {SIGNATURE_HEADER: f"local, {stamp}"}, now=now)
+        return Locator.parse(text.decode("ascii"))
+
+    # -- concurrency: futures, batches, fan-out (see docs/concurrency.md) -----------------
+
+    def put_async(self, data: Data, *, copies: int | None = None, storage_classes: Iterable[str] | None = None,
+                  request_id: str | None = None) -> Future[Locator]:
+        """`put` on the client's task pool; a `Future` of the locator."""
+        return self._submit(self.put, data, copies=copies, storage_classes=storage_classes, request_id=request_id)
+
+    def put_block_async(self, data: Data, *, copies: int | None = None,
+                        storage_classes: Iterable[str] | None = None,
+                        request_id: str | None = None) -> Future[PutResult]:
+        """`put_block` on the client's task pool; a `Future` of the `PutResult`."""
+        return self._submit(self.put_block, data, copies=copies, storage_classes=storage_classes,
+                            request_id=request_id)
+
+    def get_async(self, locator: LocatorLike, *, request_id: str | None = None) -> Future[bytes]:
+        """`get` on the client's task pool; a `Future` of the verified bytes."""
+        return self._submit(self.get, locator, request_id=request_id)
+
+    def head_async(self, locator: LocatorLike, *, request_id: str | None = None) -> Future[bool]:
+        """`head` on the client's task pool; a `Future` of True (or of `BlockNotFound`)."""
+        return self._submit(self.head, locator, request_id=request_id)
+
+    def batch(self, *, raise_for_status: RaisePolicy = RAISE_FIRST) -> Batch:
+        """A `Batch`: queue puts, gets and heads that run in parallel, then ``wait()`` for all."""
+        self._check_open()
+        return Batch(self, raise_for_status)
+
+    def get_many(self, locators: Iterable[LocatorLike]) -> list[bytes]:
+        """The blocks' bytes, in the order asked, fetched in parallel; the first failure is raised."""
+        with self.batch() as batch:
+            for locator in locators:
+                batch.get(locator)
+            return [outcome.result() for outcome in batch.wait()]
+
+    def exists_many(self, locators: Iterable[LocatorLike]) -> list[bool]:
+        """Whether each block is stored, in the order asked, checked in parallel.
+
+        A block no service has is False; other failures (no service answering) are raised.
+        """
+        with self.batch(raise_for_status={BlockNotFound}) as batch:
+            for locator in locators:
+                batch.head(locator)
+            return [outcome.ok for outcome in batch.wait()]
+
+    def prefetch(self, locators: Iterable[LocatorLike]) -> list[Future[None]]:
+        """Start fetching blocks into ``kc.cache`` in the background; return at once.
+
+        Does nothing without a cache. Blocks already queued are skipped, and so are blocks
+        beyond `MAX_PREFETCH_PENDING` waiting ones (prefetch is a hint). Failures are logged,
+        never raised; the returned futures (one per block queued) complete either way (those still
+        queued when the client closes are cancelled).
+        """
+        if self._cache_front is None:
+            return []
+        queued: list[Future[None]] = []
+        for locator in locators:
+            loc = self._locator(locator)
+            key = str(loc.bare())
+            with self._pool_lock:
+                if not self._accepting or key in self._prefetching or key == EMPTY_BLOCK:
+                    continue
+                if len(self._prefetching) >= MAX_PREFETCH_PENDING:
+                    log.debug("prefetch queue full; not prefetching %s", key)
+                    continue
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(max_workers=self.prefetch_threads,
+                                                          thread_name_prefix="keepstore-prefetch")
+                self._prefetching.add(key)
+                queued.append(self._prefetcher.submit(self._prefetch_one, loc, key))
+        return queued
+
+    def _prefetch_one(self, loc: Locator, key: str) -> None:
+        try:
+            self.get(loc)
+        except BlockNotFound as exc:
+            log.debug("prefetch of %s: %s", key, exc)
+        except Exception:  # nobody waits on a prefetch: say what went wrong, don't lose it
+            log.warning("prefetch of %s failed", key, exc_info=True)
+        finally:
+            with self._pool_lock:
+                self._prefetching.discard(key)
+
+    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` on the task pool (bounded by ``threads``).
+
+        Whole operations get their own pool so that queued operations can never occupy every
+        thread of the replica pool their own puts need.
+        """
+        with self._pool_lock:
+            if not self._accepting:
+                raise KeepError("this KeepClient is closed")
+            if self._tasks is None:
+                self._tasks = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="keepstore-task")
+            return self._tasks.submit(fn, *args, **kwargs)
+
+    def _submit_replica(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run one replica PUT of a put on the replica pool."""
+        with self._pool_lock:
+            self._check_open()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="keepstore-put")
+            return self._pool.submit(fn, *args)
+
+    def _discover(self) -> list[Service]:
+        assert self.api_host is not None
+
+        def fetch(url: str) -> tuple[int, bytes]:
+            headers = self._wire.headers(new_request_id())
+            headers["Accept"] = "application/json"
+            request = Request("GET", url, Headers(headers), timeout=self.timeout, body_limit=DISCOVERY_BODY_LIMIT)
+            try:
+                response = self.transport.request(request)
+            except TransportError as exc:
+                raise NoServicesError(f"Keep service discovery failed: {exc}") from exc
+            if response.truncated:
+                raise NoServicesError(f"Keep service discovery failed: an answer over {DISCOVERY_BODY_LIMIT} bytes")
+            return response.status, response.body
+
+        services = discover(self.api_host, fetch)
+        log.debug("discovered %d Keep services", len(services))
+        return services
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KeepError("this KeepClient is closed")
+
+    def close(self) -> None:
+        """Finish queued and running operations, drop queued prefetches, stop the pools and
+        close pooled connections (and the cache, with ``close_cache``)."""
+        with self._pool_lock:
+            if not self._accepting:
+                return
+            self._accepting = False  # no new work; what is queued still runs
+            tasks, prefetcher = self._tasks, self._prefetcher
+        if prefetcher is not None:
+            prefetcher.shutdown(wait=True, cancel_futures=True)
+        if tasks is not None:
+            tasks.shutdown(wait=True)
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self.transport.close()
+        if self.close_cache and self._cache_front is not None:
+            self._cache_front.close()
+
+    def __enter__(self) -> "KeepClient":
+        return self
+
+
+def _cache_from_settings(settings: Settings, environ: Mapping[str, str] | None,
+                         choice: Any) -> tuple[Any, bool]:
+    """The cache `KeepClient.from_env` uses for *choice*, and whether the client owns it."""
+    if choice is None or choice is False:
+        return None, False
+    configured = choice is _CacheChoice.CONFIGURED
+    if choice is True or (configured and settings.cache_dir):
+        from ..cache import DiskBlockCache
+
+        path = os.path.expanduser(settings.default_cache_dir(environ))
+        return DiskBlockCache(path, settings.cache_max_bytes), True
+    if configured:
+        return None, False
+    return choice, False

@@ -1,0 +1,148 @@
+"""Verified block reads: GET and HEAD in probe order, round by round, with failover between replicas."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import logging
+from collections.abc import Mapping
+
+from ..config import Timeout
+from ..errors import BlockNotFound, KeepError, LocatorError, NoServicesError, ReadError
+from ..locator import Locator
+from ..services import Service, probe_order
+from ..transport import Headers, Request, Response, TransportError
+from .rounds import GiveUp, RoundResult, run_rounds
+from .wire import Link, Status, classify
+
+__all__ = ["SIGNATURE_HEADER", "read_block"]
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Keep-Signature"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Attempt:
+    """What one GET or HEAD to one service gave."""
+
+    data: bytes | None = None  # set on success (b"" for HEAD)
+    status: int | None = None
+    note: str = ""
+    permanent: bool = False
+    retry_after: float | None = None
+
+
+class _Read:
+    """The state of one `read_block` call (a `RoundJob`)."""
+
+    def __init__(self, link: Link, loc: Locator, method: str, request_id: str,
+                 extra: Mapping[str, str] | None, now: datetime.datetime | None) -> None:
+        self.link = link
+        self.loc = loc
+        self.method = method
+        self.request_id = request_id
+        self.extra = dict(extra or {})
+        self.refreshing = SIGNATURE_HEADER in self.extra
+        self.now = now
+        self.retired: set[str] = set()
+        self.last: dict[str, _Attempt] = {}
+        self.order: list[Service] = []
+
+    def run_round(self, number: int) -> RoundResult[bytes]:
+        self.order = probe_order(self.loc, self.link.wire.services())
+        if not self.order:
+            raise NoServicesError(f"[{self.request_id}] no Keep services to read {self.loc} from")
+        timeout = self.link.timeout.for_round(number)
+        retry_after: float | None = None
+        for service in self.order:
+            if service.root in self.retired:
+                continue
+            result = self.attempt(service, timeout)
+            if result.data is not None:
+                return RoundResult(done=True, value=result.data)
+            self.last[service.root] = result
+            if result.permanent:
+                self.retired.add(service.root)
+            if result.retry_after is not None:
+                retry_after = max(retry_after or 0.0, result.retry_after)
+        if all(classify(self.last.get(s.root, _Attempt()).status or 0) is Status.NOT_FOUND for s in self.order):
+            raise BlockNotFound(f"[{self.request_id}] {self.loc} not found on {len(self.order)} service(s)",
+                                locator=str(self.loc), request_id=self.request_id, attempts=self.attempts())
+        hopeful = not all(s.root in self.retired for s in self.order)
+        return RoundResult(hopeful=hopeful, retry_after=retry_after)
+
+    def attempts(self) -> dict[str, str]:
+        return {root: r.note for root, r in self.last.items()}
+
+    def give_up(self, why: GiveUp, rounds: int) -> KeepError:
+        attempts = self.attempts()
+        detail = "; ".join(f"{root}: {note}" for root, note in attempts.items())
+        when = "(the client was closed)" if why is GiveUp.CLOSED else f"after {rounds} round(s)"
+        return ReadError(f"[{self.request_id}] failed to read {self.loc} {when}: {detail}",
+                         locator=str(self.loc), request_id=self.request_id, attempts=attempts)
+
+    def attempt(self, service: Service, timeout: Timeout) -> _Attempt:
+        headers = self.link.wire.headers(self.request_id)
+        headers["Accept"] = "application/octet-stream"
+        headers.update(self.extra)
+        request = Request(self.method, service.root + str(self.loc), Headers(headers),
+                          expected_size=self.loc.size if self.method == "GET" else None, timeout=timeout)
+        try:
+            response = self.link.wire.send(service, request)
+        except TransportError as exc:
+            return _Attempt(note=exc.reason)
+        status = response.status
+        kind = classify(status)
+        if kind is Status.OK:
+            if self.method == "HEAD":
+                return self.returned_locator(response) if self.refreshing else _Attempt(data=b"", status=status)
+            return self.verify(service, response)
+        if kind is Status.TRANSIENT:
+            return _Attempt(status=status, note=str(status), retry_after=response.retry_after())
+        return _Attempt(status=status, note=str(status), permanent=True)
+
+    def returned_locator(self, response: Response) -> _Attempt:
+        """The ``X-Keep-Locator`` of a refreshing HEAD, if it names the block asked about.
+
+        Real keepstore answers one only for ``+R`` (remote) locators. Without one, a locator
+        whose ``+A`` signature has not expired is returned as it is: the service has just
+        accepted it, which is what the Arvados SDK's ``refresh_signature`` reports (it returns
+        True there; this method returns the locator, so callers always get one).
+        """
+        loc, status = self.loc, response.status
+        text = (response.headers.get("X-Keep-Locator") or "").strip()
+        if not text:
+            expires = loc.expires_at
+            if loc.signature and expires is not None and (self.now is None or expires > self.now):
+                return _Attempt(data=str(loc).encode("ascii"), status=status)
+            return _Attempt(status=status, note=f"{status} without a valid X-Keep-Locator", permanent=True)
+        try:
+            returned = Locator.parse(text)
+        except LocatorError:
+            return _Attempt(status=status, note=f"{status} without a valid X-Keep-Locator", permanent=True)
+        if returned.md5 != loc.md5 or returned.size != loc.size:
+            return _Attempt(status=status, note=f"{status} with X-Keep-Locator for another block ({returned.bare()})",
+                            permanent=True)
+        return _Attempt(data=str(returned).encode("ascii"), status=status)
+
+    def verify(self, service: Service, response: Response) -> _Attempt:
+        body, loc, status = response.body, self.loc, response.status
+        if len(body) != loc.size or response.truncated:
+            self.link.wire.counters.fail(service.root)
+            return _Attempt(status=status, note=f"{status} with {len(body)} of {loc.size} bytes")
+        digest = response.body_md5 or hashlib.md5(body).hexdigest()
+        if digest != loc.md5:
+            self.link.wire.counters.fail(service.root)
+            log.warning("checksum mismatch reading %s from %s", loc.bare(), service.root)
+            return _Attempt(status=status, note=f"{status} with a checksum mismatch")
+        return _Attempt(data=bytes(body), status=status)
+
+
+def read_block(link: Link, loc: Locator, method: str, request_id: str, extra: Mapping[str, str] | None = None,
+               *, now: datetime.datetime | None = None) -> bytes:
+    """GET: the verified block. HEAD: b"", or with an ``X-Keep-Signature`` in *extra* the
+    locator to use from now on (the ``X-Keep-Locator`` answered, checked to name the same
+    block; or *loc* itself when it carries a ``+A`` signature still valid at *now*)."""
+    return run_rounds(_Read(link, loc, method, request_id, extra, now), link.rounds)

@@ -1,0 +1,278 @@
+"""Replicated block writes: PUT fan-out to the top-ranked writable services, round by round."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any
+
+from ..errors import KeepError, LocatorError, NoServicesError, WriteError
+from ..locator import Locator
+from ..services import Service, probe_order
+from ..store import PutResult
+from ..transport import Headers, Request, Response, TransportError
+from .rounds import GiveUp, RoundResult, run_rounds
+from .wire import Link, Status, classify
+
+__all__ = ["ReplicaMemory", "Verdict", "parse_classes_confirmed", "write_block"]
+
+log = logging.getLogger(__name__)
+
+#: Runs one PUT on the client's replica pool: ``submit(fn, *args) -> Future``.
+Submit = Callable[..., "Future[Any]"]
+
+# Bytes of a PUT answer read: it is one locator (under 200 bytes, even with a signature).
+PUT_ANSWER_LIMIT = 4096
+
+_CLASS_SPLIT = re.compile(r"[,;]")
+
+
+def parse_classes_confirmed(value: str) -> dict[str, int]:
+    """``X-Keep-Storage-Classes-Confirmed: a=1, b=2`` (``;`` accepted too) as a dict."""
+    result: dict[str, int] = collections.defaultdict(int)
+    for item in _CLASS_SPLIT.split(value):
+        name, sep, count = item.strip().partition("=")
+        if name and sep:
+            try:
+                result[name.strip()] += int(count.strip())
+            except ValueError:
+                log.debug("ignoring malformed storage class confirmation %r", item)
+    return dict(result)
+
+
+class Verdict(enum.Enum):
+    """What one PUT to one service achieved."""
+
+    OK = "ok"
+    TRANSIENT = "transient"  # try this service again next round
+    PERMANENT = "permanent"  # this service will not take the block
+    FULL = "full"  # 507: this service has no room
+
+
+class ReplicaMemory:
+    """What a client's puts have learnt about services that store one replica per PUT.
+
+    A disk service always does; a proxy (or a URL whose type is unknown) is seen doing it when
+    asked for several replicas and it stores one. Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._roots: set[str] = set()
+        self._url_list = False
+
+    def learn(self, service: Service) -> None:
+        """*service* stored a single replica when asked for several."""
+        with self._lock:
+            self._roots.add(service.root)
+            if service.from_url_list:
+                # A list of plain URLs is a set of keepstores or one proxy: once one of them
+                # stores a single replica when asked for several, they are keepstores, and a
+                # short-lived process (`keep put`) need not learn that of every root in turn.
+                # Were one a proxy after all, a parallel PUT to it may store spare replicas;
+                # each PUT still counts only the replicas its service reports.
+                self._url_list = True
+
+    def takes_one(self, service: Service) -> bool:
+        """Whether one PUT to *service* stores one replica (so copies can go out in parallel)."""
+        with self._lock:
+            return (service.is_disk or service.root in self._roots
+                    or (self._url_list and service.from_url_list))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What one PUT to one service achieved."""
+
+    service: Service
+    kind: Verdict
+    note: str
+    replicas: int = 0
+    classes: dict[str, int] | None = None
+    locator: Locator | None = None
+    retry_after: float | None = None
+    asked_several: bool = False
+
+
+class _Put:
+    """The state of one `write_block` call."""
+
+    def __init__(self, link: Link, submit: Submit, memory: ReplicaMemory, view: memoryview, loc: Locator,
+                 copies: int, classes: Sequence[str], request_id: str) -> None:
+        self.link = link
+        self.submit = submit
+        self.memory = memory
+        self.view = view
+        self.loc = loc
+        self.copies = copies
+        self.wanted_classes = sorted(set(classes))
+        self.track_classes = bool(self.wanted_classes)
+        self.request_id = request_id
+        self.done = 0
+        self.confirmed_classes: dict[str, int] = collections.defaultdict(int)
+        self.confirmed: list[str] = []
+        self.retired: set[str] = set()
+        self.attempts: dict[str, list[str]] = collections.defaultdict(list)
+        self.locator: Locator | None = None
+
+    def pending_classes(self) -> list[str]:
+        if not self.track_classes:
+            return []
+        return [c for c in self.wanted_classes if self.confirmed_classes.get(c, 0) < self.copies]
+
+    def satisfied(self) -> bool:
+        return self.done >= self.copies and not self.pending_classes()
+
+    def request_for(self, service: Service, round_number: int) -> Request:
+        headers = self.link.wire.headers(self.request_id)
+        headers["X-Keep-Desired-Replicas"] = str(self.copies)
+        pending = self.pending_classes()
+        if pending:
+            headers["X-Keep-Storage-Classes"] = ", ".join(pending)
+        return Request("PUT", service.root + self.loc.md5, Headers(headers), self.view,
+                       timeout=self.link.timeout.for_round(round_number), body_limit=PUT_ANSWER_LIMIT)
+
+    def attempt(self, service: Service, round_number: int) -> _Outcome:
+        """One PUT (runs in the client's pool)."""
+        try:
+            response = self.link.wire.send(service, self.request_for(service, round_number))
+        except TransportError as exc:
+            return _Outcome(service, Verdict.TRANSIENT, exc.reason)
+        return self.judge(service, response)
+
+    def judge(self, service: Service, response: Response) -> _Outcome:
+        status = response.status
+        kind = classify(status)
+        if kind is Status.OK:  # any 2xx with a valid locator, as the Arvados SDK has it
+            return self.accepted(service, response)
+        if kind is Status.FULL:
+            return _Outcome(service, Verdict.FULL, "507 full")
+        if kind is Status.TRANSIENT:
+            return _Outcome(service, Verdict.TRANSIENT, str(status), retry_after=response.retry_after())
+        return _Outcome(service, Verdict.PERMANENT, str(status))
+
+    def accepted(self, service: Service, response: Response) -> _Outcome:
+        status = response.status
+        if response.truncated:  # a locator is under 200 bytes: this is no answer to a PUT
+            return _Outcome(service, Verdict.PERMANENT, f"{status} with an oversized body")
+        text = response.body.decode("ascii", "replace").strip()
+        try:
+            returned = Locator.parse(text)
+        except LocatorError:
+            return _Outcome(service, Verdict.PERMANENT, f"{status} with an invalid locator")
+        if returned.md5 != self.loc.md5 or returned.size != self.loc.size:
+            return _Outcome(service, Verdict.PERMANENT, f"{status} for another block ({returned.bare()})")
+        try:
+            replicas = max(0, int(response.headers.get("X-Keep-Replicas-Stored", "1")))
+        except ValueError:
+            replicas = 1
+        if service.is_disk:
+            replicas = min(replicas, 1)  # one disk service holds one replica, whatever it says
+        header = response.headers.get("X-Keep-Storage-Classes-Confirmed")
+        classes = parse_classes_confirmed(header) if header is not None else None
+        return _Outcome(service, Verdict.OK, f"{status} ({replicas} stored)", replicas, classes, returned,
+                        asked_several=self.copies - self.done > 1)
+
+    def record(self, outcome: _Outcome) -> None:
+        root = outcome.service.root
+        self.attempts[root].append(outcome.note)
+        if outcome.kind is not Verdict.OK:
+            if outcome.kind in (Verdict.PERMANENT, Verdict.FULL):
+                self.retired.add(root)
+            return
+        self.confirmed.append(root)
+        self.done += outcome.replicas
+        if outcome.asked_several and outcome.replicas == 1:
+            self.memory.learn(outcome.service)
+        if outcome.classes is None:
+            if self.track_classes:
+                log.warning("%s does not confirm storage classes; counting replicas only", root)
+            self.track_classes = False
+        else:
+            for name, count in outcome.classes.items():
+                self.confirmed_classes[name] += count
+        if self.locator is None or (outcome.locator and outcome.locator.signature and not self.locator.signature):
+            self.locator = outcome.locator
+
+    def run_round(self, round_number: int) -> RoundResult[PutResult]:
+        """Write to candidates in probe order until satisfied or out of candidates."""
+        writable = [s for s in self.link.wire.services() if not s.read_only and not s.is_gateway]
+        if not writable:
+            raise NoServicesError(f"[{self.request_id}] no writable Keep services for {self.loc}")
+        order = [s for s in probe_order(self.loc.md5, writable)
+                 if s.root not in self.retired and s.root not in self.confirmed]
+        queue = collections.deque(order)
+        # A disk service (or one seen storing a single replica) takes one replica per PUT, so
+        # we can write `need` at once; a proxy might store them all, so go one at a time there.
+        parallel = all(self.memory.takes_one(s) for s in order)
+        inflight: dict[Future[_Outcome], Service] = {}
+        retry_after: float | None = None
+        while True:
+            need = max(self.copies - self.done, 1 if self.pending_classes() else 0)
+            limit = need if parallel else min(need, 1)
+            launch: list[Service] = []
+            while queue and len(inflight) + len(launch) < limit:
+                launch.append(queue.popleft())
+            # When the caller would only wait, it makes one of the PUTs itself: one thread
+            # hand-off fewer per put, which is most of a small block's cost beyond the wire.
+            inline = launch.pop() if launch and not inflight else None
+            for service in launch:
+                inflight[self.submit(self.attempt, service, round_number)] = service
+            if inline is not None:
+                outcome = self.attempt(inline, round_number)
+                self.record(outcome)
+                if outcome.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, outcome.retry_after)
+                continue
+            if not inflight:
+                break
+            finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                del inflight[future]
+                outcome = future.result()
+                self.record(outcome)
+                if outcome.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, outcome.retry_after)
+        left = [s for s in writable if s.root not in self.retired and s.root not in self.confirmed]
+        # A later round helps only if what is left can still hold the replicas missing: one each
+        # for disk services (and those seen storing one), possibly all of them for a proxy.
+        if self.satisfied():
+            assert self.locator is not None
+            return RoundResult(done=True, value=PutResult(self.locator, self.done, tuple(self.confirmed),
+                                                          dict(self.confirmed_classes)))
+        room = sum(1 if self.memory.takes_one(s) else self.copies for s in left)
+        hopeful = bool(left) and self.done + room >= self.copies
+        return RoundResult(hopeful=hopeful, retry_after=retry_after)
+
+    def give_up(self, why: GiveUp, rounds: int) -> KeepError:
+        if why is GiveUp.HOPELESS:
+            return self.error("no service left that could store the rest")
+        if why is GiveUp.EXHAUSTED:
+            return self.error(f"gave up after {rounds} rounds")
+        return self.error("the client was closed")
+
+    def error(self, why: str) -> WriteError:
+        attempts = {root: ", ".join(notes) for root, notes in self.attempts.items()}
+        detail = "; ".join(f"{root}: {notes}" for root, notes in attempts.items()) or "no service tried"
+        wanted = f"{self.copies} replicas" + (f" in classes {', '.join(self.wanted_classes)}"
+                                              if self.wanted_classes else "")
+        return WriteError(
+            f"[{self.request_id}] failed to write {self.loc}: wanted {wanted}, stored {self.done} ({why}); {detail}",
+            wanted=self.copies, done=self.done, locator=str(self.loc), request_id=self.request_id,
+            attempts=attempts)
+
+
+def write_block(link: Link, submit: Submit, memory: ReplicaMemory, view: memoryview, loc: Locator, *,
+                copies: int, classes: Sequence[str], request_id: str) -> PutResult:
+    """Store *view* (whose locator is *loc*) on enough services; raise `WriteError` if not.
+
+    *submit* runs the parallel PUTs on the client's replica pool; *memory* is what the client's
+    earlier puts learnt about which services store one replica per PUT.
+    """
+    return run_rounds(_Put(link, submit, memory, view, loc, copies, classes, request_id), link.rounds)
