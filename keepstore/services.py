@@ -124,8 +124,11 @@ def probe_order(loc_or_md5: Locator | str, services: Sequence[Service]) -> list[
     """Services in the order to try for a block, identical to the Arvados SDK.
 
     Services named by ``+K@`` hints come first, in hint order: a 5-character cluster id means
-    ``https://keep.<cluster>.arvadosapi.com/``, a 27-character uuid the gateway service with
-    that uuid (when known). Then the non-gateway services by descending weight.
+    ``https://keep.<cluster>.arvadosapi.com/``, a 27-character uuid the service with that uuid
+    when it is known from discovery (or given as a `Service`). Services named by URL alone (a
+    static list: ``KEEP_SERVICES``, ``ARVADOS_KEEP_SERVICES``, URL strings) are never picked
+    by a uuid hint, as the Arvados SDK, whose static lists have no gateway services, does not.
+    Then the non-gateway services by descending weight.
     """
     if isinstance(loc_or_md5, Locator):
         loc: Locator | None = loc_or_md5
@@ -137,7 +140,7 @@ def probe_order(loc_or_md5: Locator | str, services: Sequence[Service]) -> list[
         loc, md5 = None, loc_or_md5
     ordered: list[Service] = []
     if loc is not None:
-        by_uuid = {s.uuid: s for s in services}
+        by_uuid = {s.uuid: s for s in services if not s.from_url_list}
         for target in loc.service_hints:
             if len(target) == 5:
                 ordered.append(Service(uuid=f"{target}-bi6l4-000000000000000",

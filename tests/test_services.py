@@ -222,3 +222,23 @@ def test_discovery_keeps_one_service_per_root(httpserver: HTTPServer) -> None:
         _item("zzzzz-bi6l4-000000000000003", 8)))
     with KeepClient(api_host=httpserver.url_for("/"), token="t") as kc:
         assert [s.uuid[-1] for s in kc.services] == ["1", "3"]
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_uuid_hints_do_not_reorder_a_static_url_list_as_in_arvados(n: int) -> None:
+    urls = [f"http://127.0.0.{k + 1}:{25100 + k}/" for k in range(n)]
+    arv = _arvados_client(" ".join(urls))
+    services = parse_services(" ".join(urls))
+    md5 = "acbd18db4cc2f85cedef654fccc4a4d8"
+    for target in services:  # a hint naming each synthetic uuid in turn
+        loc = Locator.parse(f"{md5}+3+K@{target.uuid}")
+        expected = arv.weighted_service_roots(arvados.KeepLocator(str(loc)))
+        assert [s.root for s in probe_order(loc, services)] == expected == [s.root for s in probe_order(md5, services)]
+
+
+def test_uuid_hints_still_reorder_discovered_services() -> None:
+    disks = [Service.from_api({"uuid": f"zzzzz-bi6l4-{j:015d}", "service_host": f"h{j}", "service_port": 1})
+             for j in range(3)]
+    md5 = "acbd18db4cc2f85cedef654fccc4a4d8"
+    last = probe_order(md5, disks)[-1]
+    assert probe_order(Locator.parse(f"{md5}+3+K@{last.uuid}"), disks)[0] == last

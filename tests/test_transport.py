@@ -226,3 +226,60 @@ def test_mock_transport_handler_may_raise_transport_errors() -> None:
 
     with pytest.raises(TransportError):
         MockTransport(refuse).request(Request("GET", "http://h/"))
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A loopback port whose accept queue is full, so a new connect times out (SYNs are dropped)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(16):
+            filler = socket.socket()
+            filler.settimeout(0.3)
+            fillers.append(filler)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except TimeoutError:  # the queue is full: what we wanted
+                break
+        else:
+            pytest.skip("the kernel accepted every connection; cannot make a connect time out")
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_a_connect_timeout_is_reported_as_a_connect_failure(transport: CurlTransport, full_backlog: int) -> None:
+    timeout = Timeout(connect=0.2, read=5, min_bandwidth=1)
+    with pytest.raises(TransportError) as caught:
+        transport.request(Request("HEAD", f"http://127.0.0.1:{full_backlog}/x", timeout=timeout))
+    assert caught.value.connect and caught.value.timeout
+    assert "connect timed out" in caught.value.reason
+
+
+def test_a_stall_on_a_reused_connection_is_not_a_connect_failure(transport: CurlTransport, stub: KeepStub) -> None:
+    url = _put(stub, b"reused")
+    assert transport.request(Request("HEAD", url, timeout=FAST)).status == 200
+    stub.fail("stall", 3, methods="HEAD")
+    with pytest.raises(TransportError) as caught:
+        transport.request(Request("HEAD", url, timeout=FAST))
+    assert caught.value.timeout and not caught.value.connect
+    assert len(set(stub.peers)) == 1  # the second HEAD did go over the first one's connection
+
+
+def test_an_error_body_is_cut_at_its_limit(transport: CurlTransport, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/big-error").respond_with_data(b"e" * 100_000, status=500)
+    response = transport.request(Request("GET", httpserver.url_for("/big-error"), expected_size=10, timeout=FAST))
+    assert response.status == 500 and response.truncated and len(response.body) == 4096
+
+
+def test_a_2xx_get_other_than_200_carries_the_block(transport: CurlTransport, httpserver: HTTPServer) -> None:
+    body = b"non-authoritative"
+    httpserver.expect_request("/b").respond_with_data(body, status=203)
+    response = transport.request(Request("GET", httpserver.url_for("/b"), expected_size=len(body), timeout=FAST))
+    assert response.status == 203 and response.body == body and response.body_md5 == hashlib.md5(body).hexdigest()
