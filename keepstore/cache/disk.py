@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..locator import Locator
 from .base import BlockCache, check_max_bytes
 from .filelock import block_lock
+from .trust import file_is_private, is_private_directory
 
 __all__ = ["DEFAULT_DISK_BYTES", "DiskBlockCache"]
 
@@ -28,13 +29,15 @@ log = logging.getLogger(__name__)
 DEFAULT_DISK_BYTES = 4 * 1024**3
 # Blocks below this size live inside the SQLite database; larger ones are files of their own.
 INLINE_LIMIT = 64 * 1024
-VERIFY_METHODS = ("crc32", "md5")
+VERIFY_METHODS = ("auto", "crc32", "md5")
 
 # What a broken cache directory raises: SQLite errors (damaged or read-only database, disk
 # full), OSError (files), and diskcache.Timeout (another process held the database too long).
 _FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
 # Write failures after which reading the entries already there still makes sense.
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# diskcache's index and its SQLite companions: inline blocks live in them.
+_INDEX_FILES = (diskcache.core.DBNAME, diskcache.core.DBNAME + "-wal", diskcache.core.DBNAME + "-shm")
 
 
 class _BlockDisk(diskcache.Disk):
@@ -69,9 +72,19 @@ class DiskBlockCache(BlockCache):
     database in WAL mode (diskcache), blocks of 64 KiB and more are files of their own, and a
     per-block lock file lets processes wait for one download of a block (*lock_timeout*).
 
-    Every hit is verified before it is returned: *verify* ``"crc32"`` (default) checks a CRC-32
-    recorded with the entry when it was stored (the data was md5-verified then) together with
-    the entry's md5+size; ``"md5"`` re-hashes the block. A failed check drops the entry.
+    Every hit is verified before it is returned: *verify* ``"crc32"`` checks a CRC-32 recorded
+    with the entry when it was stored (the data was md5-verified then) together with the
+    entry's md5+size; ``"md5"`` re-hashes the block. A failed check drops the entry. CRC-32
+    catches accidents, not forgery, so ``"auto"`` (default) uses it only where nobody but this
+    user could have written the entry: a `private` directory (see ``docs/cache.md``) and,
+    for a block file, a file owned by this user that nobody else may write; md5 otherwise.
+
+    Args:
+        path: The cache directory (made if missing).
+        max_bytes: Bound on what the directory holds; least recently used blocks go first.
+        verify: ``"auto"``, ``"crc32"`` or ``"md5"``, as above.
+        lock_timeout: Seconds to wait for another process's download of a block (0: never).
+        db_timeout: Seconds to wait for the SQLite index when another process holds it.
 
     A failing directory (read-only, full, damaged database) never raises from a get or put:
     the cache logs one warning and behaves as empty. Invalid arguments raise `ConfigError`.
@@ -82,7 +95,7 @@ class DiskBlockCache(BlockCache):
         path: str | os.PathLike[str],
         max_bytes: int = DEFAULT_DISK_BYTES,
         *,
-        verify: str = "crc32",
+        verify: str = "auto",
         lock_timeout: float = 60.0,
         db_timeout: float = 10.0,
     ) -> None:
@@ -124,6 +137,11 @@ class DiskBlockCache(BlockCache):
             self._failed(exc, "opening")
         else:
             self._readable = self._writable = True
+        #: Nobody but this user (or root) could have written the directory, its index, or
+        #: swapped it: with verify="auto", hits are then checked by CRC-32 (else md5).
+        self.private = is_private_directory(self.path, _INDEX_FILES)
+        if verify == "auto" and not self.private:
+            log.info("block cache %s may be written by other users: every hit is checked by md5", self.path)
 
     def __repr__(self) -> str:
         return f"DiskBlockCache({self.path!r}, max_bytes={self.max_bytes})"
@@ -156,10 +174,11 @@ class DiskBlockCache(BlockCache):
     # -- verification -----------------------------------------------------------------------
 
     def _tag(self, locator: Locator, data: memoryview) -> str:
-        checksum = f"{zlib.crc32(data):08x}" if self.verify == "crc32" else ""
-        return f"{self.verify}:{checksum}:{locator}"
+        method = "md5" if self.verify == "md5" else "crc32"
+        checksum = f"{zlib.crc32(data):08x}" if method == "crc32" else ""
+        return f"{method}:{checksum}:{locator}"
 
-    def _check(self, locator: Locator, data: bytes, tag: object) -> bool:
+    def _check(self, locator: Locator, data: bytes, tag: object, trusted: bool) -> bool:
         if not isinstance(tag, str) or len(data) != locator.size:
             return False
         method, _, rest = tag.partition(":")
@@ -167,8 +186,9 @@ class DiskBlockCache(BlockCache):
         if ident != str(locator):
             return False
         # The tag is written by whoever filled the entry (another process, maybe another
-        # setting): with verify="md5" every hit is checked by md5, whatever the tag says.
-        if method == "md5" or self.verify == "md5":
+        # setting): with verify="md5" every hit is checked by md5, whatever the tag says, and
+        # so is a hit whose entry someone else could have forged (CRC-32 is no defence then).
+        if method == "md5" or self.verify == "md5" or (self.verify == "auto" and not trusted):
             return hashlib.md5(data).hexdigest() == locator.md5
         if method == "crc32":
             return checksum == f"{zlib.crc32(data):08x}"
@@ -186,14 +206,16 @@ class DiskBlockCache(BlockCache):
             if value is None:
                 return None
             if isinstance(value, bytes):
-                data = value
+                data, trusted = value, self.private
             else:
                 with value:  # the file stays readable even if another process evicts it now
+                    # The file read is the one judged: another user may have replaced it.
+                    trusted = self.private and file_is_private(os.fstat(value.fileno()))
                     data = value.read()
         except _FAILURES as exc:
             self._failed(exc, "reading")
             return None
-        if self._check(locator, data, tag):
+        if self._check(locator, data, tag, trusted):
             return data
         log.warning("block cache %s: entry for %s failed verification; dropped", self.path, locator)
         self._counters.add(corrupt=1)
