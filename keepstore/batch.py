@@ -124,6 +124,15 @@ class Batch:
     submission order. Leaving the ``with`` block waits with the batch's policy unless `wait`
     was already called; if the block raised, queued work is cancelled instead, running work is
     waited for, and the block's exception goes on. See ``docs/concurrency.md``.
+
+    Args:
+        client: What runs the operations: anything with ``put_async``, ``get_async`` and
+            ``head_async`` (`AsyncStore`), usually the `KeepClient`.
+        raise_for_status: Which failures `wait` raises: `Raise.FIRST` (default), `Raise.NEVER`,
+            their text, or exception classes that count as acceptable outcomes.
+
+    Raises:
+        ValueError: an invalid *raise_for_status*.
     """
 
     def __init__(self, client: AsyncStore, raise_for_status: RaisePolicy = RAISE_FIRST) -> None:

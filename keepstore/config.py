@@ -30,6 +30,16 @@ class Timeout:
     the time a transfer of the request's bytes needs at ``min_bandwidth``, plus ``connect``
     and ``read`` as slack. A server that keeps a transfer just above the minimum rate forever
     (an endless header or body) is cut off there.
+
+    Args:
+        connect: Seconds to connect in the first round.
+        read: Seconds a transfer may stay below *min_bandwidth*.
+        min_bandwidth: Bytes per second a transfer must keep up.
+        max_connect: Cap on the connect timeout as it doubles round by round.
+        total: Seconds every request may take in all; None for the size-based default.
+
+    Raises:
+        ConfigError: a value that is not a positive (finite) number.
     """
 
     connect: float = 2.0
@@ -97,6 +107,17 @@ class Retry:
     first) and keeps the history of failed rounds (``history``). Backoff is exponential with
     full jitter: round n waits a random time in [0, min(backoff_max, backoff_initial * 2**(n-1))],
     or at least a server's ``Retry-After`` (capped at ``backoff_max``).
+
+    Args:
+        total: Retry rounds allowed after the first.
+        backoff_initial: Ceiling of the first wait, in seconds.
+        backoff_max: Cap on every wait (a server's ``Retry-After`` included).
+        attempt: Rounds used so far (`increment` counts it).
+        retry_after: The last ``Retry-After`` seen, if any.
+        history: The failed rounds so far (`increment` records them).
+
+    Raises:
+        ConfigError: a negative *total*, or backoffs not ``0 <= backoff_initial <= backoff_max``.
     """
 
     total: int = 10

@@ -24,8 +24,17 @@ SYNTHETIC_UUID = "00000-bi6l4-%015d"  # what Arvados gives ARVADOS_KEEP_SERVICES
 
 @dataclasses.dataclass(frozen=True)
 class Service:
-    """One Keep service. ``root`` always ends with ``/``; ``service_type`` is ``disk``,
-    ``proxy``, ``gateway:*`` or another Arvados type."""
+    """One Keep service.
+
+    Args:
+        uuid: The service's Arvados uuid (its last 15 characters rank it, `weight`).
+        root: ``http(s)://host:port/``; a ``/`` is added when missing. No credentials in it.
+        service_type: ``disk``, ``proxy``, ``gateway:*`` or another Arvados type.
+        read_only: Never written to.
+
+    Raises:
+        ConfigError: a root that is not http(s), has credentials, or an empty uuid.
+    """
 
     uuid: str
     root: str
@@ -183,6 +192,17 @@ class ServiceDirectory:
 
     A discovered list is refreshed after *refresh_interval* seconds, or on the next call
     after `mark_stale()` (a connection failure), but not more than once per *min_interval*.
+
+    Args:
+        static: A fixed list of services (never refreshed).
+        discover_fn: Returns the current services (raising `NoServicesError` on failure);
+            used when *static* is None.
+        refresh_interval: Seconds after which a discovered list is fetched again.
+        min_interval: Fewest seconds between refreshes a connection failure may cause.
+        clock: Monotonic seconds (tests pass their own).
+
+    Raises:
+        NoServicesError: neither *static* nor *discover_fn* given.
     """
 
     def __init__(self, static: Sequence[Service] | None = None, *,

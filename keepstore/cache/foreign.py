@@ -29,6 +29,9 @@ class ForeignCache(BlockCache):
     from the network instead). Its failures never fail a read or a write the network served:
     the first is logged as a warning, later ones at debug level. Concurrent readers of one
     block share one download, as with keepstore's own caches.
+
+    Args:
+        cache: The object to wrap: ``get(locator) -> bytes | None`` and ``put(locator, data)``.
     """
 
     def __init__(self, cache: BlockCacheLike) -> None:

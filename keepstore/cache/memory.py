@@ -18,6 +18,12 @@ class MemoryBlockCache(BlockCache):
 
     Entries are verified when they go in and cannot change afterwards, so hits are not
     re-checked. A block larger than *max_bytes* is not cached.
+
+    Args:
+        max_bytes: Bound on the bytes held (default 256 MiB); least recently used go first.
+
+    Raises:
+        ConfigError: *max_bytes* is not a non-negative integer.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MEMORY_BYTES) -> None:

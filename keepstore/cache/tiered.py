@@ -15,6 +15,10 @@ class TieredBlockCache(BlockCache):
 
     Puts go to both tiers. `stats()` counts this object's own hits and misses; each tier
     keeps its own counters too (``.memory.stats()``, ``.disk.stats()``). Closing closes both.
+
+    Args:
+        memory: The fast tier, asked first (typically a `MemoryBlockCache`).
+        disk: The shared tier (typically a `DiskBlockCache`); its `fetch_lock` is the one used.
     """
 
     def __init__(self, memory: BlockCache, disk: BlockCache) -> None:

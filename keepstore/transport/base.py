@@ -70,6 +70,15 @@ class Request:
     past that the transport stops reading and marks the response ``truncated``. Every request
     must also finish within ``timeout.deadline()`` of the bytes it moves. ``repr()`` never
     shows the Authorization header.
+
+    Args:
+        method: ``GET``, ``HEAD``, ``PUT`` (or another verb).
+        url: The full URL.
+        headers: Request headers (kept as an immutable, case-insensitive `Headers`).
+        body: The body to send, read in place (never copied whole).
+        expected_size: The exact size of a GET's 2xx body (a block's size), or None.
+        timeout: The `Timeout` for this request.
+        body_limit: Most bytes of a non-block answer body to read (0: `DEFAULT_BODY_LIMIT`).
     """
 
     method: str
@@ -102,14 +111,22 @@ class Request:
 
 @dataclasses.dataclass(frozen=True)
 class Response:
-    """A service's answer. ``body_md5`` is the hex md5 of ``body`` when the transport hashed it
-    while receiving (so callers need not hash again), else None."""
+    """A service's answer.
+
+    Args:
+        status: The HTTP status.
+        headers: Response headers (kept as `Headers`).
+        body: The body (for HEAD, empty).
+        body_md5: Hex md5 of *body* when the transport hashed it while receiving (so callers
+            need not hash again), else None.
+        truncated: The body went on past the request's limit; *body* is its start.
+    """
 
     status: int
     headers: Mapping[str, str] = dataclasses.field(default_factory=Headers)  # stored as Headers
     body: bytes = dataclasses.field(default=b"", repr=False)
     body_md5: str | None = None
-    truncated: bool = False  # the body went on past the request's limit; ``body`` is its start
+    truncated: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, Headers):

@@ -165,8 +165,14 @@ class CurlTransport(Transport):
     Handles are reused (HTTP keep-alive) from a LIFO pool of at most *pool_size*; a handle
     that failed below HTTP is closed rather than pooled. The CA bundle is always set
     (*ca_file* or `default_ca_file()`); ``insecure=True`` turns off certificate checks and
-    warns. TCP keepalive is on. Connect timeout and the low-speed limit apply to GET, PUT
-    and HEAD alike.
+    warns. TCP keepalive is on. Connect timeout, the low-speed limit and the overall deadline
+    apply to GET, PUT and HEAD alike; answer bodies are bounded (see `Request`).
+
+    Args:
+        ca_file: CA bundle to trust; default `default_ca_file()`.
+        insecure: Skip certificate and host name checks (warns).
+        pool_size: Most idle handles (connections) kept for reuse.
+        user_agent: The ``User-Agent`` header; default ``keepstore/<version> libcurl/<version>``.
     """
 
     def __init__(self, *, ca_file: str | None = None, insecure: bool = False, pool_size: int = 16,

@@ -16,6 +16,9 @@ class MockTransport(Transport):
     The handler may raise `TransportError` to simulate a connection failure. Bodies larger
     than a GET's ``expected_size`` are rejected, and other bodies over the request's limit
     truncated, as `CurlTransport` does.
+
+    Args:
+        handler: Called with each `Request`; returns the `Response` (or raises `TransportError`).
     """
 
     def __init__(self, handler: Callable[[Request], Response]) -> None:
