@@ -491,7 +491,10 @@ def test_closing_the_client_stops_a_read_in_flight_without_retry_rounds(
 
     reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not any(s.count("GET") for s in stubs):  # the read is in flight: its GET is stalled
+        assert time.monotonic() < deadline, "the read never reached a service"
+        threading.Event().wait(0.005)
     kc.close()
     reader.join(30)
     assert outcome and "the client was closed" in str(outcome[0])
