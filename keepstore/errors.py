@@ -51,6 +51,9 @@ def _scrub(text: str) -> str:
     return _HEADER_PATTERN.sub(r"\1***", _SECRET_PATTERNS[0].sub("***", text))
 
 
+scrub = _scrub  # the public name for other modules (keep serve's log lines)
+
+
 class KeepError(Exception):
     """Root of every error keepstore raises on purpose.
 

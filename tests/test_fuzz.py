@@ -246,9 +246,9 @@ def test_server_answers_any_request_sanely_and_stays_up(fuzz_server: tuple[KeepS
     assert _exchange(server.port, b"GET /d41d8cd98f00b204e9800998ecf8427e+0 HTTP/1.1\r\n\r\n").startswith(
         b"HTTP/1.1 200")
     deadline = time.monotonic() + 2
-    while server._inflight and time.monotonic() < deadline:
+    while server.in_flight and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert server._inflight == 0
+    assert server.in_flight == 0
 
 
 @pytest.mark.parametrize("raw", [b"\x00", b"garbage\r\n\r\n", b"GET\r\n\r\n", b"BREW /pot\r\n\r\n"])

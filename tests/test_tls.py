@@ -156,6 +156,6 @@ def test_failed_handshakes_do_not_leave_connections_tracked(tmp_path: Path) -> N
                 with contextlib.suppress(OSError):
                     sock.recv(4096)
         deadline = time.monotonic() + 5
-        while server._connections and time.monotonic() < deadline:
+        while server.open_connections and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not server._connections
+        assert not server.open_connections

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 import keepstore.server.app as server_app
+import keepstore.server.auth as server_auth
 from keepstore.client import KeepClient
 from keepstore.config import Retry, Settings, Timeout
 from keepstore.errors import BlockNotFound, ConfigError, KeepError, ReadError, WriteError
@@ -195,7 +196,7 @@ def test_server_compares_signatures_and_tokens_with_compare_digest(
         calls.append((a, b))
         return hmac.compare_digest(a, b)  # type: ignore[arg-type,call-overload]
 
-    monkeypatch.setattr(server_app, "hmac", SimpleNamespace(compare_digest=recording, new=hmac.new))
+    monkeypatch.setattr(server_auth, "hmac", SimpleNamespace(compare_digest=recording, new=hmac.new))
     with KeepServer([tmp_path / "v"], signing_key=SIGNING_KEY, require_signatures=True,
                     system_token="the-system-token", fsync=False) as server:
         client = KeepClient(services=[server.url], token=PLAIN_TOKEN, copies=1, retries=0, timeout=FAST)
@@ -305,7 +306,7 @@ def test_body_that_stops_arriving_is_disconnected_and_nothing_is_stored(strict_s
         sock.sendall(f"PUT /{md5} HTTP/1.1\r\nContent-Length: 1000\r\n\r\n".encode() + data[:10])
         assert _closed_within(sock, 5) < 3
     assert strict_server.find(md5, None) is None
-    assert strict_server._inflight == 0  # the admission slot came back
+    assert strict_server.in_flight == 0  # the admission slot came back
     _server_still_works(strict_server)
 
 
@@ -354,9 +355,9 @@ def test_body_dripped_slowly_is_cut_off_at_the_minimum_rate(strict_server: KeepS
     assert closed and time.monotonic() - start < 1 + len(data) / 32768 + 2
     assert strict_server.find(md5, None) is None
     deadline = time.monotonic() + 2
-    while strict_server._inflight and time.monotonic() < deadline:
+    while strict_server.in_flight and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert strict_server._inflight == 0
+    assert strict_server.in_flight == 0
     _server_still_works(strict_server)
 
 

@@ -1,7 +1,8 @@
 """``keep serve``: a Keep-protocol server for one machine (see ``docs/server.md``)."""
 
 from .app import KeepServer, RequestRecord
-from .faults import Fault, FaultPlan
+from .auth import Permissions
+from .faults import Fault, FaultKind, FaultPlan
 from .volumes import Volume, parse_volume
 
-__all__ = ["Fault", "FaultPlan", "KeepServer", "RequestRecord", "Volume", "parse_volume"]
+__all__ = ["Fault", "FaultKind", "FaultPlan", "KeepServer", "Permissions", "RequestRecord", "Volume", "parse_volume"]

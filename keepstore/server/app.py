@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-import hmac
 import logging
 import os
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..locator import DEFAULT_SIGNING_TTL, Locator, sign_locator, signature_for
+from ..locator import DEFAULT_SIGNING_TTL
+from .admission import Admission
+from .auth import Permissions
+from .blocks import Blocks, Found
+from .connection import KeepHTTPServer
+from .exchange import RequestRecord
 from .faults import FaultPlan
-from .handler import RequestRecord, _Handler, _HTTPServer
+from .handler import Context, KeepHandler
 from .volumes import Volume, parse_volume
 
 __all__ = ["KeepServer", "RequestRecord"]
@@ -59,28 +61,24 @@ class KeepServer:
         self.volumes = [self._volume(v, fsync) for v in volumes]
         self.host = host
         self.port = port
-        self._signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
-        self.signing_ttl = signing_ttl
-        self.require_signatures = require_signatures
-        self._system_token = system_token
-        self.max_requests = max_requests
+        self.permissions = Permissions(signing_key.encode() if isinstance(signing_key, str) else signing_key,
+                                       signing_ttl, require_signatures, system_token)
         self.idle_timeout = idle_timeout
         self.faults = FaultPlan()
         self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=100_000)
-        self._ssl: ssl.SSLContext | None = None
+        self.tls: ssl.SSLContext | None = None
         if tls_cert or tls_key:
             if not (tls_cert and tls_key):
                 raise ConfigError("TLS needs both --tls-cert and --tls-key")
-            self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             try:
-                self._ssl.load_cert_chain(str(tls_cert), str(tls_key))
+                self.tls.load_cert_chain(str(tls_cert), str(tls_key))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}") from exc
-        self._httpd: _HTTPServer | None = None
+        self.admission = Admission(max_requests)
+        self.blocks = Blocks(self.volumes)
+        self._httpd: KeepHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._state = threading.Condition()
-        self._inflight = 0
-        self._connections: set[socket.socket] = set()
         for volume in self.volumes:
             volume.store.remove_stale_temp_files()
 
@@ -108,21 +106,39 @@ class KeepServer:
     @property
     def in_flight(self) -> int:
         """How many requests hold an admission slot now (at most `max_requests`)."""
-        with self._state:
-            return self._inflight
+        return self.admission.in_flight
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now."""
+        return self.admission.connections
+
+    @property
+    def max_requests(self) -> int:
+        return self.admission.max_requests
+
+    @property
+    def require_signatures(self) -> bool:
+        return self.permissions.require_signatures
+
+    @property
+    def signing_ttl(self) -> int:
+        return self.permissions.signing_ttl
 
     @property
     def url(self) -> str:
         """``http[s]://host:port/`` (the port is known once started)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self._ssl else 'http'}://{host}:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
 
     def start(self) -> "KeepServer":
         """Listen (on the same port as before after a `stop()`) and serve in a background thread."""
         if self._httpd is not None:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        httpd = _HTTPServer((self.host, self.port), _Handler, self, family)
+        context = Context(self.blocks, self.permissions, self.admission, self.faults, self.requests,
+                          self.idle_timeout)
+        httpd = KeepHTTPServer((self.host, self.port), KeepHandler, context, family, self.tls)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
@@ -138,14 +154,7 @@ class KeepServer:
             return
         httpd.shutdown()
         httpd.server_close()
-        deadline = time.monotonic() + grace
-        with self._state:
-            while self._inflight and time.monotonic() < deadline:
-                self._state.wait(0.05)
-            connections = list(self._connections)
-        for conn in connections:  # idle keep-alive connections (and stragglers past the grace)
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        self.admission.drain(grace)
         if self._thread is not None:
             self._thread.join(timeout=5)
         log.info("stopped %s", self.url)
@@ -160,68 +169,8 @@ class KeepServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- admission and bookkeeping ----------------------------------------------------------
+    # -- blocks -----------------------------------------------------------------------------
 
-    def _admit(self) -> bool:
-        with self._state:
-            if self._inflight >= self.max_requests:
-                return False
-            self._inflight += 1
-            return True
-
-    def _release(self) -> None:
-        with self._state:
-            self._inflight -= 1
-            self._state.notify_all()
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._state:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
-
-    # -- auth helpers -----------------------------------------------------------------------
-
-    def sign(self, loc: Locator, token: str | None) -> Locator:
-        if not self._signing_key or not token:
-            return loc
-        return sign_locator(loc, key=self._signing_key, token=token, ttl=self.signing_ttl)
-
-    def check_signature(self, loc: Locator, token: str | None) -> tuple[int, str] | None:
-        """None when the GET/HEAD may proceed, else (status, reason) as keepstore 3.x answers."""
-        if not self.require_signatures:
-            return None
-        if not token:
-            return 401, "no token"
-        hint = loc.permission_hint
-        if hint is None:
-            return 400, "unsigned locator"
-        assert self._signing_key is not None
-        expected = signature_for(loc.md5, token, hint[42:], self._signing_key, self.signing_ttl)
-        if not hmac.compare_digest(expected, hint[1:41]):
-            return 400, "invalid signature"
-        if loc.is_expired():
-            return 401, "expired signature"
-        return None
-
-    def check_system_token(self, token: str | None) -> tuple[int, str] | None:
-        if not token:
-            return 401, "no token"
-        if not self._system_token or not hmac.compare_digest(token.encode(), self._system_token.encode()):
-            return 403, "not the system token"
-        return None
-
-    def find(self, md5: str, size: int | None) -> tuple[Volume, Path, int] | None:
-        """The first volume holding *md5* (with *size*, when given)."""
-        for volume in self.volumes:
-            path = volume.store.find(md5)
-            if path is None:
-                continue
-            try:
-                actual = path.stat().st_size
-            except FileNotFoundError:
-                continue
-            if size is None or actual == size:
-                return volume, path, actual
-        return None
+    def find(self, md5: str, size: int | None) -> Found | None:
+        """The first volume holding *md5* (with *size*, when given), or None."""
+        return self.blocks.find(md5, size)

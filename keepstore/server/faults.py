@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import threading
 from collections.abc import Iterable
 
-__all__ = ["Fault", "FaultPlan"]
+__all__ = ["Fault", "FaultKind", "FaultPlan"]
 
 _METHODS = frozenset({"GET", "HEAD", "PUT"})
 
-KINDS = ("status", "delay", "throttle", "stall", "corrupt", "truncate", "drop", "full")
+
+class FaultKind(str, enum.Enum):
+    """What a fault does (a ``str`` enum: ``FaultKind.DROP == "drop"``)."""
+
+    STATUS = "status"
+    DELAY = "delay"
+    THROTTLE = "throttle"
+    STALL = "stall"
+    CORRUPT = "corrupt"
+    TRUNCATE = "truncate"
+    DROP = "drop"
+    FULL = "full"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 
 
 @dataclasses.dataclass
@@ -22,7 +39,7 @@ class Fault:
     bytes per second (``throttle``).
     """
 
-    kind: str
+    kind: FaultKind
     methods: frozenset[str]
     times: int | None = 1
     value: float = 0.0
@@ -52,11 +69,11 @@ class FaultPlan:
 
     def __repr__(self) -> str:
         with self._lock:
-            active = [f"{r.kind}({r.value:g})x{'inf' if r.times is None else r.times - r.hits}"
+            active = [f"{r.kind.value}({r.value:g})x{'inf' if r.times is None else r.times - r.hits}"
                       for r in self._rules if r.times is None or r.hits < r.times]
         return f"FaultPlan([{', '.join(active)}])"
 
-    def _add(self, kind: str, methods: Iterable[str] | str, times: int | None, value: float = 0.0,
+    def _add(self, kind: FaultKind, methods: Iterable[str] | str, times: int | None, value: float = 0.0,
              block: str | None = None, retry_after: float | None = None) -> Fault:
         wanted = frozenset(m.upper() for m in (methods.split() if isinstance(methods, str) else methods))
         unknown = wanted - _METHODS
@@ -66,7 +83,7 @@ class FaultPlan:
             raise ValueError(f"fault times must be at least 1 or None, got {times}")
         if value < 0:
             raise ValueError(f"fault {kind} needs a value >= 0, got {value}")
-        rule = Fault(kind, wanted, times, float(value), block, retry_after)
+        rule = Fault(FaultKind(kind), wanted, times, float(value), block, retry_after)
         with self._lock:
             self._rules.append(rule)
         return rule
@@ -78,41 +95,41 @@ class FaultPlan:
         """Answer with *status* (after draining any PUT body); optionally send ``Retry-After``."""
         if not 400 <= status <= 599:
             raise ValueError(f"fail() needs a 4xx or 5xx status, got {status}")
-        return self._add("status", methods, times, status, block, retry_after)
+        return self._add(FaultKind.STATUS, methods, times, status, block, retry_after)
 
     def delay(self, seconds: float, *, times: int | None = 1, methods: Iterable[str] | str = "GET HEAD PUT",
               block: str | None = None) -> Fault:
         """Wait *seconds* before handling the request normally."""
-        return self._add("delay", methods, times, seconds, block)
+        return self._add(FaultKind.DELAY, methods, times, seconds, block)
 
     def throttle(self, bytes_per_second: float, *, times: int | None = 1,
                  methods: Iterable[str] | str = "GET", block: str | None = None) -> Fault:
         """Send the response body no faster than *bytes_per_second* (a slow drip)."""
         if bytes_per_second <= 0:
             raise ValueError("throttle() needs a positive rate")
-        return self._add("throttle", methods, times, bytes_per_second, block)
+        return self._add(FaultKind.THROTTLE, methods, times, bytes_per_second, block)
 
     def stall(self, seconds: float, *, times: int | None = 1, methods: Iterable[str] | str = "GET HEAD",
               block: str | None = None) -> Fault:
         """Send the status line and headers, then nothing for *seconds* (HEAD: before answering)."""
-        return self._add("stall", methods, times, seconds, block)
+        return self._add(FaultKind.STALL, methods, times, seconds, block)
 
     def corrupt(self, *, times: int | None = 1, block: str | None = None) -> Fault:
         """Flip one byte in the middle of a GET body (length unchanged)."""
-        return self._add("corrupt", "GET", times, 0.0, block)
+        return self._add(FaultKind.CORRUPT, "GET", times, 0.0, block)
 
     def truncate(self, *, times: int | None = 1, block: str | None = None) -> Fault:
         """Announce the full length but send only half the GET body, then close."""
-        return self._add("truncate", "GET", times, 0.0, block)
+        return self._add(FaultKind.TRUNCATE, "GET", times, 0.0, block)
 
     def drop(self, *, times: int | None = 1, methods: Iterable[str] | str = "GET HEAD PUT",
              block: str | None = None) -> Fault:
         """Close the connection without answering."""
-        return self._add("drop", methods, times, 0.0, block)
+        return self._add(FaultKind.DROP, methods, times, 0.0, block)
 
     def full(self, *, times: int | None = None) -> Fault:
         """Behave as if every volume were full: PUTs of new blocks get 507."""
-        return self._add("full", "PUT", times)
+        return self._add(FaultKind.FULL, "PUT", times)
 
     def clear(self) -> None:
         """Remove every rule."""
@@ -121,8 +138,8 @@ class FaultPlan:
 
     # -- used by the server ---------------------------------------------------------------
 
-    def take(self, method: str, md5: str | None, *, skip: Iterable[str] = (),
-             only: Iterable[str] | None = None) -> Fault | None:
+    def take(self, method: str, md5: str | None, *, skip: Iterable[FaultKind] = (),
+             only: Iterable[FaultKind] | None = None) -> Fault | None:
         """The first rule matching this request, with one of its uses consumed.
 
         *skip* / *only* limit the kinds considered: the server takes ``full`` rules only where

@@ -1,0 +1,102 @@
+"""Connections of `keep serve`: the listening socket, and reads bounded by deadlines."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import io
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["Body", "DeadlineReader", "KeepHTTPServer"]
+
+log = logging.getLogger("keepstore.server")
+
+
+class KeepHTTPServer(http.server.ThreadingHTTPServer):
+    """A threading HTTP server that carries the request handlers' *context* and TLS."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], handler: type, context: Any, family: int,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.address_family = family
+        self.context = context
+        self.tls = tls
+        try:
+            super().__init__(address, handler)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from exc
+
+    def get_request(self) -> tuple[Any, Any]:
+        conn, addr = super().get_request()
+        if self.tls is not None:  # the handshake runs in the handler's thread, not here
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+class DeadlineReader(io.RawIOBase):
+    """The connection's reads, each bounded by the idle timeout and, while a request's line and
+    headers (or its body) are being read, by one overall deadline: a client dripping a byte at
+    a time (slowloris) must not hold a thread for longer than the deadline allows."""
+
+    def __init__(self, sock: socket.socket, idle: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.idle = idle
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request not received in time")
+            self.sock.settimeout(min(self.idle, remaining))
+        return self.sock.recv_into(buffer)
+
+
+class Body:
+    """A request body of *length* bytes, read in chunks under one deadline: it must average
+    *min_rate* bytes/s after one idle timeout of grace, or the read ends in `TimeoutError`
+    (a client dripping a byte per idle timeout would otherwise hold a thread for days)."""
+
+    def __init__(self, rfile: io.BufferedReader[DeadlineReader], reader: DeadlineReader, length: int, min_rate: float,
+                 chunk: int = 1 << 20) -> None:
+        self.rfile = rfile
+        self.reader = reader
+        self.length = self.remaining = length
+        self.chunk = chunk
+        self.deadline = time.monotonic() + reader.idle + length / min_rate
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.reader.deadline = self.deadline
+        try:
+            while self.remaining:
+                chunk = self.rfile.read(min(self.chunk, self.remaining))
+                if not chunk:
+                    raise ConnectionError(f"client sent {self.length - self.remaining} of {self.length} bytes")
+                self.remaining -= len(chunk)
+                yield chunk
+        finally:
+            self.reader.deadline = None
+            with contextlib.suppress(OSError):  # the connection is gone: the next read says so
+                self.reader.sock.settimeout(self.reader.idle)
+
+    def drain(self) -> None:
+        """Read and discard what is left, so the connection can carry the next request."""
+        for _ in self:
+            pass

@@ -1,0 +1,160 @@
+"""Exchange: one request's state in `keep serve`, and the refusal rules, each written once."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from email.message import Message
+from urllib.parse import urlsplit
+
+from ..locator import MAX_BLOCK_SIZE
+from .faults import FaultKind
+
+__all__ = ["BUSY", "BodyAction", "Exchange", "Refusal", "RequestRecord", "decimal", "framing_refusal",
+           "public_path", "put_refusal"]
+
+MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
+_BLOCK_OF_PATH = re.compile(r"/([0-9a-f]{32})(?:\+|\Z)")
+_SIGNATURE = re.compile(r"\+A[0-9a-f]{40}@[0-9a-f]{8}")
+_REMOTE_SIGNATURE = re.compile(r"\+R([a-z0-9]{5})-[0-9a-f]{40}@[0-9a-f]{8}")
+_DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() also takes "²", which int() refuses
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    """One request as the server saw it (for tests: count requests, check headers' effects).
+
+    A record is added to `KeepServer.requests` just before the response's headers are sent
+    (or when the request ends without a response), so a client that has its answer can count
+    on finding the record; ``bytes_out`` and ``seconds`` are final once the request ends.
+    """
+
+    method: str
+    path: str  # without signatures or query
+    status: int
+    bytes_out: int
+    seconds: float
+    request_id: str
+    fault: str | None = None
+
+
+class BodyAction(enum.Enum):
+    """What becomes of a request body that a refusal leaves unread."""
+
+    DRAIN = "drain"  # read and discard it (its length is known and allowed): keep-alive survives
+    CLOSE = "close"  # close the connection after the answer (length unknown, too big, or not sent)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """An answer given instead of handling the request."""
+
+    status: int
+    reason: str
+    body: BodyAction = BodyAction.DRAIN
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+BUSY = Refusal(503, "too many requests in flight", BodyAction.DRAIN, (("Retry-After", "1"),))
+
+
+@dataclasses.dataclass
+class Exchange:
+    """What one request asked and what has been done about it so far."""
+
+    method: str
+    target: str  # the request target as sent (path and query)
+    headers: Message
+    start: float
+    status: int = 0
+    bytes_out: int = 0
+    fault: FaultKind | None = None
+    headers_sent: bool = False
+    record: RequestRecord | None = None
+    admitted: bool = False  # holds an admission slot, to be released when the request ends
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+    @property
+    def public_path(self) -> str:
+        return public_path(self.path)
+
+    @property
+    def md5(self) -> str | None:
+        """The block the path names, in any locator form (for fault matching)."""
+        match = _BLOCK_OF_PATH.match(self.path)
+        return match.group(1) if match else None
+
+    @property
+    def token(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        for scheme in ("Bearer ", "OAuth2 "):
+            if auth.startswith(scheme):
+                return auth[len(scheme):].strip() or None
+        return None
+
+    @property
+    def length(self) -> int | None:
+        """The Content-Length (None when absent or not a decimal number)."""
+        return decimal(self.headers.get("Content-Length"))
+
+    @property
+    def has_body(self) -> bool:
+        return (self.length or 0) > 0 or "Transfer-Encoding" in self.headers
+
+    @property
+    def request_id(self) -> str:
+        rid = self.headers.get("X-Request-Id", "")
+        return rid if _REQUEST_ID.match(rid) else ""
+
+    @property
+    def storage_classes(self) -> list[str]:
+        return [c.strip() for c in self.headers.get("X-Keep-Storage-Classes", "").split(",") if c.strip()]
+
+
+def framing_refusal(version: str, headers: Message) -> Refusal | None:
+    """How a strict HTTP/1.1 server refuses an ambiguous request frame (RFC 9112), or None."""
+    lengths = {v.strip() for v in headers.get_all("Content-Length") or ()}
+    if len(lengths) > 1:
+        return Refusal(400, "conflicting Content-Length headers", BodyAction.CLOSE)
+    if lengths and "Transfer-Encoding" in headers:
+        return Refusal(400, "Content-Length with Transfer-Encoding", BodyAction.CLOSE)
+    if version == "HTTP/1.1" and "Host" not in headers:
+        return Refusal(400, "HTTP/1.1 request without Host", BodyAction.CLOSE)
+    return None
+
+
+def put_refusal(ex: Exchange, require_signatures: bool) -> Refusal | None:
+    """The answer a PUT gets whatever its body holds, if it gets one: checked before
+    "100 Continue" and again (for clients that send no Expect) before the body is read."""
+    match = MD5_PATH.match(ex.path)
+    if not match:
+        return Refusal(400, "PUT needs /<md5>")
+    if require_signatures and not ex.token:
+        return Refusal(401, "no token")
+    length = ex.length
+    if length is None:
+        return Refusal(411, "Content-Length required", BodyAction.CLOSE)  # the body's extent is unknown
+    if length > MAX_BLOCK_SIZE:
+        return Refusal(413, f"block of {length} bytes is over the 64 MiB maximum", BodyAction.CLOSE)
+    if match.group(2) is not None and decimal(match.group(2)) != length:
+        return Refusal(400, "size in the locator does not match Content-Length")
+    return None
+
+
+def decimal(text: str | None) -> int | None:
+    """A Content-Length or locator size: ASCII digits, any length (huge means too large), else None."""
+    if text is None or not _DIGITS.match(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    # int() refuses over 4300 digits with a ValueError; anything past 20 is too large anyway.
+    return int(digits) if len(digits) <= 20 else MAX_BLOCK_SIZE + 1
+
+
+def public_path(path: str) -> str:
+    """A path fit for logs: signatures replaced."""
+    return _REMOTE_SIGNATURE.sub(r"+R\1-...", _SIGNATURE.sub("+A...", path))
