@@ -23,6 +23,20 @@ log = logging.getLogger(__name__)
 # so `keep --help` is the same on every install.
 _REGISTRARS = ("keepstore.server.command", "keepstore.contrib.fuse")
 
+EPILOG = """\
+where data goes:
+  KEEP_SERVICES      space-separated Keep service roots (http[s]://host:port/); with KEEP_TOKEN
+  KEEP_TOKEN         the token sent to the services (never printed)
+  KEEP_LOCAL_STORE   a local store directory to use instead of services
+  KEEP_CACHE_DIR     a disk block cache directory
+  ARVADOS_API_HOST, ARVADOS_API_TOKEN, ARVADOS_KEEP_SERVICES, ARVADOS_KEEP_PROXY are honoured too.
+  config file: $XDG_CONFIG_HOME/keepstore/config.yml (or KEEP_CONFIG); arguments beat the
+  environment, which beats the file.
+  With nothing configured, blocks go to a local store in $XDG_DATA_HOME/keepstore/blocks
+  (~/.local/share/keepstore/blocks).
+exit codes: 0 ok, 1 error, 2 usage, 3 not found, 130 interrupted
+"""
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -70,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keep",
         description="Store and fetch content-addressed blocks in Keep services or a local store.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"keepstore {__version__}")
     parser.add_argument("--debug", action="store_true", help="log requests and show tracebacks on errors")

@@ -32,3 +32,17 @@ def test_old_doubles_path_still_imports_with_a_deprecation_warning():
             "assert old.VerifierTransport is new.VerifierTransport\n"
             "assert any(issubclass(w.category, DeprecationWarning) for w in seen), seen\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_keep_help_names_the_environment_the_config_file_and_the_default_store():
+    out = subprocess.run([sys.executable, "-m", "keepstore", "--help"], capture_output=True, text=True, check=True)
+    for needle in ("KEEP_SERVICES", "KEEP_TOKEN", "config.yml", "keepstore/blocks", "130 interrupted"):
+        assert needle in out.stdout, needle
+
+
+def test_metadata_has_an_author_and_project_urls():
+    from importlib.metadata import metadata
+
+    meta = metadata("keepstore")
+    assert meta["Author"]
+    assert meta.get_all("Project-URL")
