@@ -79,6 +79,12 @@ class Timeout:
         connect = min(self.max_connect, self.connect * (2 ** max(0, round_number)))
         return dataclasses.replace(self, connect=max(connect, self.connect))
 
+    def __repr__(self) -> str:
+        # ``total`` shows only when set, so reprs (and the docs quoting them) read as before it existed.
+        extra = f", total={self.total!r}" if self.total is not None else ""
+        return (f"Timeout(connect={self.connect!r}, read={self.read!r}, min_bandwidth={self.min_bandwidth!r}, "
+                f"max_connect={self.max_connect!r}{extra})")
+
     def deadline(self, nbytes: int = 0) -> float:
         """Seconds one request moving *nbytes* (up and down) may take in all."""
         if self.total is not None:

@@ -151,3 +151,12 @@ def test_the_client_package_keeps_its_import_paths() -> None:
     from keepstore.client import KeepClient as Direct
 
     assert Direct is KeepClient and ClientStats().requests == 0 and new_request_id().startswith("req-")
+
+
+def test_a_cache_set_after_construction_is_used() -> None:
+    foreign = _DictCache()
+    foreign.data[str(LOC)] = DATA
+    transport = MockTransport(lambda request: Response(500))
+    with KeepClient(["http://127.0.0.1:1"], transport=transport, retries=0) as kc:
+        kc.cache = foreign
+        assert kc.get(LOC) == DATA and transport.requests == []

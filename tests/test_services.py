@@ -175,7 +175,7 @@ def test_discovery_json_body_parses_like_the_api(httpserver: HTTPServer) -> None
 
 
 def test_client_rediscovers_after_connection_failures_once_not_every_retry_round(
-        httpserver: HTTPServer, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+        httpserver: HTTPServer, tmp_path) -> None:
     import socket
 
     from keepstore import Retry
@@ -197,10 +197,9 @@ def test_client_rediscovers_after_connection_failures_once_not_every_retry_round
 
         httpserver.expect_request("/arvados/v1/keep_services/accessible").respond_with_handler(accessible)
         sleeps: list[float] = []
+        now = [1000.0]
         with KeepClient(api_host=httpserver.url_for("/"), token="t", retries=Retry(total=3),
-                        sleep=sleeps.append, timeout=(1, 5)) as kc:
-            now = [1000.0]
-            monkeypatch.setattr(kc._directory, "_clock", lambda: now[0])
+                        sleep=sleeps.append, timeout=(1, 5), clock=lambda: now[0]) as kc:
             with pytest.raises(ReadError):
                 kc.get("acbd18db4cc2f85cedef654fccc4a4d8+3")  # nowhere: the dead service fails every round
             assert len(sleeps) == 3 and kc.stats().failures[f"http://127.0.0.1:{dead_port}/"] == 4

@@ -82,6 +82,7 @@ class KeepClient(BlockStore):
         ca_file: CA bundle to trust; for the default transport only.
         sleep: What waits between retry rounds (tests pass one that does not sleep).
         refresh_interval: Seconds between refreshes of a discovered service list.
+        clock: Monotonic seconds for those refreshes (tests pass their own).
 
     Raises:
         ConfigError: *copies*, *threads* or *prefetch_threads* below 1, a token that cannot
@@ -109,6 +110,7 @@ class KeepClient(BlockStore):
         ca_file: str | None = None,
         sleep: Callable[[float], Any] = time.sleep,
         refresh_interval: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if copies < 1 or threads < 1 or prefetch_threads < 1:
             raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, "
@@ -119,8 +121,7 @@ class KeepClient(BlockStore):
         self.copies = copies
         self.storage_classes = tuple(storage_classes or ())
         self.threads = threads
-        self.cache = cache
-        self._cache_front = as_block_cache(cache) if cache is not None else None  # the one cache path
+        self.cache = cache  # a property: also sets the one cache path get() uses
         self.cache_writes = cache_writes
         self.close_cache = close_cache
         self.prefetch_threads = prefetch_threads
@@ -134,7 +135,8 @@ class KeepClient(BlockStore):
         if services is not None:
             self._directory = ServiceDirectory(parse_services(services))
         elif api_host:
-            self._directory = ServiceDirectory(discover_fn=self._discover, refresh_interval=refresh_interval)
+            self._directory = ServiceDirectory(discover_fn=self._discover, refresh_interval=refresh_interval,
+                                               clock=clock)
         else:
             raise NoServicesError("KeepClient needs services= or api_host= (or use KeepClient.from_env())")
         self._counters = Counters()
@@ -185,6 +187,16 @@ class KeepClient(BlockStore):
         where = " ".join(s.root for s in self._directory.services()) if self._directory.is_static else (
             f"api_host={self.api_host}")
         return f"KeepClient({where!r}, copies={self.copies}, retries={self.retry.total})"
+
+    @property
+    def cache(self) -> BlockCache | BlockCacheLike | None:
+        """The block cache as given (None: no cache)."""
+        return self._cache
+
+    @cache.setter
+    def cache(self, cache: BlockCache | BlockCacheLike | None) -> None:
+        self._cache = cache
+        self._cache_front = as_block_cache(cache) if cache is not None else None  # a foreign one wrapped once
 
     @property
     def services(self) -> list[Service]:
