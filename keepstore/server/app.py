@@ -19,7 +19,7 @@ from .blocks import Blocks, Found
 from .connection import KeepHTTPServer
 from .exchange import RequestRecord
 from .faults import FaultPlan
-from .handler import Context, KeepHandler
+from .handler import MIN_BODY_RATE, Context, KeepHandler
 from .volumes import Volume, parse_volume
 
 __all__ = ["KeepServer", "RequestRecord"]
@@ -48,6 +48,7 @@ class KeepServer:
         system_token: str | None = None,
         max_requests: int = 128,
         idle_timeout: float = 60.0,
+        min_rate: float = MIN_BODY_RATE,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         fsync: bool = True,
@@ -63,7 +64,10 @@ class KeepServer:
         self.port = port
         self.permissions = Permissions(signing_key.encode() if isinstance(signing_key, str) else signing_key,
                                        signing_ttl, require_signatures, system_token)
+        if min_rate <= 0:
+            raise ConfigError(f"min_rate must be positive, got {min_rate}")
         self.idle_timeout = idle_timeout
+        self.min_rate = min_rate
         self.faults = FaultPlan()
         self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=100_000)
         self.tls: ssl.SSLContext | None = None
@@ -137,7 +141,7 @@ class KeepServer:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         context = Context(self.blocks, self.permissions, self.admission, self.faults, self.requests,
-                          self.idle_timeout)
+                          self.idle_timeout, self.min_rate)
         httpd = KeepHTTPServer((self.host, self.port), KeepHandler, context, family, self.tls)
         self.port = httpd.server_address[1]
         self._httpd = httpd
