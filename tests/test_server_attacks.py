@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from keepstore.server import KeepServer
 
@@ -82,3 +87,54 @@ def test_slow_readers_are_cut_off_at_the_minimum_rate_and_other_clients_are_serv
         assert status == 200 and body == data
         slow = [r for r in s.requests if r.method == "GET" and r.status == 200 and r.bytes_out < len(data)]
         assert len(slow) == 2  # both were answered 200 and cut off part-way, not served to the end
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("cap", ["default", "above-the-fd-limit"])
+def test_an_idle_connection_flood_under_a_low_fd_limit_does_not_lock_out_clients(tmp_path: Path, cap: str) -> None:
+    """300 idle connections against a server limited to 128 descriptors (issue 15, item 2):
+    with the default cap the longest-idle connection makes room; with a cap above the limit
+    accept() hits EMFILE, and the server frees idle connections and backs off, not spins."""
+    args = [] if cap == "default" else ["--max-connections", "1000"]
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
+         "--no-fsync", "--quiet", *args],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    flood: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().rsplit(":", 1)[1].strip("/\n"))
+        cpu_before = _cpu_seconds(proc.pid)
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        data = b"served during the flood"
+        md5 = hashlib.md5(data).hexdigest()
+        for attempt in range(3):  # a client retries a dropped connection, as KeepClient does
+            try:
+                # Shorter than the 10 s first-byte timeout: the flood must not be waited out.
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("PUT", f"/{md5}", body=data)
+                resp = conn.getresponse()
+                assert resp.status == 200 and resp.read().startswith(md5.encode())
+                conn.request("GET", f"/{md5}+{len(data)}")
+                resp = conn.getresponse()
+                assert resp.status == 200 and resp.read() == data
+                conn.close()
+                break
+            except (ConnectionError, http.client.RemoteDisconnected):
+                assert attempt < 2
+        assert proc.poll() is None
+        cpu = _cpu_seconds(proc.pid) - cpu_before
+        print(f"flood of 300 idle connections ({cap}): server CPU {cpu:.2f}s")
+    finally:
+        for sock in flood:
+            sock.close()
+        proc.terminate()
+        proc.wait(20)
+        log.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..locator import DEFAULT_SIGNING_TTL
-from .admission import Admission
+from .admission import Admission, default_max_connections
 from .auth import Permissions
 from .blocks import Blocks, Found
 from .connection import KeepHTTPServer
@@ -49,6 +49,8 @@ class KeepServer:
         max_requests: int = 128,
         idle_timeout: float = 60.0,
         min_rate: float = MIN_BODY_RATE,
+        max_connections: int | None = None,
+        first_byte_timeout: float = 10.0,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         fsync: bool = True,
@@ -59,6 +61,8 @@ class KeepServer:
             raise ConfigError("--require-signatures needs a signing key (--signing-key-file)")
         if max_requests < 1:
             raise ConfigError(f"max_requests must be at least 1, got {max_requests}")
+        if max_connections is not None and max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
         self.volumes = [self._volume(v, fsync) for v in volumes]
         self.host = host
         self.port = port
@@ -79,7 +83,8 @@ class KeepServer:
                 self.tls.load_cert_chain(str(tls_cert), str(tls_key))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}") from exc
-        self.admission = Admission(max_requests)
+        self.first_byte_timeout = first_byte_timeout
+        self.admission = Admission(max_requests, max_connections or default_max_connections())
         self.blocks = Blocks(self.volumes)
         self._httpd: KeepHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -141,8 +146,9 @@ class KeepServer:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         context = Context(self.blocks, self.permissions, self.admission, self.faults, self.requests,
-                          self.idle_timeout, self.min_rate)
+                          self.idle_timeout, self.min_rate, self.first_byte_timeout)
         httpd = KeepHTTPServer((self.host, self.port), KeepHandler, context, family, self.tls)
+        httpd.on_fd_exhausted = lambda: self.admission.evict_idle(16)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},

@@ -52,6 +52,7 @@ class Context:
     requests: collections.deque[RequestRecord]
     idle_timeout: float
     min_rate: float = MIN_BODY_RATE
+    first_byte_timeout: float = 10.0  # a new connection's wait for its first request
 
 
 class _Abort(Exception):
@@ -69,6 +70,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     server_version = f"keepstore/{__version__}"
     server: KeepHTTPServer
     _ex: Exchange | None = None  # the request being served (None between requests)
+    _requests = 0  # requests seen on this connection
 
     @property
     def ctx(self) -> Context:
@@ -80,7 +82,8 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.ctx.idle_timeout  # type: ignore[misc]  # per-server, read by setup()
         super().setup()
-        self.ctx.admission.opened(self.connection)
+        if not self.ctx.admission.opened(self.connection):
+            raise ConnectionRefusedError("too many connections, none idle")  # socketserver closes it
         try:
             if isinstance(self.connection, ssl.SSLSocket):
                 self.connection.do_handshake()
@@ -95,15 +98,24 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         # An idle keep-alive connection may wait idle_timeout for its next request; once its
         # first byte is in, the request line and headers must all arrive within idle_timeout.
+        # A connection that has sent nothing yet gets a shorter wait: idle floods cost less.
         self._ex = None
         self._reader.deadline = None
+        admission = self.ctx.admission
+        admission.waiting(self.connection)
+        wait = self.ctx.idle_timeout if self._requests else min(self.ctx.idle_timeout, self.ctx.first_byte_timeout)
         try:
+            self.connection.settimeout(wait)
             first = self._buffered.peek(1)
         except (TimeoutError, OSError):
             first = b""
         if not first:
             self.close_connection = True
             return
+        admission.busy(self.connection)
+        self._requests += 1
+        with contextlib.suppress(OSError):  # gone: the next read says so
+            self.connection.settimeout(self.ctx.idle_timeout)
         self._reader.deadline = time.monotonic() + self.ctx.idle_timeout
         super().handle_one_request()
 
