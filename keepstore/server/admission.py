@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import resource
 import socket
 import threading
 import time
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "default_max_connections"]
 
 
 class Admission:
-    """At most *max_requests* requests in flight; a register of open connections.
+    """At most *max_requests* requests in flight and *max_connections* connections open.
 
     A request takes a slot with `admit()` (False: answer 503) and gives it back with
-    `release()`. Connections are registered while a handler thread serves them, so `stop()`
-    can close idle keep-alive ones and tests can count them.
+    `release()`. Connections are registered while a handler thread serves them (one thread
+    each), so `stop()` can close idle keep-alive ones and tests can count them. When a new
+    connection would pass *max_connections*, the connection that has waited longest for a
+    request is closed to make room (an idle flood cannot lock out new clients); when none is
+    waiting, the new one is refused.
     """
 
-    def __init__(self, max_requests: int) -> None:
+    def __init__(self, max_requests: int, max_connections: int = 1024) -> None:
         self.max_requests = max_requests
+        self.max_connections = max_connections
         self._state = threading.Condition()
         self._inflight = 0
-        self._connections: set[socket.socket] = set()
+        self._connections: dict[socket.socket, float | None] = {}  # -> waiting since (None: busy)
+        self.evicted = 0  # idle connections closed to make room (for tests and figures)
 
     @property
     def in_flight(self) -> int:
@@ -50,14 +56,44 @@ class Admission:
             self._inflight -= 1
             self._state.notify_all()
 
-    def opened(self, conn: socket.socket) -> None:
+    def opened(self, conn: socket.socket) -> bool:
+        """Register a new connection (waiting for its first request); False: refuse it."""
         with self._state:
-            self._connections.add(conn)
+            if len(self._connections) >= self.max_connections and not self._evict(1):
+                return False
+            self._connections[conn] = time.monotonic()
+            return True
+
+    def waiting(self, conn: socket.socket) -> None:
+        """*conn* waits for its next request (it may be closed to make room)."""
+        with self._state:
+            if conn in self._connections:
+                self._connections[conn] = time.monotonic()
+
+    def busy(self, conn: socket.socket) -> None:
+        """*conn* is sending or being answered a request."""
+        with self._state:
+            if conn in self._connections:
+                self._connections[conn] = None
 
     def closed(self, conn: socket.socket) -> None:
         with self._state:
-            self._connections.discard(conn)
+            self._connections.pop(conn, None)
             self._state.notify_all()
+
+    def evict_idle(self, count: int) -> int:
+        """Close up to *count* connections waiting for a request, longest-waiting first."""
+        with self._state:
+            return self._evict(count)
+
+    def _evict(self, count: int) -> int:
+        idle = sorted((since, id(c), c) for c, since in self._connections.items() if since is not None)
+        for _, _, conn in idle[:count]:
+            del self._connections[conn]  # its handler's closed() finds it gone: fine
+            with contextlib.suppress(OSError):  # closed by its client meanwhile
+                conn.shutdown(socket.SHUT_RDWR)
+        self.evicted += min(count, len(idle))
+        return min(count, len(idle))
 
     def drain(self, grace: float) -> None:
         """Wait (up to *grace* s) for the requests in flight, then shut every connection down."""
@@ -69,3 +105,14 @@ class Admission:
         for conn in connections:  # idle keep-alive connections (and stragglers past the grace)
             with contextlib.suppress(OSError):  # already closed by its handler
                 conn.shutdown(socket.SHUT_RDWR)
+
+
+def default_max_connections() -> int:
+    """What the open-file limit allows, keeping a quarter (at most 64) for block files."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # no limit to read: the stdlib select() default
+        soft = 1024
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 16
+    return max(8, min(4096, soft - min(64, soft // 4)))

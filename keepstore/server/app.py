@@ -13,13 +13,13 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..locator import DEFAULT_SIGNING_TTL
-from .admission import Admission
+from .admission import Admission, default_max_connections
 from .auth import Permissions
 from .blocks import Blocks, Found
 from .connection import KeepHTTPServer
 from .exchange import RequestRecord
 from .faults import FaultPlan
-from .handler import Context, KeepHandler
+from .handler import MIN_BODY_RATE, Context, KeepHandler
 from .volumes import Volume, parse_volume
 
 __all__ = ["KeepServer", "RequestRecord"]
@@ -48,6 +48,9 @@ class KeepServer:
         system_token: str | None = None,
         max_requests: int = 128,
         idle_timeout: float = 60.0,
+        min_rate: float = MIN_BODY_RATE,
+        max_connections: int | None = None,
+        first_byte_timeout: float = 10.0,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         fsync: bool = True,
@@ -58,12 +61,17 @@ class KeepServer:
             raise ConfigError("--require-signatures needs a signing key (--signing-key-file)")
         if max_requests < 1:
             raise ConfigError(f"max_requests must be at least 1, got {max_requests}")
+        if max_connections is not None and max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
         self.volumes = [self._volume(v, fsync) for v in volumes]
         self.host = host
         self.port = port
         self.permissions = Permissions(signing_key.encode() if isinstance(signing_key, str) else signing_key,
                                        signing_ttl, require_signatures, system_token)
+        if min_rate <= 0:
+            raise ConfigError(f"min_rate must be positive, got {min_rate}")
         self.idle_timeout = idle_timeout
+        self.min_rate = min_rate
         self.faults = FaultPlan()
         self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=100_000)
         self.tls: ssl.SSLContext | None = None
@@ -75,7 +83,8 @@ class KeepServer:
                 self.tls.load_cert_chain(str(tls_cert), str(tls_key))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}") from exc
-        self.admission = Admission(max_requests)
+        self.first_byte_timeout = first_byte_timeout
+        self.admission = Admission(max_requests, max_connections or default_max_connections())
         self.blocks = Blocks(self.volumes)
         self._httpd: KeepHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -137,8 +146,9 @@ class KeepServer:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         context = Context(self.blocks, self.permissions, self.admission, self.faults, self.requests,
-                          self.idle_timeout)
+                          self.idle_timeout, self.min_rate, self.first_byte_timeout)
         httpd = KeepHTTPServer((self.host, self.port), KeepHandler, context, family, self.tls)
+        httpd.on_fd_exhausted = lambda: self.admission.evict_idle(16)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},

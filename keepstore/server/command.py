@@ -40,6 +40,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="answer 503 beyond N requests in flight (default %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="close connections idle (or stalled mid-request) this long (default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="open connections (one thread each) at most; beyond it the longest-idle one is "
+                        "closed (default: what the open-file limit allows, at most 4096)")
+    p.add_argument("--min-rate", type=float, default=32768, metavar="BYTES_PER_SECOND",
+                   help="request and response bodies must average this rate after one idle timeout "
+                        "of grace, or the connection is closed (default %(default)s)")
     p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="the private key for --tls-cert (PEM)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync on writes (faster, not crash safe)")
@@ -77,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         signing_key=_secret(args.signing_key_file, "signing key"), signing_ttl=args.signing_ttl,
         require_signatures=args.require_signatures,
         system_token=_secret(args.system_token_file, "system token"),
-        max_requests=args.max_requests, idle_timeout=args.idle_timeout,
+        max_requests=args.max_requests, idle_timeout=args.idle_timeout, min_rate=args.min_rate,
+        max_connections=args.max_connections,
         tls_cert=args.tls_cert, tls_key=args.tls_key, fsync=not args.no_fsync,
     )
     logger = logging.getLogger("keepstore.server")

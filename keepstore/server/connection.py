@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.server
 import io
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
@@ -25,6 +26,7 @@ class KeepHTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
+    _backoff = 0.0
 
     def __init__(self, address: tuple[str, int], handler: type, context: Any, family: int,
                  tls: ssl.SSLContext | None = None) -> None:
@@ -36,8 +38,21 @@ class KeepHTTPServer(http.server.ThreadingHTTPServer):
         except OSError as exc:
             raise ConfigError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from exc
 
+    on_fd_exhausted: Callable[[], object] | None = None  # frees descriptors (closes idle connections)
+
     def get_request(self) -> tuple[Any, Any]:
-        conn, addr = super().get_request()
+        try:
+            conn, addr = super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of descriptors: free some, and back off instead of spinning on accept().
+                if self.on_fd_exhausted is not None:
+                    self.on_fd_exhausted()
+                self._backoff = min(1.0, max(0.01, self._backoff * 2))
+                log.warning("out of file descriptors (%s); backing off %.2fs", exc.strerror, self._backoff)
+                time.sleep(self._backoff)  # the accept loop's own thread: nothing else waits on it
+            raise
+        self._backoff = 0.0
         if self.tls is not None:  # the handshake runs in the handler's thread, not here
             conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         return conn, addr

@@ -74,6 +74,8 @@ class Exchange:
     headers_sent: bool = False
     record: RequestRecord | None = None
     admitted: bool = False  # holds an admission slot, to be released when the request ends
+    send_size: int = 0  # the response body's length
+    send_deadline: float | None = None  # when the response body must be out (set by its first write)
 
     @property
     def path(self) -> str:

@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class Context:
     requests: collections.deque[RequestRecord]
     idle_timeout: float
     min_rate: float = MIN_BODY_RATE
+    first_byte_timeout: float = 10.0  # a new connection's wait for its first request
 
 
 class _Abort(Exception):
@@ -68,6 +70,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     server_version = f"keepstore/{__version__}"
     server: KeepHTTPServer
     _ex: Exchange | None = None  # the request being served (None between requests)
+    _requests = 0  # requests seen on this connection
 
     @property
     def ctx(self) -> Context:
@@ -79,7 +82,8 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.ctx.idle_timeout  # type: ignore[misc]  # per-server, read by setup()
         super().setup()
-        self.ctx.admission.opened(self.connection)
+        if not self.ctx.admission.opened(self.connection):
+            raise ConnectionRefusedError("too many connections, none idle")  # socketserver closes it
         try:
             if isinstance(self.connection, ssl.SSLSocket):
                 self.connection.do_handshake()
@@ -94,15 +98,24 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         # An idle keep-alive connection may wait idle_timeout for its next request; once its
         # first byte is in, the request line and headers must all arrive within idle_timeout.
+        # A connection that has sent nothing yet gets a shorter wait: idle floods cost less.
         self._ex = None
         self._reader.deadline = None
+        admission = self.ctx.admission
+        admission.waiting(self.connection)
+        wait = self.ctx.idle_timeout if self._requests else min(self.ctx.idle_timeout, self.ctx.first_byte_timeout)
         try:
+            self.connection.settimeout(wait)
             first = self._buffered.peek(1)
         except (TimeoutError, OSError):
             first = b""
         if not first:
             self.close_connection = True
             return
+        admission.busy(self.connection)
+        self._requests += 1
+        with contextlib.suppress(OSError):  # gone: the next read says so
+            self.connection.settimeout(self.ctx.idle_timeout)
         self._reader.deadline = time.monotonic() + self.ctx.idle_timeout
         super().handle_one_request()
 
@@ -193,6 +206,9 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
             log.debug("%s %s: connection lost: %s", ex.method, ex.public_path, exc)
             self.close_connection = True
+            if isinstance(exc, TimeoutError):  # too slow: reset, or the kernel keeps sending its buffer
+                with contextlib.suppress(OSError):  # already gone
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             ex.status = ex.status or 499
         except Exception:  # a bug must cost one request, not the server
             log.exception("%s %s failed", ex.method, ex.public_path)
@@ -347,6 +363,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
             return self._simple(ex, 404, "not found")
         with f:
             self._head_only(ex, 200, {"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+            ex.send_size = size
             try:
                 for piece in shape_body(fault, verified_chunks(f, md5, size), size):
                     self._send(ex, piece)
@@ -358,13 +375,25 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         return None
 
     def _send(self, ex: Exchange, data: bytes) -> None:
-        """Write in pieces: the socket timeout (idle_timeout) bounds each send call, so a reader
-        at a steady 32 KiB/s must never be asked to take megabytes within one timeout."""
+        """Write in pieces, each bounded by the idle timeout and all by the response's deadline
+        (`min_rate`, as for request bodies): a reader draining a little per idle timeout must
+        not hold a thread and a slot for hours. Small pieces: a reader at a steady `min_rate`
+        is never asked to take megabytes within one timeout."""
+        idle = self.ctx.idle_timeout
+        if ex.send_deadline is None:
+            ex.send_deadline = time.monotonic() + idle + ex.send_size / self.ctx.min_rate
         with memoryview(data) as view:
-            for start in range(0, len(view), _SOCKET_PIECE):
-                piece = view[start:start + _SOCKET_PIECE]
-                self.wfile.write(piece)
-                ex.bytes_out += len(piece)
+            try:
+                for start in range(0, len(view), _SOCKET_PIECE):
+                    remaining = ex.send_deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"reader below {self.ctx.min_rate:g} B/s: response cut off")
+                    self.connection.settimeout(min(idle, remaining))
+                    piece = view[start:start + _SOCKET_PIECE]
+                    self.wfile.write(piece)
+                    ex.bytes_out += len(piece)
+            finally:
+                self.connection.settimeout(idle)
 
     # -- index ------------------------------------------------------------------------------
 
@@ -391,6 +420,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         all_headers = {"Content-Length": str(len(body)), "Content-Type": "text/plain; charset=utf-8"}
         all_headers.update(headers or {})
         self._head_only(ex, status, all_headers)
+        ex.send_size = len(body)
         if ex.method != "HEAD" and body:
             self._send(ex, body)
 
