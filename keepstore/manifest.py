@@ -33,22 +33,33 @@ class FileSegments(Sequence[Segment]):
     range over its stream's block list, so a file spanning a million blocks costs one range here,
     and ``segments[i]`` is found by bisecting (it equals a tuple of the same `Segment` values)."""
 
-    __slots__ = ("_counts", "_index", "_ranges", "_starts", "size")
+    __slots__ = ("_counts", "_file", "_index", "_ranges", "_starts")
 
     def __init__(self, index: ManifestIndex, file: int) -> None:
         self._index = index
+        self._file = file
         self._ranges: list[tuple[int, int, int, int]] = []  # (first block, last block, start, end)
-        self._counts = [0]   # segments before each range
-        self._starts = [0]   # file offset where each range starts
-        for row in index.file_rows(file):
-            first, last, start, end = index.block_span(row)
+        self._counts: list[int] = []  # segments before each range (filled on first use)
+        self._starts: list[int] = []  # file offset where each range starts
+
+    def _load(self) -> None:
+        counts, starts = [0], [0]
+        for row in self._index.file_rows(self._file):
+            first, last, start, end = self._index.block_span(row)
             if first <= last:
                 self._ranges.append((first, last, start, end))
-                self._counts.append(self._counts[-1] + last - first + 1)
-                self._starts.append(self._starts[-1] + end - start)
-        self.size = self._starts[-1]
+                counts.append(counts[-1] + last - first + 1)
+                starts.append(starts[-1] + end - start)
+        self._counts, self._starts = counts, starts
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        return self._starts[-1] if self._counts else self._index.file_size(self._file)
 
     def __len__(self) -> int:
+        if not self._counts:
+            self._load()
         return self._counts[-1]
 
     @overload
@@ -68,6 +79,8 @@ class FileSegments(Sequence[Segment]):
         return self._segment(first + k - self._counts[r], start, end)
 
     def __iter__(self) -> Iterator[Segment]:
+        if not self._counts:
+            self._load()
         for first, last, start, end in self._ranges:
             for block in range(first, last + 1):
                 yield self._segment(block, start, end)
@@ -82,7 +95,7 @@ class FileSegments(Sequence[Segment]):
     def overlapping(self, offset: int, length: int) -> list[tuple[int, int, Segment]]:
         """See `ManifestFile.segments_in`; O(log n) to find the first piece."""
         index, out = self._index, []
-        end = min(offset + length, self.size)
+        end = min(offset + length, self.size)  # loads the ranges
         r = max(bisect.bisect_right(self._starts, offset) - 1, 0)
         while offset < end and r < len(self._ranges):
             first, last, start, _stop = self._ranges[r]

@@ -18,7 +18,7 @@ _UNESCAPE = re.compile(r"\\([0-3][0-7][0-7])")
 # A name is anything but a space: not \S, which also refuses NBSP and other Unicode spaces that
 # escape_name leaves as they are (so our own manifests failed to parse). The Go SDK splits on " "
 # alone, as we do; the Arvados Python SDK splits on \s and cannot read such names.
-_SEGMENT = re.compile(r"(0|[1-9][0-9]*):(0|[1-9][0-9]*):([^ ]+)\Z")
+_SEGMENT_AT = re.compile(r"(0|[1-9][0-9]*):(0|[1-9][0-9]*):([^ \n]+)")
 _LOCATOR_START = re.compile(r"[0-9a-f]{32}\+")
 # The usual locator (bare, or with one permission hint) is checked here without building a Locator;
 # anything else goes through Locator.parse, which gives the error message.
@@ -26,6 +26,7 @@ _PLAIN_LOCATOR = re.compile(r"[0-9a-f]{32}\+(0|[1-9][0-9]{0,7})(?:\+A[0-9a-f]{40
 _SIZE_HINT = re.compile(r"[0-9a-f]{32}\+([0-9]+)")
 _TOKEN = re.compile(r"[^ \n]*")
 _BAD_COMPONENTS = ("", ".", "..")
+_BAD_SET = frozenset(_BAD_COMPONENTS)
 
 
 class ManifestError(KeepError, ValueError):
@@ -71,13 +72,14 @@ class ManifestIndex:
         self.seg_stream = array(idx)  # per segment token: its stream
         self.file_dir = array(idx)    # per file: directory id
         self.file_tok = array(idx)    # per file: offset of its first segment token
+        self.file_hash = array("I")   # per file: low bits of its key's hash, to skip most compares
         self.dir_parent = array(idx, [0])
         self.dir_name: list[str] = [""]
         self.dir_children: list[dict[str, int]] = [{}]
         self.file_seg_start: array[int] | None = None  # files' token rows, when a file has several
         self.file_segs: array[int] | None = None
         self.total_size = 0
-        self._table = array(idx, bytes(array(idx).itemsize * (int(text.count(" ") * 1.3) + 8)))
+        self._table = array(idx, bytes(array(idx).itemsize * (int(text.count(" ") * 1.5) + 8)))
         self._dir_paths: dict[int, str] = {ROOT: ""}
         self._dir_files: tuple[array[int], array[int]] | None = None
         self._parse(idx)
@@ -142,36 +144,38 @@ class ManifestIndex:
             raise ManifestError(f"{where}: stream {first!r} lists no block locator")
         if not token:
             raise ManifestError(f"{where}: stream {first!r} has no file segment")
+        # pos is where the first segment token starts
         while True:
-            self._parse_segment(token, pos, total, directory, stream_id, where, seg_file)
-            if sp == -1:
+            pos = self._parse_segment(pos, eol, total, directory, stream_id, where, seg_file)
+            if pos == eol:
                 return eol + 1
-            pos = sp + 1
-            sp = text.find(" ", pos, eol)
-            token = text[pos:eol if sp == -1 else sp]
+            pos += 1
 
-    def _parse_segment(self, token: str, pos: int, total: int, directory: int, stream_id: int, where: str,
-                       seg_file: array[int]) -> None:
-        m = _SEGMENT.match(token)
-        if not m:
+    def _parse_segment(self, pos: int, eol: int, total: int, directory: int, stream_id: int, where: str,
+                       seg_file: array[int]) -> int:
+        """Record the ``pos:len:name`` token at *pos*; return where it ends."""
+        m = _SEGMENT_AT.match(self.text, pos, eol)
+        if m is None:
+            token = self.token(pos)
             raise ManifestError(f"{where}: {token!r} is not a pos:len:name file segment")
         if len(m.group(1)) > 20 or len(m.group(2)) > 20:  # int() refuses over 4300 digits anyway
-            raise ManifestError(f"{where}: segment {token[:60]!r}... runs past the stream's {total} bytes")
-        start, length, raw = int(m.group(1)), int(m.group(2)), unescape_name(m.group(3))
+            raise ManifestError(f"{where}: segment {m.group()[:60]!r}... runs past the stream's {total} bytes")
+        start, length, raw = int(m.group(1)), int(m.group(2)), m.group(3)
         if start + length > total:
-            raise ManifestError(f"{where}: segment {token!r} runs past the stream's {total} bytes")
+            raise ManifestError(f"{where}: segment {m.group()!r} runs past the stream's {total} bytes")
+        if "\\" in raw:
+            raw = unescape_name(raw)
         if raw == "." or raw.endswith("/."):
             # Arvados' placeholder that keeps an empty directory ("." is the stream's own, and "/."
             # in the root stream names the root, as before).
             if raw != "." and (raw != "/." or directory != ROOT):
                 self._walk(directory, raw[:-2].split("/"), where, raw[:-2])
-            return
-        parts = raw.split("/")
-        name = parts.pop()
+            return m.end()
+        name = raw.rsplit("/", 1)[-1] if "/" in raw else raw
         if name in _BAD_COMPONENTS or "\x00" in name:
             raise _invalid(where, self.dir_path(directory, raw))
-        if parts:
-            directory = self._walk(directory, parts, where, raw)
+        if name is not raw:
+            directory = self._walk(directory, raw.split("/")[:-1], where, raw)
         if name in self.dir_children[directory]:
             raise ManifestError(f"{self.dir_path(directory, name)!r} is both a file and a directory")
         slot, found = self._probe(directory, name)
@@ -179,19 +183,22 @@ class ManifestIndex:
             found = len(self.file_dir)
             self.file_dir.append(directory)
             self.file_tok.append(pos)
+            self.file_hash.append(hash((directory, name)) & 0xFFFFFFFF)
             self._table[slot] = found + 1
         self.seg_tok.append(pos)
         self.seg_stream.append(stream_id)
         seg_file.append(found)
         self.total_size += length
+        return m.end()
 
     def _walk(self, directory: int, parts: list[str], where: str, shown: str) -> int:
-        """The id of *parts* below *directory*, creating directories on the way."""
+        """The id of *parts* below *directory*, creating directories on the way (all checked first,
+        so a bad path creates none)."""
+        if _BAD_SET.intersection(parts) or any("\x00" in part for part in parts):
+            raise _invalid(where, self.dir_path(directory, shown))
         for part in parts:
             child = self.dir_children[directory].get(part)
             if child is None:
-                if part in _BAD_COMPONENTS or "\x00" in part:
-                    raise _invalid(where, self.dir_path(directory, shown))
                 if self._probe(directory, part)[1] >= 0:
                     raise ManifestError(f"{self.dir_path(directory, part)!r} is both a file and a directory")
                 child = len(self.dir_name)
@@ -220,15 +227,18 @@ class ManifestIndex:
 
     def _probe(self, directory: int, name: str) -> tuple[int, int]:
         """``(slot, file id)`` of *name* in *directory*; file id -1 (and a free slot) if absent."""
-        table = self._table
+        table, hashes = self._table, self.file_hash
         size = len(table)
-        slot = hash((directory, name)) % size
+        h = hash((directory, name))
+        short = h & 0xFFFFFFFF
+        slot = h % size
         while True:
             value = table[slot]
             if value == 0:
                 return slot, -1
-            if self.file_dir[value - 1] == directory and self.file_name(value - 1) == name:
-                return slot, value - 1
+            f = value - 1
+            if hashes[f] == short and self.file_dir[f] == directory and self.file_name(f) == name:
+                return slot, f
             slot = slot + 1 if slot + 1 < size else 0
 
     def token(self, pos: int) -> str:
@@ -238,14 +248,17 @@ class ManifestIndex:
 
     def segment(self, row: int) -> tuple[int, int, str]:
         """``(position in stream, length, unescaped name)`` of segment token *row*."""
-        m = _SEGMENT.match(self.token(self.seg_tok[row]))
+        m = _SEGMENT_AT.match(self.text, self.seg_tok[row])
         assert m is not None  # checked when parsed
         return int(m.group(1)), int(m.group(2)), unescape_name(m.group(3))
 
     def file_name(self, file: int) -> str:
-        m = _SEGMENT.match(self.token(self.file_tok[file]))
+        m = _SEGMENT_AT.match(self.text, self.file_tok[file])
         assert m is not None
-        return unescape_name(m.group(3)).rsplit("/", 1)[-1]
+        name = m.group(3)
+        if "\\" in name:
+            name = unescape_name(name)
+        return name.rsplit("/", 1)[-1] if "/" in name else name
 
     def file_rows(self, file: int) -> range | array[int]:
         """The segment token rows of *file*, in manifest order."""
@@ -308,6 +321,15 @@ class ManifestIndex:
         return files[counts[directory]:counts[directory + 1]]
 
     # -- blocks ---------------------------------------------------------------------------
+
+    def file_size(self, file: int) -> int:
+        """The file's size, from its tokens alone."""
+        total = 0
+        for row in self.file_rows(file):
+            m = _SEGMENT_AT.match(self.text, self.seg_tok[row])
+            assert m is not None
+            total += int(m.group(2))
+        return total
 
     def block_span(self, row: int) -> tuple[int, int, int, int]:
         """``(first block, last block, start, end)`` of segment token *row* (stream positions);
