@@ -6,34 +6,17 @@ import bisect
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import overload
 
-from .errors import KeepError, LocatorError
 from .locator import EMPTY_BLOCK, Locator
+from .manifest_index import ManifestError, ManifestIndex, escape_name, unescape_name
+from .manifest_normal import distinct_blocks, normalized_text
 
-__all__ = ["Manifest", "ManifestError", "ManifestFile", "Segment", "escape_name", "unescape_name"]
+__all__ = ["FileSegments", "Manifest", "ManifestError", "ManifestFile", "Segment", "escape_name",
+           "unescape_name"]
 
-_ESCAPE = re.compile(r"[\\:\000-\040]")
-_UNESCAPE = re.compile(r"\\([0-3][0-7][0-7])")
-# A name is anything but a space: not \S, which also refuses NBSP and other Unicode spaces that
-# escape_name leaves as they are (so our own manifests failed to parse). The Go SDK splits on " "
-# alone, as we do; the Arvados Python SDK splits on \s and cannot read such names.
-_SEGMENT = re.compile(r"(0|[1-9][0-9]*):(0|[1-9][0-9]*):([^ ]+)\Z")
-_LOCATOR_START = re.compile(r"[0-9a-f]{32}\+")
-
-
-class ManifestError(KeepError, ValueError):
-    """Manifest text is not valid (the message names the line and token)."""
-
-
-def escape_name(name: str) -> str:
-    """Escape a stream or file name as Arvados does: ``\\``, ``:``, and control/space as octal."""
-    return _ESCAPE.sub(lambda m: f"\\{ord(m.group(0)):03o}", name)
-
-
-def unescape_name(name: str) -> str:
-    """Undo `escape_name` (``\\040`` -> space, and so on)."""
-    return _UNESCAPE.sub(lambda m: chr(int(m.group(1), 8)), name)
+_BARE = re.compile(r"(?<= )([0-9a-f]{32}\+[0-9]+)(?:\+[^ \n]*)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,29 +28,185 @@ class Segment:
     length: int
 
 
-@dataclasses.dataclass(frozen=True)
-class ManifestFile:
-    """One file: its path inside the dataset (``dir/name``) and the block ranges that make it."""
+class FileSegments(Sequence[Segment]):
+    """A parsed file's segments, made on demand: each of the file's ``pos:len:name`` tokens is a
+    range over its stream's block list, so a file spanning a million blocks costs one range here,
+    and ``segments[i]`` is found by bisecting (it equals a tuple of the same `Segment` values)."""
 
-    path: str
-    segments: tuple[Segment, ...]
+    __slots__ = ("_counts", "_file", "_index", "_ranges", "_starts")
+
+    def __init__(self, index: ManifestIndex, file: int) -> None:
+        self._index = index
+        self._file = file
+        self._ranges: list[tuple[int, int, int, int]] = []  # (first block, last block, start, end)
+        self._counts: list[int] = []  # segments before each range (filled on first use)
+        self._starts: list[int] = []  # file offset where each range starts
+
+    def _load(self) -> None:
+        counts, starts = [0], [0]
+        for row in self._index.file_rows(self._file):
+            first, last, start, end = self._index.block_span(row)
+            if first <= last:
+                self._ranges.append((first, last, start, end))
+                counts.append(counts[-1] + last - first + 1)
+                starts.append(starts[-1] + end - start)
+        self._counts, self._starts = counts, starts
 
     @property
     def size(self) -> int:
-        return sum(s.length for s in self.segments)
+        """The file's size in bytes."""
+        return self._starts[-1] if self._counts else self._index.file_size(self._file)
+
+    def __len__(self) -> int:
+        if not self._counts:
+            self._load()
+        return self._counts[-1]
+
+    @overload
+    def __getitem__(self, i: int) -> Segment: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[Segment, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> Segment | tuple[Segment, ...]:
+        if isinstance(i, slice):
+            return tuple(self[k] for k in range(*i.indices(len(self))))
+        n = len(self)
+        k = i + n if i < 0 else i
+        if not 0 <= k < n:
+            raise IndexError("segment index out of range")
+        r = bisect.bisect_right(self._counts, k) - 1
+        first, _last, start, end = self._ranges[r]
+        return self._segment(first + k - self._counts[r], start, end)
+
+    def __iter__(self) -> Iterator[Segment]:
+        if not self._counts:
+            self._load()
+        for first, last, start, end in self._ranges:
+            for block in range(first, last + 1):
+                yield self._segment(block, start, end)
+
+    def _segment(self, block: int, start: int, end: int) -> Segment:
+        index = self._index
+        block_end = index.blk_end[block]
+        block_start = block_end - index.blk_size[block]
+        lo, hi = max(start, block_start), min(end, block_end)
+        return Segment(index.locator(block), lo - block_start, hi - lo)
+
+    def overlapping(self, offset: int, length: int) -> list[tuple[int, int, Segment]]:
+        """See `ManifestFile.segments_in`; O(log n) to find the first piece."""
+        index, out = self._index, []
+        end = min(offset + length, self.size)  # loads the ranges
+        r = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        while offset < end and r < len(self._ranges):
+            first, last, start, _stop = self._ranges[r]
+            lo = start + max(offset - self._starts[r], 0)
+            hi = start + min(end, self._starts[r + 1]) - self._starts[r]
+            block = bisect.bisect_right(index.blk_end, lo, first, last + 1)
+            while block <= last and index.blk_end[block] - index.blk_size[block] < hi:
+                block_start = index.blk_end[block] - index.blk_size[block]
+                a, b = max(lo, block_start), min(hi, index.blk_end[block])
+                out.append((self._counts[r] + block - first, self._starts[r] + a - start,
+                            Segment(index.locator(block), a - block_start, b - a)))
+                block += 1
+            r += 1
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (FileSegments, tuple, list)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"<FileSegments: {len(self)} segments, {self.size} bytes>"
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestFile:
+    """One file: its path inside the dataset (``dir/name``) and the block ranges that make it.
+
+    ``segments`` is a sequence of `Segment` (a tuple, or a lazy `FileSegments` for parsed files).
+    """
+
+    path: str
+    segments: Sequence[Segment]
+
+    @property
+    def size(self) -> int:
+        segs = self.segments
+        return segs.size if isinstance(segs, FileSegments) else sum(s.length for s in segs)
 
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]
 
+    def segments_in(self, offset: int, length: int) -> list[tuple[int, int, Segment]]:
+        """The pieces of ``[offset, offset+length)``: ``(segment index, file offset, Segment)``,
+        each Segment cut to the part inside the range; in O(log n) for a parsed file."""
+        segs = self.segments
+        if isinstance(segs, FileSegments):
+            return segs.overlapping(offset, length)
+        out, pos, end = [], 0, offset + length
+        for i, seg in enumerate(segs):
+            lo, hi = max(pos, offset), min(pos + seg.length, end)
+            if lo < hi:
+                out.append((i, lo, Segment(seg.locator, seg.offset + lo - pos, hi - lo)))
+            pos += seg.length
+        return out
+
 
 def _check_path(path: str, where: str) -> str:
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts):
+    if not isinstance(path, str) or any(p in ("", ".", "..") for p in path.split("/")):
         raise ManifestError(f"{where}: invalid path {path!r} (empty, '.' or '..' component)")
     if "\x00" in path:
         raise ManifestError(f"{where}: path {path!r} contains NUL")
     return path
+
+
+def _raw_text(files: Mapping[str, Iterable[Segment]], directories: Iterable[str]) -> str:
+    """Manifest text (one line per file, not normal form) for files given as segments."""
+    lines = []
+    for path in files:
+        _check_path(path, "file")
+    for path, segs in files.items():
+        head, _, name = path.rpartition("/")
+        escaped = escape_name(name)
+        locators, tokens, total = [], [], 0
+        for seg in segs:
+            if seg.length:  # a zero-length piece holds nothing (and the parsed form has none)
+                locators.append(str(seg.locator))
+                tokens.append(f"{total + seg.offset}:{seg.length}:{escaped}")
+                total += seg.locator.size
+        if not locators:
+            locators, tokens = [EMPTY_BLOCK], [f"0:0:{escaped}"]
+        lines.append(" ".join([f"./{escape_name(head)}" if head else ".", *locators, *tokens]) + "\n")
+    for directory in directories:
+        lines.append(f"./{escape_name(_check_path(directory, 'directory'))} {EMPTY_BLOCK} 0:0:\\056\n")
+    return "".join(lines)
+
+
+class _Files(Mapping[str, ManifestFile]):
+    """Path -> `ManifestFile`, in manifest order, made on lookup from the index."""
+
+    def __init__(self, index: ManifestIndex) -> None:
+        self._index = index
+
+    def __getitem__(self, path: str) -> ManifestFile:
+        found = self._index.find_file(path) if isinstance(path, str) else -1
+        if found < 0:
+            raise KeyError(path)
+        return ManifestFile(path, FileSegments(self._index, found))
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self._index.find_file(path) >= 0
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._index.file_path(f) for f in range(len(self._index.file_dir)))
+
+    def __len__(self) -> int:
+        return len(self._index.file_dir)
 
 
 class Manifest:
@@ -75,24 +214,16 @@ class Manifest:
 
     ``str(manifest)`` is the exact text it was parsed from; `normalized_text()` is the
     Arvados normal form, and `portable_data_hash()` matches Arvados for the same content.
+    Parsing keeps the text and flat arrays of offsets into it (see `ManifestIndex`), so memory
+    stays a small multiple of the text and every operation is linear (or n log n) in it.
     """
 
     def __init__(self, files: Mapping[str, ManifestFile] | None = None,
                  directories: Iterable[str] = (), *, text: str | None = None) -> None:
-        self._files: dict[str, ManifestFile] = dict(files or {})
-        for path in self._files:
+        given = dict(files or {})
+        for path in given:
             _check_path(path, "file")
-        dirs: set[str] = set()
-        # Every ancestor is a directory: of a file, and of a directory too (the normal form has
-        # no line for a directory that holds only directories, e.g. "./a/b" alone implies "a").
-        for path in [*(p.rsplit("/", 1)[0] for p in self._files if "/" in p), *directories]:
-            parts = _check_path(path, "directory").split("/")
-            for i in range(1, len(parts) + 1):
-                dirs.add("/".join(parts[:i]))
-        conflicts = dirs & set(self._files)
-        if conflicts:
-            raise ManifestError(f"{sorted(conflicts)[0]!r} is both a file and a directory")
-        self._dirs = dirs
+        self._index = ManifestIndex(_raw_text({p: f.segments for p, f in given.items()}, directories))
         self._text = text
 
     # -- construction -------------------------------------------------------------------
@@ -105,73 +236,16 @@ class Manifest:
                 text = text.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ManifestError(f"manifest is not UTF-8 text: {exc}") from None
-        if text and not text.endswith("\n"):
-            raise ManifestError("manifest text must end with a newline")
-        files: dict[str, list[Segment]] = {}
-        dirs: set[str] = set()
-        for line_no, line in enumerate(text.split("\n")[:-1], start=1):
-            cls._parse_stream(line, line_no, files, dirs)
-        built = {p: ManifestFile(p, tuple(segs)) for p, segs in files.items()}
-        return cls(built, dirs, text=text)
-
-    @staticmethod
-    def _parse_stream(line: str, line_no: int, files: dict[str, list[Segment]], dirs: set[str]) -> None:
-        where = f"manifest line {line_no}"
-        tokens = line.split(" ")
-        if "" in tokens:
-            raise ManifestError(f"{where}: want '<stream> <locator>... <pos:len:name>...' separated by single spaces")
-        stream = unescape_name(tokens[0])
-        if stream != "." and not stream.startswith("./"):
-            raise ManifestError(f"{where}: stream name {tokens[0]!r} must be '.' or start with './'")
-        stream_path = "" if stream == "." else _check_path(stream[2:], where)
-        if stream_path:
-            dirs.add(stream_path)
-        blocks: list[Locator] = []
-        starts: list[int] = []
-        total = 0
-        i = 1
-        while i < len(tokens) and _LOCATOR_START.match(tokens[i]):
-            try:
-                loc = Locator.parse(tokens[i])
-            except LocatorError as exc:
-                raise ManifestError(f"{where}: {exc}") from None
-            blocks.append(loc)
-            starts.append(total)
-            total += loc.size
-            i += 1
-        if not blocks:
-            raise ManifestError(f"{where}: stream {tokens[0]!r} lists no block locator")
-        if i == len(tokens):
-            raise ManifestError(f"{where}: stream {tokens[0]!r} has no file segment")
-        for token in tokens[i:]:
-            m = _SEGMENT.match(token)
-            if not m:
-                raise ManifestError(f"{where}: {token!r} is not a pos:len:name file segment")
-            if len(m.group(1)) > 20 or len(m.group(2)) > 20:  # int() refuses over 4300 digits anyway
-                raise ManifestError(f"{where}: segment {token[:60]!r}... runs past the stream's {total} bytes")
-            pos, length, raw_name = int(m.group(1)), int(m.group(2)), unescape_name(m.group(3))
-            if pos + length > total:
-                raise ManifestError(f"{where}: segment {token!r} runs past the stream's {total} bytes")
-            full = f"{stream_path}/{raw_name}" if stream_path else raw_name
-            if raw_name == "." or raw_name.endswith("/."):
-                # Arvados' placeholder that keeps an empty directory.
-                directory = full[:-2] if full.endswith("/.") else stream_path
-                if directory:
-                    dirs.add(_check_path(directory, where))
-                continue
-            _check_path(full, where)
-            segs = files.setdefault(full, [])
-            segs.extend(_ranges(blocks, starts, pos, length))
+        manifest = cls.__new__(cls)
+        manifest._index = ManifestIndex(text)
+        manifest._text = text
+        return manifest
 
     @classmethod
     def from_files(cls, files: Mapping[str, Iterable[Segment]], directories: Iterable[str] = ()) -> "Manifest":
         """Build a manifest (normal form) from file paths and their segments."""
-        built = {}
-        for path, segs in files.items():
-            _check_path(path, "file")
-            built[path] = ManifestFile(path, tuple(segs))
-        dirs = [_check_path(d, "directory") for d in directories]
-        manifest = cls(built, dirs)
+        manifest = cls.__new__(cls)
+        manifest._index = ManifestIndex(_raw_text(files, directories))
         manifest._text = manifest.normalized_text()
         return manifest
 
@@ -181,7 +255,7 @@ class Manifest:
         return self.text
 
     def __repr__(self) -> str:
-        return f"<Manifest {len(self._files)} files, {self.total_size} bytes>"
+        return f"<Manifest {len(self._index.file_dir)} files, {self.total_size} bytes>"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
@@ -198,33 +272,11 @@ class Manifest:
 
     def normalized_text(self, *, strip: bool = False) -> str:
         """The manifest in Arvados normal form (what ``Collection.manifest_text()`` gives)."""
-        out: list[str] = []
-        self._normalize_dir("", strip, out)
-        return "".join(out)
-
-    def _normalize_dir(self, path: str, strip: bool, out: list[str]) -> None:
-        prefix = f"{path}/" if path else ""
-        here = sorted(p for p in self._files if p.startswith(prefix) and "/" not in p[len(prefix):])
-        subdirs = sorted({d[len(prefix):].split("/")[0] for d in self._dirs if d.startswith(prefix) and d != path})
-        stream_name = f"./{path}" if path else "."
-        if not here and not subdirs:
-            if path:
-                out.append(f"{escape_name(stream_name)} {EMPTY_BLOCK} 0:0:\\056\n")
-            return
-        if here:
-            out.append(" ".join(_normalize_stream(stream_name, {p[len(prefix):]: self._files[p] for p in here},
-                                                  strip)) + "\n")
-        for name in subdirs:
-            self._normalize_dir(prefix + name, strip, out)
+        return normalized_text(self._index, strip)
 
     def stripped_text(self) -> str:
         """The manifest text with every hint but the size removed from block locators."""
-        lines = []
-        for line in self.text.split("\n")[:-1]:
-            tokens = line.split(" ")
-            tokens = [tokens[0]] + [str(Locator.parse(t).bare()) if _LOCATOR_START.match(t) else t for t in tokens[1:]]
-            lines.append(" ".join(tokens) + "\n")
-        return "".join(lines)
+        return _BARE.sub(r"\1", self.text)
 
     def portable_data_hash(self) -> str:
         """``md5+size`` of the normalised, stripped text: Arvados' portable data hash."""
@@ -235,106 +287,47 @@ class Manifest:
 
     @property
     def files(self) -> Mapping[str, ManifestFile]:
-        return self._files
+        return _Files(self._index)
 
     @property
     def directories(self) -> frozenset[str]:
-        return frozenset(self._dirs)
+        index = self._index
+        return frozenset(index.dir_path(d) for d in range(1, len(index.dir_name)))
 
     @property
     def total_size(self) -> int:
-        return sum(f.size for f in self._files.values())
+        return self._index.total_size
 
     def blocks(self) -> list[Locator]:
         """Every distinct block the manifest refers to, in first-use order."""
-        seen: dict[str, Locator] = {}
-        for f in self._files.values():
-            for s in f.segments:
-                seen.setdefault(s.locator.md5 + "+" + str(s.locator.size), s.locator)
-        return list(seen.values())
+        return distinct_blocks(self._index)
 
     def file(self, path: str) -> ManifestFile:
         """The file at *path*; `FileNotFoundError` if there is none (`IsADirectoryError` for a dir)."""
         path = path.strip("/")
-        found = self._files.get(path)
-        if found is None:
-            if path == "" or path in self._dirs:
+        found = self._index.find_file(path)
+        if found < 0:
+            if self._index.find_dir(path) >= 0:
                 raise IsADirectoryError(path or "/")
             raise FileNotFoundError(path)
-        return found
+        return ManifestFile(path, FileSegments(self._index, found))
 
     def is_dir(self, path: str) -> bool:
-        path = path.strip("/")
-        return path == "" or path in self._dirs
+        return self._index.find_dir(path.strip("/")) >= 0
 
     def listdir(self, path: str = "") -> list[str]:
         """Names directly inside directory *path* (sorted); `FileNotFoundError`/`NotADirectoryError`."""
         path = path.strip("/")
-        if path in self._files:
+        index = self._index
+        if index.find_file(path) >= 0:
             raise NotADirectoryError(path)
-        if not self.is_dir(path):
+        directory = index.find_dir(path)
+        if directory < 0:
             raise FileNotFoundError(path)
-        prefix = f"{path}/" if path else ""
-        names = {p[len(prefix):].split("/")[0] for p in (*self._files, *self._dirs)
-                 if p.startswith(prefix) and p != path}
-        return sorted(names)
+        return sorted([*index.dir_children[directory], *(index.file_name(f) for f in index.dir_files(directory))])
 
     def walk_files(self) -> Iterator[ManifestFile]:
         """Every file, sorted by path."""
-        for path in sorted(self._files):
-            yield self._files[path]
-
-
-def _ranges(blocks: list[Locator], starts: list[int], pos: int, length: int) -> Iterator[Segment]:
-    """Split stream range [pos, pos+length) into per-block segments."""
-    if length == 0:
-        return
-    i = bisect.bisect_right(starts, pos) - 1
-    end = pos + length
-    while pos < end:
-        loc = blocks[i]
-        block_end = starts[i] + loc.size
-        if pos >= block_end:
-            i += 1
-            continue
-        take = min(end, block_end) - pos
-        yield Segment(loc, pos - starts[i], take)
-        pos += take
-        i += 1
-
-
-def _normalize_stream(stream_name: str, files: Mapping[str, ManifestFile], strip: bool) -> list[str]:
-    """Tokens of one normalised stream, as Arvados' ``normalize_stream`` produces them."""
-    tokens = [escape_name(stream_name)]
-    offsets: dict[str, int] = {}
-    stream_offset = 0
-    names = sorted(files)
-
-    def key(loc: Locator) -> str:
-        return str(loc.bare() if strip else loc)
-
-    for name in names:
-        for seg in files[name].segments:
-            k = key(seg.locator)
-            if k not in offsets:
-                tokens.append(k)
-                offsets[k] = stream_offset
-                stream_offset += seg.locator.size
-    if len(tokens) == 1:
-        tokens.append(EMPTY_BLOCK)
-    for name in names:
-        escaped = escape_name(name)
-        span: list[int] | None = None
-        for seg in files[name].segments:
-            start = offsets[key(seg.locator)] + seg.offset
-            if span is not None and start == span[1]:
-                span[1] += seg.length
-                continue
-            if span is not None:
-                tokens.append(f"{span[0]}:{span[1] - span[0]}:{escaped}")
-            span = [start, start + seg.length]
-        if span is not None:
-            tokens.append(f"{span[0]}:{span[1] - span[0]}:{escaped}")
-        else:
-            tokens.append(f"0:0:{escaped}")
-    return tokens
+        index = self._index
+        for path, f in sorted((index.file_path(f), f) for f in range(len(index.file_dir))):
+            yield ManifestFile(path, FileSegments(index, f))
