@@ -261,3 +261,14 @@ def test_walk_lists_every_directory_top_down_like_os_walk():
         list(manifest.walk("z"))
     with pytest.raises(FileNotFoundError):
         list(manifest.walk("nope"))
+
+
+def test_the_manifests_at_scale_example_in_docs_datasets_md_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    section = text[text.index("## Manifests at scale"):]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/datasets.md", "exec"), {})
