@@ -113,7 +113,7 @@ class FileSegments(Sequence[Segment]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (FileSegments, tuple, list)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     def __hash__(self) -> int:
@@ -219,11 +219,16 @@ class Manifest:
     """
 
     def __init__(self, files: Mapping[str, ManifestFile] | None = None,
-                 directories: Iterable[str] = (), *, text: str | None = None) -> None:
-        given = dict(files or {})
-        for path in given:
-            _check_path(path, "file")
-        self._index = ManifestIndex(_raw_text({p: f.segments for p, f in given.items()}, directories))
+                 directories: Iterable[str] = (), *, text: str | None = None,
+                 index: ManifestIndex | None = None) -> None:
+        """Build from *files* and *directories*, or take an already parsed *index* (as `parse` does);
+        ``str()`` gives *text* when given, else the normal form."""
+        if index is None:
+            given = dict(files or {})
+            for path in given:
+                _check_path(path, "file")
+            index = ManifestIndex(_raw_text({p: f.segments for p, f in given.items()}, directories))
+        self._index = index
         self._text = text
 
     # -- construction -------------------------------------------------------------------
@@ -236,18 +241,13 @@ class Manifest:
                 text = text.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ManifestError(f"manifest is not UTF-8 text: {exc}") from None
-        manifest = cls.__new__(cls)
-        manifest._index = ManifestIndex(text)
-        manifest._text = text
-        return manifest
+        return cls(index=ManifestIndex(text), text=text)
 
     @classmethod
     def from_files(cls, files: Mapping[str, Iterable[Segment]], directories: Iterable[str] = ()) -> "Manifest":
         """Build a manifest (normal form) from file paths and their segments."""
-        manifest = cls.__new__(cls)
-        manifest._index = ManifestIndex(_raw_text(files, directories))
-        manifest._text = manifest.normalized_text()
-        return manifest
+        index = ManifestIndex(_raw_text(files, directories))
+        return cls(index=index, text=normalized_text(index))
 
     # -- text ---------------------------------------------------------------------------
 
@@ -325,6 +325,23 @@ class Manifest:
         if directory < 0:
             raise FileNotFoundError(path)
         return sorted([*index.dir_children[directory], *(index.file_name(f) for f in index.dir_files(directory))])
+
+    def walk(self, top: str = "") -> Iterator[tuple[str, list[str], list[str]]]:
+        """``(directory, subdirectory names, file names)`` for *top* and every directory below it,
+        top-down and sorted, like `os.walk` (a loop, so any depth works)."""
+        index = self._index
+        top = top.strip("/")
+        start = index.find_dir(top)
+        if start < 0:
+            raise NotADirectoryError(top) if index.find_file(top) >= 0 else FileNotFoundError(top)
+        stack = [(top, start)]
+        while stack:
+            path, directory = stack.pop()
+            children = index.dir_children[directory]
+            subdirs = sorted(children)
+            yield path, subdirs, sorted(index.file_name(f) for f in index.dir_files(directory))
+            prefix = f"{path}/" if path else ""
+            stack.extend((prefix + name, children[name]) for name in reversed(subdirs))
 
     def walk_files(self) -> Iterator[ManifestFile]:
         """Every file, sorted by path."""

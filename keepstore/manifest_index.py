@@ -35,6 +35,8 @@ class ManifestError(KeepError, ValueError):
 
 def escape_name(name: str) -> str:
     """Escape a stream or file name as Arvados does: ``\\``, ``:``, and control/space as octal."""
+    if _ESCAPE.search(name) is None:  # the usual case, and cheaper than sub() over every name
+        return name
     return _ESCAPE.sub(lambda m: f"\\{ord(m.group(0)):03o}", name)
 
 
@@ -81,6 +83,7 @@ class ManifestIndex:
         self.total_size = 0
         self._table = array(idx, bytes(array(idx).itemsize * (int(text.count(" ") * 1.5) + 8)))
         self._dir_paths: dict[int, str] = {ROOT: ""}
+        self._last_dir = ("", ROOT)
         self._dir_files: tuple[array[int], array[int]] | None = None
         self._parse(idx)
 
@@ -287,6 +290,16 @@ class ManifestIndex:
 
     def find_dir(self, path: str) -> int:
         """The id of directory *path* (already stripped of ``/``), or -1."""
+        if not path:
+            return ROOT
+        head, _, last = path.rpartition("/")
+        parent = self._find_parent(head)
+        return -1 if parent < 0 else self.dir_children[parent].get(last, -1)
+
+    def _find_parent(self, path: str) -> int:
+        # Look-ups come grouped by directory (listing, reading a tree), so remember the last one.
+        if path == self._last_dir[0]:
+            return self._last_dir[1]
         directory = ROOT
         if path:
             for part in path.split("/"):
@@ -294,12 +307,13 @@ class ManifestIndex:
                 if found is None:
                     return -1
                 directory = found
+        self._last_dir = (path, directory)
         return directory
 
     def find_file(self, path: str) -> int:
         """The id of file *path*, or -1."""
         head, _, name = path.rpartition("/")
-        directory = self.find_dir(head)
+        directory = self._find_parent(head)
         return -1 if directory < 0 or not name else self._probe(directory, name)[1]
 
     def dir_files(self, directory: int) -> array[int]:

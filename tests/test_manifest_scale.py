@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keepstore.locator import EMPTY_BLOCK, Locator
-from keepstore.manifest import FileSegments, Manifest, ManifestError, Segment
+from keepstore.manifest import FileSegments, Manifest, ManifestError, ManifestFile, Segment
 from keepstore.manifest_index import ManifestIndex
-
 
 
 def arvados_collection(text: str):
@@ -126,6 +125,8 @@ def test_two_thousand_nested_directories_work_everywhere(depth):
         assert manifest.portable_data_hash() == f"{hashlib.md5(text.encode()).hexdigest()}+{len(text)}"
         assert manifest.listdir(path) == ["leaf"] and manifest.listdir("") == ["d0"]
         assert [f.path for f in manifest.walk_files()] == [f"{path}/leaf"]
+        walked = list(manifest.walk())
+        assert len(walked) == depth + 1 and walked[-1] == (path, [], ["leaf"])
         assert len(manifest.directories) == depth
         assert Manifest.from_files({f"{path}/leaf": [Segment(Locator.parse(FOO), 0, 3)]}).text == text
         empty = Manifest.parse(f"./{path} {EMPTY_BLOCK} 0:0:\\056\n")
@@ -183,12 +184,11 @@ def test_segments_in_gives_the_pieces_of_a_byte_range(sizes, data):
     got = [(seg.locator, seg.offset + k) for _i, _at, seg in pieces for k in range(seg.length)]
     assert got == bytes_of[offset:offset + want]
     assert all(file.segments[i].locator == seg.locator for i, _at, seg in pieces)
-    assert file.segments_in(offset, want) == ManifestFile_tuple(file).segments_in(offset, want)
+    assert file.segments_in(offset, want) == as_tuple_file(file).segments_in(offset, want)
 
 
-def ManifestFile_tuple(file):  # noqa: N802 - the same file with a plain tuple of segments
-    from keepstore.manifest import ManifestFile
-
+def as_tuple_file(file: ManifestFile) -> ManifestFile:
+    """The same file with a plain tuple of segments (the other branch of segments_in)."""
     return ManifestFile(file.path, tuple(file.segments))
 
 
@@ -251,3 +251,24 @@ def test_deep_directories_cost_a_bounded_amount_each():
     manifest, peak = peak_bytes(lambda: Manifest.parse(text))
     assert peak <= 400 * 20_000  # bytes per level: a dict of children, an id and a name each
     assert manifest.file("a/" * 20_000 + "f").size == 3
+
+
+def test_walk_lists_every_directory_top_down_like_os_walk():
+    manifest = Manifest.parse(f". {FOO} 0:3:z 0:3:b/y 0:3:a/x\n./a/c {EMPTY_BLOCK} 0:0:\\056\n")
+    assert list(manifest.walk()) == [("", ["a", "b"], ["z"]), ("a", ["c"], ["x"]), ("a/c", [], []), ("b", [], ["y"])]
+    assert list(manifest.walk("a/c")) == [("a/c", [], [])]
+    with pytest.raises(NotADirectoryError):
+        list(manifest.walk("z"))
+    with pytest.raises(FileNotFoundError):
+        list(manifest.walk("nope"))
+
+
+def test_the_manifests_at_scale_example_in_docs_datasets_md_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    section = text[text.index("## Manifests at scale"):]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/datasets.md", "exec"), {})
