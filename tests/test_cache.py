@@ -237,7 +237,7 @@ def test_six_threads_getting_one_block_cause_one_fetch(kind, tmp_path):
 
     def fetch() -> bytes:
         calls.append(threading.get_ident())
-        time.sleep(0.3)
+        wait_until(lambda: cache.stats().joined == 5)  # hold the flight until the others wait on it
         return data
 
     def reader() -> bytes:
@@ -245,7 +245,7 @@ def test_six_threads_getting_one_block_cause_one_fetch(kind, tmp_path):
         return cache.get_or_fetch(str(loc.with_hints(SIGNED)), fetch)
 
     results = run_threads(reader, 6)
-    assert len(calls) == 1
+    assert len(calls) == 1 and cache.stats().joined == 5
     assert results == [data] * 6
 
 
@@ -258,7 +258,7 @@ def test_fetch_exception_reaches_every_waiter_and_the_next_call_retries(kind, tm
 
     def failing() -> bytes:
         calls.append(1)
-        time.sleep(0.3)
+        wait_until(lambda: cache.stats().joined == 3)  # every other reader waits on this fetch
         raise ReadError("service down", locator=str(loc))
 
     def reader() -> BaseException | bytes:
@@ -456,6 +456,16 @@ def test_full_disk_still_lets_gets_succeed_and_keeps_serving_what_is_cached(tmp_
         cache.close()
 
 
+def wait_until(predicate, seconds: float = 5.0) -> bool:
+    """Whether *predicate()* came true within *seconds* (checked every 2 ms)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.002)
+    return True
+
+
 def run_threads(target, count: int) -> list:
     results: list = [None] * count
 
@@ -514,10 +524,11 @@ def test_a_failed_flight_does_not_fail_a_waiter_that_asked_differently():
     loc, data = block(3, 1000)
     expired = Locator.parse(f"{loc}+A{'0' * 40}@00000001")
     started = threading.Event()
+    joiners = [1]  # how many waiters the leader's flight must have before it fails
 
     def failing() -> bytes:
         started.set()
-        time.sleep(0.3)
+        wait_until(lambda: cache.stats().joined == joiners[0])
         raise ReadError("the leader's own trouble")
 
     results: dict[str, object] = {}
@@ -537,6 +548,7 @@ def test_a_failed_flight_does_not_fail_a_waiter_that_asked_differently():
     # Another client (origin) sharing the cache is not failed by this one's trouble either.
     other, other_data = block(6, 1000)
     started.clear()
+    joiners[0] = 2
     def lead_for_a() -> None:
         with contextlib.suppress(ReadError):
             cache.get_or_fetch(other, failing, origin="client A")

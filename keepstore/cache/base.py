@@ -51,7 +51,9 @@ class CacheStats:
     ``bytes_read`` counts bytes served from the cache, ``bytes_written`` bytes stored into it;
     ``evictions`` entries dropped to respect ``max_bytes``; ``corrupt`` entries that failed
     verification (dropped, and counted as misses); ``errors`` cache failures survived;
-    ``current_bytes`` what the cache holds now (for a directory, as diskcache measures it).
+    ``current_bytes`` what the cache holds now (for a directory, as diskcache measures it);
+    ``joined`` calls of `get_or_fetch` that waited for another caller's fetch of the same
+    block in this process instead of fetching it themselves (downloads saved, at most).
     """
 
     hits: int = 0
@@ -62,12 +64,13 @@ class CacheStats:
     corrupt: int = 0
     errors: int = 0
     current_bytes: int = 0
+    joined: int = 0
 
 
 class _Counters:
     """Thread-safe counters behind `CacheStats`."""
 
-    _FIELDS = ("hits", "misses", "bytes_read", "bytes_written", "evictions", "corrupt", "errors")
+    _FIELDS = ("hits", "misses", "bytes_read", "bytes_written", "evictions", "corrupt", "errors", "joined")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -182,6 +185,7 @@ class BlockCache(abc.ABC):
                 found = self._flights[key] = (Future(), asker)
         flight, leaders_asker = found
         if not leader:
+            self._counters.add(joined=1)
             try:
                 return flight.result()
             except Exception:
