@@ -10,6 +10,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from keepstore import Locator
 from keepstore.cache import DiskBlockCache
 
@@ -125,6 +127,7 @@ def hold_lock_and_die(path: str, log: str, started) -> None:
     cache.get_or_fetch(loc, fetch)
 
 
+@pytest.mark.wall_clock  # a dead holder's lock released in time
 def test_a_killed_fetcher_does_not_block_other_processes(tmp_path):
     path, log = str(tmp_path / "c"), str(tmp_path / "fetches")
     started = CTX.Event()

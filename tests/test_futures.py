@@ -75,6 +75,7 @@ def test_close_finishes_queued_work_then_refuses_new_work(keep_cluster: KeepClus
     kc.close()  # a second close is harmless
 
 
+@pytest.mark.wall_clock  # parallelism shows only as time saved
 def test_async_calls_run_in_parallel(keep_cluster: KeepCluster) -> None:
     with keep_cluster.client(threads=4) as kc:
         locs = [kc.put(f"parallel {i}".encode()) for i in range(4)]
