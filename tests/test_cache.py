@@ -194,8 +194,13 @@ def test_flipped_byte_in_a_cache_file_is_detected_evicted_and_refetched(verify, 
     assert cache.get(loc) is None
     assert cache.stats().corrupt == 1
     assert val_files(path) == []  # the entry is gone, not just skipped
-    fetches = []
-    assert cache.get_or_fetch(loc, lambda: fetches.append(1) or data) == data
+    fetches: list[int] = []
+
+    def fetch() -> bytes:
+        fetches.append(1)
+        return data
+
+    assert cache.get_or_fetch(loc, fetch) == data
     assert fetches == [1]
     assert DiskBlockCache(path, 16 * MiB).get(loc) == data
 
@@ -353,7 +358,7 @@ def assert_degraded_but_serving(cache: BlockCache, caplog: pytest.LogCaptureFixt
     """get_or_fetch still returns fetched bytes, repeatedly, with one warning and errors counted."""
     for n in range(3):
         loc, data = block(100 + n, MiB)
-        assert cache.get_or_fetch(loc, lambda data=data: data) == data
+        assert cache.get_or_fetch(loc, lambda data=data: data) == data  # type: ignore[misc]  # bound default
     warnings = [r for r in caplog.records if r.name.startswith("keepstore.cache") and r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert cache.stats().errors >= 1
@@ -514,7 +519,11 @@ def test_eviction_gets_past_a_foreign_entry_with_a_pickled_key(tmp_path):
     cache = DiskBlockCache(tmp_path / "c", max_bytes=200_000)
     loc, data = block(7, 150_000)
     done = threading.Event()
-    threading.Thread(target=lambda: (cache.put(loc, data), done.set()), daemon=True).start()
+    def put() -> None:
+        cache.put(loc, data)
+        done.set()
+
+    threading.Thread(target=put, daemon=True).start()
     assert done.wait(10), "put did not return: eviction loops"
     assert cache.get(loc) == data and cache.stats().evictions >= 1
     cache.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, wait
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from keepstore.testing import KeepCluster
 MISSING = "d41d8cd98f00b204e9800998ecf8427f+1"
 
 
-def _wait_running(future: Future[object], seconds: float = 10.0) -> None:
+def _wait_running(future: Future[Any], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not future.running() and not future.done():
         assert time.monotonic() < deadline, "the first operation never started"

@@ -10,12 +10,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
+from typing import TypeVar
 
 from ..errors import ConfigError, LocatorError, ReadError
 from ..locator import Locator, LocatorLike
 from ..store import Data, as_view
 
 __all__ = ["BlockCache", "CacheStats", "cache_key", "check_block"]
+
+_C = TypeVar("_C", bound="BlockCache")
 
 
 def cache_key(locator: LocatorLike) -> str:
@@ -230,7 +233,7 @@ class BlockCache(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook: only caches holding resources override it
         """Release resources; a closed cache behaves as an empty one."""
 
-    def __enter__(self) -> "BlockCache":
+    def __enter__(self: _C) -> _C:
         return self
 
     def __exit__(
