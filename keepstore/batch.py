@@ -32,8 +32,8 @@ class Raise(str, enum.Enum):
 RAISE_FIRST = Raise.FIRST
 RAISE_NEVER = Raise.NEVER
 
-#: `Raise` (or its text), or the exception classes that count as acceptable outcomes.
-RaisePolicy = Union[Raise, str, Collection[type[BaseException]]]
+#: `Raise` (or its text), or the exception class(es) that count as acceptable outcomes.
+RaisePolicy = Union[Raise, str, type[BaseException], Collection[type[BaseException]]]
 
 
 class AsyncStore(Protocol):

@@ -127,6 +127,7 @@ def test_closing_a_wrapper_leaves_the_wrapped_client_open(keep_cluster: KeepClus
     kc.close()
 
 
+@pytest.mark.wall_clock  # not blocking the loop is a bound on time
 def test_closing_an_owned_client_does_not_block_the_loop(keep_cluster: KeepCluster) -> None:
     async def main() -> KeepClient:
         akc = AsyncKeepClient(services=keep_cluster.urls, token=keep_cluster.token)

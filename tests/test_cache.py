@@ -194,8 +194,13 @@ def test_flipped_byte_in_a_cache_file_is_detected_evicted_and_refetched(verify, 
     assert cache.get(loc) is None
     assert cache.stats().corrupt == 1
     assert val_files(path) == []  # the entry is gone, not just skipped
-    fetches = []
-    assert cache.get_or_fetch(loc, lambda: fetches.append(1) or data) == data
+    fetches: list[int] = []
+
+    def fetch() -> bytes:
+        fetches.append(1)
+        return data
+
+    assert cache.get_or_fetch(loc, fetch) == data
     assert fetches == [1]
     assert DiskBlockCache(path, 16 * MiB).get(loc) == data
 
@@ -237,7 +242,7 @@ def test_six_threads_getting_one_block_cause_one_fetch(kind, tmp_path):
 
     def fetch() -> bytes:
         calls.append(threading.get_ident())
-        time.sleep(0.3)
+        wait_until(lambda: cache.stats().joined == 5)  # hold the flight until the others wait on it
         return data
 
     def reader() -> bytes:
@@ -245,7 +250,7 @@ def test_six_threads_getting_one_block_cause_one_fetch(kind, tmp_path):
         return cache.get_or_fetch(str(loc.with_hints(SIGNED)), fetch)
 
     results = run_threads(reader, 6)
-    assert len(calls) == 1
+    assert len(calls) == 1 and cache.stats().joined == 5
     assert results == [data] * 6
 
 
@@ -258,7 +263,7 @@ def test_fetch_exception_reaches_every_waiter_and_the_next_call_retries(kind, tm
 
     def failing() -> bytes:
         calls.append(1)
-        time.sleep(0.3)
+        wait_until(lambda: cache.stats().joined == 3)  # every other reader waits on this fetch
         raise ReadError("service down", locator=str(loc))
 
     def reader() -> BaseException | bytes:
@@ -280,16 +285,18 @@ def test_a_slow_fetch_does_not_hold_up_other_blocks(tmp_path):
     (slow_loc, slow_data), (fast_loc, fast_data) = block(1), block(2)
     release = threading.Event()
 
+    slow_returned = threading.Event()
+
     def slow() -> bytes:
         release.wait(10)
+        slow_returned.set()
         return slow_data
 
     slow_thread = threading.Thread(target=cache.get_or_fetch, args=(slow_loc, slow))
     slow_thread.start()
     try:
-        started = time.monotonic()
         assert cache.get_or_fetch(fast_loc, lambda: fast_data) == fast_data
-        assert time.monotonic() - started < 2
+        assert not slow_returned.is_set(), "the fast block waited for the slow one's fetch"
     finally:
         release.set()
         slow_thread.join()
@@ -304,6 +311,7 @@ def test_fetched_bytes_that_do_not_match_are_an_error_and_not_cached(tmp_path):
     assert cache.get(loc) is None
 
 
+@pytest.mark.wall_clock  # a timeout's bound is the behaviour under test
 def test_a_lock_held_elsewhere_delays_the_fetch_only_until_lock_timeout(tmp_path):
     cache = DiskBlockCache(tmp_path / "c", 16 * MiB, lock_timeout=0.5)
     loc, data = block(1)
@@ -350,7 +358,7 @@ def assert_degraded_but_serving(cache: BlockCache, caplog: pytest.LogCaptureFixt
     """get_or_fetch still returns fetched bytes, repeatedly, with one warning and errors counted."""
     for n in range(3):
         loc, data = block(100 + n, MiB)
-        assert cache.get_or_fetch(loc, lambda data=data: data) == data
+        assert cache.get_or_fetch(loc, lambda data=data: data) == data  # type: ignore[misc]  # bound default
     warnings = [r for r in caplog.records if r.name.startswith("keepstore.cache") and r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert cache.stats().errors >= 1
@@ -456,6 +464,16 @@ def test_full_disk_still_lets_gets_succeed_and_keeps_serving_what_is_cached(tmp_
         cache.close()
 
 
+def wait_until(predicate, seconds: float = 5.0) -> bool:
+    """Whether *predicate()* came true within *seconds* (checked every 2 ms)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.002)
+    return True
+
+
 def run_threads(target, count: int) -> list:
     results: list = [None] * count
 
@@ -501,7 +519,11 @@ def test_eviction_gets_past_a_foreign_entry_with_a_pickled_key(tmp_path):
     cache = DiskBlockCache(tmp_path / "c", max_bytes=200_000)
     loc, data = block(7, 150_000)
     done = threading.Event()
-    threading.Thread(target=lambda: (cache.put(loc, data), done.set()), daemon=True).start()
+    def put() -> None:
+        cache.put(loc, data)
+        done.set()
+
+    threading.Thread(target=put, daemon=True).start()
     assert done.wait(10), "put did not return: eviction loops"
     assert cache.get(loc) == data and cache.stats().evictions >= 1
     cache.close()
@@ -514,10 +536,11 @@ def test_a_failed_flight_does_not_fail_a_waiter_that_asked_differently():
     loc, data = block(3, 1000)
     expired = Locator.parse(f"{loc}+A{'0' * 40}@00000001")
     started = threading.Event()
+    joiners = [1]  # how many waiters the leader's flight must have before it fails
 
     def failing() -> bytes:
         started.set()
-        time.sleep(0.3)
+        wait_until(lambda: cache.stats().joined == joiners[0])
         raise ReadError("the leader's own trouble")
 
     results: dict[str, object] = {}
@@ -537,6 +560,7 @@ def test_a_failed_flight_does_not_fail_a_waiter_that_asked_differently():
     # Another client (origin) sharing the cache is not failed by this one's trouble either.
     other, other_data = block(6, 1000)
     started.clear()
+    joiners[0] = 2
     def lead_for_a() -> None:
         with contextlib.suppress(ReadError):
             cache.get_or_fetch(other, failing, origin="client A")
@@ -561,12 +585,15 @@ def test_a_fetch_that_reads_through_the_same_cache_does_not_wait_on_itself():
 
 
 def test_nested_caches_on_one_directory_share_the_threads_block_lock(tmp_path):
-    outer_disk = DiskBlockCache(tmp_path / "c", lock_timeout=5)
-    inner_disk = DiskBlockCache(tmp_path / "c", lock_timeout=5)
+    outer_disk = DiskBlockCache(tmp_path / "c", lock_timeout=600)
+    inner_disk = DiskBlockCache(tmp_path / "c", lock_timeout=600)
     tiered = TieredBlockCache(MemoryBlockCache(), outer_disk)
     loc, data = block(5, 1000)
-    start = time.monotonic()
-    assert tiered.get_or_fetch(loc, lambda: inner_disk.get_or_fetch(loc, lambda: data)) == data
-    assert time.monotonic() - start < 2, "the inner cache waited on the lock its own thread held"
+    done: list[bytes] = []
+    fetcher = threading.Thread(target=lambda: done.append(
+        tiered.get_or_fetch(loc, lambda: inner_disk.get_or_fetch(loc, lambda: data))), daemon=True)
+    fetcher.start()
+    fetcher.join(30)  # a wait on its own lock would last the 600 s lock timeout
+    assert done == [data], "the inner cache waited on the lock its own thread held"
     outer_disk.close()
     inner_disk.close()

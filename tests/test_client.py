@@ -124,10 +124,9 @@ def test_all_404_raises_block_not_found_at_once(stubs_factory: Callable[..., lis
                                                 sleeps: Sleeps) -> None:
     stubs = stubs_factory(3)
     with KeepClient([s.url for s in stubs], retries=10, sleep=sleeps) as kc:
-        start = time.monotonic()
         with pytest.raises(BlockNotFound) as info:
             kc.get("acbd18db4cc2f85cedef654fccc4a4d8+3", request_id="req-aaaaaaaaaaaaaaaaaaaa")
-        assert sleeps == [] and time.monotonic() - start < 0.5
+        assert sleeps == [] and sum(s.count("GET") for s in stubs) == 3  # one round, no wait
         assert kc.exists("acbd18db4cc2f85cedef654fccc4a4d8+3") is False
     assert "acbd18db4cc2f85cedef654fccc4a4d8+3" in str(info.value)
     assert "req-aaaaaaaaaaaaaaaaaaaa" in str(info.value)
@@ -160,6 +159,7 @@ def test_a_bad_only_replica_is_a_read_error(three: tuple[KeepClient, list[KeepSt
     assert holder.count("GET") == 3
 
 
+@pytest.mark.wall_clock  # a timeout's bound is the behaviour under test
 def test_a_server_dripping_below_min_bandwidth_fails_in_bounded_time(
         stubs_factory: Callable[..., list[KeepStub]]) -> None:
     (stub,) = stubs_factory(1)
@@ -173,6 +173,7 @@ def test_a_server_dripping_below_min_bandwidth_fails_in_bounded_time(
     assert time.monotonic() - start < 3.5
 
 
+@pytest.mark.wall_clock  # a timeout's bound is the behaviour under test
 def test_a_stalled_head_times_out(stubs_factory: Callable[..., list[KeepStub]]) -> None:
     (stub,) = stubs_factory(1)
     with KeepClient([stub.url], retries=0, timeout=FAST) as kc:

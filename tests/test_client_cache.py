@@ -61,6 +61,7 @@ def test_six_threads_getting_one_block_make_one_request(keep_cluster: KeepCluste
     assert _gets(keep_cluster, loc) == 1
 
 
+@pytest.mark.wall_clock  # prefetch returning at once is a bound on time
 def test_prefetched_blocks_are_read_after_the_servers_stop(keep_cluster: KeepCluster) -> None:
     with keep_cluster.client() as writer:
         locs = [writer.put(f"prefetch me {i}".encode()) for i in range(5)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, wait
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from keepstore.testing import KeepCluster
 MISSING = "d41d8cd98f00b204e9800998ecf8427f+1"
 
 
-def _wait_running(future: Future[object], seconds: float = 10.0) -> None:
+def _wait_running(future: Future[Any], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not future.running() and not future.done():
         assert time.monotonic() < deadline, "the first operation never started"
@@ -75,6 +76,7 @@ def test_close_finishes_queued_work_then_refuses_new_work(keep_cluster: KeepClus
     kc.close()  # a second close is harmless
 
 
+@pytest.mark.wall_clock  # parallelism shows only as time saved
 def test_async_calls_run_in_parallel(keep_cluster: KeepCluster) -> None:
     with keep_cluster.client(threads=4) as kc:
         locs = [kc.put(f"parallel {i}".encode()) for i in range(4)]

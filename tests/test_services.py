@@ -10,7 +10,7 @@ import arvados.keep
 import pytest
 from pytest_httpserver import HTTPServer
 
-from keepstore import KeepClient, Locator, Service, probe_order
+from keepstore import KeepClient, Locator, ReadError, Service, probe_order
 from keepstore.errors import ConfigError, NoServicesError
 from keepstore.services import ServiceDirectory, parse_services
 
@@ -241,3 +241,49 @@ def test_uuid_hints_still_reorder_discovered_services() -> None:
     md5 = "acbd18db4cc2f85cedef654fccc4a4d8"
     last = probe_order(md5, disks)[-1]
     assert probe_order(Locator.parse(f"{md5}+3+K@{last.uuid}"), disks)[0] == last
+
+
+def test_a_connect_timeout_marks_a_discovered_list_stale(httpserver: HTTPServer) -> None:
+    """Issue 16.6: a connect that timed out read as "no response" (libcurl 8 reports
+    PRETRANSFER_TIME > 0 there), so the discovered list was never refreshed."""
+    import socket
+
+    listener = socket.socket()  # an accept queue kept full: new connects to it time out
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(16):
+            filler = socket.socket()
+            filler.settimeout(0.3)
+            fillers.append(filler)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+        else:
+            pytest.skip("the kernel accepted every connection; cannot make a connect time out")
+        calls: list[int] = []
+
+        def accessible(request):  # type: ignore[no-untyped-def]
+            from werkzeug import Response
+
+            calls.append(1)
+            return Response(json.dumps(_keep_services_json(_item("zzzzz-bi6l4-000000000000001", port))),
+                            content_type="application/json")
+
+        httpserver.expect_request("/arvados/v1/keep_services/accessible").respond_with_handler(accessible)
+        now = [1000.0]
+        with KeepClient(api_host=httpserver.url_for("/"), token="t", retries=0, clock=lambda: now[0],
+                        timeout=(0.2, 5)) as kc:
+            with pytest.raises(ReadError, match="connect timed out"):
+                kc.get("acbd18db4cc2f85cedef654fccc4a4d8+3")
+            assert len(calls) == 1
+            now[0] += 6  # past the 5 s rate limit of stale refreshes (well before the 300 s timer)
+            assert [s.uuid for s in kc.services] == ["zzzzz-bi6l4-000000000000001"]
+            assert len(calls) == 2, "the connect timeout marked the list stale"
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

@@ -10,12 +10,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
+from typing import TypeVar
 
 from ..errors import ConfigError, LocatorError, ReadError
 from ..locator import Locator, LocatorLike
 from ..store import Data, as_view
 
 __all__ = ["BlockCache", "CacheStats", "cache_key", "check_block"]
+
+_C = TypeVar("_C", bound="BlockCache")
 
 
 def cache_key(locator: LocatorLike) -> str:
@@ -51,7 +54,9 @@ class CacheStats:
     ``bytes_read`` counts bytes served from the cache, ``bytes_written`` bytes stored into it;
     ``evictions`` entries dropped to respect ``max_bytes``; ``corrupt`` entries that failed
     verification (dropped, and counted as misses); ``errors`` cache failures survived;
-    ``current_bytes`` what the cache holds now (for a directory, as diskcache measures it).
+    ``current_bytes`` what the cache holds now (for a directory, as diskcache measures it);
+    ``joined`` calls of `get_or_fetch` that waited for another caller's fetch of the same
+    block in this process instead of fetching it themselves (downloads saved, at most).
     """
 
     hits: int = 0
@@ -62,12 +67,13 @@ class CacheStats:
     corrupt: int = 0
     errors: int = 0
     current_bytes: int = 0
+    joined: int = 0
 
 
 class _Counters:
     """Thread-safe counters behind `CacheStats`."""
 
-    _FIELDS = ("hits", "misses", "bytes_read", "bytes_written", "evictions", "corrupt", "errors")
+    _FIELDS = ("hits", "misses", "bytes_read", "bytes_written", "evictions", "corrupt", "errors", "joined")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -182,6 +188,7 @@ class BlockCache(abc.ABC):
                 found = self._flights[key] = (Future(), asker)
         flight, leaders_asker = found
         if not leader:
+            self._counters.add(joined=1)
             try:
                 return flight.result()
             except Exception:
@@ -226,7 +233,7 @@ class BlockCache(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook: only caches holding resources override it
         """Release resources; a closed cache behaves as an empty one."""
 
-    def __enter__(self) -> "BlockCache":
+    def __enter__(self: _C) -> _C:
         return self
 
     def __exit__(
