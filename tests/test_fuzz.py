@@ -243,7 +243,7 @@ def test_server_answers_any_request_sanely_and_stays_up(fuzz_server: tuple[KeepS
     _check_responses(data, raw)
     assert not errors.records, [r.getMessage() for r in errors.records]
     # Still up, and every admission slot came back.
-    assert _exchange(server.port, b"GET /d41d8cd98f00b204e9800998ecf8427e+0 HTTP/1.1\r\n\r\n").startswith(
+    assert _exchange(server.port, b"GET /d41d8cd98f00b204e9800998ecf8427e+0 HTTP/1.1\r\nHost: x\r\n\r\n").startswith(
         b"HTTP/1.1 200")
     deadline = time.monotonic() + 2
     while server.in_flight and time.monotonic() < deadline:
@@ -285,11 +285,11 @@ def test_serve_listen_port_in_other_digits_is_a_config_error() -> None:
 
 
 @pytest.mark.parametrize("raw", [
-    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n",
-    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nContent-Length: " + HUGE.encode() + b"\r\n\r\n",
-    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8+" + HUGE.encode() + b" HTTP/1.1\r\nContent-Length: 3\r\n\r\nfoo",
-    b"GET /acbd18db4cc2f85cedef654fccc4a4d8+" + HUGE.encode() + b" HTTP/1.1\r\n\r\n",
-    b"GET /x HTTP/1.1\r\nContent-Length: \xb9\r\n\r\n",
+    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n",
+    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nHost: x\r\nContent-Length: " + HUGE.encode() + b"\r\n\r\n",
+    b"PUT /acbd18db4cc2f85cedef654fccc4a4d8+" + HUGE.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nfoo",
+    b"GET /acbd18db4cc2f85cedef654fccc4a4d8+" + HUGE.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: \xb9\r\n\r\n",
 ], ids=["superscript-length", "huge-length", "huge-locator-size-put", "huge-locator-size-get", "superscript-get"])
 def test_odd_digits_get_a_4xx_not_a_500(fuzz_server: tuple[KeepServer, _Errors], raw: bytes) -> None:
     """Regression (found by fuzzing): "²".isdigit() is true but int("²") fails, and int() refuses

@@ -112,7 +112,7 @@ def test_storage_classes_are_confirmed_from_the_volume_written(tmp_path):
     with KeepServer(volumes, fsync=False) as s:
         status, headers, _ = put(s, b"hot data", **{"X-Keep-Storage-Classes": "hot"})
         assert status == 200
-        assert headers["x-keep-storage-classes-confirmed"] == "hot=1, fast=1"
+        assert headers["x-keep-storage-classes-confirmed"] == "fast=1, hot=1"
         status, headers, _ = put(s, b"cold data", **{"X-Keep-Storage-Classes": "archive"})
         assert headers["x-keep-storage-classes-confirmed"] == "archive=1"
     assert list((tmp_path / "cold").rglob(hashlib.md5(b"cold data").hexdigest()))
@@ -242,10 +242,12 @@ def test_head_of_a_bare_md5_is_refused_when_signatures_are_required(signing_serv
     assert request(signing_server, "HEAD", f"/{FOO_MD5}+3+A{VECTOR_SIG}@7fffffff", headers=auth)[0] == 200
 
 
-def test_head_with_x_keep_signature_local_returns_a_locally_signed_locator(tmp_path):
-    with KeepServer([tmp_path / "v"], signing_key=KEY, fsync=False) as s:
-        put(s, b"foo", token=VECTOR_TOKEN)
-        remote = f"/{FOO_MD5}+3+Rzzzzz-{'0' * 40}@7fffffff"
+def test_x_keep_signature_local_signs_a_remote_locator_afresh_only_where_signatures_are_enforced(tmp_path):
+    """A `+R` locator that also carries a valid `+A` for the caller's token is re-signed by an
+    enforcing server (the caller proved its permission)."""
+    with KeepServer([tmp_path / "v"], signing_key=KEY, require_signatures=True, fsync=False) as s:
+        signed = put(s, b"foo", token=VECTOR_TOKEN)[2].decode().strip()
+        remote = f"/{signed}+Rzzzzz-{'0' * 40}@7fffffff"
         auth = {"Authorization": f"Bearer {VECTOR_TOKEN}"}
         status, headers, _ = request(s, "HEAD", remote, headers={**auth, "X-Keep-Signature": "local, 2026-12-01T08:00:00Z"})
         assert status == 200
@@ -255,6 +257,26 @@ def test_head_with_x_keep_signature_local_returns_a_locally_signed_locator(tmp_p
                                          expires_at=int(refreshed.permission_hint[-8:], 16))
         assert "x-keep-locator" not in request(s, "HEAD", remote, headers=auth)[1]
         assert "x-keep-locator" not in request(s, "HEAD", remote, headers={**auth, "X-Keep-Signature": "remote"})[1]
+        # A +R alone cannot be checked here: refused, and nothing signed.
+        bare_remote = f"/{FOO_MD5}+3+Rzzzzz-{'0' * 40}@7fffffff"
+        status, headers, _ = request(s, "HEAD", bare_remote, headers={**auth, "X-Keep-Signature": "local, x"})
+        assert status == 400 and "x-keep-locator" not in headers
+
+
+def test_a_server_that_does_not_enforce_signatures_is_no_signing_oracle(tmp_path):
+    """Regression (issue 15, item 5): a non-enforcing server with the cluster's key signed any
+    token's `+R` locator, and an enforcing server with the same key then served the block."""
+    volume = tmp_path / "v"
+    with KeepServer([volume], signing_key=KEY, fsync=False) as lax:
+        put(lax, b"foo")
+        remote = f"/{FOO_MD5}+3+Rzzzzz-{'0' * 40}@7fffffff"
+        status, headers, _ = request(lax, "HEAD", remote, headers={
+            "Authorization": "Bearer anyone-at-all", "X-Keep-Signature": "local, 2026-12-01T08:00:00Z"})
+        assert status == 200
+        assert headers["x-keep-locator"] == f"{FOO_MD5}+3"  # good here, and carries no signature
+    with KeepServer([volume], signing_key=KEY, require_signatures=True, fsync=False) as strict:
+        got = request(strict, "GET", "/" + headers["x-keep-locator"], headers={"Authorization": "Bearer anyone-at-all"})
+        assert got[0] == 400 and got[2] != b"foo"
 
 
 def test_require_signatures_without_a_key_is_a_config_error(tmp_path):
@@ -507,9 +529,9 @@ def test_a_get_with_a_body_closes_the_connection_so_nothing_is_smuggled(server):
     import socket
 
     put(server, b"foo")
-    inner = f"PUT /{hashlib.md5(b'bar').hexdigest()} HTTP/1.1\r\nContent-Length: 3\r\n\r\nbar".encode()
+    inner = f"PUT /{hashlib.md5(b'bar').hexdigest()} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nbar".encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(f"GET /{FOO_MD5}+3 HTTP/1.1\r\nContent-Length: {len(inner)}\r\n\r\n".encode() + inner)
+        sock.sendall(f"GET /{FOO_MD5}+3 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(inner)}\r\n\r\n".encode() + inner)
         answers = b""
         while chunk := sock.recv(4096):
             answers += chunk
@@ -521,7 +543,7 @@ def test_an_oversized_put_is_refused_before_100_continue(server):
     import socket
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(f"PUT /{FOO_MD5} HTTP/1.1\r\nContent-Length: 99999999999\r\nExpect: 100-continue\r\n\r\n".encode())
+        sock.sendall(f"PUT /{FOO_MD5} HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\nExpect: 100-continue\r\n\r\n".encode())
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:40]
     assert put(server, b"foo")[0] == 200

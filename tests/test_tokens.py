@@ -168,10 +168,10 @@ def test_server_log_never_shows_tokens_or_signatures(tmp_path: Path, token: str)
             client.get(forged)
         client.close()
         port = int(url.rsplit(":", 1)[1].strip("/"))
-        for raw in (f"GET /index HTTP/1.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
-                    f"GET /{loc}?api_token={token} HTTP/1.1\r\nAuthorization: OAuth2 {token}\r\n"
+        for raw in (f"GET /index HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+                    f"GET /{loc}?api_token={token} HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth2 {token}\r\n"
                     "Connection: close\r\n\r\n",
-                    f"BREW /{token} HTTP/1.1\r\nConnection: close\r\n\r\n"):
+                    f"BREW /{token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(raw.encode())
                 assert sock.recv(65536).startswith(b"HTTP/1.")
@@ -273,7 +273,7 @@ def test_headers_dripped_a_byte_at_a_time_are_cut_off_after_idle_timeout(strict_
         sock.settimeout(0.05)
         start = time.monotonic()
         closed = False
-        for byte in b"GET /index HTTP/1.1\r\nX-Slow: " + b"z" * 200:
+        for byte in b"GET /index HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 200:
             try:
                 sock.sendall(bytes([byte]))
                 if sock.recv(1024) == b"":
@@ -303,7 +303,7 @@ def test_body_that_stops_arriving_is_disconnected_and_nothing_is_stored(strict_s
     data = b"x" * 1000
     md5 = Locator.for_data(data).md5
     with _connect(strict_server) as sock:
-        sock.sendall(f"PUT /{md5} HTTP/1.1\r\nContent-Length: 1000\r\n\r\n".encode() + data[:10])
+        sock.sendall(f"PUT /{md5} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode() + data[:10])
         assert _closed_within(sock, 5) < 3
     assert strict_server.find(md5, None) is None
     assert strict_server.in_flight == 0  # the admission slot came back
@@ -311,12 +311,12 @@ def test_body_that_stops_arriving_is_disconnected_and_nothing_is_stored(strict_s
 
 
 @pytest.mark.parametrize("raw, status", [
-    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
-    (b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
-    (b"GET /x HTTP/1.1\r\n" + b"X-Many: a\r\n" * 150 + b"\r\n", b"431"),
-    (b"PUT /" + b"0" * 32 + b" HTTP/1.1\r\nContent-Length: 67108865\r\n\r\n", b"413"),
-    (b"PUT /" + b"0" * 32 + b" HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", b"413"),
-    (b"PUT /" + b"0" * 32 + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+    (b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
+    (b"GET /x HTTP/1.1\r\nHost: x\r\n" + b"X-Many: a\r\n" * 150 + b"\r\n", b"431"),
+    (b"PUT /" + b"0" * 32 + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 67108865\r\n\r\n", b"413"),
+    (b"PUT /" + b"0" * 32 + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", b"413"),
+    (b"PUT /" + b"0" * 32 + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
 ], ids=["long-request-line", "huge-header", "too-many-headers", "body-over-64MiB", "absurd-length", "chunked"])
 def test_oversized_requests_are_refused_without_reading_them(strict_server: KeepServer, raw: bytes,
                                                              status: bytes) -> None:
@@ -335,7 +335,7 @@ def test_body_dripped_slowly_is_cut_off_at_the_minimum_rate(strict_server: KeepS
     md5 = Locator.for_data(data).md5
     start = time.monotonic()
     with _connect(strict_server) as sock:
-        sock.sendall(f"PUT /{md5} HTTP/1.1\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+        sock.sendall(f"PUT /{md5} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode())
         sock.settimeout(0.01)
         closed = False
         for offset in range(0, len(data), 1000):
@@ -364,7 +364,7 @@ def test_body_dripped_slowly_is_cut_off_at_the_minimum_rate(strict_server: KeepS
 def test_fast_enough_body_is_accepted(strict_server: KeepServer) -> None:
     data = os.urandom(3 << 20)
     with _connect(strict_server) as sock:
-        sock.sendall(f"PUT /{Locator.for_data(data).md5} HTTP/1.1\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+        sock.sendall(f"PUT /{Locator.for_data(data).md5} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode())
         for offset in range(0, len(data), 1 << 20):
             time.sleep(0.3)  # pauses shorter than the idle timeout, ~3 MiB/s overall
             sock.sendall(data[offset:offset + (1 << 20)])
@@ -376,7 +376,7 @@ def test_server_logs_mask_remote_signatures_too(strict_server: KeepServer, caplo
     remote = f"acbd18db4cc2f85cedef654fccc4a4d8+3+Rzzzzz-{signature}@7fffffff"
     caplog.set_level(logging.DEBUG, logger="keepstore.server")
     with _connect(strict_server) as sock:
-        sock.sendall(f"GET /{remote} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"GET /{remote} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         _closed_within(sock, 5)
     time.sleep(0.1)
     assert any("+Rzzzzz-..." in r.getMessage() for r in caplog.records), caplog.text
@@ -405,7 +405,7 @@ def test_server_debug_log_of_a_malformed_request_line_masks_query_and_signature(
     caplog.set_level(logging.DEBUG, logger="keepstore.server")
     with _connect(strict_server) as sock:
         sock.sendall(f"GET /acbd18db4cc2f85cedef654fccc4a4d8+3+A{signature}@7fffffff?api_token={PLAIN_TOKEN} "
-                     f"extra HTTP/1.1\r\n\r\n".encode())
+                     f"extra HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 400")
     time.sleep(0.1)
     assert "Bad request syntax" in caplog.text

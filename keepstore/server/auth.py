@@ -48,13 +48,28 @@ class Permissions:
         hint = loc.permission_hint
         if hint is None:
             return 400, "unsigned locator"
+        if loc.is_expired():  # before the signature, as keepstore 3.x: expired-and-wrong is 401
+            return 401, "expired signature"
         assert self.signing_key is not None  # __post_init__ makes enforcement need a key
         expected = signature_for(loc.md5, token, hint[42:], self.signing_key, self.signing_ttl)
         if not hmac.compare_digest(expected, hint[1:41]):
             return 400, "invalid signature"
-        if loc.is_expired():
-            return 401, "expired signature"
         return None
+
+    def local_signature(self, loc: Locator, size: int, token: str | None) -> Locator | None:
+        """The ``X-Keep-Locator`` answer to ``X-Keep-Signature: local`` for *loc*, which
+        `check_read` has let through; None when there is none to give.
+
+        Only ``+R`` locators get one, as from keepstore 3.x. This server cannot check a remote
+        signature, so it vouches only for what it checked itself: one that enforces signatures
+        has seen a valid ``+A`` for *token* on *loc* and signs afresh; one that does not
+        authenticates nobody, so it answers the bare locator, which works on this server and
+        is worthless to an enforcing one that shares the key (no signing oracle).
+        """
+        if not any(h.startswith("R") for h in loc.hints):
+            return None
+        bare = Locator(loc.md5, size)
+        return self.sign(bare, token) if self.require_signatures else bare
 
     def check_system_token(self, token: str | None) -> Denial | None:
         """None when *token* is the system token (for ``/index``), else 401 (none) or 403."""

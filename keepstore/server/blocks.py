@@ -8,12 +8,12 @@ import errno
 import hashlib
 import logging
 import os
-import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from ..errors import WriteError
+from ..local import BlockWriter
 from ..locator import Locator
 from .exchange import BodyAction, Refusal
 from .volumes import Volume, VolumeFull, rank_volumes
@@ -47,12 +47,12 @@ class Stored:
 
     @property
     def confirmed(self) -> str:
-        """``X-Keep-Storage-Classes-Confirmed``: each class with the volumes holding it."""
+        """``X-Keep-Storage-Classes-Confirmed``: each class with the volumes holding it, by name."""
         counts: dict[str, int] = {}
         for volume in self.volumes:
             for cls in volume.classes:
                 counts[cls] = counts.get(cls, 0) + 1
-        return ", ".join(f"{c}={n}" for c, n in counts.items())
+        return ", ".join(f"{c}={n}" for c, n in sorted(counts.items()))
 
 
 class Blocks:
@@ -75,31 +75,78 @@ class Blocks:
                 return Found(volume, path, actual)
         return None
 
-    def keep_existing(self, found: Found, md5: str, body: Iterable[bytes]) -> Stored | Refusal:
-        """A PUT of a block *found* intact: check the body too, and touch the copy."""
+    def copies(self, md5: str, size: int) -> list[Found]:
+        """Every volume's copy of *md5* with *size* bytes that hashes to its name."""
+        found = []
+        for volume in self.volumes:
+            path = volume.store.find(md5)
+            if path is None:
+                continue
+            if _size(path) == size and intact(path, md5):
+                found.append(Found(volume, path, size))
+            else:  # damaged on disk: this PUT writes a good copy (as keepstore does)
+                log.warning("block %s at %s does not match its name; rewriting it from the PUT", md5, path)
+        return found
+
+    def store(self, md5: str, length: int, body: Iterable[bytes], classes: Sequence[str],
+              refuse_new: Callable[[], bool] = lambda: False) -> Stored | Refusal:
+        """A PUT: one copy on a volume of each wanted class (any volume, preferring ``default``,
+        when none is named), counting intact copies already stored. A class no volume has is
+        not confirmed; when none of the wanted classes exists, 507 and nothing is stored.
+        *refuse_new* is asked before a new copy is written (an injected "full")."""
+        existing = self.copies(md5, length)
+        wanted = list(dict.fromkeys(classes))
+        if wanted and not any(set(wanted) & set(v.classes) for v in self.volumes):
+            return Refusal(507, f"no volume has storage class {', '.join(wanted)}")
+        missing = set(wanted) - {c for f in existing for c in f.volume.classes}
+        if existing and not missing:
+            return self._keep(existing, md5, body)
+        if refuse_new():
+            return Refusal(507, "every volume is full")
+        targets = self._targets(md5, length, wanted or ["default"], missing if wanted else None,
+                                {f.volume.path for f in existing})
+        if not targets:
+            return Refusal(507, "every volume is full")
+        result: Stored | Refusal | None = None
+        try:
+            result = _write(targets, md5, body)
+        finally:
+            done = result.volumes if isinstance(result, Stored) else ()
+            for volume in targets:
+                volume.release(length, stored=any(v is volume for v in done), md5=md5)
+        if isinstance(result, Refusal):
+            return result
+        _touch(existing)
+        return Stored(result.locator, tuple(f.volume for f in existing) + result.volumes)
+
+    def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes]) -> Stored | Refusal:
+        """Copies already stored: check the body against the name too, and touch them."""
         digest = hashlib.md5()
         for chunk in body:
             digest.update(chunk)
         if digest.hexdigest() != md5:
             return Refusal(400, "body md5 does not match the block name")
-        with contextlib.suppress(OSError):  # a touch is only a hint for trash/GC policies
-            os.utime(found.path)
-        return Stored(Locator(md5, found.size), (found.volume,))
+        _touch(existing)
+        return Stored(Locator(md5, existing[0].size), tuple(f.volume for f in existing))
 
-    def write_new(self, md5: str, length: int, body: Iterable[bytes], classes: Sequence[str]) -> Stored | Refusal:
-        """Write the body to the best volume that has room (507 when none has)."""
-        for volume in rank_volumes(md5, self.volumes, classes or ["default"]):
+    def _targets(self, md5: str, length: int, ranking: list[str], missing: set[str] | None,
+                 skip: set[Path]) -> list[Volume]:
+        """Volumes to write, space reserved on each: one with room (*missing* None), or enough
+        to cover every class in *missing*."""
+        chosen: list[Volume] = []
+        left = set(missing or ())
+        for volume in rank_volumes(md5, self.volumes, ranking):
+            if volume.path in skip or (missing is not None and not left & set(volume.classes)):
+                continue
             try:
                 volume.reserve(length)
             except VolumeFull:
                 continue
-            loc: Locator | Refusal | None = None
-            try:
-                loc = _write(volume, md5, body)
-            finally:
-                volume.release(length, stored=isinstance(loc, Locator), md5=md5)
-            return Stored(loc, (volume,)) if isinstance(loc, Locator) else loc
-        return Refusal(507, "every volume is full")
+            chosen.append(volume)
+            left -= set(volume.classes)
+            if missing is None or not left:
+                break
+        return chosen
 
     def index(self, prefix: str) -> bytes:
         """``/index`` text: ``<md5>+<size> <mtime ns>`` lines, each block once, then an empty line."""
@@ -114,27 +161,57 @@ class Blocks:
         return "".join(lines).encode()
 
 
-def _write(volume: Volume, md5: str, body: Iterable[bytes]) -> Locator | Refusal:
-    """The stored block's locator, or the refusal to answer (nothing is left behind)."""
-    try:
-        mismatch = False
-        with volume.store.writer(md5) as writer:
-            for chunk in body:
-                writer.write(chunk)
+def _write(volumes: list[Volume], md5: str, body: Iterable[bytes]) -> Stored | Refusal:
+    """Stream the body to every volume at once; the volumes that took it whole, or the refusal
+    to answer (nothing partial is left behind on any volume)."""
+    with contextlib.ExitStack() as stack:
+        writers: list[tuple[Volume, BlockWriter]] = []
+        failed: list[tuple[Volume, OSError]] = []
+        for volume in volumes:
+            try:
+                writers.append((volume, stack.enter_context(volume.store.writer(md5))))
+            except OSError as exc:
+                failed.append((volume, exc))
+        for chunk in body:
+            for volume, writer in list(writers):
+                try:
+                    writer.write(chunk)
+                except OSError as exc:  # this volume failed: the others carry on
+                    failed.append((volume, exc))
+                    writers.remove((volume, writer))
+                    writer.abort()
+        stored: list[Volume] = []
+        loc: Locator | None = None
+        for volume, writer in writers:
             try:
                 loc = writer.commit()
-            except WriteError:
-                mismatch = True
-        if mismatch:  # answered only once the writer has removed its temp file
-            return Refusal(400, "body md5 does not match the block name")
-    except OSError as exc:
-        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
-            raise  # the client's side failed, not the volume
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return Refusal(507, "volume full", BodyAction.CLOSE)
-        log.error("writing %s to %s: %s", md5, volume.path, exc.strerror or exc)
-        return Refusal(500, "volume write error", BodyAction.CLOSE)
-    return loc
+                stored.append(volume)
+            except WriteError:  # the body does not match the name: no writer commits
+                return Refusal(400, "body md5 does not match the block name")
+            except OSError as exc:
+                failed.append((volume, exc))
+    for volume, error in failed:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            log.error("writing %s to %s: %s", md5, volume.path, error.strerror or error)
+    if loc is not None:
+        return Stored(loc, tuple(stored))
+    first = failed[0][1]
+    if first.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Refusal(507, "volume full", BodyAction.CLOSE)
+    return Refusal(500, "volume write error", BodyAction.CLOSE)
+
+
+def _touch(copies: list[Found]) -> None:
+    for found in copies:
+        with contextlib.suppress(OSError):  # a touch is only a hint for trash/GC policies
+            os.utime(found.path)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # removed meanwhile
+        return -1
 
 
 def intact(path: Path, md5: str) -> bool:

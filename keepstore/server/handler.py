@@ -21,9 +21,20 @@ from ..errors import LocatorError, scrub
 from ..locator import EMPTY_BLOCK, MAX_BLOCK_SIZE, Locator
 from .admission import Admission
 from .auth import Permissions
-from .blocks import BlockDamaged, Blocks, Stored, intact, verified_chunks
+from .blocks import BlockDamaged, Blocks, verified_chunks
 from .connection import Body, DeadlineReader, KeepHTTPServer
-from .exchange import BUSY, MD5_PATH, BodyAction, Exchange, Refusal, RequestRecord, decimal, public_path, put_refusal
+from .exchange import (
+    BUSY,
+    MD5_PATH,
+    BodyAction,
+    Exchange,
+    Refusal,
+    RequestRecord,
+    decimal,
+    framing_refusal,
+    public_path,
+    put_refusal,
+)
 from .faults import Fault, FaultKind, FaultPlan
 from .shaping import Before, before, shape_body
 
@@ -33,6 +44,7 @@ log = logging.getLogger("keepstore.server")
 access_log = logging.getLogger("keepstore.server.access")
 
 _EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
+_SIZELESS = re.compile(r"/([0-9a-f]{32})((?:\+[A-Z][A-Za-z0-9@_-]*)*)\Z")
 _INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
 _QUERY = re.compile(r"\?[^\s'\"]*")
 # A request body must average at least this rate (after one idle_timeout of grace): a client
@@ -149,6 +161,9 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
 
     def _before_body(self, ex: Exchange) -> Refusal | None:
         """The refusal a request gets before its body is read, or None with a slot taken."""
+        framing = framing_refusal(self.request_version, ex.headers)
+        if framing is not None:
+            return framing
         if ex.method == "PUT":
             refusal = put_refusal(ex, self.ctx.permissions.require_signatures)
             if refusal is not None:
@@ -280,19 +295,14 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         assert match is not None and length is not None  # put_refusal checked both
         md5 = match.group(1)
         body = self._body(length)
-        blocks = self.ctx.blocks
-        found = blocks.find(md5, length)
-        result: Stored | Refusal
-        if found is not None and intact(found.path, md5):
-            result = blocks.keep_existing(found, md5, body)
-        else:
-            if found is not None:  # damaged on disk: this PUT writes a good copy over it (as keepstore does)
-                log.warning("block %s at %s does not match its name; rewriting it from the PUT", md5, found.path)
-            if self.ctx.faults.take("PUT", md5, only=(FaultKind.FULL,)) is not None:  # spent only on a new block
-                ex.fault = FaultKind.FULL
-                result = Refusal(507, "every volume is full")
-            else:
-                result = blocks.write_new(md5, length, body, ex.storage_classes)
+
+        def full() -> bool:  # an injected "full" is spent only where a new copy would be written
+            if self.ctx.faults.take("PUT", md5, only=(FaultKind.FULL,)) is None:
+                return False
+            ex.fault = FaultKind.FULL
+            return True
+
+        result = self.ctx.blocks.store(md5, length, body, ex.storage_classes, full)
         if isinstance(result, Refusal):
             return self._refuse(ex, result, body=body)
         signed = self.ctx.permissions.sign(result.locator, ex.token)
@@ -321,18 +331,19 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
 
     def _get(self, ex: Exchange, fault: Fault | None) -> None:
         permissions = self.ctx.permissions
-        bare = MD5_PATH.match(ex.path)
-        loc: Locator | None
-        if bare and bare.group(2) is None:  # /<md5> without a size
-            if bare.group(1) == _EMPTY_MD5:
+        sizeless = _SIZELESS.match(ex.path)  # /<md5>, or /<md5>+A<sig>@<exp>... as Go clients send
+        size: int | None
+        if sizeless:
+            md5, size = sizeless.group(1), None
+            if md5 == _EMPTY_MD5:
                 return self._respond(ex, 200, b"")
             if ex.method == "GET":
                 return self._simple(ex, 405, "GET needs the block size in the locator")
-            if permissions.require_signatures:  # a bare md5 carries no signature: enforcement applies
-                return self._simple(ex, *(permissions.check_read(Locator(bare.group(1), 0), ex.token)
-                                          or (400, "unsigned locator")))
-            loc = None
-            md5, size = bare.group(1), None
+            hints = sizeless.group(2)[1:].split("+") if sizeless.group(2) else []
+            try:  # the size is not part of a signature: check the hints against a stand-in
+                loc = Locator(md5, 0, tuple(hints))
+            except LocatorError:
+                return self._simple(ex, 400, "bad locator")
         else:
             try:
                 loc = Locator.parse(ex.path[1:])
@@ -341,16 +352,18 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
             md5, size = loc.md5, loc.size
             if str(loc.bare()) == EMPTY_BLOCK:
                 return self._respond(ex, 200, b"")
-            problem = permissions.check_read(loc, ex.token)
-            if problem is not None:
-                return self._simple(ex, *problem)
+        problem = permissions.check_read(loc, ex.token)
+        if problem is not None:  # a bare md5 carries no signature: refused like an unsigned locator
+            return self._simple(ex, *problem)
         found = self.ctx.blocks.find(md5, size)
         if found is None:
             return self._simple(ex, 404, "not found")
         if ex.method == "HEAD":
             headers = {"Content-Length": str(found.size)}
-            if loc is not None and _wants_local_signature(ex.headers.get("X-Keep-Signature")):
-                headers["X-Keep-Locator"] = str(permissions.sign(Locator(md5, found.size), ex.token))
+            if _wants_local_signature(ex.headers.get("X-Keep-Signature")):
+                local = permissions.local_signature(loc, found.size, ex.token)
+                if local is not None:
+                    headers["X-Keep-Locator"] = str(local)
             return self._head_only(ex, 200, headers)
         return self._send_block(ex, md5, found.path, found.size, fault)
 
