@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from .locator import EMPTY_BLOCK, Locator
 from .manifest_index import ROOT, ManifestIndex, escape_name
 
-__all__ = ["distinct_blocks", "normalized_text"]
+__all__ = ["distinct_blocks", "normalized_text", "segments_normal_text"]
 
 
 def _find(links: dict[int, int], x: int) -> int:
@@ -127,3 +130,62 @@ def distinct_blocks(index: ManifestIndex) -> list[Locator]:
                 visited[x] = x + 1
                 x = _find(visited, x + 1)
     return list(seen.values())
+
+
+def segments_normal_text(files: Mapping[str, Iterable[Any]], directories: Iterable[str]) -> str:
+    """The normal form of files given as `Segment` sequences (paths already checked), directly:
+    one pass over the segments per directory, as Arvados' ``normalize_stream`` does."""
+    by_dir: dict[str, dict[str, Iterable[Any]]] = {}
+    for path, segs in files.items():
+        head, _, name = path.rpartition("/")
+        by_dir.setdefault(head, {})[name] = segs
+    tree: dict[str, Any] = {}
+    for path in [*by_dir, *directories]:
+        node = tree
+        for part in path.split("/") if path else ():
+            node = node.setdefault(part, {})
+    out: list[str] = []
+    stack: list[tuple[str, dict[str, Any]]] = [("", tree)]
+    while stack:
+        path, node = stack.pop()
+        stream = f"./{escape_name(path)}" if path else "."
+        here = by_dir.get(path)
+        if here:
+            out.append(" ".join(_segments_stream(stream, here)) + "\n")
+        elif not node and path:
+            out.append(f"{stream} {EMPTY_BLOCK} 0:0:\\056\n")
+        prefix = f"{path}/" if path else ""
+        stack.extend((prefix + name, node[name]) for name in sorted(node, reverse=True))
+    return "".join(out)
+
+
+def _segments_stream(stream: str, files: Mapping[str, Iterable[Any]]) -> list[str]:
+    tokens = [stream]
+    offsets: dict[str, int] = {}
+    stream_offset = 0
+    names = sorted(files)
+    placed = []
+    for name in names:
+        segs = list(files[name])
+        placed.append(segs)
+        for seg in segs:
+            key = str(seg.locator)
+            if key not in offsets:
+                tokens.append(key)
+                offsets[key] = stream_offset
+                stream_offset += seg.locator.size
+    if len(tokens) == 1:
+        tokens.append(EMPTY_BLOCK)
+    for name, segs in zip(names, placed, strict=True):
+        escaped = escape_name(name)
+        start = end = -1
+        for seg in segs:
+            at = offsets[str(seg.locator)] + seg.offset
+            if at == end:
+                end += seg.length
+                continue
+            if start >= 0:
+                tokens.append(f"{start}:{end - start}:{escaped}")
+            start, end = at, at + seg.length
+        tokens.append(f"{start}:{end - start}:{escaped}" if start >= 0 else f"0:0:{escaped}")
+    return tokens

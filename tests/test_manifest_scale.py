@@ -272,3 +272,35 @@ def test_the_manifests_at_scale_example_in_docs_datasets_md_runs():
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 1
     exec(compile(blocks[0], "docs/datasets.md", "exec"), {})
+
+
+@st.composite
+def segment_files(draw):
+    files = {}
+    for _ in range(draw(st.integers(0, 6))):
+        path = draw(st.sampled_from(["a", "b", "d/a", "d/e/f", "x y/z", "d/e/g", "d/e", "q"]))
+        segs = []
+        for _ in range(draw(st.integers(0, 4))):
+            loc = draw(st.sampled_from(_pool))
+            offset = draw(st.integers(0, loc.size - 1))
+            segs.append(Segment(loc, offset, draw(st.integers(1, loc.size - offset))))
+        files[path] = segs
+    dirs = draw(st.lists(st.sampled_from(["d", "q", "q/r", "d/e/h"]), max_size=3))
+    return files, dirs
+
+
+@settings(max_examples=300, deadline=None)
+@given(segment_files())
+def test_from_files_writes_the_same_normal_form_as_normalising_the_parsed_index(given_files):
+    """Two normalisers (straight from Segment lists, and over the parsed index) must agree."""
+    files, dirs = given_files
+    try:
+        built = Manifest.from_files(files, dirs)
+    except ManifestError:
+        with pytest.raises(ManifestError):
+            Manifest({p: ManifestFile(p, tuple(s)) for p, s in files.items()}, dirs)
+        return
+    other = Manifest({p: ManifestFile(p, tuple(s)) for p, s in files.items()}, dirs)
+    assert built.text == other.normalized_text() == Manifest.parse(built.text).normalized_text()
+    assert built.portable_data_hash() == other.portable_data_hash()
+    assert {p: f.size for p, f in built.files.items()} == {p: sum(s.length for s in segs) for p, segs in files.items()}
