@@ -56,9 +56,11 @@ def _stream_line(index: ManifestIndex, stream: str, files: object, strip: bool) 
     visited: dict[int, int] = {}
     sizes, ends = index.blk_size, index.blk_end
     stream_offset = 0
+    spans: list[list[tuple[int, int, int, int]]] = []  # per file, kept for the second pass
     for _name, f in named:
-        for row in index.file_rows(f):
-            first, last, _start, _end = index.block_span(row)
+        mine = [index.block_span(row) for row in index.file_rows(f)]
+        spans.append(mine)
+        for first, last, _start, _end in mine:
             x = _find(visited, first)
             while x <= last:
                 key = index.locator_text(x, strip=strip)
@@ -73,18 +75,20 @@ def _stream_line(index: ManifestIndex, stream: str, files: object, strip: bool) 
     if len(tokens) == 1:
         tokens.append(EMPTY_BLOCK)
     runs: dict[int, int] = {}
-    for name, f in named:
+    for (name, _f), mine in zip(named, spans, strict=True):
         escaped = escape_name(name)
         span_start = span_end = -1
-        for row in index.file_rows(f):
-            first, last, start, end = index.block_span(row)
+        for first, last, start, end in mine:
             if first > last:
                 continue
             a = first
             piece = placed[first] + start - (ends[first] - sizes[first])
             while True:
-                b = _run_end(sizes, placed, runs, a, last)
-                piece_end = placed[b] + (end - (ends[b] - sizes[b]) if b == last else sizes[b])
+                if a == last:  # the usual case: a segment inside one block
+                    b, piece_end = a, piece + end - max(start, ends[a] - sizes[a])
+                else:
+                    b = _run_end(sizes, placed, runs, a, last)
+                    piece_end = placed[b] + (end - (ends[b] - sizes[b]) if b == last else sizes[b])
                 if piece == span_end:
                     span_end = piece_end
                 else:
