@@ -11,7 +11,7 @@ from typing import overload
 
 from .locator import EMPTY_BLOCK, Locator
 from .manifest_index import ManifestError, ManifestIndex, escape_name, unescape_name
-from .manifest_normal import distinct_blocks, normalized_text
+from .manifest_normal import distinct_blocks, normalized_text, segments_normal_text
 
 __all__ = ["FileSegments", "Manifest", "ManifestError", "ManifestFile", "Segment", "escape_name",
            "unescape_name"]
@@ -246,8 +246,11 @@ class Manifest:
     @classmethod
     def from_files(cls, files: Mapping[str, Iterable[Segment]], directories: Iterable[str] = ()) -> "Manifest":
         """Build a manifest (normal form) from file paths and their segments."""
-        index = ManifestIndex(_raw_text(files, directories))
-        return cls(index=index, text=normalized_text(index))
+        for path in files:
+            _check_path(path, "file")
+        dirs = [_check_path(d, "directory") for d in directories]
+        text = segments_normal_text(files, dirs)
+        return cls(index=ManifestIndex(text), text=text)
 
     # -- text ---------------------------------------------------------------------------
 

@@ -348,7 +348,9 @@ class ManifestIndex:
     def block_span(self, row: int) -> tuple[int, int, int, int]:
         """``(first block, last block, start, end)`` of segment token *row* (stream positions);
         first > last when the segment is empty."""
-        start, length, _name = self.segment(row)
+        m = _SEGMENT_AT.match(self.text, self.seg_tok[row])
+        assert m is not None  # checked when parsed
+        start, length = int(m.group(1)), int(m.group(2))
         stream = self.seg_stream[row]
         lo, hi = self.st_blk[stream], self.st_blk[stream + 1]
         if length == 0:

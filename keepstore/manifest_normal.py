@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from .locator import EMPTY_BLOCK, Locator
 from .manifest_index import ROOT, ManifestIndex, escape_name
 
-__all__ = ["distinct_blocks", "normalized_text"]
+__all__ = ["distinct_blocks", "normalized_text", "segments_normal_text"]
 
 
 def _find(links: dict[int, int], x: int) -> int:
@@ -53,9 +56,11 @@ def _stream_line(index: ManifestIndex, stream: str, files: object, strip: bool) 
     visited: dict[int, int] = {}
     sizes, ends = index.blk_size, index.blk_end
     stream_offset = 0
+    spans: list[list[tuple[int, int, int, int]]] = []  # per file, kept for the second pass
     for _name, f in named:
-        for row in index.file_rows(f):
-            first, last, _start, _end = index.block_span(row)
+        mine = [index.block_span(row) for row in index.file_rows(f)]
+        spans.append(mine)
+        for first, last, _start, _end in mine:
             x = _find(visited, first)
             while x <= last:
                 key = index.locator_text(x, strip=strip)
@@ -70,18 +75,20 @@ def _stream_line(index: ManifestIndex, stream: str, files: object, strip: bool) 
     if len(tokens) == 1:
         tokens.append(EMPTY_BLOCK)
     runs: dict[int, int] = {}
-    for name, f in named:
+    for (name, _f), mine in zip(named, spans, strict=True):
         escaped = escape_name(name)
         span_start = span_end = -1
-        for row in index.file_rows(f):
-            first, last, start, end = index.block_span(row)
+        for first, last, start, end in mine:
             if first > last:
                 continue
             a = first
             piece = placed[first] + start - (ends[first] - sizes[first])
             while True:
-                b = _run_end(sizes, placed, runs, a, last)
-                piece_end = placed[b] + (end - (ends[b] - sizes[b]) if b == last else sizes[b])
+                if a == last:  # the usual case: a segment inside one block
+                    b, piece_end = a, piece + end - max(start, ends[a] - sizes[a])
+                else:
+                    b = _run_end(sizes, placed, runs, a, last)
+                    piece_end = placed[b] + (end - (ends[b] - sizes[b]) if b == last else sizes[b])
                 if piece == span_end:
                     span_end = piece_end
                 else:
@@ -127,3 +134,62 @@ def distinct_blocks(index: ManifestIndex) -> list[Locator]:
                 visited[x] = x + 1
                 x = _find(visited, x + 1)
     return list(seen.values())
+
+
+def segments_normal_text(files: Mapping[str, Iterable[Any]], directories: Iterable[str]) -> str:
+    """The normal form of files given as `Segment` sequences (paths already checked), directly:
+    one pass over the segments per directory, as Arvados' ``normalize_stream`` does."""
+    by_dir: dict[str, dict[str, Iterable[Any]]] = {}
+    for path, segs in files.items():
+        head, _, name = path.rpartition("/")
+        by_dir.setdefault(head, {})[name] = segs
+    tree: dict[str, Any] = {}
+    for path in [*by_dir, *directories]:
+        node = tree
+        for part in path.split("/") if path else ():
+            node = node.setdefault(part, {})
+    out: list[str] = []
+    stack: list[tuple[str, dict[str, Any]]] = [("", tree)]
+    while stack:
+        path, node = stack.pop()
+        stream = f"./{escape_name(path)}" if path else "."
+        here = by_dir.get(path)
+        if here:
+            out.append(" ".join(_segments_stream(stream, here)) + "\n")
+        elif not node and path:
+            out.append(f"{stream} {EMPTY_BLOCK} 0:0:\\056\n")
+        prefix = f"{path}/" if path else ""
+        stack.extend((prefix + name, node[name]) for name in sorted(node, reverse=True))
+    return "".join(out)
+
+
+def _segments_stream(stream: str, files: Mapping[str, Iterable[Any]]) -> list[str]:
+    tokens = [stream]
+    offsets: dict[str, int] = {}
+    stream_offset = 0
+    names = sorted(files)
+    placed = []
+    for name in names:
+        segs = list(files[name])
+        placed.append(segs)
+        for seg in segs:
+            key = str(seg.locator)
+            if key not in offsets:
+                tokens.append(key)
+                offsets[key] = stream_offset
+                stream_offset += seg.locator.size
+    if len(tokens) == 1:
+        tokens.append(EMPTY_BLOCK)
+    for name, segs in zip(names, placed, strict=True):
+        escaped = escape_name(name)
+        start = end = -1
+        for seg in segs:
+            at = offsets[str(seg.locator)] + seg.offset
+            if at == end:
+                end += seg.length
+                continue
+            if start >= 0:
+                tokens.append(f"{start}:{end - start}:{escaped}")
+            start, end = at, at + seg.length
+        tokens.append(f"{start}:{end - start}:{escaped}" if start >= 0 else f"0:0:{escaped}")
+    return tokens

@@ -272,3 +272,79 @@ def test_the_manifests_at_scale_example_in_docs_datasets_md_runs():
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 1
     exec(compile(blocks[0], "docs/datasets.md", "exec"), {})
+
+
+@st.composite
+def segment_files(draw):
+    files = {}
+    for _ in range(draw(st.integers(0, 6))):
+        path = draw(st.sampled_from(["a", "b", "d/a", "d/e/f", "x y/z", "d/e/g", "d/e", "q"]))
+        segs = []
+        for _ in range(draw(st.integers(0, 4))):
+            loc = draw(st.sampled_from(_pool))
+            offset = draw(st.integers(0, loc.size - 1))
+            segs.append(Segment(loc, offset, draw(st.integers(1, loc.size - offset))))
+        files[path] = segs
+    dirs = draw(st.lists(st.sampled_from(["d", "q", "q/r", "d/e/h"]), max_size=3))
+    return files, dirs
+
+
+@settings(max_examples=300, deadline=None)
+@given(segment_files())
+def test_from_files_writes_the_same_normal_form_as_normalising_the_parsed_index(given_files):
+    """Two normalisers (straight from Segment lists, and over the parsed index) must agree."""
+    files, dirs = given_files
+    try:
+        built = Manifest.from_files(files, dirs)
+    except ManifestError:
+        with pytest.raises(ManifestError):
+            Manifest({p: ManifestFile(p, tuple(s)) for p, s in files.items()}, dirs)
+        return
+    other = Manifest({p: ManifestFile(p, tuple(s)) for p, s in files.items()}, dirs)
+    assert built.text == other.normalized_text() == Manifest.parse(built.text).normalized_text()
+    assert built.portable_data_hash() == other.portable_data_hash()
+    assert {p: f.size for p, f in built.files.items()} == {p: sum(s.length for s in segs) for p, segs in files.items()}
+
+
+@st.composite
+def mutated_manifests(draw):
+    """Valid manifests with nested paths, empty and repeated blocks and placeholders, then (mostly)
+    damaged by a few random edits."""
+    pool = [*_pool, Locator.parse(EMPTY_BLOCK)]
+    lines = []
+    for _ in range(draw(st.integers(1, 3))):
+        stream = draw(st.sampled_from([".", "./d", "./d/e", "./a\\040b"]))
+        blocks = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=6))
+        total = sum(b.size for b in blocks)
+        segs = []
+        for _ in range(draw(st.integers(1, 4))):
+            pos = draw(st.integers(0, total))
+            name = draw(st.sampled_from(["f", "g", "s/f", "s/t/u", ".", "s/.", "\\056", "h\\072i"]))
+            segs.append(f"{pos}:{draw(st.integers(0, total - pos))}:{name}")
+        lines.append(" ".join([stream, *map(str, blocks), *segs]) + "\n")
+    text = "".join(lines)
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from(["", " ", "\n", "/", ".", "0", "9", ":", "+", "\\", "x"])) \
+            + text[at + draw(st.integers(0, 2)):]
+    return text
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_manifests())
+def test_damaged_manifests_raise_manifest_error_or_answer_consistently(text):
+    try:
+        m = Manifest.parse(text)
+    except ManifestError:
+        return
+    walked = {f"{d}/{n}" if d else n for d, _dirs, names in m.walk() for n in names}
+    assert walked == set(m.files) == {f.path for f in m.walk_files()}
+    for path, f in m.files.items():
+        assert m.file(path) == f and f.size == sum(s.length for s in f.segments)
+        assert [s for _i, _at, s in f.segments_in(0, f.size)] == [s for s in f.segments]
+    assert m.total_size == sum(f.size for f in m.files.values())
+    again = Manifest.parse(m.normalized_text())
+    assert {p: f.size for p, f in again.files.items()} == {p: f.size for p, f in m.files.items()}
+    assert again.portable_data_hash() == m.portable_data_hash() and again.directories == m.directories
+    assert again.normalized_text() == m.normalized_text()
+    assert {b.bare() for b in m.blocks()} >= {s.locator.bare() for f in m.files.values() for s in f.segments}
