@@ -89,7 +89,7 @@ class KeepServer:
         self._httpd: KeepHTTPServer | None = None
         self._thread: threading.Thread | None = None
         for volume in self.volumes:
-            volume.store.remove_stale_temp_files()
+            volume.reclaim()
 
     @staticmethod
     def _volume(spec: Volume | str | os.PathLike[str], fsync: bool) -> Volume:

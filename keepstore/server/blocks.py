@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from ..errors import WriteError
-from ..local import BlockWriter
 from ..locator import Locator
+from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
 from .volumes import Volume, VolumeFull, rank_volumes
 
@@ -63,23 +63,31 @@ class Blocks:
 
     def find(self, md5: str, size: int | None) -> Found | None:
         """The first volume holding *md5* (with *size*, when given)."""
+        return next(iter(self.locate(md5, size)), None)
+
+    def locate(self, md5: str, size: int | None) -> list[Found]:
+        """Every volume's copy of *md5* (with *size*, when given), in volume order."""
+        found = []
         for volume in self.volumes:
-            path = volume.store.find(md5)
+            path = volume.find(md5)
             if path is None:
                 continue
             try:
                 actual = path.stat().st_size
             except FileNotFoundError:  # removed since find()
                 continue
+            except OSError as exc:  # unreadable: another volume may have a good copy
+                log.warning("volume %s: cannot stat block %s: %s", volume.path, md5, exc.strerror or exc)
+                continue
             if size is None or actual == size:
-                return Found(volume, path, actual)
-        return None
+                found.append(Found(volume, path, actual))
+        return found
 
     def copies(self, md5: str, size: int) -> list[Found]:
         """Every volume's copy of *md5* with *size* bytes that hashes to its name."""
         found = []
         for volume in self.volumes:
-            path = volume.store.find(md5)
+            path = volume.find(md5)
             if path is None:
                 continue
             if _size(path) == size and intact(path, md5):
@@ -103,16 +111,22 @@ class Blocks:
             return self._keep(existing, md5, body)
         if refuse_new():
             return Refusal(507, "every volume is full")
-        targets = self._targets(md5, length, wanted or ["default"], missing if wanted else None,
-                                {f.volume.path for f in existing})
-        if not targets:
+        def targets() -> list[Volume]:
+            return self._targets(md5, length, wanted or ["default"], missing if wanted else None,
+                                 {f.volume.path for f in existing})
+
+        chosen = targets()
+        if not chosen:  # dead writers' temp files may hold the space: reclaim them and look again
+            reclaimed: int = sum(v.reclaim() for v in self.volumes)
+            chosen = targets() if reclaimed else []
+        if not chosen:
             return Refusal(507, "every volume is full")
         result: Stored | Refusal | None = None
         try:
-            result = _write(targets, md5, body)
+            result = _write(chosen, md5, body)
         finally:
             done = result.volumes if isinstance(result, Stored) else ()
-            for volume in targets:
+            for volume in chosen:
                 volume.release(length, stored=any(v is volume for v in done), md5=md5)
         if isinstance(result, Refusal):
             return result
@@ -153,7 +167,7 @@ class Blocks:
         seen: set[str] = set()
         lines = []
         for volume in self.volumes:
-            for md5, size, mtime_ns in volume.store.index(prefix):
+            for md5, size, mtime_ns in volume.index(prefix):
                 if md5 not in seen:
                     seen.add(md5)
                     lines.append(f"{md5}+{size} {mtime_ns}\n")
@@ -165,11 +179,11 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes]) -> Stored | R
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
     to answer (nothing partial is left behind on any volume)."""
     with contextlib.ExitStack() as stack:
-        writers: list[tuple[Volume, BlockWriter]] = []
+        writers: list[tuple[Volume, VolumeWriter]] = []
         failed: list[tuple[Volume, OSError]] = []
         for volume in volumes:
             try:
-                writers.append((volume, stack.enter_context(volume.store.writer(md5))))
+                writers.append((volume, stack.enter_context(volume.writer(md5))))
             except OSError as exc:
                 failed.append((volume, exc))
         for chunk in body:

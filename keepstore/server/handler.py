@@ -13,7 +13,6 @@ import socket
 import ssl
 import struct
 import time
-from pathlib import Path
 from typing import Any
 
 from .._version import __version__
@@ -21,7 +20,7 @@ from ..errors import LocatorError, scrub
 from ..locator import EMPTY_BLOCK, MAX_BLOCK_SIZE, Locator
 from .admission import Admission
 from .auth import Permissions
-from .blocks import BlockDamaged, Blocks, verified_chunks
+from .blocks import BlockDamaged, Blocks, Found, verified_chunks
 from .connection import Body, DeadlineReader, KeepHTTPServer
 from .exchange import (
     BUSY,
@@ -355,9 +354,10 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         problem = permissions.check_read(loc, ex.token)
         if problem is not None:  # a bare md5 carries no signature: refused like an unsigned locator
             return self._simple(ex, *problem)
-        found = self.ctx.blocks.find(md5, size)
-        if found is None:
+        copies = self.ctx.blocks.locate(md5, size)
+        if not copies:
             return self._simple(ex, 404, "not found")
+        found = copies[0]
         if ex.method == "HEAD":
             headers = {"Content-Length": str(found.size)}
             if _wants_local_signature(ex.headers.get("X-Keep-Signature")):
@@ -365,15 +365,24 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
                 if local is not None:
                     headers["X-Keep-Locator"] = str(local)
             return self._head_only(ex, 200, headers)
-        return self._send_block(ex, md5, found.path, found.size, fault)
+        return self._send_block(ex, md5, copies, fault)
 
-    def _send_block(self, ex: Exchange, md5: str, path: Path, size: int, fault: Fault | None) -> None:
-        """Stream the file while hashing it; the last chunk is held back until the hash checks,
-        so a damaged copy reaches the client as a truncated body (as keepstore 3.x does)."""
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
+    def _send_block(self, ex: Exchange, md5: str, copies: list[Found], fault: Fault | None) -> None:
+        """Stream the first copy that opens while hashing it; the last chunk is held back until
+        the hash checks, so a damaged copy reaches the client as a truncated body (as keepstore
+        3.x does). A copy that cannot be opened (removed, unreadable) gives way to the next."""
+        for found in copies:
+            try:
+                f = open(found.path, "rb")  # noqa: SIM115 - closed by the with below
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("volume %s: cannot open block %s: %s", found.volume.path, md5, exc.strerror or exc)
+                continue
+            break
+        else:
             return self._simple(ex, 404, "not found")
+        path, size = found.path, found.size
         with f:
             self._head_only(ex, 200, {"Content-Length": str(size), "Content-Type": "application/octet-stream"})
             ex.send_size = size

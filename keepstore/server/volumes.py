@@ -5,19 +5,26 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
+import stat
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..local import LocalStore
+from .disk import FileOps, VolumeWriter, reclaim_temp_files
 
 __all__ = ["Volume", "VolumeFull", "parse_volume", "rank_volumes"]
 
 _CLASS = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_BLOCK_NAME = re.compile(r"[0-9a-f]{32}\Z")
+_PREFIX = re.compile(r"[0-9a-f]{3}\Z")
+
+log = logging.getLogger("keepstore.server")
 
 
 class VolumeFull(OSError):
@@ -50,13 +57,75 @@ class Volume:
     # With a capacity, the size of each block held: a block written twice (concurrent PUTs of
     # one block, a damaged copy replaced) is counted once.
     _sizes: dict[str, int] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    ops: FileOps = dataclasses.field(default_factory=FileOps, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self.store = LocalStore(self.path, fsync=self.fsync)
+        self.store = LocalStore(self.path, fsync=self.fsync)  # the same directory, for Python callers
         if self.capacity is not None:
-            self._sizes = {md5: size for md5, size, _ in self.store.index()}
+            self._sizes = {md5: size for md5, size, _ in self.index()}
             self.used = sum(self._sizes.values())
+
+    def find(self, md5: str) -> Path | None:
+        """The regular file holding block *md5* (layered or flat layout), or None.
+
+        A copy that cannot be looked up (say, an unreadable directory) is logged and passed
+        over, so another volume's good copy can still be served.
+        """
+        if not _BLOCK_NAME.match(md5):
+            return None
+        for path in (self.path / md5[:3] / md5, self.path / md5):
+            try:
+                if stat.S_ISREG(os.stat(path).st_mode):
+                    return path
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                log.warning("volume %s: cannot look up block %s: %s", self.path, md5, exc.strerror or exc)
+        return None
+
+    def index(self, prefix: str = "") -> Iterator[tuple[str, int, int]]:
+        """``(md5, size, mtime_ns)`` of every block file whose md5 starts with *prefix*
+        (regular files only: a directory under a block name is not a block)."""
+        seen: set[str] = set()
+        for directory, names in self._listing(prefix):
+            for name in names:
+                if name in seen or not name.startswith(prefix) or not _BLOCK_NAME.match(name):
+                    continue
+                try:
+                    st = os.stat(directory / name, follow_symlinks=False)
+                except OSError:  # removed while listing, or unreadable: not listed
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    seen.add(name)
+                    yield name, st.st_size, st.st_mtime_ns
+
+    def _listing(self, prefix: str) -> Iterator[tuple[Path, list[str]]]:
+        try:
+            top = sorted(os.listdir(self.path))
+        except OSError as exc:
+            log.warning("volume %s: cannot list: %s", self.path, exc.strerror or exc)
+            return
+        for name in top:
+            if _PREFIX.match(name) and name.startswith(prefix[:3]):
+                try:
+                    yield self.path / name, sorted(os.listdir(self.path / name))
+                except NotADirectoryError:
+                    continue
+                except OSError as exc:
+                    log.warning("volume %s: cannot list %s: %s", self.path, name, exc.strerror or exc)
+        yield self.path, top  # the flat layout of the Arvados SDK's local_store
+
+    def writer(self, md5: str) -> VolumeWriter:
+        """A crash-safe writer of block *md5* on this volume."""
+        return VolumeWriter(self.path, md5, fsync=self.fsync, ops=self.ops)
+
+    def reclaim(self) -> int:
+        """Remove the temp files of writers that died (kill -9); see `reclaim_temp_files`."""
+        count = reclaim_temp_files(self.path)
+        if count:
+            log.info("volume %s: removed %d temp file(s) left by writers that died", self.path, count)
+        return count
 
     def reserve(self, size: int) -> None:
         """Reserve *size* bytes for a write, or raise `VolumeFull` (by capacity and free space).
