@@ -597,3 +597,26 @@ def test_nested_caches_on_one_directory_share_the_threads_block_lock(tmp_path):
     assert done == [data], "the inner cache waited on the lock its own thread held"
     outer_disk.close()
     inner_disk.close()
+
+
+def test_a_directory_pruned_by_another_process_between_makedirs_and_open_is_made_again(tmp_path, monkeypatch):
+    """Regression (seen in the two-process fill test): diskcache's Disk.remove prunes empty
+    directories, so another process's eviction could remove the directory a block file was
+    about to be created in, and the put failed (and switched the cache off)."""
+    cache = DiskBlockCache(tmp_path / "c", 16 * MiB)
+    loc, data = block(9, 200 * KiB)
+    real_makedirs = os.makedirs
+    pruned: list[str] = []
+
+    def makedirs_then_pruned(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_makedirs(path, *args, **kwargs)
+        if not pruned and Path(path).parent.parent == tmp_path / "c":  # a block's leaf directory
+            pruned.append(str(path))
+            os.rmdir(path)  # what the other process's eviction does right now
+
+    monkeypatch.setattr(os, "makedirs", makedirs_then_pruned)
+    cache.put(loc, data)
+    monkeypatch.undo()
+    assert pruned and cache.stats().errors == 0
+    assert cache.get(loc) == data
+    cache.close()

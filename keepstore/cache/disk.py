@@ -53,11 +53,19 @@ class _BlockDisk(diskcache.Disk):
         if value.nbytes < self.min_file_size:
             return 0, MODE_RAW, None, sqlite3.Binary(value)
         filename, full_path = self.filename(key, value)
-        with contextlib.suppress(FileExistsError):  # made by another writer meanwhile
-            os.makedirs(os.path.dirname(full_path))
         try:
-            with open(full_path, "xb") as writer:
-                writer.write(value)
+            for attempt in range(3):
+                try:
+                    os.makedirs(os.path.dirname(full_path), exist_ok=True)
+                    with open(full_path, "xb") as writer:
+                        writer.write(value)
+                except FileNotFoundError:
+                    # Another process's eviction removed a (then empty) directory on the way
+                    # before we could use it: diskcache's Disk.remove prunes empty directories.
+                    if attempt == 2:
+                        raise
+                    continue
+                break
         except OSError:
             with contextlib.suppress(FileNotFoundError):  # open() itself failed
                 os.remove(full_path)
