@@ -34,6 +34,25 @@ class KeepServer:
     flight (up to *grace* seconds), closes idle keep-alive connections and frees the port;
     `start()` again listens on the same port. `faults` scripts misbehaviour for tests and
     `requests` records what was asked. See ``docs/server.md``.
+
+    Args:
+        volumes: block directories (`Volume`, ``"DIR[:class,...]"`` text, or a path).
+        host: the address to listen on.
+        port: the port (0: a free one, known after `start()`).
+        signing_key: the blob signing key; PUT answers are then signed for the caller's token.
+        signing_ttl: lifetime of signatures, in seconds.
+        require_signatures: refuse GET/HEAD without a valid ``+A`` for the token sent.
+        system_token: the token that may read ``/index``.
+        max_requests: requests in flight at most; beyond, 503 with ``Retry-After: 1``.
+        idle_timeout: seconds a connection may sit idle, or a request stall, before it is closed.
+        min_rate: bytes/s that request and response bodies must average after one idle timeout.
+        max_connections: open connections at most (default: from the open-file limit); beyond,
+            the longest-idle one is closed.
+        first_byte_timeout: seconds a new connection may take to start its first request
+            (at most *idle_timeout*).
+        tls_cert: PEM certificate chain for HTTPS (with *tls_key*).
+        tls_key: PEM private key for *tls_cert*.
+        fsync: fsync block files and directories on write (off: faster, not power-cut safe).
     """
 
     def __init__(

@@ -40,7 +40,9 @@ class Volume:
 
     *classes* are the storage classes the volume confirms (default ``("default",)``).
     *capacity* optionally caps the bytes of blocks it will hold (checked before each write,
-    measured by a scan at start and kept up to date afterwards).
+    measured by a scan at start and kept up to date afterwards). *fsync* makes writes durable
+    before they are acknowledged; *ops* is the file-system layer writes go through (tests
+    replace it to record the order of calls or to simulate a power cut).
 
     Space is reserved for a write before its body is read (`reserve`) and given back when it
     ends (`release`), so concurrent writes never promise together more than the disk has:
