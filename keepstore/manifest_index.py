@@ -298,8 +298,10 @@ class ManifestIndex:
 
     def _find_parent(self, path: str) -> int:
         # Look-ups come grouped by directory (listing, reading a tree), so remember the last one.
-        if path == self._last_dir[0]:
-            return self._last_dir[1]
+        # Read the pair once: another thread may replace it between two reads.
+        cached_path, cached_id = self._last_dir
+        if path == cached_path:
+            return cached_id
         directory = ROOT
         if path:
             for part in path.split("/"):
