@@ -186,7 +186,7 @@ class ManifestIndex:
             found = len(self.file_dir)
             self.file_dir.append(directory)
             self.file_tok.append(pos)
-            self.file_hash.append(hash((directory, name)) & 0xFFFFFFFF)
+            self.file_hash.append(_key_hash(directory, name) & 0xFFFFFFFF)
             self._table[slot] = found + 1
         self.seg_tok.append(pos)
         self.seg_stream.append(stream_id)
@@ -232,7 +232,7 @@ class ManifestIndex:
         """``(slot, file id)`` of *name* in *directory*; file id -1 (and a free slot) if absent."""
         table, hashes = self._table, self.file_hash
         size = len(table)
-        h = hash((directory, name))
+        h = _key_hash(directory, name)
         short = h & 0xFFFFFFFF
         slot = h % size
         while True:
@@ -298,8 +298,10 @@ class ManifestIndex:
 
     def _find_parent(self, path: str) -> int:
         # Look-ups come grouped by directory (listing, reading a tree), so remember the last one.
-        if path == self._last_dir[0]:
-            return self._last_dir[1]
+        # Read the pair once: another thread may replace it between two reads.
+        cached_path, cached_id = self._last_dir
+        if path == cached_path:
+            return cached_id
         directory = ROOT
         if path:
             for part in path.split("/"):
@@ -369,3 +371,8 @@ class ManifestIndex:
 
     def locator(self, block: int) -> Locator:
         return Locator.parse(self.token(self.blk_tok[block]))
+
+
+def _key_hash(directory: int, name: str) -> int:
+    """The hash of a file's key; cheaper than hashing a ``(directory, name)`` tuple."""
+    return hash(name) ^ (directory * 0x9E3779B1)
