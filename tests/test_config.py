@@ -12,7 +12,7 @@ import pytest
 
 from keepstore.config import Retry, Settings, Timeout, default_config_path
 from keepstore.errors import ConfigError, KeepError
-from keepstore.settings import Mode, Origin, Source
+from keepstore.settings import Origin, Source
 
 TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
 PLAIN_TOKEN = "3kg6k6lzmp9kj5cpkcoxie963cmvjahbt2fod9zru30k1jqdmi"
