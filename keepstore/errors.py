@@ -27,11 +27,24 @@ _SECRET_PATTERNS = (
 _HEADER_PATTERN = re.compile(r"(Authorization:\s*(?:Bearer|OAuth2)\s+)\S+", re.IGNORECASE)
 
 
+WORD_SECRET_LENGTH = 8  # secrets shorter than this are masked only as whole words (see redact)
+
+
 def redact(text: str, *secrets: str | None) -> str:
-    """Return *text* with every given secret and every token-shaped string replaced by ``***``."""
+    """Return *text* with every given secret and every token-shaped string replaced by ``***``.
+
+    A secret shorter than `WORD_SECRET_LENGTH` is masked only where it stands as a value, not
+    inside a longer word: with a token ``t``, "environment" stays as it is ('t' and "=t" do
+    not). A longer one is masked wherever it appears, even glued to other text. The secret part
+    of a v2 token (after its last ``/``) is masked on its own too.
+    """
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            for part in dict.fromkeys((secret, secret.rsplit("/", 1)[-1])):
+                if len(part) >= WORD_SECRET_LENGTH:
+                    text = text.replace(part, "***")
+                elif part:
+                    text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(part)}(?![A-Za-z0-9])", "***", text)
     text = _SECRET_PATTERNS[0].sub("***", text)
     return _SECRET_PATTERNS[1].sub(r"\1***", text)
 

@@ -12,6 +12,7 @@ import pytest
 
 from keepstore.config import Retry, Settings, Timeout, default_config_path
 from keepstore.errors import ConfigError, KeepError
+from keepstore.settings import Origin, Source
 
 TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
 PLAIN_TOKEN = "3kg6k6lzmp9kj5cpkcoxie963cmvjahbt2fod9zru30k1jqdmi"
@@ -213,7 +214,8 @@ def test_every_environment_name_is_read(env: dict[str, str], name: str, value: s
     env[name] = value
     s = Settings.from_env(env)
     assert getattr(s, field) == expected
-    assert s.sources[field] == f"environment {name}"
+    assert str(s.sources[field]) == f"environment {name}"
+    assert s.sources[field] == Origin(Source.ENVIRONMENT, name)
 
 
 def test_arvados_keep_proxy_marks_the_services_as_a_proxy(env: dict[str, str]) -> None:
@@ -264,7 +266,8 @@ api_host: zzzzz.example.com
     assert s.timeout == Timeout(connect=1, read=60, min_bandwidth=1024)
     assert s.api_host == "zzzzz.example.com"
     assert s.config_path == str(path)
-    assert s.sources["copies"] == f"file {path}"
+    assert str(s.sources["copies"]) == f"file {path}"
+    assert s.sources["copies"].source is Source.FILE
 
 
 def test_services_in_the_file_may_be_one_string(env: dict[str, str]) -> None:
@@ -282,9 +285,9 @@ def test_precedence_is_arguments_then_environment_then_file_then_defaults(env: d
                       "services: [http://127.0.0.1:3]\n")
     env.update(KEEP_TOKEN="env-token", KEEP_LOCAL_STORE="/env", KEEP_SERVICES="http://127.0.0.1:2")
     s = Settings.from_env(env, token="arg-token", services="http://127.0.0.1:1")
-    assert (s.token, s.sources["token"]) == ("arg-token", "argument")
+    assert (s.token, str(s.sources["token"])) == ("arg-token", "argument")
     assert s.services == ("http://127.0.0.1:1",)
-    assert (s.local_store, s.sources["local_store"]) == ("/env", "environment KEEP_LOCAL_STORE")
+    assert (s.local_store, str(s.sources["local_store"])) == ("/env", "environment KEEP_LOCAL_STORE")
     assert s.cache_dir == "/file-cache" and s.copies == 3
     assert s.retries == 10  # default
     assert Settings.from_env(env).services == ("http://127.0.0.1:2",)

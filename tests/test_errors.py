@@ -117,3 +117,18 @@ def test_a_token_in_attempts_is_redacted() -> None:
 
 def test_prose_about_bearer_tokens_is_not_mangled() -> None:
     assert str(KeepError("the server wants a Bearer token")) == "the server wants a Bearer token"
+
+
+@pytest.mark.parametrize("secret", ["t", "e", "abc", "tok"])
+def test_redact_masks_a_short_secret_only_where_it_stands_as_a_value(secret: str) -> None:
+    """Regression (issue 22): with KEEP_TOKEN=t every "t" became *** ("environmen*** KEEP_SERVICES")."""
+    text = f"environment KEEP_SERVICES: 'ftp://h/' is not an http:// service URL; token={secret}; [{secret}]"
+    out = redact(text, secret)
+    assert out.startswith("environment KEEP_SERVICES: 'ftp://h/' is not an http:// service URL")
+    assert out.endswith("token=***; [***]")
+
+
+def test_redact_masks_a_long_secret_even_inside_other_text() -> None:
+    secret = "plainsecret7f3a9cQQ"
+    out = redact(f"http://h:1/x{secret}y and v2/zzzzz-gj3su-000000000000000/{secret}", f"v2/a/{secret}")
+    assert secret not in out and out.startswith("http://h:1/x***y")
