@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from contract.store_contract import StoreContract
 from keepstore.errors import BlockNotFound, KeepError, LocatorError, ReadError
 from keepstore.local import TEMP_PREFIX, FileSystem, LocalStore
 from keepstore.locator import Locator
+from keepstore.locator import md5 as fips_md5
 
 
 class TestLocalStoreContract(StoreContract):
@@ -103,7 +103,7 @@ def test_get_with_signature_and_other_hints_reads_the_block(tmp_path: Path) -> N
 def test_index_lists_blocks_of_both_layouts_and_skips_other_files(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     stored = {store.put(f"block {n}").md5: len(f"block {n}") for n in range(5)}
-    flat = hashlib.md5(b"flat").hexdigest()
+    flat = fips_md5(b"flat").hexdigest()
     (tmp_path / flat).write_bytes(b"flat")
     stored[flat] = 4
     (tmp_path / "notes.txt").write_text("not a block")
@@ -149,7 +149,7 @@ def test_every_valid_locator_maps_inside_the_root(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     root = tmp_path.resolve()
     for n in range(50):
-        md5 = hashlib.md5(str(n).encode()).hexdigest()
+        md5 = fips_md5(str(n).encode()).hexdigest()
         path = store.path_for(md5).resolve()
         assert path.parent.parent == root and path.name == md5
 
@@ -202,7 +202,7 @@ def test_arvados_sdk_local_store_directory_is_readable_by_local_store(tmp_path: 
     store = LocalStore(tmp_path)
     for data, text in zip(blocks, locators, strict=True):
         loc = Locator.parse(text)
-        assert (loc.md5, loc.size) == (hashlib.md5(data).hexdigest(), len(data))
+        assert (loc.md5, loc.size) == (fips_md5(data).hexdigest(), len(data))
         assert store.get(text) == data
         assert store.head(text) is True
     # The SDK writes even the empty block as a file, so the index lists it too.
@@ -241,7 +241,7 @@ def test_head_and_exists_find_a_good_flat_copy_behind_a_torn_layered_one(tmp_pat
     """Regression: get() fell back to the Arvados flat-layout copy, head()/exists() did not."""
     store = LocalStore(tmp_path, fsync=False)
     data = b"two layouts"
-    md5 = hashlib.md5(data).hexdigest()
+    md5 = fips_md5(data).hexdigest()
     (tmp_path / md5[:3]).mkdir()
     (tmp_path / md5[:3] / md5).write_bytes(data[:3])  # torn
     (tmp_path / md5).write_bytes(data)  # what an Arvados SDK local_store wrote
