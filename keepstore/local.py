@@ -161,13 +161,15 @@ class LocalStore(BlockStore):
         fsync: Make every block durable before `put` returns (file, then rename, then directory).
         create: Create *root* when missing (else a missing root is a `KeepError`).
         fs: The file-system calls used for durable writes (a test seam; default: the real ones).
+        reclaim_after: When set, `reclaim` temp files of killed writers older than this many
+            seconds now, at open (a scan of every sub-directory; None skips it).
 
     Raises:
         KeepError: *root* cannot be created, or does not exist and *create* is false.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, create: bool = True,
-                 fs: FileSystem | None = None) -> None:
+                 fs: FileSystem | None = None, reclaim_after: float | None = None) -> None:
         self.root = Path(root)
         self.fsync = fsync
         self.fs = fs or FileSystem()
@@ -178,6 +180,8 @@ class LocalStore(BlockStore):
                 raise KeepError(f"cannot create local store directory {self.root}: {exc.strerror}") from exc
         elif not self.root.is_dir():
             raise KeepError(f"local store directory {self.root} does not exist")
+        if reclaim_after is not None:
+            self.reclaim(reclaim_after)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"

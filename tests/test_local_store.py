@@ -397,3 +397,17 @@ def test_with_fsync_every_acknowledged_block_survives_a_power_cut(tmp_path: Path
     unsynced = PowerCutFileSystem(tmp_path / "nosync")
     loc = LocalStore(tmp_path / "nosync", fs=unsynced, fsync=False).put(b"fast, not durable")
     assert f"{loc.md5[:3]}/{loc.md5}" not in unsynced.durable_names()  # the double does catch a missing sync
+
+
+def test_opening_with_reclaim_after_removes_old_unlocked_temps(tmp_path: Path) -> None:
+    loc = LocalStore(tmp_path).put(b"kept")
+    stale = tmp_path / loc.md5[:3] / f"{TEMP_PREFIX}killed"
+    stale.write_bytes(b"partial")
+    day_ago = os.stat(stale).st_mtime - 86400
+    os.utime(stale, (day_ago, day_ago))  # written a day before the store's own clock
+    fresh = tmp_path / loc.md5[:3] / f"{TEMP_PREFIX}fresh"
+    fresh.write_bytes(b"maybe a writer between create and lock")
+    store = LocalStore(tmp_path, reclaim_after=3600)
+    assert not stale.exists() and fresh.exists() and store.get(loc) == b"kept"
+    LocalStore(tmp_path)  # without reclaim_after, opening removes nothing
+    assert fresh.exists()
