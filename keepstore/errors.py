@@ -70,12 +70,25 @@ scrub = _scrub  # the public name for other modules (keep serve's log lines)
 class KeepError(Exception):
     """Root of every error keepstore raises on purpose.
 
-    Token-shaped text in the message is redacted here too, as a last line of defence.
+    The one place that formats a request id: with *request_id* the message reads
+    ``[req-...] message`` (a message that already starts so is left as it is). Token-shaped text
+    in the message is redacted here too, as a last line of defence.
+
+    Args:
+        message: What went wrong.
+        *args: Further exception arguments, as `Exception` takes them.
+        request_id: The request's id (``X-Request-Id``), kept as ``request_id``.
     """
 
-    def __init__(self, message: str = "", *args: Any) -> None:
+    request_id: str | None
+
+    def __init__(self, message: str = "", *args: Any, request_id: str | None = None) -> None:
         if isinstance(message, str):
+            prefix = f"[{request_id}] " if request_id else ""
+            if prefix and not message.startswith(prefix):
+                message = prefix + message
             message = _scrub(message)
+        self.request_id = request_id
         super().__init__(message or type(self).__name__, *args)
 
     def __str__(self) -> str:
@@ -97,7 +110,11 @@ class NoServicesError(KeepError):
 class ReadError(KeepError):
     """A block could not be read (after every retry on every service).
 
-    ``attempts`` maps a service root to the last failure seen there (text, no secrets).
+    Args:
+        message: What went wrong.
+        locator: The block's locator.
+        request_id: The request's id (formatted into the message by `KeepError`).
+        attempts: A service root -> the last failure seen there (text; secrets are scrubbed).
     """
 
     def __init__(
@@ -108,9 +125,8 @@ class ReadError(KeepError):
         request_id: str | None = None,
         attempts: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, request_id=request_id)
         self.locator = locator
-        self.request_id = request_id
         self.attempts = {root: _scrub(str(why)) for root, why in (attempts or {}).items()}
 
     def __reduce__(self) -> Any:
@@ -124,7 +140,13 @@ class BlockNotFound(ReadError):
 class WriteError(KeepError):
     """Fewer replicas were stored than wanted.
 
-    ``wanted`` and ``done`` count replicas; ``attempts`` maps a service root to what happened there.
+    Args:
+        message: What went wrong.
+        wanted: Replicas wanted.
+        done: Replicas stored.
+        locator: The block's locator.
+        request_id: The request's id (formatted into the message by `KeepError`).
+        attempts: A service root -> what happened there (text; secrets are scrubbed).
     """
 
     def __init__(
@@ -137,11 +159,10 @@ class WriteError(KeepError):
         request_id: str | None = None,
         attempts: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, request_id=request_id)
         self.wanted = wanted
         self.done = done
         self.locator = locator
-        self.request_id = request_id
         self.attempts = {root: _scrub(str(why)) for root, why in (attempts or {}).items()}
 
     def __reduce__(self) -> Any:

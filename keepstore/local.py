@@ -4,42 +4,89 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
+import fcntl
 import logging
 import os
 import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
 from .errors import BlockNotFound, KeepError, LocatorError, ReadError, WriteError
 from .locator import MAX_BLOCK_SIZE, Locator, LocatorLike
+from .locator import md5 as new_md5
 from .store import BlockStore, Data, as_view
 
-__all__ = ["BlockWriter", "LocalStore"]
+__all__ = ["BlockWriter", "FileSystem", "LocalStore"]
 
 log = logging.getLogger(__name__)
 
 _BLOCK_NAME = re.compile(r"[0-9a-f]{32}\Z")
-_EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 _CHUNK = 1 << 20
 TEMP_PREFIX = ".tmp-"  # never matches the block-name pattern, so an index skips it
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
+class FileSystem:
+    """The file-system calls a `LocalStore` makes to write durably: a seam for fault-injecting tests.
+
+    A block is made durable in this order: write the temp file, `fsync` it, `replace` it onto
+    the block name, `fsync_dir` the directory (and, when `mkdir` made that directory, its
+    parent first). A subclass may record the calls or drop what was never synced.
+    """
+
+    def mkdir(self, path: Path) -> bool:
+        """Create directory *path*; True when it was made now (False when it existed)."""
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            return False
+        return True
+
+    def mkstemp(self, directory: Path, prefix: str) -> tuple[int, str]:
+        """A new temp file in *directory*: ``(fd, path)``."""
+        return tempfile.mkstemp(prefix=prefix, dir=directory)
+
+    def fsync(self, fd: int) -> None:
+        """Flush a file's data to stable storage."""
         os.fsync(fd)
-    finally:
-        os.close(fd)
+
+    def replace(self, source: Path, target: Path) -> None:
+        """Rename *source* onto *target* atomically."""
+        os.replace(source, target)
+
+    def fsync_dir(self, path: Path) -> None:
+        """Flush a directory's entries (a rename or a new name in it) to stable storage."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive, non-blocking flock on *fd*; False when another open file holds one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a live writer owns it
+        return False
+    return True
 
 
 class BlockWriter:
     """Stream one block into a temp file beside its final name; `commit()` checks and renames.
 
     Leaving the ``with`` block without a commit (or on an error) removes the temp file, so
-    nothing partial is ever visible under a block name.
+    nothing partial is ever visible under a block name. The writer holds an exclusive flock on
+    its temp file while it lives, so `LocalStore.reclaim` never removes it; the kernel drops
+    the lock when the writer's process dies (kill -9 included).
+
+    Args:
+        store: The store the block goes to.
+        md5: The block's md5 (its name); `commit` checks the data against it.
+        fsync: Make the block durable (fsync the file and its directory) before `commit` returns.
     """
 
     def __init__(self, store: "LocalStore", md5: str, *, fsync: bool = True) -> None:
@@ -47,11 +94,14 @@ class BlockWriter:
         self.md5 = md5
         self.final = store.path_for(md5)
         self._fsync = fsync
-        self._hash = hashlib.md5()
+        self._fs = store.fs
+        self._hash = new_md5()
         self.size = 0
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.final.parent)
+        if self._fs.mkdir(self.final.parent) and fsync:
+            self._fs.fsync_dir(self.final.parent.parent)  # the new directory's name is durable too
+        fd, name = self._fs.mkstemp(self.final.parent, TEMP_PREFIX)
         self.temp = Path(name)
+        _lock(fd)  # a fresh file: nobody else can hold its lock yet
         self._file: object | None = os.fdopen(fd, "wb")
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
@@ -70,20 +120,23 @@ class BlockWriter:
         assert f is not None
         f.flush()  # type: ignore[attr-defined]
         if self._fsync:
-            os.fsync(f.fileno())  # type: ignore[attr-defined]
+            self._fs.fsync(f.fileno())  # type: ignore[attr-defined]
+        # Renamed while still open (and so locked): reclaim can never take a finished block's temp.
+        self._fs.replace(self.temp, self.final)
         f.close()  # type: ignore[attr-defined]
         self._file = None
-        os.replace(self.temp, self.final)
         if self._fsync:
-            _fsync_dir(self.final.parent)
+            self._fs.fsync_dir(self.final.parent)
         return Locator(self.md5, self.size)
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()  # type: ignore[attr-defined]
-            self._file = None
-        with contextlib.suppress(FileNotFoundError):  # already renamed or never created
-            self.temp.unlink()
+        """Drop the temp file (nothing when already committed)."""
+        if self._file is None:
+            return
+        with contextlib.suppress(FileNotFoundError):  # removed by hand meanwhile
+            self.temp.unlink()  # while still locked, so no reclaim races with us
+        self._file.close()  # type: ignore[attr-defined]
+        self._file = None
 
     def __enter__(self) -> "BlockWriter":
         return self
@@ -102,11 +155,24 @@ class LocalStore(BlockStore):
     concurrent writers (threads or processes) of one block are safe. Every read is verified.
     ``copies`` and ``storage_classes`` are accepted for interface compatibility and mean
     nothing here: a directory is one replica in one class.
+
+    Args:
+        root: The directory holding the blocks.
+        fsync: Make every block durable before `put` returns (file, then rename, then directory).
+        create: Create *root* when missing (else a missing root is a `KeepError`).
+        fs: The file-system calls used for durable writes (a test seam; default: the real ones).
+        reclaim_after: When set, `reclaim` temp files of killed writers older than this many
+            seconds now, at open (a scan of every sub-directory; None skips it).
+
+    Raises:
+        KeepError: *root* cannot be created, or does not exist and *create* is false.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, create: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, create: bool = True,
+                 fs: FileSystem | None = None, reclaim_after: float | None = None) -> None:
         self.root = Path(root)
         self.fsync = fsync
+        self.fs = fs or FileSystem()
         if create:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -114,6 +180,8 @@ class LocalStore(BlockStore):
                 raise KeepError(f"cannot create local store directory {self.root}: {exc.strerror}") from exc
         elif not self.root.is_dir():
             raise KeepError(f"local store directory {self.root} does not exist")
+        if reclaim_after is not None:
+            self.reclaim(reclaim_after)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -133,11 +201,25 @@ class LocalStore(BlockStore):
         return layered, self.root / md5
 
     def find(self, md5: str) -> Path | None:
-        """The file holding block *md5* in either layout, or None."""
+        """The file holding block *md5* in either layout, or None (a directory is not a block)."""
         for path in self._candidates(md5):
-            if path.is_file():
+            if self._stat_file(path, md5) is not None:
                 return path
         return None
+
+    def _stat_file(self, path: Path, name: str, request_id: str | None = None) -> os.stat_result | None:
+        """*path*'s stat when it is a regular file; None when absent or not a file.
+
+        Raises `ReadError` (not a bare `PermissionError`) when it cannot be looked at.
+        """
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:  # EACCES on an unreadable directory, EIO, ELOOP...
+            raise ReadError(f"cannot look up block {name} at {path}: {exc.strerror or exc}", locator=name,
+                            request_id=request_id) from exc
+        return st if stat.S_ISREG(st.st_mode) else None
 
     def writer(self, md5: str) -> BlockWriter:
         """A `BlockWriter` for streaming a block of known md5 (used by ``keep serve``)."""
@@ -155,7 +237,10 @@ class LocalStore(BlockStore):
         loc = Locator.for_data(view)
         if loc.size == 0:
             return loc  # the empty block is always present; nothing to write
-        existing = self.find(loc.md5)
+        try:
+            existing = self.find(loc.md5)
+        except ReadError:  # cannot look: write it (a failure there is a WriteError saying why)
+            existing = None
         if existing is not None and self._holds(existing, loc):
             with contextlib.suppress(OSError):  # a touch is only a hint for trash/GC policies
                 os.utime(existing)
@@ -178,13 +263,13 @@ class LocalStore(BlockStore):
 
     def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         loc = self._locator(locator)
-        if loc.md5 == _EMPTY_MD5 and loc.size == 0:
+        if loc.is_empty:
             return b""
         damage: ReadError | None = None
         for path in self._candidates(loc.md5):
-            if not path.is_file():
-                continue
             try:
+                if self._stat_file(path, str(loc), request_id) is None:
+                    continue
                 data = self._read_verified(path, loc, request_id)
             except BlockNotFound:  # removed since is_file(); the other layout may still hold it
                 continue
@@ -210,23 +295,25 @@ class LocalStore(BlockStore):
         if len(data) != loc.size:
             raise ReadError(f"block {loc} at {path} is damaged: {len(data)} bytes, want {loc.size}",
                             locator=str(loc), request_id=request_id)
-        if hashlib.md5(data).hexdigest() != loc.md5:
+        if new_md5(data).hexdigest() != loc.md5:
             raise ReadError(f"block {loc} at {path} is damaged: md5 mismatch", locator=str(loc),
                             request_id=request_id)
         return data
 
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
         loc = self._locator(locator)
-        if loc.md5 == _EMPTY_MD5 and loc.size == 0:
+        if loc.is_empty:
             return True
         damage: ReadError | None = None
         for path in self._candidates(loc.md5):  # both layouts, as get() reads them
             try:
-                size = path.stat().st_size if path.is_file() else None
-            except FileNotFoundError:  # deleted while we looked
-                size = None
-            if size is None:
+                st = self._stat_file(path, str(loc), request_id)
+            except ReadError as exc:  # unreadable here; the other layout may still hold it
+                damage = damage or exc
                 continue
+            if st is None:
+                continue
+            size = st.st_size
             if size == loc.size:
                 return True
             damage = damage or ReadError(f"block {loc} at {path} is damaged: {size} bytes, want {loc.size}",
@@ -236,27 +323,44 @@ class LocalStore(BlockStore):
         raise BlockNotFound(f"block {loc} not found in {self.root}", locator=str(loc), request_id=request_id)
 
     def index(self, prefix: str = "") -> Iterator[tuple[str, int, int]]:
-        """Yield ``(md5, size, mtime_ns)`` for every stored block whose md5 starts with *prefix*."""
+        """Yield ``(md5, size, mtime_ns)`` for every stored block whose md5 starts with *prefix*.
+
+        Only regular files count (a directory under a block name is not a block). Raises
+        `ReadError` when a directory of the store cannot be listed.
+        """
         seen: set[str] = set()
+        for entry in self._scan(self.root):
+            if entry.is_dir(follow_symlinks=False) and len(entry.name) == 3 and entry.name.startswith(prefix[:3]):
+                for block in self._scan(Path(entry.path)):
+                    found = self._index_entry(block, prefix, seen)
+                    if found is not None:
+                        yield found
+            else:
+                found = self._index_entry(entry, prefix, seen)
+                if found is not None:
+                    yield found
+
+    def _scan(self, path: Path) -> list[os.DirEntry[str]]:
         try:
-            top = sorted(os.scandir(self.root), key=lambda e: e.name)
-        except FileNotFoundError:
-            return
-        for entry in top:
-            if entry.is_dir() and len(entry.name) == 3 and entry.name.startswith(prefix[:3]):
-                with os.scandir(entry.path) as inner:
-                    for block in sorted(inner, key=lambda e: e.name):
-                        if _BLOCK_NAME.match(block.name) and block.name.startswith(prefix) and block.name not in seen:
-                            with contextlib.suppress(FileNotFoundError):  # removed while listing
-                                st = block.stat()
-                                seen.add(block.name)
-                                yield block.name, st.st_size, st.st_mtime_ns
-            elif (_BLOCK_NAME.match(entry.name) and entry.name.startswith(prefix) and entry.is_file()
-                  and entry.name not in seen):
-                with contextlib.suppress(FileNotFoundError):
-                    st = entry.stat()
-                    seen.add(entry.name)
-                    yield entry.name, st.st_size, st.st_mtime_ns
+            with os.scandir(path) as entries:
+                return sorted(entries, key=lambda e: e.name)
+        except FileNotFoundError:  # removed while listing (or no root yet): nothing stored there
+            return []
+        except OSError as exc:  # EACCES: an unreadable directory
+            raise ReadError(f"cannot list {path}: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def _index_entry(entry: os.DirEntry[str], prefix: str, seen: set[str]) -> tuple[str, int, int] | None:
+        if not (_BLOCK_NAME.match(entry.name) and entry.name.startswith(prefix)) or entry.name in seen:
+            return None
+        try:
+            st = entry.stat()
+        except FileNotFoundError:  # removed while listing
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        seen.add(entry.name)
+        return entry.name, st.st_size, st.st_mtime_ns
 
     def delete(self, locator: LocatorLike) -> bool:
         """Remove a block (both layouts); True when something was removed."""
@@ -268,15 +372,43 @@ class LocalStore(BlockStore):
                 removed = True
         return removed
 
-    def remove_stale_temp_files(self, older_than: float = 3600.0) -> int:
-        """Delete temp files left by killed writers that are older than *older_than* seconds."""
-        import time
+    def reclaim(self, older_than: float = 60.0, *, now: float | None = None) -> int:
+        """Remove temp files left by killed writers; return how many were removed.
 
-        cutoff = time.time() - older_than
+        A temp file is removed only when no live writer holds its lock (a writer locks its temp
+        file for its whole life; the kernel releases the lock when the process dies, kill -9
+        included) and it was last written more than *older_than* seconds before *now* (default:
+        the current time), which covers the instant between a writer creating its file and
+        locking it. Symlinks are never followed: only temp files directly in the store's own
+        sub-directories are looked at.
+        """
+        cutoff = (time.time() if now is None else now) - older_than
         count = 0
-        for path in self.root.glob(f"*/{TEMP_PREFIX}*"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
+        for entry in self._scan(self.root):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            for temp in self._scan(Path(entry.path)):
+                if temp.name.startswith(TEMP_PREFIX) and self._reclaim_one(Path(temp.path), cutoff):
                     count += 1
         return count
+
+    @staticmethod
+    def _reclaim_one(path: Path, cutoff: float) -> bool:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:  # gone, a symlink (ELOOP), or not ours to open: leave it
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff or not _lock(fd):
+                return False
+            with contextlib.suppress(FileNotFoundError):  # another reclaim took it first
+                os.unlink(path)
+                return True
+            return False
+        finally:
+            os.close(fd)  # releases our lock
+
+    def remove_stale_temp_files(self, older_than: float = 3600.0) -> int:
+        """The older name of `reclaim` (``keep serve`` calls it): unlocked temp files older than *older_than*."""
+        return self.reclaim(older_than)

@@ -17,6 +17,7 @@ __all__ = [
     "MAX_BLOCK_SIZE",
     "Locator",
     "LocatorLike",
+    "md5",
     "sign_locator",
     "signature_for",
     "verify_signature",
@@ -33,6 +34,15 @@ _PERMISSION = re.compile(r"A([0-9a-f]{40})@([0-9a-f]{8})\Z")
 _REMOTE = re.compile(r"R([a-z0-9]{5})-([0-9a-f]{40})@([0-9a-f]{8})\Z")
 
 
+def md5(data: bytes | bytearray | memoryview = b"") -> "hashlib._Hash":
+    """A new md5 hash object of *data*, for block names only (``usedforsecurity=False``).
+
+    Keep names blocks by md5 as a checksum, not for security, so keepstore works on FIPS-mode
+    hosts where a plain ``hashlib.md5()`` is refused. Every md5 in keepstore goes through here.
+    """
+    return hashlib.md5(data, usedforsecurity=False)
+
+
 def _epoch(hexstamp: str) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(hexstamp, 16), tz=dt.timezone.utc)
 
@@ -47,6 +57,11 @@ class Locator:
     md5: str
     size: int
     hints: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        """True for the empty block (``d41d8cd98f00b204e9800998ecf8427e+0``), which every store holds."""
+        return self.size == 0 and self.md5 == EMPTY_BLOCK[:32]
 
     def __post_init__(self) -> None:
         if not isinstance(self.md5, str) or not _MD5.match(self.md5):
@@ -94,7 +109,7 @@ class Locator:
         view = memoryview(data).cast("B")
         if view.nbytes > MAX_BLOCK_SIZE:
             raise LocatorError(f"block of {view.nbytes} bytes exceeds the 64 MiB maximum ({MAX_BLOCK_SIZE})")
-        return cls(hashlib.md5(view).hexdigest(), view.nbytes)
+        return cls(md5(view).hexdigest(), view.nbytes)
 
     def __str__(self) -> str:
         return "+".join((self.md5, str(self.size), *self.hints))

@@ -87,11 +87,13 @@ def service_urls(value: Any, where: str) -> tuple[str, ...]:
         if not url.startswith(("http://", "https://")) or not url.split("://", 1)[1].strip("/"):
             raise ConfigError(f"{where}: {url!r} is not an http:// or https:// service URL")
         try:
-            parts = urlsplit(url)  # ValueError for an unbalanced [IPv6] host
-            port = parts.port  # ValueError for a port out of range or not a number
-        except ValueError:
-            raise ConfigError(f"{where}: service URL {url!r} is not valid: its [host] or its port "
-                              f"(a number in 1-65535) is not") from None
+            parts = urlsplit(url)
+        except ValueError:  # an unbalanced [IPv6] host
+            raise ConfigError(f"{where}: service URL {url!r} has an unbalanced [IPv6 host]") from None
+        try:
+            port = parts.port
+        except ValueError:  # out of range or not a number
+            raise ConfigError(f"{where}: service URL {url!r} has a port that is not a number in 1-65535") from None
         if not parts.hostname:
             raise ConfigError(f"{where}: service URL {url!r} has no host name")
         if port == 0:
@@ -125,7 +127,8 @@ def _token(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected the token as text, got {plain_kind(value, show=False)}")
     if len(value.strip()) < MIN_TOKEN_LENGTH:
-        raise ConfigError(f"{where}: the token is too short to be real ({len(value.strip())} characters; "
+        length = len(value.strip())
+        raise ConfigError(f"{where}: the token is too short to be real ({length} character{'s' * (length != 1)}; "
                           f"Arvados tokens have 32 or more)")
     return value
 

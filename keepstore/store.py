@@ -30,7 +30,14 @@ def as_view(data: Data) -> memoryview:
 
 @dataclasses.dataclass(frozen=True)
 class PutResult:
-    """What one block write achieved: the locator, replicas counted, and who confirmed them."""
+    """What one block write achieved: the locator, replicas counted, and who confirmed them.
+
+    Args:
+        locator: The stored block's locator (signed when a service signed it).
+        replicas: Replicas confirmed.
+        services: The roots of the services that confirmed a replica, in order.
+        storage_classes: Replicas confirmed per storage class.
+    """
 
     locator: Locator
     replicas: int

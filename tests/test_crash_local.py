@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import signal
@@ -17,6 +16,7 @@ import pytest
 from keepstore.errors import BlockNotFound
 from keepstore.local import TEMP_PREFIX, LocalStore
 from keepstore.locator import Locator
+from keepstore.locator import md5 as fips_md5
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_sigkilled_writers_leave_no_readable_partial_block_and_no_trap_for_put(t
 
         # After every kill: whatever sits under a block name is that block, byte for byte.
         for path in _block_files(root):
-            assert hashlib.md5(path.read_bytes()).hexdigest() == path.name, f"partial block {path} is visible"
+            assert fips_md5(path.read_bytes()).hexdigest() == path.name, f"partial block {path} is visible"
         # Mostly start afresh, so the next writer is killed while writing rather than while
         # re-verifying blocks it finds complete; sometimes keep them, so both paths are crossed.
         if iteration < ITERATIONS - 1 and rng.random() < 0.75:
@@ -149,6 +149,43 @@ def test_processes_writing_the_same_block_at_once_all_succeed(tmp_path: Path) ->
     assert {out.strip() for out, _ in outputs} == {str(expected)}
     [path] = _block_files(root)
     assert path == root / expected.md5[:3] / expected.md5
-    assert hashlib.md5(path.read_bytes()).hexdigest() == expected.md5
+    assert fips_md5(path.read_bytes()).hexdigest() == expected.md5
     assert _temp_files(root) == []
     assert LocalStore(root).get(expected) == block(0)
+
+
+HOLDING_WRITER_CODE = textwrap.dedent("""
+    import sys
+    from keepstore.local import LocalStore
+    from keepstore.locator import md5
+
+    data = b"half-written block " * 1000
+    writer = LocalStore(sys.argv[1]).writer(md5(data).hexdigest())
+    writer.write(data[:5000])
+    print(writer.temp, flush=True)
+    sys.stdin.read()  # hold the temp file (and its lock) until killed
+""")
+
+
+def test_reclaim_never_takes_a_live_writers_temp_and_takes_it_once_the_writer_is_killed(tmp_path: Path) -> None:
+    """Issue 15 item 7: temp files of SIGKILLed writers are reclaimed; a live writer's never are."""
+    child = subprocess.Popen([sys.executable, "-c", HOLDING_WRITER_CODE, str(tmp_path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        temp = Path(child.stdout.readline().strip())
+        assert temp.name.startswith(TEMP_PREFIX) and temp.exists()
+        store = LocalStore(tmp_path)
+        far_future = time.time() + 86400  # an injected clock: every temp counts as old
+        assert store.reclaim(older_than=60, now=far_future) == 0  # locked by the live writer
+        assert temp.exists()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        assert temp.exists()  # kill -9 left it behind
+        assert store.reclaim(older_than=60, now=time.time() - 3600) == 0  # too young for this clock
+        assert temp.exists()
+        assert store.reclaim(older_than=60, now=far_future) == 1
+        assert not temp.exists()
+    finally:
+        child.kill()
+        child.wait(timeout=60)

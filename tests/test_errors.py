@@ -53,7 +53,7 @@ def test_read_errors_pickle_with_their_attributes(cls: type[ReadError]) -> None:
     back = pickle.loads(pickle.dumps(exc))
     assert type(back) is cls
     assert (back.locator, back.request_id, back.attempts) == (exc.locator, "req-abc", {"http://127.0.0.1:1/": "404"})
-    assert str(back) == "no such block"
+    assert str(back) == "[req-abc] no such block"  # the base formats the request id
 
 
 def test_write_error_pickles_with_wanted_done_and_attempts() -> None:
@@ -64,7 +64,7 @@ def test_write_error_pickles_with_wanted_done_and_attempts() -> None:
     assert (back.wanted, back.done) == (2, 1)
     assert back.attempts == exc.attempts
     assert (back.locator, back.request_id) == (exc.locator, exc.request_id)
-    assert str(back) == "stored 1 of 2"
+    assert str(back) == "[req-xyz] stored 1 of 2"
 
 
 def test_attempts_are_copied_not_shared() -> None:
@@ -132,3 +132,15 @@ def test_redact_masks_a_long_secret_even_inside_other_text() -> None:
     secret = "plainsecret7f3a9cQQ"
     out = redact(f"http://h:1/x{secret}y and v2/zzzzz-gj3su-000000000000000/{secret}", f"v2/a/{secret}")
     assert secret not in out and out.startswith("http://h:1/x***y")
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_the_error_base_formats_the_request_id_once(cls: type[KeepError]) -> None:
+    err = cls("block gone", request_id="req-0123456789abcdefghij")
+    assert str(err) == "[req-0123456789abcdefghij] block gone"
+    assert err.request_id == "req-0123456789abcdefghij"
+    # A caller that still writes the prefix itself does not get it twice.
+    assert str(cls("[req-0123456789abcdefghij] block gone", request_id="req-0123456789abcdefghij")) == str(err)
+    assert str(cls("no id")) == "no id" and cls("no id").request_id is None
+    again = pickle.loads(pickle.dumps(err))
+    assert (str(again), again.request_id) == (str(err), err.request_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +10,9 @@ import pytest
 from contract.store_contract import StoreContract
 
 from keepstore.errors import BlockNotFound, KeepError, LocatorError, ReadError
-from keepstore.local import LocalStore
+from keepstore.local import TEMP_PREFIX, FileSystem, LocalStore
 from keepstore.locator import Locator
+from keepstore.locator import md5 as fips_md5
 
 
 class TestLocalStoreContract(StoreContract):
@@ -103,7 +103,7 @@ def test_get_with_signature_and_other_hints_reads_the_block(tmp_path: Path) -> N
 def test_index_lists_blocks_of_both_layouts_and_skips_other_files(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     stored = {store.put(f"block {n}").md5: len(f"block {n}") for n in range(5)}
-    flat = hashlib.md5(b"flat").hexdigest()
+    flat = fips_md5(b"flat").hexdigest()
     (tmp_path / flat).write_bytes(b"flat")
     stored[flat] = 4
     (tmp_path / "notes.txt").write_text("not a block")
@@ -149,7 +149,7 @@ def test_every_valid_locator_maps_inside_the_root(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     root = tmp_path.resolve()
     for n in range(50):
-        md5 = hashlib.md5(str(n).encode()).hexdigest()
+        md5 = fips_md5(str(n).encode()).hexdigest()
         path = store.path_for(md5).resolve()
         assert path.parent.parent == root and path.name == md5
 
@@ -202,7 +202,7 @@ def test_arvados_sdk_local_store_directory_is_readable_by_local_store(tmp_path: 
     store = LocalStore(tmp_path)
     for data, text in zip(blocks, locators, strict=True):
         loc = Locator.parse(text)
-        assert (loc.md5, loc.size) == (hashlib.md5(data).hexdigest(), len(data))
+        assert (loc.md5, loc.size) == (fips_md5(data).hexdigest(), len(data))
         assert store.get(text) == data
         assert store.head(text) is True
     # The SDK writes even the empty block as a file, so the index lists it too.
@@ -241,9 +241,173 @@ def test_head_and_exists_find_a_good_flat_copy_behind_a_torn_layered_one(tmp_pat
     """Regression: get() fell back to the Arvados flat-layout copy, head()/exists() did not."""
     store = LocalStore(tmp_path, fsync=False)
     data = b"two layouts"
-    md5 = hashlib.md5(data).hexdigest()
+    md5 = fips_md5(data).hexdigest()
     (tmp_path / md5[:3]).mkdir()
     (tmp_path / md5[:3] / md5).write_bytes(data[:3])  # torn
     (tmp_path / md5).write_bytes(data)  # what an Arvados SDK local_store wrote
     loc = f"{md5}+{len(data)}"
     assert store.get(loc) == data and store.head(loc) is True and store.exists(loc) is True
+
+
+# -- issue 15 items 7 and 9: odd directories, temp reclaim, fsync order ------------------------
+
+
+def test_a_directory_under_a_block_name_is_not_a_block(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    loc = Locator.for_data(b"not here")
+    (tmp_path / loc.md5[:3] / loc.md5).mkdir(parents=True)
+    (tmp_path / loc.md5).mkdir()  # the flat layout too
+    assert store.find(loc.md5) is None
+    assert list(store.index()) == []
+    with pytest.raises(BlockNotFound):
+        store.head(loc)
+    with pytest.raises(BlockNotFound):
+        store.get(loc)
+
+
+def test_an_unreadable_directory_is_a_keepstore_error_not_a_permission_error(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalStore(tmp_path)
+    loc = store.put(b"locked away")
+    sub = tmp_path / loc.md5[:3]
+    if os.geteuid() != 0:  # a real unreadable directory where permissions bind
+        sub.chmod(0)
+    else:  # root reads everything: make the kernel's EACCES answer for this directory
+        real_stat, real_scandir = Path.stat, os.scandir
+
+        def denied(path: object) -> bool:
+            return str(path).startswith(str(sub))
+
+        def stat(self: Path, **kw: object) -> os.stat_result:
+            if denied(self):
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_stat(self, **kw)  # type: ignore[arg-type]
+
+        def scandir(path: object = ".") -> object:
+            if denied(path):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_scandir(path)  # type: ignore[call-overload]
+
+        monkeypatch.setattr(Path, "stat", stat)
+        monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        for call in (lambda: store.get(loc), lambda: store.head(loc), lambda: list(store.index())):
+            with pytest.raises(ReadError) as info:
+                call()
+            assert not isinstance(info.value, BlockNotFound) and "Permission denied" in str(info.value)
+            assert isinstance(info.value, KeepError)
+    finally:
+        sub.chmod(0o755)
+
+
+def test_reclaim_removes_only_old_unlocked_temp_files_and_never_follows_symlinks(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    loc = store.put(b"a block beside the temps")
+    sub = tmp_path / "store" / loc.md5[:3]
+    stale = sub / f"{TEMP_PREFIX}stale"
+    stale.write_bytes(b"left by a killed writer")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / f"{TEMP_PREFIX}not-ours"
+    victim.write_bytes(b"outside the volume")
+    (tmp_path / "store" / "fff").symlink_to(outside)
+    (sub / f"{TEMP_PREFIX}link").symlink_to(victim)
+    now = os.stat(stale).st_mtime
+    with store.writer(Locator.for_data(b"live").md5) as live:
+        live.write(b"li")
+        assert store.reclaim(older_than=10, now=now) == 0  # nothing old enough yet
+        assert store.reclaim(older_than=10, now=now + 3600) == 1  # the stale one; the live writer's is locked
+        assert live.temp.exists()
+    assert not stale.exists() and victim.exists() and (sub / f"{TEMP_PREFIX}link").is_symlink()
+    assert store.get(loc) == b"a block beside the temps"
+
+
+class RecordingFileSystem(FileSystem):
+    """Records the durability calls, in order, with paths relative to the store root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[tuple[str, str]] = []
+        self.fds: dict[int, str] = {}
+
+    def _rel(self, path: object) -> str:
+        return str(Path(str(path)).relative_to(self.root)) if str(path) != str(self.root) else "."
+
+    def mkdir(self, path: Path) -> bool:
+        made = super().mkdir(path)
+        if made:
+            self.calls.append(("mkdir", self._rel(path)))
+        return made
+
+    def mkstemp(self, directory: Path, prefix: str) -> tuple[int, str]:
+        fd, name = super().mkstemp(directory, prefix)
+        self.fds[fd] = self._rel(name)
+        return fd, name
+
+    def fsync(self, fd: int) -> None:
+        self.calls.append(("fsync", self.fds[fd]))
+        super().fsync(fd)
+
+    def replace(self, source: Path, target: Path) -> None:
+        self.calls.append(("replace", f"{self._rel(source)} -> {self._rel(target)}"))
+        super().replace(source, target)
+
+    def fsync_dir(self, path: Path) -> None:
+        self.calls.append(("fsync_dir", self._rel(path)))
+        super().fsync_dir(path)
+
+
+def test_a_block_is_made_durable_file_then_rename_then_directory(tmp_path: Path) -> None:
+    """Issue 15 item 9: fsync the data, rename, fsync the directory (and a new directory's parent)."""
+    fs = RecordingFileSystem(tmp_path)
+    store = LocalStore(tmp_path, fs=fs)
+    first = store.put(b"durable one")
+    sub = first.md5[:3]
+    temp = next(name for name in fs.fds.values())
+    assert fs.calls == [("mkdir", sub), ("fsync_dir", "."), ("fsync", temp),
+                        ("replace", f"{temp} -> {sub}/{first.md5}"), ("fsync_dir", sub)]
+    # A second block in the same directory: no mkdir, so no fsync of the root.
+    data = next(d for d in (b"x%d" % n for n in range(5000)) if Locator.for_data(d).md5[:3] == sub)
+    fs.calls.clear()
+    store.put(data)
+    assert [name for name, _ in fs.calls] == ["fsync", "replace", "fsync_dir"]
+
+
+class PowerCutFileSystem(RecordingFileSystem):
+    """At a power cut, loses whatever was not synced: a renamed name whose directory was never
+    fsynced disappears, as on a real crash before the directory's journal entry is written."""
+
+    def durable_names(self) -> set[str]:
+        durable: set[str] = set()
+        pending: dict[str, set[str]] = {}
+        for call, arg in self.calls:
+            if call == "replace":
+                target = arg.split(" -> ")[1]
+                pending.setdefault(str(Path(target).parent), set()).add(target)
+            elif call == "fsync_dir":
+                durable |= pending.pop(arg, set())
+        return durable
+
+
+def test_with_fsync_every_acknowledged_block_survives_a_power_cut(tmp_path: Path) -> None:
+    fs = PowerCutFileSystem(tmp_path)
+    store = LocalStore(tmp_path, fs=fs)
+    locs = [store.put(b"block %d" % n) for n in range(20)]
+    assert {f"{loc.md5[:3]}/{loc.md5}" for loc in locs} <= fs.durable_names()
+    unsynced = PowerCutFileSystem(tmp_path / "nosync")
+    loc = LocalStore(tmp_path / "nosync", fs=unsynced, fsync=False).put(b"fast, not durable")
+    assert f"{loc.md5[:3]}/{loc.md5}" not in unsynced.durable_names()  # the double does catch a missing sync
+
+
+def test_opening_with_reclaim_after_removes_old_unlocked_temps(tmp_path: Path) -> None:
+    loc = LocalStore(tmp_path).put(b"kept")
+    stale = tmp_path / loc.md5[:3] / f"{TEMP_PREFIX}killed"
+    stale.write_bytes(b"partial")
+    day_ago = os.stat(stale).st_mtime - 86400
+    os.utime(stale, (day_ago, day_ago))  # written a day before the store's own clock
+    fresh = tmp_path / loc.md5[:3] / f"{TEMP_PREFIX}fresh"
+    fresh.write_bytes(b"maybe a writer between create and lock")
+    store = LocalStore(tmp_path, reclaim_after=3600)
+    assert not stale.exists() and fresh.exists() and store.get(loc) == b"kept"
+    LocalStore(tmp_path)  # without reclaim_after, opening removes nothing
+    assert fresh.exists()

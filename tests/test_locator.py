@@ -21,6 +21,7 @@ from keepstore.locator import (
     signature_for,
     verify_signature,
 )
+from keepstore.locator import md5 as fips_md5
 
 UTC = dt.timezone.utc
 FOO = "acbd18db4cc2f85cedef654fccc4a4d8"
@@ -277,7 +278,7 @@ def test_verify_fails_for_wrong_token_key_ttl_block_expiry_or_when_expired(chang
     elif change == "ttl":
         kwargs["ttl"] = DEFAULT_SIGNING_TTL + 1
     elif change == "md5":
-        text = text.replace(FOO, hashlib.md5(b"bar").hexdigest())
+        text = text.replace(FOO, fips_md5(b"bar").hexdigest())
     elif change == "expiry":
         text = text.replace("@7fffffff", "@7ffffffe")
     else:
@@ -371,3 +372,33 @@ def test_the_examples_in_docs_locators_md_run() -> None:
     path = Path(__file__).resolve().parent.parent / "docs" / "locators.md"
     result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10 and result.failed == 0
+
+
+def test_is_empty_names_only_the_empty_block() -> None:
+    assert Locator.parse("d41d8cd98f00b204e9800998ecf8427e+0").is_empty
+    assert Locator.parse("d41d8cd98f00b204e9800998ecf8427e+0+Kzzzzz").is_empty
+    assert not Locator.for_data(b"x").is_empty
+    assert not Locator("d41d8cd98f00b204e9800998ecf8427e", 1).is_empty
+
+
+def test_md5_helper_is_fips_safe_and_matches_hashlib(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Issue 22: every md5 passes usedforsecurity=False, which a FIPS-mode hashlib insists on."""
+    from keepstore import locator
+
+    real = hashlib.md5
+    seen: list[object] = []
+
+    def fips_md5(data: bytes = b"", **kw: object) -> object:
+        seen.append(kw.get("usedforsecurity"))
+        if kw.get("usedforsecurity") is not False:
+            raise ValueError("[digital envelope routines] unsupported")  # what OpenSSL in FIPS mode says
+        return real(data, usedforsecurity=False)
+
+    monkeypatch.setattr(hashlib, "md5", fips_md5)
+    assert locator.md5(b"foo").hexdigest() == "acbd18db4cc2f85cedef654fccc4a4d8"
+    assert Locator.for_data(b"foo").md5 == "acbd18db4cc2f85cedef654fccc4a4d8"
+    from keepstore.local import LocalStore
+
+    store = LocalStore(tmp_path)  # writes and verified reads hash through the helper too
+    assert store.get(store.put(b"fips")) == b"fips"
+    assert len(seen) >= 4 and all(flag is False for flag in seen)

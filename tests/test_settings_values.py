@@ -101,7 +101,7 @@ def test_a_short_token_does_not_garble_other_errors() -> None:
 
 @pytest.mark.parametrize("url, why", [
     ("http://127.0.0.1:99999", "1-65535"), ("http://127.0.0.1:0/", "port 0"), ("http://h:port/", "1-65535"),
-    ("http://:25107/", "no host"), ("https://[::1/", "not a number"),
+    ("http://:25107/", "no host"), ("https://[::1/", "unbalanced"),
 ])
 def test_service_urls_that_can_never_work_are_config_errors(url: str, why: str) -> None:
     for environ in ({"KEEP_SERVICES": url}, {"ARVADOS_KEEP_PROXY": url}):
