@@ -211,7 +211,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
             if reader is None:
                 if path:
                     raise KeepError(f"{loc} is a plain block, not a dataset; it has no {path!r}")
-                sys.stdout.buffer.write(store.get(loc))
+                sys.stdout.buffer.write(cache.get_or_fetch(loc, lambda loc=loc: store.get(loc), verified=True))
                 continue
             if not path:
                 raise KeepError(f"{target} is a dataset; name a file inside it (LOCATOR/path)")

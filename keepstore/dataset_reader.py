@@ -108,7 +108,7 @@ class DatasetReader:
         self.locator = Locator.parse(locator)
         self.readahead = readahead
         self.blocks = BlockSource(store, cache=cache, cache_bytes=cache_bytes, threads=threads)
-        raw = store.get(self.locator)
+        raw = self.blocks.block(self.locator)  # cached: `keep cat` of several files reads it once
         try:
             self.manifest = Manifest.parse(raw)
         except ManifestError as exc:
