@@ -203,3 +203,13 @@ def test_a_failing_block_leaves_only_finished_files(tmp_path):
     assert all(files[name] == data for name, data in left.items())  # no torn file, no temp file
     assert len(left) < len(files)
     assert max(failing.gets.values()) == 1
+
+
+def test_the_reading_at_scale_example_in_docs_datasets_md_runs():
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    section = text[text.index("## Reading at scale"):text.index("## Manifests at scale")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/datasets.md", "exec"), {})
