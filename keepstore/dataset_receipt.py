@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import secrets
@@ -13,6 +14,9 @@ from typing import Any, BinaryIO
 from .errors import KeepError
 
 __all__ = ["BlockReceipt", "DatasetError", "Receipt", "atomic_write", "new_temp"]
+
+_TEMP_PREFIX = secrets.token_hex(6)
+_TEMP_COUNTER = itertools.count()
 
 
 class DatasetError(KeepError, ValueError):
@@ -92,10 +96,12 @@ def new_temp(dest: str) -> tuple[int, str]:
     """
     directory = os.path.dirname(os.path.abspath(dest))
     while True:
-        temp = os.path.join(directory, f".keep-{secrets.token_hex(8)}.partial")
+        # A random prefix drawn once per process and a counter: unique without a getrandom call
+        # per file (a measurable cost when extracting 100,000 files); O_EXCL catches the rest.
+        temp = os.path.join(directory, f".keep-{_TEMP_PREFIX}{next(_TEMP_COUNTER):x}.partial")
         try:
             return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), temp
         except FileExistsError:
-            continue  # 64 random bits taken already: draw again
+            continue  # taken (a forked process shares our prefix): take the next number
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, dest) from exc
