@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .collection import DatasetReader, DatasetWriter, atomic_write
+from .cache import BlockCache, MemoryBlockCache
+from .collection import DEFAULT_CACHE_BYTES, DatasetReader, DatasetWriter, atomic_write
 from .errors import KeepError, LocatorError
 from .locator import MAX_BLOCK_SIZE, Locator
 from .manifest import ManifestError
@@ -118,10 +119,11 @@ def cmd_put(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_reader(store: Any, loc: Locator) -> DatasetReader | None:
-    """The dataset at *loc*, or None when the block is not manifest text (a plain block)."""
+def _open_reader(store: Any, loc: Locator, cache: BlockCache | None = None) -> DatasetReader | None:
+    """The dataset at *loc* (reading through *cache* when given), or None when the block is not
+    manifest text (a plain block)."""
     try:
-        return DatasetReader(store, loc)
+        return DatasetReader(store, loc, cache=cache)
     except ManifestError:
         return None
 
@@ -169,20 +171,10 @@ def cmd_get(args: argparse.Namespace) -> int:
                             f"(or LOCATOR/path for one file)")
         if os.path.exists(dest) and not os.path.isdir(dest):
             raise NotADirectoryError(20, "Not a directory", dest)
-        sub = reader if not path else _subtree(reader, path)
+        sub = reader.subtree(path)
         with _progress(args, sub.manifest.total_size, "get") as advance:
             sub.extract(dest, progress=advance)
     return 0
-
-
-def _subtree(reader: DatasetReader, path: str) -> DatasetReader:
-    from .manifest import Manifest, ManifestFile
-
-    prefix = path + "/"
-    files = {p[len(prefix):]: f.segments for p, f in reader.manifest.files.items() if p.startswith(prefix)}
-    dirs = [d[len(prefix):] for d in reader.manifest.directories if d.startswith(prefix)]
-    manifest = Manifest({p: ManifestFile(p, s) for p, s in files.items()}, dirs)
-    return DatasetReader.from_manifest(reader.store, manifest)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -211,14 +203,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_cat(args: argparse.Namespace) -> int:
     from .cli import open_store
 
-    with open_store(args) as store:
+    # One cache for every target: files of one block (or one dataset) fetch it once.
+    with open_store(args) as store, MemoryBlockCache(DEFAULT_CACHE_BYTES) as cache:
         for target in args.targets:
             loc, path = split_target(target)
-            reader = _open_reader(store, loc)
+            reader = _open_reader(store, loc, cache)
             if reader is None:
                 if path:
                     raise KeepError(f"{loc} is a plain block, not a dataset; it has no {path!r}")
-                sys.stdout.buffer.write(store.get(loc))
+                sys.stdout.buffer.write(cache.get_or_fetch(loc, lambda loc=loc: store.get(loc), verified=True))
                 continue
             if not path:
                 raise KeepError(f"{target} is a dataset; name a file inside it (LOCATOR/path)")

@@ -92,7 +92,8 @@ class _FileIndex:
 class ReadPath:
     """A dataset opened read-only as a tree of paths (``""`` is the root, ``"a/b.csv"`` a file).
 
-    Blocks go through *cache* (default: an in-memory LRU of *memory_bytes*), so concurrent
+    Blocks go through *cache* (default: the cache of *dataset* when that is a `DatasetReader`,
+    else an in-memory LRU of *memory_bytes* that the reader made here shares), so concurrent
     readers of one block share one download; a store with its own disk cache (a `KeepClient`
     built with ``cache=``) is used through it as well. Reads that continue where the previous
     read of a file ended count as sequential and fetch the next *readahead* blocks in the
@@ -115,12 +116,16 @@ class ReadPath:
         if readahead < 0:
             raise ValueError(f"readahead must be at least 0, got {readahead}")
         self.store = store
-        self.reader = dataset if isinstance(dataset, DatasetReader) else DatasetReader(store, dataset)
+        if isinstance(dataset, DatasetReader):
+            self.reader = dataset
+            self.cache = cache if cache is not None else dataset.cache
+        else:
+            self.cache = cache if cache is not None else MemoryBlockCache(memory_bytes)
+            self.reader = DatasetReader(store, dataset, cache=self.cache)
         self.manifest = self.reader.manifest
         self.locator: Locator = self.reader.locator
         self.readahead = readahead
         self.sequential_slack = sequential_slack
-        self.cache = cache if cache is not None else MemoryBlockCache(memory_bytes)
         self.mtime = time.time() if mtime is None else mtime
         self._indexes: dict[str, _FileIndex] = {}
         self._last_end: OrderedDict[str, int] = OrderedDict()

@@ -260,3 +260,21 @@ def test_the_docs_example_script_runs(env, tmp_path) -> None:
         unmount(work / "mnt")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["hello", "1000"]
+
+
+def test_reading_every_file_of_a_multi_file_block_gets_each_block_once(cluster_env, keep_cluster, source,
+                                                                       tmp_path) -> None:
+    loc = keep_put(cluster_env, source / "a")  # 20 small files, notes and a table: all in one block
+    with keep_cluster.client() as kc:
+        manifest = open_dataset(kc, loc).manifest
+    blocks = {seg.locator.md5 for f in manifest.files.values() for seg in f.segments if seg.length}
+    assert len(blocks) == 1 and len(manifest.files) > 20
+    for server in keep_cluster.servers:
+        server.requests.clear()
+    mnt = tmp_path / "mnt"
+    with mounted(cluster_env, loc, mnt, "--no-disk-cache"):  # only the mount's own memory cache
+        for rel in all_files(source / "a"):
+            assert (mnt / rel).read_bytes() == (source / "a" / rel).read_bytes(), rel
+    gets = [r.path for s in keep_cluster.servers for r in s.requests if r.method == "GET" and r.status == 200]
+    for md5 in blocks:
+        assert sum(md5 in path for path in gets) == 1, gets

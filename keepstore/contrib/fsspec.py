@@ -80,7 +80,7 @@ class KeepFileSystem(AbstractFileSystem):
         head, _, rest = self._strip_protocol(path).partition("/")
         return head, normalize_path(rest)
 
-    def _tree(self, path: str) -> tuple[ReadPath, str, str]:
+    def open_tree(self, path: str) -> tuple[ReadPath, str, str]:
         """The open dataset for *path*, the locator text it was named by, and the path inside."""
         head, rel = self._split(path)
         with self._trees_lock:
@@ -102,7 +102,7 @@ class KeepFileSystem(AbstractFileSystem):
     # -- reading -----------------------------------------------------------------------------
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        tree, head, rel = self._tree(path)
+        tree, head, rel = self.open_tree(path)
         try:
             attr = tree.lookup(rel)
         except FileNotFoundError:
@@ -111,7 +111,7 @@ class KeepFileSystem(AbstractFileSystem):
         return {"name": name, "size": attr.size, "type": "directory" if attr.is_dir else "file"}
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
-        tree, head, rel = self._tree(path)
+        tree, head, rel = self.open_tree(path)
         try:
             names = tree.readdir(rel)
         except NotADirectoryError:
@@ -124,7 +124,7 @@ class KeepFileSystem(AbstractFileSystem):
         return entries if detail else [e["name"] for e in entries]
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-        tree, head, rel = self._tree(path)
+        tree, head, rel = self.open_tree(path)
         try:
             size = tree.lookup(rel).size
             begin, stop = _range(size, start, end)
@@ -215,7 +215,7 @@ class KeepBufferedFile(AbstractBufferedFile):
     fs: KeepFileSystem
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        tree, _head, rel = self.fs._tree(self.path)
+        tree, _head, rel = self.fs.open_tree(self.path)
         try:
             return tree.read(rel, start, max(0, end - start))
         except FileNotFoundError:

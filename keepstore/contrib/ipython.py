@@ -127,9 +127,7 @@ class KeepMagics(Magics):
             return str(target)
         if args.dest is None:
             raise KeepError(f"{args.target} is a dataset directory; give a destination: %keep get {args.target} DIR")
-        from ..cli_datasets import _subtree
-
-        (reader if not path else _subtree(reader, path)).extract(args.dest)
+        reader.subtree(path).extract(args.dest)
         return str(args.dest)
 
     def _ls(self, args: argparse.Namespace) -> list[str] | list[tuple[int, str]]:
