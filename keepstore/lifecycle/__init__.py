@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
-from .check import (EXIT_HEALTHY, EXIT_MISSING, EXIT_UNDER_REPLICATED, BlockHealth, CheckReport, Replica,
-                    ReplicaState, check_blocks, expand_locators, sampled)
+from .check import (
+    EXIT_HEALTHY,
+    EXIT_MISSING,
+    EXIT_UNDER_REPLICATED,
+    BlockHealth,
+    CheckReport,
+    Replica,
+    ReplicaState,
+    check_blocks,
+    expand_locators,
+    sampled,
+)
 from .repair import BlockRepair, RepairReport, repair_blocks
 
-__all__ = ["EXIT_HEALTHY", "EXIT_MISSING", "EXIT_UNDER_REPLICATED", "BlockHealth", "BlockRepair", "CheckReport",
-           "Replica", "ReplicaState", "RepairReport", "check_blocks", "expand_locators", "repair_blocks",
-           "sampled"]
+__all__ = [
+    "EXIT_HEALTHY",
+    "EXIT_MISSING",
+    "EXIT_UNDER_REPLICATED",
+    "BlockHealth",
+    "BlockRepair",
+    "CheckReport",
+    "RepairReport",
+    "Replica",
+    "ReplicaState",
+    "check_blocks",
+    "expand_locators",
+    "repair_blocks",
+    "sampled",
+]

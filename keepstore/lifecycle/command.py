@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
-from ..local import LocalStore
 from .check import EXIT_HEALTHY, EXIT_MISSING, EXIT_UNDER_REPLICATED, CheckReport, check_blocks, expand_locators
 from .repair import RepairReport, repair_blocks
 
@@ -39,7 +38,8 @@ def _count(text: str) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("locators", nargs="+", metavar="LOCATOR", help="dataset or block locators")
-    parser.add_argument("--copies", type=_count, default=None, help="good copies wanted (default: the configured copies)")
+    parser.add_argument("--copies", type=_count, default=None,
+                        help="good copies wanted (default: the configured copies)")
     parser.add_argument("--read-data", type=_percent, nargs="?", const=100.0, default=0.0, metavar="PERCENT",
                         help="read back this share of the blocks (default all) from every service and verify "
                              "size and md5, instead of only asking (HEAD)")
@@ -104,7 +104,9 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     from ..cli import open_store
 
     with open_store(args) as store:
-        if isinstance(store, LocalStore):
+        from ..client import KeepClient
+
+        if not isinstance(store, KeepClient):
             raise ConfigError("keep repair needs Keep services: a local store is one copy, with nothing to "
                               "repair it from (use keep check to verify it)")
         report = _run_check(args, store)
@@ -121,7 +123,8 @@ def _print_receipt(args: argparse.Namespace, receipt: RepairReport) -> None:
     for block in receipt.blocks:
         if block.state == "healthy":
             continue
-        wrote = f"copied from {block.source} to {', '.join(block.written_to)}" if block.written_to else "nothing written"
+        wrote = (f"copied from {block.source} to {', '.join(block.written_to)}" if block.written_to
+                 else "nothing written")
         line = f"{block.locator} {block.state}: {block.after} of {block.copies} copies; {wrote}"
         print(line + (f" ({block.error})" if block.error else ""))
     t = receipt.totals()
