@@ -234,3 +234,14 @@ def test_client_per_service_operations(keep_cluster_factory):
         corrupt(cluster, 0, loc)
         with pytest.raises(KeepError):  # the server cuts a damaged copy short; the bytes never come back
             kc.get_from(one, loc)
+
+
+def test_lifecycle_md_example_runs_and_its_exit_codes_are_the_real_ones():
+    import doctest
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
+    result = doctest.testfile(str(docs), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8 and result.failed == 0
+    text = docs.read_text()
+    assert f"| {EXIT_UNDER_REPLICATED} | under-replicated" in text
+    assert f"| {EXIT_MISSING} | missing data" in text
