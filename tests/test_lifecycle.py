@@ -118,7 +118,7 @@ def test_check_finds_exactly_the_deleted_and_corrupted_replicas_and_repair_resto
                                  "bytes_written": a.size + b.size, "under_replicated": 0, "missing": 0}
     for loc in (a, b):
         services = probe_order(loc, cluster.client().services)
-        good_before = [i for i in intact_holders(cluster, loc)]
+        good_before = intact_holders(cluster, loc)
         assert len(good_before) == 2
         # written to the first services in probe order that lacked a good copy
         assert repaired[str(loc)]["source"] in [cluster.urls[i] for i in good_before]
@@ -245,3 +245,45 @@ def test_lifecycle_md_example_runs_and_its_exit_codes_are_the_real_ones():
     text = docs.read_text()
     assert f"| {EXIT_UNDER_REPLICATED} | under-replicated" in text
     assert f"| {EXIT_MISSING} | missing data" in text
+
+
+def test_repair_restores_a_block_lost_everywhere_from_the_disk_cache(keep_cluster_factory, tmp_path):
+    from keepstore.cache import DiskBlockCache
+    from keepstore.lifecycle import check_blocks, repair_blocks
+
+    cluster = keep_cluster_factory(3)
+    with cluster.client(cache=DiskBlockCache(tmp_path / "cache"), close_cache=True) as kc:
+        loc = kc.put(b"cached before the loss", copies=2)
+        assert kc.get(loc) == b"cached before the loss"  # now in the cache
+        for i in cluster.holders(loc):
+            replica_path(cluster, i, loc).unlink()
+        report = check_blocks(kc, [loc], copies=2)
+        assert report.blocks[0].state == "missing" and report.exit_code == EXIT_MISSING
+        receipt = repair_blocks(kc, report)
+        assert receipt.blocks[0].source == "cache" and len(receipt.blocks[0].written_to) == 2
+        assert receipt.exit_code == EXIT_HEALTHY
+        assert len(intact_holders(cluster, loc)) == 2
+
+
+def test_an_unreachable_service_is_unknown_not_a_replica_and_repair_writes_elsewhere(keep_cluster_factory):
+    from keepstore.lifecycle import ReplicaState, check_blocks, repair_blocks
+
+    cluster = keep_cluster_factory(3)
+    with cluster.client(timeout=(2, 5), retries=0) as kc:
+        loc = kc.put(b"one server goes away", copies=2)
+        down, up = cluster.holders(loc)
+        cluster.servers[down].stop(grace=1.0)
+        report = check_blocks(kc, [loc], copies=2)
+        states = {r.where: r.state for r in report.blocks[0].replicas}
+        assert states[cluster.urls[down]] is ReplicaState.UNKNOWN
+        assert states[cluster.urls[up]] is ReplicaState.PRESENT
+        assert report.exit_code == EXIT_UNDER_REPLICATED
+        receipt = repair_blocks(kc, report)
+        [third] = {0, 1, 2} - {down, up}
+        assert receipt.blocks[0].written_to == (cluster.urls[third],)
+        assert receipt.exit_code == EXIT_HEALTHY and third in cluster.holders(loc)
+        order = [s.root for s in probe_order(loc, kc.services)]
+        failed = [w for w, _ in receipt.blocks[0].failures]
+        # the stopped server is tried only when it comes before the third in probe order
+        assert failed == ([cluster.urls[down]] if order.index(cluster.urls[down]) < order.index(cluster.urls[third])
+                          else [])
