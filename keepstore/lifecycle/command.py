@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -60,6 +61,18 @@ def register(sub: Any) -> None:
                             epilog=EXIT_CODES)
     _common(repair)
     repair.set_defaults(func=_cmd_repair)
+    gc = sub.add_parser("gc", help="delete a local store's blocks no dataset references (see --dry-run)",
+                        description="Mark every block the roots reference, then delete the other blocks "
+                                    "older than the grace period. Local stores only.")
+    gc.add_argument("roots", nargs="*", metavar="LOCATOR", help="dataset or block locators to keep")
+    gc.add_argument("--keep-from", action="append", default=[], metavar="FILE",
+                    help="a keep put --json receipt whose dataset to keep (repeatable)")
+    gc.add_argument("--grace", default="14d", help="keep blocks newer than this (e.g. 3600s, 2h, 14d; default 14d)")
+    gc.add_argument("--older-than", default=None, metavar="TIME",
+                    help="also keep blocks newer than this ISO 8601 time (e.g. 2026-11-01T00:00Z)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would go, and how many bytes; delete nothing")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=_cmd_gc)
 
 
 @contextlib.contextmanager
@@ -131,3 +144,34 @@ def _print_receipt(args: argparse.Namespace, receipt: RepairReport) -> None:
     print(f"repaired {t['repaired']} of {t['blocks']} blocks: {t['replicas_written']} replicas "
           f"({t['bytes_written']} bytes) written; {t['under_replicated']} still under-replicated, "
           f"{t['missing']} with no good copy")
+
+
+def _cmd_gc(args: argparse.Namespace, now: datetime.datetime | None = None) -> int:
+    from ..cli import open_store
+    from ..local import LocalStore
+    from . import gc
+
+    roots = list(args.roots)
+    for path in args.keep_from:
+        roots.extend(gc.roots_from_receipt(path))
+    if not roots:
+        raise ConfigError("keep gc needs roots (locators or --keep-from receipts): without any, every block "
+                          "would be unreferenced")
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    cutoff = now - gc.parse_duration(args.grace)
+    if args.older_than is not None:
+        cutoff = min(cutoff, gc.parse_time(args.older_than))
+    with open_store(args) as store:
+        if not isinstance(store, LocalStore):
+            raise ConfigError("keep gc works on a local store (KEEP_LOCAL_STORE) only")
+        report = gc.collect(store, gc.mark(store, roots), cutoff, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return EXIT_HEALTHY
+    verb = "would delete" if args.dry_run else "deleted"
+    for c in report.candidates:
+        print(f"{c.md5}+{c.size} {c.mtime.isoformat()}")
+    count = len(report.candidates) if args.dry_run else len(report.deleted)
+    print(f"{verb} {count} blocks ({sum(c.size for c in report.candidates)} bytes); kept {report.live} "
+          f"referenced and {report.kept_young} newer than {report.cutoff.isoformat()}")
+    return EXIT_HEALTHY
