@@ -239,7 +239,7 @@ def test_lifecycle_md_example_runs_and_its_exit_codes_are_the_real_ones():
 
     docs = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
     result = doctest.testfile(str(docs), module_relative=False, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 8 and result.failed == 0
+    assert result.attempted >= 29 and result.failed == 0
     text = docs.read_text()
     assert f"| {EXIT_UNDER_REPLICATED} | under-replicated" in text
     assert f"| {EXIT_MISSING} | missing data" in text
