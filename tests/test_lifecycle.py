@@ -285,3 +285,19 @@ def test_an_unreachable_service_is_unknown_not_a_replica_and_repair_writes_elsew
         # the stopped server is tried only when it comes before the third in probe order
         assert failed == ([cluster.urls[down]] if order.index(cluster.urls[down]) < order.index(cluster.urls[third])
                           else [])
+
+
+def test_check_and_repair_a_dataset_on_servers_that_require_signatures(keep_cluster_factory, env, capsys):
+    cluster = keep_cluster_factory(3, signing_key="lifecycle-test-key", require_signatures=True)
+    env(cluster)
+    dataset, blocks = write_dataset(cluster, {"s.txt": b"signed " * 5000})
+    assert "+A" in dataset and all("+A" in str(b) for b in blocks)
+    gone = cluster.holders(blocks[0])[0]
+    replica_path(cluster, gone, blocks[0]).unlink()
+    code, report = run(capsys, "check", dataset, "--read-data")
+    assert code == EXIT_UNDER_REPLICATED
+    assert {k for k, v in states(report).items() if v != "healthy"} == {str(blocks[0].bare())}
+    code, receipt = run(capsys, "repair", dataset)
+    assert code == EXIT_HEALTHY and receipt["blocks"][0]["written_to"] == [cluster.urls[gone]]
+    assert "+A" not in json.dumps(receipt)  # reports name blocks bare
+    assert run(capsys, "check", dataset, "--read-data")[0] == EXIT_HEALTHY

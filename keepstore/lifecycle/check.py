@@ -58,7 +58,7 @@ class Replica:
 class BlockHealth:
     """One block: its replicas, in probe order, and how many were wanted."""
 
-    locator: Locator
+    locator: Locator  # as given (signed, when the services want signatures); reports show it bare
     copies: int
     replicas: tuple[Replica, ...]
     read: bool = False
@@ -74,7 +74,7 @@ class BlockHealth:
         return "healthy" if n >= self.copies else ("missing" if n == 0 else "under-replicated")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"locator": str(self.locator), "state": self.state, "copies": self.copies,
+        return {"locator": str(self.locator.bare()), "state": self.state, "copies": self.copies,
                 "replicas": len(self.good), "read": self.read,
                 "services": [{"where": r.where, "state": r.state.value, **({"note": r.note} if r.note else {})}
                              for r in self.replicas]}
@@ -186,7 +186,7 @@ def check_blocks(store: BlockStore, blocks: Sequence[Locator], *, copies: int, r
             futures.append((loc, read, [pool.submit(probe, store, s, loc, read) for s in order]))
         report = []
         for loc, read, replicas in futures:
-            report.append(BlockHealth(loc.bare(), copies, tuple(f.result() for f in replicas), read))
+            report.append(BlockHealth(loc, copies, tuple(f.result() for f in replicas), read))
             progress(1)
     return CheckReport(copies, tuple(report))
 
@@ -229,6 +229,6 @@ def _check_local(store: LocalStore, blocks: Sequence[Locator], progress: Progres
             replica = Replica(where, ReplicaState.MISSING)
         except ReadError as exc:
             replica = Replica(where, ReplicaState.DAMAGED, str(exc))
-        report.append(BlockHealth(loc.bare(), 1, (replica,), True))
+        report.append(BlockHealth(loc, 1, (replica,), True))
         progress(1)
     return CheckReport(1, tuple(report))

@@ -105,7 +105,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for block in report.problems():
         detail = "; ".join(f"{r.state.value} on {r.where}" + (f" ({r.note})" if r.note else "")
                            for r in block.replicas if not r.state.counts)
-        print(f"{block.locator} {block.state}: {len(block.good)} of {block.copies} copies ({detail})")
+        print(f"{block.locator.bare()} {block.state}: {len(block.good)} of {block.copies} copies ({detail})")
     t = report.totals()
     print(f"checked {t['blocks']} blocks ({t['bytes']} bytes; {t['read']} read back): {t['healthy']} healthy, "
           f"{t['under_replicated']} under-replicated, {t['missing']} missing, "
@@ -138,7 +138,7 @@ def _print_receipt(args: argparse.Namespace, receipt: RepairReport) -> None:
             continue
         wrote = (f"copied from {block.source} to {', '.join(block.written_to)}" if block.written_to
                  else "nothing written")
-        line = f"{block.locator} {block.state}: {block.after} of {block.copies} copies; {wrote}"
+        line = f"{block.locator.bare()} {block.state}: {block.after} of {block.copies} copies; {wrote}"
         print(line + (f" ({block.error})" if block.error else ""))
     t = receipt.totals()
     print(f"repaired {t['repaired']} of {t['blocks']} blocks: {t['replicas_written']} replicas "

@@ -45,7 +45,7 @@ class BlockRepair:
         return "missing" if self.after == 0 else "under-replicated"
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"locator": str(self.locator), "state": self.state, "copies": self.copies,
+        out: dict[str, Any] = {"locator": str(self.locator.bare()), "state": self.state, "copies": self.copies,
                                "before": self.before, "after": self.after, "source": self.source,
                                "written_to": list(self.written_to)}
         if self.failures:
@@ -125,7 +125,7 @@ def _repair_one(client: "KeepClient", block: BlockHealth) -> BlockRepair:
             data, source = bytes(cached), CACHE_SOURCE
     if data is None:
         return BlockRepair(loc, block.copies, len(good), failures=tuple(failures),
-                           error=f"no intact copy of {loc} on any service or in the cache; nothing written")
+                           error=f"no intact copy of {loc.bare()} on any service or in the cache; nothing written")
     written: list[str] = []
     for service in (s for s in order if s.root not in good):
         if len(good) + len(written) >= block.copies:
@@ -137,5 +137,5 @@ def _repair_one(client: "KeepClient", block: BlockHealth) -> BlockRepair:
             continue
         written.append(service.root)
     error = "" if len(good) + len(written) >= block.copies else (
-        f"{loc}: {len(good) + len(written)} of {block.copies} copies; no more services to write to")
+        f"{loc.bare()}: {len(good) + len(written)} of {block.copies} copies; no more services to write to")
     return BlockRepair(loc, block.copies, len(good), tuple(written), source, tuple(failures), error)
