@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Modules that add sub-commands: each has register(subparsers). Listed here, not discovered,
 # so `keep --help` is the same on every install.
-_REGISTRARS = ("keepstore.server.command", "keepstore.contrib.fuse")
+_REGISTRARS = ("keepstore.server.command", "keepstore.contrib.fuse", "keepstore.lifecycle.command")
 
 EPILOG = """\
 where data goes:

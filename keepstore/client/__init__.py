@@ -22,6 +22,7 @@ from ..locator import EMPTY_BLOCK, Locator, LocatorLike
 from ..services import Service, ServiceDirectory, ServiceLike, discover, parse_services
 from ..store import BlockStore, Data, PutResult, as_view
 from ..transport import Headers, Request, Transport, TransportError
+from . import direct
 from .read import SIGNATURE_HEADER, read_block
 from .rounds import RoundPolicy
 from .stats import ClientStats, Counters
@@ -286,6 +287,28 @@ class KeepClient(BlockStore):
         text = read_block(self._link(), loc, "HEAD", request_id or new_request_id(),
                           {SIGNATURE_HEADER: f"local, {stamp}"}, now=now)
         return Locator.parse(text.decode("ascii"))
+
+    # -- one service at a time (keep check / keep repair; see docs/lifecycle.md) --------------
+
+    def head_on(self, service: Service, locator: LocatorLike, *, request_id: str | None = None) -> bool:
+        """One HEAD to *service*, no retries: True (has it), False (403/404/410); `ReadError`
+        for another status, `TransportError` when it cannot be reached."""
+        self._check_open()
+        return direct.head_on(self._wire, service, self._locator(locator), self.timeout,
+                              request_id or new_request_id())
+
+    def get_from(self, service: Service, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
+        """One GET from *service*, no retries: the bytes, verified (`ReadError` when damaged,
+        `BlockNotFound` when it has none)."""
+        self._check_open()
+        return direct.get_from(self._wire, service, self._locator(locator), self.timeout,
+                               request_id or new_request_id())
+
+    def put_to(self, service: Service, data: Data, *, request_id: str | None = None) -> Locator:
+        """One PUT of *data* to *service* (one replica), no retries; the locator it answers
+        (`WriteError` for a refusal, one naming another block, or no answer)."""
+        self._check_open()
+        return direct.put_to(self._wire, service, bytes(as_view(data)), self.timeout, request_id or new_request_id())
 
     # -- concurrency: futures, batches, fan-out (see docs/concurrency.md) -----------------
 
