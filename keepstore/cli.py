@@ -13,7 +13,7 @@ from typing import Any
 from . import __version__
 from .errors import BlockNotFound, KeepError
 from .locator import Locator
-from .store import BlockStore
+from .open import open_store
 
 __all__ = ["main", "open_store"]
 
@@ -34,17 +34,11 @@ where data goes:
   environment, which beats the file.
   With nothing configured, blocks go to a local store in $XDG_DATA_HOME/keepstore/blocks
   (~/.local/share/keepstore/blocks).
-exit codes: 0 ok, 1 error, 2 usage, 3 not found, 130 interrupted
+exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 under-replicated and 5 missing data (check,
+  repair), 130 interrupted
 """
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-def open_store(args: argparse.Namespace) -> BlockStore:
-    """The store a command works on: `KeepClient.from_env()` (a LocalStore when nothing is set)."""
-    from .client import KeepClient
-
-    return KeepClient.from_env()
 
 
 def _cmd_head(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from .collection import DEFAULT_CACHE_BYTES, DatasetReader, DatasetWriter, atomi
 from .errors import KeepError, LocatorError
 from .locator import MAX_BLOCK_SIZE, Locator
 from .manifest import ManifestError
+from .open import open_store
 
 __all__ = ["register", "split_target"]
 
@@ -74,7 +75,6 @@ def _read_block(name: str) -> bytes:
 
 
 def _put_blocks(args: argparse.Namespace) -> int:
-    from .cli import open_store
 
     for p in args.paths:
         if p != "-" and os.path.isdir(p):
@@ -87,7 +87,6 @@ def _put_blocks(args: argparse.Namespace) -> int:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    from .cli import open_store
 
     if args.blocks:
         return _put_blocks(args)
@@ -137,7 +136,6 @@ def _stream_file(reader: DatasetReader, path: str, out: BinaryIO, advance: Calla
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from .cli import open_store
 
     loc, path = split_target(args.target)
     dest = args.dest
@@ -178,7 +176,6 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .cli import open_store
 
     loc, path = split_target(args.target)
     with open_store(args) as store:
@@ -201,7 +198,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    from .cli import open_store
 
     # One cache for every target: files of one block (or one dataset) fetch it once.
     with open_store(args) as store, MemoryBlockCache(DEFAULT_CACHE_BYTES) as cache:

@@ -94,8 +94,10 @@ class FileSegments(Sequence[Segment]):
 
     def overlapping(self, offset: int, length: int) -> list[tuple[int, int, Segment]]:
         """See `ManifestFile.segments_in`; O(log n) to find the first piece."""
+        if not self._counts:
+            self._load()  # size alone does not load the ranges this walks
         index, out = self._index, []
-        end = min(offset + length, self.size)  # loads the ranges
+        end = min(offset + length, self.size)
         r = max(bisect.bisect_right(self._starts, offset) - 1, 0)
         while offset < end and r < len(self._ranges):
             first, last, start, _stop = self._ranges[r]

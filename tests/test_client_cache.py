@@ -67,10 +67,13 @@ def test_prefetched_blocks_are_read_after_the_servers_stop(keep_cluster: KeepClu
         locs = [writer.put(f"prefetch me {i}".encode()) for i in range(5)]
     with keep_cluster.client(cache=MemoryBlockCache(), retries=0) as kc:
         start = time.monotonic()
-        futures = kc.prefetch(locs + locs)  # the repeats are already queued: skipped
+        # A repeat is skipped while its block is still queued; one whose first fetch already
+        # finished may be queued again, and is then a cache hit that asks no server.
+        futures = kc.prefetch(locs + locs)
         assert time.monotonic() - start < 0.5
-        assert len(futures) == 5
+        assert 5 <= len(futures) <= 10
         wait(futures, timeout=30)
+        assert [_gets(keep_cluster, loc) for loc in locs] == [1] * 5
         _stop_all(keep_cluster)
         assert [kc.get(loc) for loc in locs] == [f"prefetch me {i}".encode() for i in range(5)]
 

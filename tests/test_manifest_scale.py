@@ -348,3 +348,11 @@ def test_damaged_manifests_raise_manifest_error_or_answer_consistently(text):
     assert again.portable_data_hash() == m.portable_data_hash() and again.directories == m.directories
     assert again.normalized_text() == m.normalized_text()
     assert {b.bare() for b in m.blocks()} >= {s.locator.bare() for f in m.files.values() for s in f.segments}
+
+
+def test_segments_in_works_on_a_freshly_parsed_file_before_anything_else_is_asked() -> None:
+    from keepstore.manifest import Manifest
+
+    text = ". acbd18db4cc2f85cedef654fccc4a4d8+3 37b51d194a7513e45b56f6524f2d51f2+3 0:6:foobar.txt\n"
+    pieces = Manifest.parse(text).file("foobar.txt").segments_in(2, 3)
+    assert [(offset, seg.offset, seg.length) for _, offset, seg in pieces] == [(2, 2, 1), (3, 0, 2)]

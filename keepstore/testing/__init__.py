@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..server import KeepServer
 
 __all__ = [
+    "DEFAULT_SYSTEM_TOKEN",
+    "DEFAULT_TOKEN",
     "KeepCluster",
     "keep_cluster",
     "keep_cluster_factory",
