@@ -40,10 +40,10 @@ _LAZY = {
     "MemoryBlockCache": "keepstore.cache",
     "DiskBlockCache": "keepstore.cache",
     "TieredBlockCache": "keepstore.cache",
-    "Manifest": "keepstore.manifest",
-    "DatasetWriter": "keepstore.collection",
-    "DatasetReader": "keepstore.collection",
-    "Receipt": "keepstore.collection",
+    "Manifest": "keepstore.datasets.manifest",
+    "DatasetWriter": "keepstore.datasets",
+    "DatasetReader": "keepstore.datasets",
+    "Receipt": "keepstore.datasets",
 }
 
 if TYPE_CHECKING:  # pragma: no cover

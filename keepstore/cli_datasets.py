@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .cache import BlockCache, MemoryBlockCache
-from .collection import DEFAULT_CACHE_BYTES, DatasetReader, DatasetWriter, atomic_write
+from .datasets import DEFAULT_CACHE_BYTES, DatasetReader, DatasetWriter, atomic_write
 from .errors import KeepError, LocatorError
 from .locator import MAX_BLOCK_SIZE, Locator
-from .manifest import ManifestError
+from .datasets.manifest import ManifestError
 from .open import open_store
 
 __all__ = ["register", "split_target"]

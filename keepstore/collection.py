@@ -1,10 +1,9 @@
-"""Datasets: files and directories written as blocks plus a manifest block, and read back."""
+"""Deprecated alias: this module moved to `keepstore.datasets`; the old path keeps working (and warns)."""
 
-from __future__ import annotations
+import importlib
+import sys
+import warnings
 
-from .dataset_reader import DEFAULT_CACHE_BYTES, BlockSource, DatasetReader, KeepFile, open_dataset
-from .dataset_receipt import BlockReceipt, DatasetError, Receipt, atomic_write
-from .dataset_writer import DatasetWriter
-
-__all__ = ["DEFAULT_CACHE_BYTES", "BlockReceipt", "BlockSource", "DatasetError", "DatasetReader", "DatasetWriter",
-           "KeepFile", "Receipt", "atomic_write", "open_dataset"]
+warnings.warn("keepstore.collection is deprecated; import keepstore.datasets", DeprecationWarning, stacklevel=2)
+# The alias is the module itself, so every name (and any patching) reaches the real one.
+sys.modules[__name__] = importlib.import_module("keepstore.datasets")

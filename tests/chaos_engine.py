@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from keepstore.client import KeepClient
-from keepstore.collection import DatasetReader, DatasetWriter
+from keepstore.datasets import DatasetReader, DatasetWriter
 from keepstore.config import Retry, Timeout
 from keepstore.errors import BlockNotFound, KeepError
 from keepstore.local import LocalStore

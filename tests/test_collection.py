@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keepstore import KeepError, LocalStore, Locator
-from keepstore.collection import DatasetReader, DatasetWriter, Receipt
-from keepstore.manifest import Manifest
+from keepstore.datasets import DatasetReader, DatasetWriter, Receipt
+from keepstore.datasets.manifest import Manifest
 
 
 @pytest.fixture
@@ -290,7 +290,7 @@ def test_a_closed_keep_file_refuses_reads_and_seeks(store):
 
 
 def test_duplicate_and_invalid_paths_are_dataset_errors(store):
-    from keepstore.collection import DatasetError
+    from keepstore.datasets import DatasetError
 
     with DatasetWriter(store) as w:
         w.add_bytes("a", b"1")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from keepstore.cache import MemoryBlockCache
-from keepstore.collection import DatasetReader, DatasetWriter
+from keepstore.datasets import DatasetReader, DatasetWriter
 from keepstore.errors import BlockNotFound
 from keepstore.local import LocalStore
-from keepstore.manifest import Manifest, Segment
+from keepstore.datasets.manifest import Manifest, Segment
 
 KiB = 1 << 10
 

@@ -14,7 +14,7 @@ import arvados.collection
 import arvados.keep
 import pytest
 
-from keepstore.collection import DatasetReader
+from keepstore.datasets import DatasetReader
 
 TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
 MiB = 1 << 20
@@ -150,7 +150,7 @@ def test_sequential_reader_prefetches_the_next_blocks_into_the_cache(keep_cluste
     import time
 
     from keepstore import MemoryBlockCache
-    from keepstore.collection import DatasetWriter
+    from keepstore.datasets import DatasetWriter
 
     data = os.urandom(10 * 4096)
     with keep_cluster.client() as writer_kc, DatasetWriter(writer_kc, copies=1, block_size=4096) as w:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from keepstore import KeepError, LocalStore
-from keepstore.collection import DatasetReader, DatasetWriter
+from keepstore.datasets import DatasetReader, DatasetWriter
 from keepstore.contrib.fsspec import KeepFileSystem
 from keepstore.testing import KeepCluster
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from keepstore.config import Settings
 from keepstore.errors import ConfigError, LocatorError
 from keepstore.locator import Locator
-from keepstore.manifest import Manifest, ManifestError
+from keepstore.datasets.manifest import Manifest, ManifestError
 from keepstore.server import KeepServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -319,7 +319,7 @@ def test_manifest_with_unicode_space_in_a_name_round_trips(name: str) -> None:
     name with NBSP or another Unicode space, which escape_name leaves as it is, made our own
     manifest unparseable. (The Go SDK reads such names; the Arvados Python SDK, which splits on
     \\s, does not.)"""
-    from keepstore.manifest import Segment
+    from keepstore.datasets.manifest import Segment
 
     loc = Locator.for_data(b"abc")
     manifest = Manifest.from_files({name: [Segment(loc, 0, 3)], f"dir{name}/f": [Segment(loc, 0, 3)]})

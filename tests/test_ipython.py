@@ -10,7 +10,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from keepstore import LocalStore
-from keepstore.collection import DatasetReader
+from keepstore.datasets import DatasetReader
 from keepstore.testing import KeepCluster
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from keepstore import LocalStore
 from keepstore.cli import main
-from keepstore.collection import DatasetWriter
+from keepstore.datasets import DatasetWriter
 from keepstore.errors import BlockNotFound, KeepError
 from keepstore.lifecycle import EXIT_HEALTHY, EXIT_MISSING, EXIT_UNDER_REPLICATED, sampled
 from keepstore.locator import Locator

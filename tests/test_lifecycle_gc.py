@@ -11,7 +11,7 @@ import pytest
 
 from keepstore import LocalStore
 from keepstore.cli import main
-from keepstore.collection import DatasetWriter
+from keepstore.datasets import DatasetWriter
 from keepstore.errors import ConfigError
 from keepstore.lifecycle.gc import parse_duration, parse_time
 

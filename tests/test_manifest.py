@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keepstore.locator import EMPTY_BLOCK, Locator
-from keepstore.manifest import Manifest, ManifestError, Segment, escape_name, unescape_name
+from keepstore.datasets.manifest import Manifest, ManifestError, Segment, escape_name, unescape_name
 
 FOO = "acbd18db4cc2f85cedef654fccc4a4d8+3"
 BAR = "37b51d194a7513e45b56f6524f2d51f2+3"

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keepstore.locator import EMPTY_BLOCK, Locator
-from keepstore.manifest import FileSegments, Manifest, ManifestError, ManifestFile, Segment
-from keepstore.manifest_index import ManifestIndex
+from keepstore.datasets.manifest import FileSegments, Manifest, ManifestError, ManifestFile, Segment
+from keepstore.datasets.manifest_index import ManifestIndex
 
 
 def arvados_collection(text: str):
@@ -351,7 +351,7 @@ def test_damaged_manifests_raise_manifest_error_or_answer_consistently(text):
 
 
 def test_segments_in_works_on_a_freshly_parsed_file_before_anything_else_is_asked() -> None:
-    from keepstore.manifest import Manifest
+    from keepstore.datasets.manifest import Manifest
 
     text = ". acbd18db4cc2f85cedef654fccc4a4d8+3 37b51d194a7513e45b56f6524f2d51f2+3 0:6:foobar.txt\n"
     pieces = Manifest.parse(text).file("foobar.txt").segments_in(2, 3)

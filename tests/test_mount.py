@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from keepstore.cache import DiskBlockCache
-from keepstore.collection import open_dataset
+from keepstore.datasets import open_dataset
 from keepstore.testing import KeepCluster
 
 

@@ -46,3 +46,14 @@ def test_metadata_has_an_author_and_project_urls():
     meta = metadata("keepstore")
     assert meta["Author"]
     assert meta.get_all("Project-URL")
+
+
+def test_old_dataset_module_paths_still_import_with_a_deprecation_warning():
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    import keepstore.collection as old, keepstore.readpath as old_tree\n"
+            "import keepstore.datasets as new, keepstore.datasets.tree as tree, keepstore.manifest as manifest\n"
+            "assert old is new and old_tree is tree and manifest is new.manifest\n"
+            "assert old.DatasetReader is new.reader.DatasetReader\n"
+            "assert sum(issubclass(w.category, DeprecationWarning) for w in seen) == 2, seen\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from keepstore import LocalStore, Locator
-from keepstore.collection import DatasetWriter
+from keepstore.datasets import DatasetWriter
 from keepstore.errors import BlockNotFound
 from keepstore.locator import LocatorLike
-from keepstore.readpath import ReadPath, normalize_path
+from keepstore.datasets.tree import ReadPath, normalize_path
 
 BLOCK = 64 * 1024  # small blocks so files span many of them
 
@@ -177,7 +177,7 @@ def test_close_stops_read_ahead(tree: ReadPath) -> None:
     assert tree._executor is None
 
 
-@pytest.mark.parametrize("module", ["keepstore.readpath", "keepstore.contrib.fuse", "keepstore.contrib.fsspec",
+@pytest.mark.parametrize("module", ["keepstore.datasets.tree", "keepstore.contrib.fuse", "keepstore.contrib.fsspec",
                                     "keepstore.contrib.ipython", "keepstore.ipython"])
 def test_integration_modules_keep_all_sorted_and_resolvable(module: str) -> None:
     import importlib

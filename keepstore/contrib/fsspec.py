@@ -11,11 +11,11 @@ from typing import Any
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from ..cache import MemoryBlockCache
-from ..collection import DatasetWriter
+from ..datasets import DatasetWriter
 from ..errors import BlockNotFound, KeepError, LocatorError
 from ..locator import Locator
-from ..manifest import ManifestError
-from ..readpath import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath, normalize_path
+from ..datasets.manifest import ManifestError
+from ..datasets.tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath, normalize_path
 from ..store import BlockStore
 
 __all__ = ["KeepBufferedFile", "KeepFileSystem"]

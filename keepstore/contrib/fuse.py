@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import Settings, Timeout
 from ..errors import KeepError
-from ..readpath import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath
+from ..datasets.tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath
 from ..store import BlockStore
 
 __all__ = ["KeepOperations", "MountError", "mount", "open_mount_store", "register"]

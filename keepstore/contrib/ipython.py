@@ -12,9 +12,9 @@ from typing import Any, NoReturn
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from ..collection import DatasetReader, DatasetWriter, atomic_write
+from ..datasets import DatasetReader, DatasetWriter, atomic_write
 from ..errors import KeepError
-from ..manifest import ManifestError
+from ..datasets.manifest import ManifestError
 from ..store import BlockStore
 
 __all__ = ["KeepMagics", "load_ipython_extension", "unload_ipython_extension"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BlockNotFound, KeepError, ReadError
 from ..local import LocalStore
 from ..locator import EMPTY_BLOCK, Locator
-from ..manifest import Manifest, ManifestError
+from ..datasets.manifest import Manifest, ManifestError
 from ..services import Service, probe_order
 from ..store import BlockStore
 

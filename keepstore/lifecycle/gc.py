@@ -11,11 +11,11 @@ from typing import Any
 
 import ciso8601
 
-from ..collection import Receipt
+from ..datasets import Receipt
 from ..errors import BlockNotFound, ConfigError, KeepError, ReadError
 from ..local import LocalStore
 from ..locator import Locator
-from ..manifest import Manifest, ManifestError
+from ..datasets.manifest import Manifest, ManifestError
 
 __all__ = ["DEFAULT_GRACE", "Candidate", "GcReport", "collect", "mark", "parse_duration", "parse_time",
            "roots_from_receipt"]

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from .errors import KeepError
+from ..errors import KeepError
 
 __all__ = ["BlockReceipt", "DatasetError", "Receipt", "atomic_write", "new_temp"]
 

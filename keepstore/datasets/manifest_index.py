@@ -1,4 +1,4 @@
-"""The compact, text-backed index behind `keepstore.manifest.Manifest`: arrays of offsets, no per-file objects."""
+"""The compact, text-backed index behind `keepstore.datasets.manifest.Manifest`: arrays of offsets, no per-file objects."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import bisect
 import re
 from array import array
 
-from .errors import KeepError, LocatorError
-from .locator import MAX_BLOCK_SIZE, Locator
+from ..errors import KeepError, LocatorError
+from ..locator import MAX_BLOCK_SIZE, Locator
 
 __all__ = ["ROOT", "ManifestError", "ManifestIndex", "escape_name", "unescape_name"]
 

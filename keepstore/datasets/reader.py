@@ -10,12 +10,12 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .cache import BlockCache, MemoryBlockCache
-from .dataset_extract import DEFAULT_MAX_OPEN, extract
-from .errors import ConfigError, KeepError
-from .locator import MAX_BLOCK_SIZE, Locator, LocatorLike
+from ..cache import BlockCache, MemoryBlockCache
+from .extract import DEFAULT_MAX_OPEN, extract
+from ..errors import ConfigError, KeepError
+from ..locator import MAX_BLOCK_SIZE, Locator, LocatorLike
 from .manifest import Manifest, ManifestError, ManifestFile
-from .store import BlockStore
+from ..store import BlockStore
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_FETCH_THREADS", "BlockSource", "DatasetReader", "KeepFile",
            "open_dataset"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .locator import EMPTY_BLOCK, Locator
+from ..locator import EMPTY_BLOCK, Locator
 from .manifest_index import ROOT, ManifestIndex, escape_name
 
 __all__ = ["distinct_blocks", "normalized_text", "segments_normal_text"]

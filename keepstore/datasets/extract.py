@@ -10,12 +10,12 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .dataset_receipt import DatasetError, atomic_write, new_temp
-from .locator import Locator
+from .receipt import DatasetError, atomic_write, new_temp
+from ..locator import Locator
 from .manifest import Manifest
 
 if TYPE_CHECKING:
-    from .dataset_reader import BlockSource
+    from .reader import BlockSource
 
 __all__ = ["DEFAULT_MAX_OPEN", "extract"]
 
