@@ -93,7 +93,7 @@ class Service:
 
     def weight(self, md5: str) -> str:
         """Rendezvous weight for block *md5*: md5 hex of md5 + the uuid's last 15 characters."""
-        return hashlib.md5((md5 + self.uuid[-15:]).encode()).hexdigest()
+        return hashlib.md5((md5 + self.uuid[-15:]).encode(), usedforsecurity=False).hexdigest()
 
     def __str__(self) -> str:
         return self.root

@@ -197,7 +197,7 @@ class DiskBlockCache(BlockCache):
         # setting): with verify="md5" every hit is checked by md5, whatever the tag says, and
         # so is a hit whose entry someone else could have forged (CRC-32 is no defence then).
         if method == "md5" or self.verify == "md5" or (self.verify == "auto" and not trusted):
-            return hashlib.md5(data).hexdigest() == locator.md5
+            return hashlib.md5(data, usedforsecurity=False).hexdigest() == locator.md5
         if method == "crc32":
             return checksum == f"{zlib.crc32(data):08x}"
         return False

@@ -132,7 +132,7 @@ class _Read:
         if len(body) != loc.size or response.truncated:
             self.link.wire.counters.fail(service.root)
             return _Attempt(status=status, note=f"{status} with {len(body)} of {loc.size} bytes")
-        digest = response.body_md5 or hashlib.md5(body).hexdigest()
+        digest = response.body_md5 or hashlib.md5(body, usedforsecurity=False).hexdigest()
         if digest != loc.md5:
             self.link.wire.counters.fail(service.root)
             log.warning("checksum mismatch reading %s from %s", loc.bare(), service.root)

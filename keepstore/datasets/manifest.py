@@ -286,7 +286,7 @@ class Manifest:
     def portable_data_hash(self) -> str:
         """``md5+size`` of the normalised, stripped text: Arvados' portable data hash."""
         data = self.normalized_text(strip=True).encode("utf-8")
-        return f"{hashlib.md5(data).hexdigest()}+{len(data)}"
+        return f"{hashlib.md5(data, usedforsecurity=False).hexdigest()}+{len(data)}"
 
     # -- listing --------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ def repair_blocks(client: "KeepClient", report: CheckReport, *, threads: int = 4
 
 
 def _intact(loc: Locator, data: bytes) -> bool:
-    return len(data) == loc.size and hashlib.md5(data).hexdigest() == loc.md5
+    return len(data) == loc.size and hashlib.md5(data, usedforsecurity=False).hexdigest() == loc.md5
 
 
 def _repair_one(client: "KeepClient", block: BlockHealth) -> BlockRepair:

@@ -135,7 +135,7 @@ class Blocks:
 
     def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes]) -> Stored | Refusal:
         """Copies already stored: check the body against the name too, and touch them."""
-        digest = hashlib.md5()
+        digest = hashlib.md5(usedforsecurity=False)
         for chunk in body:
             digest.update(chunk)
         if digest.hexdigest() != md5:
@@ -230,7 +230,7 @@ def _size(path: Path) -> int:
 
 def intact(path: Path, md5: str) -> bool:
     """Whether the file at *path* hashes to *md5* (read in pieces; False if it cannot be read)."""
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)
     try:
         with open(path, "rb") as f:
             while chunk := f.read(READ_CHUNK):
@@ -243,7 +243,7 @@ def intact(path: Path, md5: str) -> bool:
 def verified_chunks(f: BinaryIO, md5: str, size: int) -> Iterator[bytes]:
     """The file's chunks, the last held back until the whole file hashes to *md5* and has
     *size* bytes: a damaged copy ends in `BlockDamaged` before its last byte is sent."""
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)
     held: bytes | None = None
     offset = 0
     while chunk := f.read(READ_CHUNK):

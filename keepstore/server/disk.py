@@ -78,7 +78,7 @@ class VolumeWriter:
         self.md5 = md5
         self.final = root / md5[:3] / md5
         self._fsync = fsync
-        self._hash = hashlib.md5()
+        self._hash = hashlib.md5(usedforsecurity=False)
         self.size = 0
         if self.ops.mkdir(self.final.parent) and fsync:
             self.ops.fsync_dir(root)  # a new prefix directory must survive with the block in it

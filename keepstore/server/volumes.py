@@ -178,6 +178,6 @@ def rank_volumes(md5: str, volumes: Sequence[Volume], wanted: Iterable[str]) -> 
     want = set(wanted)
 
     def key(v: Volume) -> tuple[int, str]:
-        return (-len(want & set(v.classes)), hashlib.md5(f"{md5}{v.path}".encode()).hexdigest())
+        return (-len(want & set(v.classes)), hashlib.md5(f"{md5}{v.path}".encode(), usedforsecurity=False).hexdigest())
 
     return sorted(volumes, key=key)

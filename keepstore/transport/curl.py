@@ -74,7 +74,7 @@ class _Exchange:
         self.body = io.BytesIO()
         self.received = 0
         self.header_bytes = 0
-        self.md5 = hashlib.md5() if self.expected_size is not None else None
+        self.md5 = hashlib.md5(usedforsecurity=False) if self.expected_size is not None else None
         self.too_long = False
         self.truncated = False
         self.headers_too_long = False
