@@ -285,15 +285,18 @@ class LocalStore(BlockStore):
     def _read_verified(self, path: Path, loc: Locator, request_id: str | None = None) -> bytes | None:
         try:
             with open(path, "rb") as f:
-                data = f.read(MAX_BLOCK_SIZE + 1)
+                # Read what the locator names, plus one byte to see a longer file: a buffer of the
+                # block's size, not of the largest possible block.
+                data = f.read(min(loc.size, MAX_BLOCK_SIZE) + 1)
+                found = len(data) if len(data) <= loc.size else os.fstat(f.fileno()).st_size
         except FileNotFoundError:
             raise BlockNotFound(f"block {loc} vanished from {path}", locator=str(loc),
                                 request_id=request_id) from None
         except OSError as exc:
             raise ReadError(f"cannot read block {loc} from {path}: {exc.strerror}", locator=str(loc),
                             request_id=request_id) from exc
-        if len(data) != loc.size:
-            raise ReadError(f"block {loc} at {path} is damaged: {len(data)} bytes, want {loc.size}",
+        if found != loc.size:
+            raise ReadError(f"block {loc} at {path} is damaged: {found} bytes, want {loc.size}",
                             locator=str(loc), request_id=request_id)
         if new_md5(data).hexdigest() != loc.md5:
             raise ReadError(f"block {loc} at {path} is damaged: md5 mismatch", locator=str(loc),

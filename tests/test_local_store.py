@@ -411,3 +411,26 @@ def test_opening_with_reclaim_after_removes_old_unlocked_temps(tmp_path: Path) -
     assert not stale.exists() and fresh.exists() and store.get(loc) == b"kept"
     LocalStore(tmp_path)  # without reclaim_after, opening removes nothing
     assert fresh.exists()
+
+
+def test_get_holds_a_buffer_of_the_blocks_size_not_of_the_largest_block(tmp_path) -> None:
+    import tracemalloc
+
+    store = LocalStore(tmp_path / "store")
+    loc = store.put(b"x" * 4096)
+    tracemalloc.start()
+    try:
+        assert store.get(loc) == b"x" * 4096
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024  # it was 64 MiB + 1 for every get
+
+
+def test_a_longer_file_than_its_locator_says_is_reported_with_its_real_size(tmp_path) -> None:
+    store = LocalStore(tmp_path / "store")
+    loc = store.put(b"abc")
+    path = next(p for p in (tmp_path / "store").rglob(loc.md5) if p.is_file())
+    path.write_bytes(b"abcdef")
+    with pytest.raises(ReadError, match="6 bytes, want 3"):
+        store.get(loc)
