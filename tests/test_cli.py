@@ -174,3 +174,32 @@ def test_usage_errors_exit_2_without_a_traceback(env: dict[str, str]) -> None:
         assert result.returncode == 2
         assert "Traceback" not in result.stderr.decode()
         assert "usage:" in result.stderr.decode()
+
+
+def test_keep_config_shows_the_store_and_where_each_setting_came_from_without_the_token(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from keepstore.cli import main
+
+    monkeypatch.setenv("KEEP_SERVICES", "http://127.0.0.1:25107 http://127.0.0.1:25108")
+    monkeypatch.setenv("KEEP_TOKEN", "configShowSecret0123")
+    assert main(["config", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "configShowSecret0123" not in out
+    report = json.loads(out)
+    assert report["mode"] == "services"
+    services = report["settings"]["services"]
+    assert [url.rstrip("/") for url in services["value"]] == ["http://127.0.0.1:25107", "http://127.0.0.1:25108"]
+    assert services["from"] == "environment KEEP_SERVICES"
+    assert report["settings"]["token"] == {"value": "***", "from": "environment KEEP_TOKEN"}
+    assert report["settings"]["copies"]["from"] == "default"
+
+
+def test_keep_config_on_a_fresh_machine_names_the_default_local_store(capsys: pytest.CaptureFixture[str]) -> None:
+    from keepstore.cli import main
+
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "store: LocalStore at " in out and "keepstore/blocks" in out
+    assert "token" in out and "(not set)" in out
