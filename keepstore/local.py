@@ -11,6 +11,7 @@ import re
 import stat
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -20,9 +21,13 @@ from .locator import MAX_BLOCK_SIZE, Locator, LocatorLike
 from .locator import md5 as new_md5
 from .store import BlockStore, Data, as_view
 
-__all__ = ["BlockWriter", "FileSystem", "LocalStore"]
+__all__ = ["BlockWriter", "FileSystem", "LocalStore", "ReplicationWarning"]
 
 log = logging.getLogger(__name__)
+
+
+class ReplicationWarning(UserWarning):
+    """A `LocalStore` was asked for more than one copy, or for storage classes, which it cannot keep."""
 
 _BLOCK_NAME = re.compile(r"[0-9a-f]{32}\Z")
 _CHUNK = 1 << 20
@@ -173,6 +178,7 @@ class LocalStore(BlockStore):
         self.root = Path(root)
         self.fsync = fsync
         self.fs = fs or FileSystem()
+        self._warned_replication = False  # copies/classes are not honoured here: said once per store
         if create:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -233,6 +239,11 @@ class LocalStore(BlockStore):
         storage_classes: Iterable[str] | None = None,
         request_id: str | None = None,
     ) -> Locator:
+        if ((copies is not None and copies > 1) or storage_classes) and not self._warned_replication:
+            self._warned_replication = True
+            warnings.warn(f"{self!r} keeps one copy of each block and has no storage classes: "
+                          f"copies={copies} and storage classes {list(storage_classes or [])} are not applied",
+                          ReplicationWarning, stacklevel=2)
         view = as_view(data)
         loc = Locator.for_data(view)
         if loc.size == 0:

@@ -160,8 +160,11 @@ def test_create_false_on_a_missing_directory_raises(tmp_path: Path) -> None:
 
 
 def test_copies_and_storage_classes_are_accepted_and_ignored(tmp_path: Path) -> None:
+    from keepstore.local import ReplicationWarning
+
     store = LocalStore(tmp_path)
-    loc = store.put(b"classy", copies=3, storage_classes=["archive"])
+    with pytest.warns(ReplicationWarning):
+        loc = store.put(b"classy", copies=3, storage_classes=["archive"])
     assert store.get(loc) == b"classy"
     assert len(_files(tmp_path)) == 1
 
@@ -434,3 +437,31 @@ def test_a_longer_file_than_its_locator_says_is_reported_with_its_real_size(tmp_
     path.write_bytes(b"abcdef")
     with pytest.raises(ReadError, match="6 bytes, want 3"):
         store.get(loc)
+
+
+def test_a_local_store_warns_once_that_it_cannot_keep_more_copies_or_classes(tmp_path) -> None:
+    from keepstore.local import ReplicationWarning
+
+    store = LocalStore(tmp_path / "store")
+    with pytest.warns(ReplicationWarning, match="copies=5") as seen:
+        store.put(b"one", copies=5)
+        store.put(b"two", copies=5, storage_classes=["hot"])
+    assert len([w for w in seen if issubclass(w.category, ReplicationWarning)]) == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LocalStore(tmp_path / "other").put(b"three", copies=1)  # one copy wanted: nothing to say
+
+
+def test_keep_put_on_the_default_local_store_says_copies_are_not_applied(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "f.txt"
+    src.write_text("data")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data"),
+           "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    out = subprocess.run([sys.executable, "-m", "keepstore", "put", "--copies", "5", "--no-progress", str(src)],
+                         capture_output=True, text=True, env=env, check=True)
+    assert "keeps one copy" in out.stderr and "copies=5" in out.stderr
