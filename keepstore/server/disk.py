@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import WriteError
+from ..local import FileSystem
 from ..locator import MAX_BLOCK_SIZE, Locator
 
 __all__ = ["TEMP_PREFIX", "FileOps", "VolumeWriter", "reclaim_temp_files"]
@@ -23,17 +24,11 @@ TEMP_GRACE = 10.0  # a temp file younger than this may not be locked by its writ
 FOREIGN_TEMP_AGE = 3600.0  # other writers' temp files (a LocalStore's) hold no lock: wait this long
 
 
-class FileOps:
+class FileOps(FileSystem):
     """The file-system calls a block write makes, in one place so a test can record their
-    order or drop what was not synced (a power cut)."""
-
-    def mkdir(self, path: Path) -> bool:
-        """Create directory *path*; True when it did not exist before."""
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            return False
-        return True
+    order or drop what was not synced (a power cut). The durable steps (mkdir, fsync, replace,
+    fsync_dir) are the LocalStore's `FileSystem`; a server write also creates, locks, writes and
+    closes its temp file by descriptor."""
 
     def create(self, path: Path) -> int:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -46,21 +41,8 @@ class FileOps:
             while view:
                 view = view[os.write(fd, view):]
 
-    def fsync(self, fd: int) -> None:
-        os.fsync(fd)
-
     def close(self, fd: int) -> None:
         os.close(fd)
-
-    def replace(self, src: Path, dst: Path) -> None:
-        os.replace(src, dst)
-
-    def fsync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def unlink(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):  # already renamed or reclaimed
