@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from keepstore.client import KeepClient
-from keepstore.datasets import DatasetReader, DatasetWriter
 from keepstore.config import Retry, Timeout
+from keepstore.datasets import DatasetReader, DatasetWriter
 from keepstore.errors import BlockNotFound, KeepError
 from keepstore.local import LocalStore
 from keepstore.locator import Locator

@@ -15,9 +15,9 @@ import pytest
 
 from keepstore.cache import MemoryBlockCache
 from keepstore.datasets import DatasetReader, DatasetWriter
+from keepstore.datasets.manifest import Manifest, Segment
 from keepstore.errors import BlockNotFound
 from keepstore.local import LocalStore
-from keepstore.datasets.manifest import Manifest, Segment
 
 KiB = 1 << 10
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from keepstore import KeepError, LocalStore
-from keepstore.datasets import DatasetReader, DatasetWriter
 from keepstore.contrib.fsspec import KeepFileSystem
+from keepstore.datasets import DatasetReader, DatasetWriter
 from keepstore.testing import KeepCluster
 
 BLOCK = 256 * 1024

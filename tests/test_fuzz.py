@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keepstore.config import Settings
+from keepstore.datasets.manifest import Manifest, ManifestError
 from keepstore.errors import ConfigError, LocatorError
 from keepstore.locator import Locator
-from keepstore.datasets.manifest import Manifest, ManifestError
 from keepstore.server import KeepServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -278,10 +278,10 @@ def test_manifest_with_a_segment_of_thousands_of_digits_raises_manifest_error() 
 
 
 def test_serve_listen_port_in_other_digits_is_a_config_error() -> None:
-    from keepstore.server.command import _listen
+    from keepstore.cli.serve import parse_listen
 
     with pytest.raises(ConfigError):
-        _listen("127.0.0.1:\u00b2")
+        parse_listen("127.0.0.1:\u00b2")
 
 
 @pytest.mark.parametrize("raw", [

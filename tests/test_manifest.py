@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keepstore.locator import EMPTY_BLOCK, Locator
 from keepstore.datasets.manifest import Manifest, ManifestError, Segment, escape_name, unescape_name
+from keepstore.locator import EMPTY_BLOCK, Locator
 
 FOO = "acbd18db4cc2f85cedef654fccc4a4d8+3"
 BAR = "37b51d194a7513e45b56f6524f2d51f2+3"

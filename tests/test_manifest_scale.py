@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keepstore.locator import EMPTY_BLOCK, Locator
 from keepstore.datasets.manifest import FileSegments, Manifest, ManifestError, ManifestFile, Segment
 from keepstore.datasets.manifest_index import ManifestIndex
+from keepstore.locator import EMPTY_BLOCK, Locator
 
 
 def arvados_collection(text: str):

@@ -14,9 +14,9 @@ import pytest
 
 from keepstore import LocalStore, Locator
 from keepstore.datasets import DatasetWriter
+from keepstore.datasets.tree import ReadPath, normalize_path
 from keepstore.errors import BlockNotFound
 from keepstore.locator import LocatorLike
-from keepstore.datasets.tree import ReadPath, normalize_path
 
 BLOCK = 64 * 1024  # small blocks so files span many of them
 

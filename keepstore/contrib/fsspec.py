@@ -12,10 +12,10 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from ..cache import MemoryBlockCache
 from ..datasets import DatasetWriter
-from ..errors import BlockNotFound, KeepError, LocatorError
-from ..locator import Locator
 from ..datasets.manifest import ManifestError
 from ..datasets.tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath, normalize_path
+from ..errors import BlockNotFound, KeepError, LocatorError
+from ..locator import Locator
 from ..store import BlockStore
 
 __all__ = ["KeepBufferedFile", "KeepFileSystem"]

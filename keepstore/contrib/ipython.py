@@ -13,8 +13,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from ..datasets import DatasetReader, DatasetWriter, atomic_write
-from ..errors import KeepError
 from ..datasets.manifest import ManifestError
+from ..datasets.targets import split_target
+from ..errors import KeepError
 from ..store import BlockStore
 
 __all__ = ["KeepMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -105,8 +106,6 @@ class KeepMagics(Magics):
             return writer.finish().locator
 
     def _get(self, args: argparse.Namespace) -> bytes | str:
-        from ..cli_datasets import split_target
-
         loc, path = split_target(args.target)
         reader = self._reader(loc)
         if reader is None:
@@ -131,8 +130,6 @@ class KeepMagics(Magics):
         return str(args.dest)
 
     def _ls(self, args: argparse.Namespace) -> list[str] | list[tuple[int, str]]:
-        from ..cli_datasets import split_target
-
         loc, path = split_target(args.target)
         reader = self._reader(loc)
         if reader is None:

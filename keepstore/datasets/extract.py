@@ -10,9 +10,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .receipt import DatasetError, atomic_write, new_temp
 from ..locator import Locator
 from .manifest import Manifest
+from .receipt import DatasetError, atomic_write, new_temp
 
 if TYPE_CHECKING:
     from .reader import BlockSource

@@ -1,4 +1,4 @@
-"""The compact, text-backed index behind `keepstore.datasets.manifest.Manifest`: arrays of offsets, no per-file objects."""
+"""The compact, text-backed index behind `Manifest`: arrays of offsets, no per-file objects."""
 
 from __future__ import annotations
 

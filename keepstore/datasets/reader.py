@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..cache import BlockCache, MemoryBlockCache
-from .extract import DEFAULT_MAX_OPEN, extract
 from ..errors import ConfigError, KeepError
 from ..locator import MAX_BLOCK_SIZE, Locator, LocatorLike
-from .manifest import Manifest, ManifestError, ManifestFile
 from ..store import BlockStore
+from .extract import DEFAULT_MAX_OPEN, extract
+from .manifest import Manifest, ManifestError, ManifestFile
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_FETCH_THREADS", "BlockSource", "DatasetReader", "KeepFile",
            "open_dataset"]
@@ -148,7 +148,8 @@ class DatasetReader:
                 full = f"{top}/{name}"
                 files[full[len(prefix):]] = ManifestFile(full[len(prefix):], self.manifest.file(full).segments)
         dirs = [d[len(prefix):] for d in self.manifest.directories if d.startswith(prefix)]
-        return DatasetReader.from_manifest(self.store, Manifest(files, dirs), readahead=self.readahead, blocks=self.blocks)
+        return DatasetReader.from_manifest(self.store, Manifest(files, dirs), readahead=self.readahead,
+                                           blocks=self.blocks)
 
     def listdir(self, path: str = "") -> list[str]:
         return self.manifest.listdir(path)

@@ -12,11 +12,11 @@ import time
 from collections import OrderedDict
 
 from ..cache import BlockCache, MemoryBlockCache
-from .reader import DatasetReader
 from ..errors import KeepError
 from ..locator import Locator, LocatorLike
-from .manifest import ManifestFile, Segment
 from ..store import BlockStore
+from .manifest import ManifestFile, Segment
+from .reader import DatasetReader
 
 __all__ = ["Attr", "ReadPath", "normalize_path"]
 

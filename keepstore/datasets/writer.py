@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .receipt import BlockReceipt, DatasetError, Receipt
 from ..errors import ConfigError, KeepError, WriteError
 from ..locator import MAX_BLOCK_SIZE
-from .manifest import Manifest, Segment
 from ..store import BlockStore, PutResult
+from .manifest import Manifest, Segment
+from .receipt import BlockReceipt, DatasetError, Receipt
 
 __all__ = ["DatasetWriter"]
 

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from ..datasets.manifest import Manifest, ManifestError
 from ..errors import BlockNotFound, KeepError, ReadError
 from ..local import LocalStore
 from ..locator import EMPTY_BLOCK, Locator
-from ..datasets.manifest import Manifest, ManifestError
 from ..services import Service, probe_order
 from ..store import BlockStore
 

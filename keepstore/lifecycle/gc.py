@@ -12,10 +12,10 @@ from typing import Any
 import ciso8601
 
 from ..datasets import Receipt
+from ..datasets.manifest import Manifest, ManifestError
 from ..errors import BlockNotFound, ConfigError, KeepError, ReadError
 from ..local import LocalStore
 from ..locator import Locator
-from ..datasets.manifest import Manifest, ManifestError
 
 __all__ = ["DEFAULT_GRACE", "Candidate", "GcReport", "collect", "mark", "parse_duration", "parse_time",
            "roots_from_receipt"]

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..locator import DEFAULT_SIGNING_TTL
 
-__all__ = ["register", "run"]
+__all__ = ["parse_listen", "register", "run"]
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -65,7 +65,7 @@ def _secret(path: Path | None, what: str) -> str | None:
     return text
 
 
-def _listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:  # isdigit() takes "²"
         raise ConfigError(f"--listen {text!r}: need HOST:PORT, e.g. 127.0.0.1:25107 or [::1]:0")
@@ -75,9 +75,9 @@ def _listen(text: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives; in-flight requests finish before the process exits."""
-    from .app import KeepServer
+    from ..server.app import KeepServer
 
-    host, port = _listen(args.listen)
+    host, port = parse_listen(args.listen)
     server = KeepServer(
         args.volume, host=host, port=port,
         signing_key=_secret(args.signing_key_file, "signing key"), signing_ttl=args.signing_ttl,

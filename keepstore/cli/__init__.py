@@ -1,27 +1,21 @@
-"""The ``keep`` command line: parser, error handling, and the block-level commands."""
+"""The ``keep`` command line: the parser, error handling and exit codes; each sub-module adds commands."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
-from .errors import BlockNotFound, KeepError
-from .locator import Locator
-from .open import open_store
+from .. import __version__
+from ..errors import BlockNotFound, KeepError
+from ..open import open_store
 
-__all__ = ["config_report", "main", "open_store"]
+__all__ = ["build_parser", "config_report", "main", "open_store"]
 
 log = logging.getLogger(__name__)
-
-# Modules that add sub-commands: each has register(subparsers). Listed here, not discovered,
-# so `keep --help` is the same on every install.
-_REGISTRARS = ("keepstore.server.command", "keepstore.contrib.fuse", "keepstore.lifecycle.command")
 
 EPILOG = """\
 where data goes:
@@ -39,60 +33,6 @@ exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 under-replicated and 5 missin
 """
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-def _cmd_head(args: argparse.Namespace) -> int:
-    loc = Locator.parse(args.locator)
-    store = open_store(args)
-    with store:
-        store.head(loc)
-    print(f"{loc} present")
-    return EXIT_OK
-
-
-_SHOWN = ("services", "token", "api_host", "insecure", "ca_file", "local_store", "cache_dir", "cache_max_bytes",
-          "copies", "retries", "threads", "timeout", "proxy")
-
-
-def config_report(settings: Any) -> dict[str, Any]:
-    """What `keep config` shows: the store in effect and each setting with where it came from.
-
-    The token is never shown, only whether it is set and where from.
-    """
-    values: dict[str, Any] = {}
-    for name in _SHOWN:
-        value = getattr(settings, name)
-        if name == "token":
-            value = "***" if value else None
-        elif name == "services":
-            value = list(value)
-        elif not isinstance(value, (str, int, float, bool, type(None))):
-            value = str(value)
-        origin = settings.sources.get(name)
-        values[name] = {"value": value, "from": str(origin) if origin is not None else "default"}
-    mode = str(settings.mode)
-    store = {"services": " ".join(settings.services), "api": f"services discovered from {settings.api_host}",
-             "local": f"LocalStore at {settings.store_path}"}[mode]
-    return {"mode": mode, "store": store, "config_file": settings.config_path, "settings": values}
-
-
-def _cmd_config(args: argparse.Namespace) -> int:
-    from .settings import Settings
-
-    report = config_report(Settings.from_env())
-    if args.json:
-        import json
-
-        print(json.dumps(report, indent=2))
-        return EXIT_OK
-    print(f"store: {report['store']}")
-    print(f"config file: {report['config_file'] or '(none read)'}")
-    width = max(len(name) for name in report["settings"])
-    for name, entry in report["settings"].items():
-        value = entry["value"]
-        shown = "(not set)" if value is None else " ".join(value) if isinstance(value, list) else value
-        print(f"{name:<{width}}  {shown}  [{entry['from']}]")
-    return EXIT_OK
 
 
 def _storage_classes(text: str) -> list[str]:
@@ -119,6 +59,9 @@ def _transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+from .blocks import config_report  # noqa: E402  (re-exported: docs/configuration.md)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keep",
@@ -131,23 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from . import cli_datasets
+    from . import blocks, datasets, lifecycle, mount, serve
 
-    cli_datasets.register(sub, _transfer_options)
-
-    head = sub.add_parser("head", help="check that a block is stored (exit 3 when it is not)")
-    head.add_argument("locator", help="block locator")
-    head.set_defaults(func=_cmd_head)
-
-    config = sub.add_parser("config", help="show the store, services and settings in effect, and where each came from",
-                            description="Show the store keep would use, the config file read, and every setting "
-                                        "with where its value came from (argument, environment, file or default). "
-                                        "The token is never printed.")
-    config.add_argument("--json", action="store_true", help="print the report as JSON")
-    config.set_defaults(func=_cmd_config)
-
-    for name in _REGISTRARS:
-        importlib.import_module(name).register(sub)
+    datasets.register(sub, _transfer_options)
+    blocks.register(sub)
+    for module in (serve, mount, lifecycle):
+        module.register(sub)
     return parser
 
 

@@ -11,8 +11,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
-from .check import EXIT_HEALTHY, EXIT_MISSING, EXIT_UNDER_REPLICATED, CheckReport, check_blocks, expand_locators
-from .repair import RepairReport, repair_blocks
+from ..lifecycle.check import (
+    EXIT_HEALTHY,
+    EXIT_MISSING,
+    EXIT_UNDER_REPLICATED,
+    CheckReport,
+    check_blocks,
+    expand_locators,
+)
+from ..lifecycle.repair import RepairReport, repair_blocks
 
 __all__ = ["register"]
 
@@ -95,7 +102,7 @@ def _run_check(args: argparse.Namespace, store: Any) -> CheckReport:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ..cli import open_store
+    from ..open import open_store
 
     with open_store(args) as store:
         report = _run_check(args, store)
@@ -114,7 +121,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_repair(args: argparse.Namespace) -> int:
-    from ..cli import open_store
+    from ..open import open_store
 
     with open_store(args) as store:
         from ..client import KeepClient
@@ -147,9 +154,9 @@ def _print_receipt(args: argparse.Namespace, receipt: RepairReport) -> None:
 
 
 def _cmd_gc(args: argparse.Namespace, now: datetime.datetime | None = None) -> int:
-    from ..cli import open_store
+    from ..lifecycle import gc
     from ..local import LocalStore
-    from . import gc
+    from ..open import open_store
 
     roots = list(args.roots)
     for path in args.keep_from:

@@ -1,0 +1,81 @@
+"""The block-level commands of ``keep``: ``head`` and ``config`` (the settings in effect)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..locator import Locator
+from ..open import open_store
+
+__all__ = ["config_report", "register"]
+
+EXIT_OK = 0
+
+
+def _cmd_head(args: argparse.Namespace) -> int:
+    loc = Locator.parse(args.locator)
+    store = open_store(args)
+    with store:
+        store.head(loc)
+    print(f"{loc} present")
+    return EXIT_OK
+
+
+_SHOWN = ("services", "token", "api_host", "insecure", "ca_file", "local_store", "cache_dir", "cache_max_bytes",
+          "copies", "retries", "threads", "timeout", "proxy")
+
+
+def config_report(settings: Any) -> dict[str, Any]:
+    """What `keep config` shows: the store in effect and each setting with where it came from.
+
+    The token is never shown, only whether it is set and where from.
+    """
+    values: dict[str, Any] = {}
+    for name in _SHOWN:
+        value = getattr(settings, name)
+        if name == "token":
+            value = "***" if value else None
+        elif name == "services":
+            value = list(value)
+        elif not isinstance(value, (str, int, float, bool, type(None))):
+            value = str(value)
+        origin = settings.sources.get(name)
+        values[name] = {"value": value, "from": str(origin) if origin is not None else "default"}
+    mode = str(settings.mode)
+    store = {"services": " ".join(settings.services), "api": f"services discovered from {settings.api_host}",
+             "local": f"LocalStore at {settings.store_path}"}[mode]
+    return {"mode": mode, "store": store, "config_file": settings.config_path, "settings": values}
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from ..settings import Settings
+
+    report = config_report(Settings.from_env())
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"store: {report['store']}")
+    print(f"config file: {report['config_file'] or '(none read)'}")
+    width = max(len(name) for name in report["settings"])
+    for name, entry in report["settings"].items():
+        value = entry["value"]
+        shown = "(not set)" if value is None else " ".join(value) if isinstance(value, list) else value
+        print(f"{name:<{width}}  {shown}  [{entry['from']}]")
+    return EXIT_OK
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``keep head`` and ``keep config`` to the command line."""
+    head = sub.add_parser("head", help="check that a block is stored (exit 3 when it is not)",
+                          description="Ask the store whether a block is stored; exit 0 when it is, 3 when not.")
+    head.add_argument("locator", help="block locator")
+    head.set_defaults(func=_cmd_head)
+
+    config = sub.add_parser("config", help="show the store, services and settings in effect, and where each came from",
+                            description="Show the store keep would use, the config file read, and every setting "
+                                        "with where its value came from (argument, environment, file or default). "
+                                        "The token is never printed.")
+    config.add_argument("--json", action="store_true", help="print the report as JSON")
+    config.set_defaults(func=_cmd_config)
