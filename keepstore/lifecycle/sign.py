@@ -26,7 +26,14 @@ class _Store(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class SignedDataset:
-    """What `resign_dataset` stored: the fresh dataset locator and what it signed."""
+    """What `resign_dataset` stored: the fresh dataset locator and what it signed.
+
+    Args:
+        locator: The new manifest block's locator, signed by the services for the token.
+        portable_data_hash: The dataset's portable data hash (unchanged by re-signing).
+        signed_locators: Block locators signed afresh in the manifest text.
+        expires_at: When the new dataset locator's signature expires (ISO 8601, UTC).
+    """
 
     locator: str
     portable_data_hash: str
