@@ -8,6 +8,7 @@ import datetime
 import json
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -68,9 +69,10 @@ def register(sub: Any) -> None:
                             epilog=EXIT_CODES)
     _common(repair)
     repair.set_defaults(func=_cmd_repair)
-    gc = sub.add_parser("gc", help="delete a local store's blocks no dataset references (see --dry-run)",
+    gc = sub.add_parser("gc", help="delete the blocks no dataset references (see --dry-run)",
                         description="Mark every block the roots reference, then delete the other blocks "
-                                    "older than the grace period. Local stores only.")
+                                    "older than the grace period: from a local store, or from every Keep "
+                                    "service (listed with /index, trashed with DELETE; needs the system token).")
     gc.add_argument("roots", nargs="*", metavar="LOCATOR", help="dataset or block locators to keep")
     gc.add_argument("--keep-from", action="append", default=[], metavar="FILE",
                     help="a keep put --json receipt whose dataset to keep (repeatable)")
@@ -78,7 +80,11 @@ def register(sub: Any) -> None:
     gc.add_argument("--older-than", default=None, metavar="TIME",
                     help="also keep blocks newer than this ISO 8601 time (e.g. 2026-11-01T00:00Z)")
     gc.add_argument("--dry-run", action="store_true", help="list what would go, and how many bytes; delete nothing")
+    gc.add_argument("--system-token-file", type=Path, metavar="FILE",
+                    help="the services' system token (Keep services only: /index and DELETE need it)")
+    gc.add_argument("--threads", type=_count, default=8, help="DELETE requests in flight (default 8)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     gc.set_defaults(func=_cmd_gc)
 
 
@@ -158,9 +164,11 @@ def _cmd_gc(args: argparse.Namespace, now: datetime.datetime | None = None) -> i
     from ..local import LocalStore
     from ..open import open_store
 
-    roots = list(args.roots)
+    roots, keep = list(args.roots), []
     for path in args.keep_from:
-        roots.extend(gc.roots_from_receipt(path))
+        read, unread = gc.receipt_roots(path)
+        roots.extend(read)
+        keep.extend(unread)
     if not roots:
         raise ConfigError("keep gc needs roots (locators or --keep-from receipts): without any, every block "
                           "would be unreferenced")
@@ -170,8 +178,8 @@ def _cmd_gc(args: argparse.Namespace, now: datetime.datetime | None = None) -> i
         cutoff = min(cutoff, gc.parse_time(args.older_than))
     with open_store(args) as store:
         if not isinstance(store, LocalStore):
-            raise ConfigError("keep gc works on a local store (KEEP_LOCAL_STORE) only")
-        report = gc.collect(store, gc.mark(store, roots), cutoff, dry_run=args.dry_run)
+            return _cluster_gc(args, store, gc.mark(store, roots, keep), cutoff)
+        report = gc.collect(store, gc.mark(store, roots, keep), cutoff, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return EXIT_HEALTHY
@@ -182,3 +190,35 @@ def _cmd_gc(args: argparse.Namespace, now: datetime.datetime | None = None) -> i
     print(f"{verb} {count} blocks ({sum(c.size for c in report.candidates)} bytes); kept {report.live} "
           f"referenced and {report.kept_young} newer than {report.cutoff.isoformat()}")
     return EXIT_HEALTHY
+
+
+def _cluster_gc(args: argparse.Namespace, store: Any, live: set[str], cutoff: datetime.datetime) -> int:
+    from ..client import KeepClient
+    from ..lifecycle.gc_cluster import collect_cluster
+
+    if not isinstance(store, KeepClient):
+        raise ConfigError(f"keep gc needs a local store or Keep services, not {type(store).__name__}")
+    if args.system_token_file is None:
+        raise ConfigError("keep gc on Keep services needs --system-token-file (the token that may list and "
+                          "DELETE blocks)")
+    try:
+        token = args.system_token_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the system token file {args.system_token_file}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"the system token file {args.system_token_file} is empty")
+    with _progress(args, 0, "gc") as progress:
+        report = collect_cluster(store, live, cutoff, system_token=token, dry_run=args.dry_run,
+                                 threads=args.threads, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for c in report.candidates:
+            note = f" ({c.note})" if c.note else ""
+            print(f"{c.md5}+{c.size} {c.mtime.isoformat()} {c.service} {c.outcome}{note}")
+        verb = "would trash" if args.dry_run else "trashed"
+        count = len(report.candidates) if args.dry_run else report.count("trashed", "requested")
+        print(f"{verb} {count} block copies ({sum(c.size for c in report.candidates)} bytes); kept {report.live} "
+              f"referenced and {report.kept_young} copies newer than {report.cutoff.isoformat()}"
+              + (f"; {len(report.failed)} DELETEs failed" if report.failed else ""))
+    return 1 if report.failed else EXIT_HEALTHY
