@@ -86,16 +86,35 @@ def register(sub: Any) -> None:
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     gc.set_defaults(func=_cmd_gc)
+    copy = sub.add_parser("copy", help="copy a dataset to another store, sending only the blocks it lacks",
+                          description="Copy a dataset from the configured store to other Keep services or a "
+                                      "local store: blocks the destination lacks are sent (in parallel, "
+                                      "verified), the manifest is stored there with the destination's "
+                                      "locators, and the destination's dataset locator is printed. "
+                                      "Re-running sends nothing already there.")
+    copy.add_argument("locator", metavar="LOCATOR", help="the dataset locator (at the source)")
+    to = copy.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-services", nargs="+", metavar="URL", help="the destination's Keep service roots")
+    to.add_argument("--to-local", type=Path, metavar="DIR", help="a local store directory as the destination")
+    copy.add_argument("--to-token-file", type=Path, metavar="FILE",
+                      help="the token for the destination services (default: the configured token)")
+    copy.add_argument("--copies", type=_count, default=None,
+                      help="copies at the destination (default: the configured copies)")
+    copy.add_argument("--threads", type=_count, default=8, help="blocks in flight (default 8)")
+    copy.add_argument("--json", action="store_true", help="print the report as JSON")
+    copy.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    copy.set_defaults(func=_cmd_copy)
 
 
 @contextlib.contextmanager
-def _progress(args: argparse.Namespace, total: int, desc: str) -> Iterator[Callable[[int], Any]]:
+def _progress(args: argparse.Namespace, total: int | None, desc: str,
+              unit: str = "block") -> Iterator[Callable[[int], Any]]:
     if args.no_progress or args.json or not sys.stderr.isatty():
         yield lambda n: None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="block", desc=desc, file=sys.stderr, leave=False) as bar:
+    with tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc, file=sys.stderr, leave=False) as bar:
         yield bar.update
 
 
@@ -201,13 +220,8 @@ def _cluster_gc(args: argparse.Namespace, store: Any, live: set[str], cutoff: da
     if args.system_token_file is None:
         raise ConfigError("keep gc on Keep services needs --system-token-file (the token that may list and "
                           "DELETE blocks)")
-    try:
-        token = args.system_token_file.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the system token file {args.system_token_file}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(f"the system token file {args.system_token_file} is empty")
-    with _progress(args, 0, "gc") as progress:
+    token = _read_secret(args.system_token_file, "system token")
+    with _progress(args, None, "gc") as progress:
         report = collect_cluster(store, live, cutoff, system_token=token, dry_run=args.dry_run,
                                  threads=args.threads, progress=progress)
     if args.json:
@@ -222,3 +236,43 @@ def _cluster_gc(args: argparse.Namespace, store: Any, live: set[str], cutoff: da
               f"referenced and {report.kept_young} copies newer than {report.cutoff.isoformat()}"
               + (f"; {len(report.failed)} DELETEs failed" if report.failed else ""))
     return 1 if report.failed else EXIT_HEALTHY
+
+
+def _cmd_copy(args: argparse.Namespace) -> int:
+    from ..lifecycle.copy import copy_dataset
+    from ..local import LocalStore
+    from ..open import open_store
+
+    copies = args.copies
+    with open_store(args) as source:
+        if args.to_local is not None:
+            dest: Any = LocalStore(args.to_local)
+        else:
+            from ..client import KeepClient
+
+            overrides: dict[str, Any] = {"services": tuple(args.to_services)}
+            if args.to_token_file is not None:
+                overrides["token"] = _read_secret(args.to_token_file, "destination token")
+            if copies is not None:
+                overrides["copies"] = copies
+            dest = KeepClient.from_env(**overrides)
+        with dest, _progress(args, None, "copy", unit="B") as progress:
+            report = copy_dataset(source, dest, args.locator, copies=copies, threads=args.threads, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        t = report.to_dict()
+        print(f"sent {t['sent']} of {t['blocks']} blocks ({t['bytes_sent']} bytes); {t['skipped']} were there",
+              file=sys.stderr)
+        print(report.locator)
+    return EXIT_HEALTHY
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return text
