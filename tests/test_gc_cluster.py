@@ -142,11 +142,29 @@ def test_a_block_rewritten_after_the_listing_is_kept_by_the_server(cluster):
 
         with cluster.client(transport=WritesDuringGc("DELETE", writer)) as gc_client:
             report = collect_cluster(gc_client, mark(kc, [live.locator]), datetime.datetime.now(datetime.timezone.utc),
-                                     system_token=DEFAULT_SYSTEM_TOKEN, dry_run=False)
-        outcomes = {c.outcome for c in report.candidates}
+                                     system_token=DEFAULT_SYSTEM_TOKEN, dry_run=False, threads=1)
+        outcomes = {c.outcome for c in report.candidates}  # (one DELETE at a time: all come after the PUT)
         assert outcomes == {"kept-modified"}
         assert copies_of(cluster, reused.md5) == 3
         assert trashed(cluster) == set()
+
+
+def test_a_put_answered_during_a_parallel_sweep_always_leaves_its_block_in_place(cluster):
+    """DELETEs in flight on other threads may beat the PUT to a server (that copy is trashed and
+    the PUT writes a new one) or lose to it (412): either way every copy the PUT confirmed stays."""
+    with cluster.client(copies=2) as kc:
+        live = dataset(kc, "live")
+        reused = kc.put(b"old, written again while DELETEs are in flight", copies=2)
+        age_everything(cluster)
+
+        def writer(request: Request) -> None:
+            kc.put(b"old, written again while DELETEs are in flight", copies=3)
+
+        with cluster.client(transport=WritesDuringGc("DELETE", writer)) as gc_client:
+            collect_cluster(gc_client, mark(kc, [live.locator]), datetime.datetime.now(datetime.timezone.utc),
+                            system_token=DEFAULT_SYSTEM_TOKEN, dry_run=False, threads=8)
+        assert copies_of(cluster, reused.md5) == 3
+        assert kc.get(reused) == b"old, written again while DELETEs are in flight"
 
 
 def test_a_block_written_during_the_gc_is_never_a_candidate(cluster):

@@ -125,15 +125,13 @@ class KeepServer:
                              trash_check_interval)
         self.blocks = Blocks(self.volumes, policy, clock)
         self.trash_emptier = Periodic("keep-trash", self.blocks.empty_trash, policy.check_interval)
-        self.scrubber = Scrubber(self.blocks, scrub_rate)
+        stop_scrub = threading.Event()
+        self.scrubber = Scrubber(self.blocks, scrub_rate, sleep=stop_scrub.wait, stopping=stop_scrub.is_set)
         self.scrub_job: Periodic | None = None
         if scrub_interval is not None:
             if scrub_interval <= 0:
                 raise ConfigError(f"scrub interval must be positive, got {scrub_interval}")
-            self.scrub_job = Periodic("keep-scrub", self.scrubber.scrub_once, scrub_interval)
-            job = self.scrub_job
-            self.scrubber.sleep = job.pause
-            self.scrubber.stopping = lambda: job.stopping
+            self.scrub_job = Periodic("keep-scrub", self.scrubber.scrub_once, scrub_interval, stop_scrub)
         self._httpd: KeepHTTPServer | None = None
         self._thread: threading.Thread | None = None
         for volume in self.volumes:

@@ -16,11 +16,12 @@ class Periodic:
 
     `passes` counts the runs finished; `wait_for_passes(n)` blocks until that many are (tests
     wait on it instead of sleeping). A run that raises is logged, and the next one runs on
-    time. `stop()` interrupts the wait between runs, and any waits the job makes through
-    `pause()`.
+    time. `stop()` sets *stop* (an event the job may wait on, or check, to end early) and so
+    interrupts the wait between runs.
     """
 
-    def __init__(self, name: str, job: Callable[[], object], interval: float) -> None:
+    def __init__(self, name: str, job: Callable[[], object], interval: float,
+                 stop: threading.Event | None = None) -> None:
         if interval <= 0:
             raise ValueError(f"{name}: interval must be positive, got {interval}")
         self.name = name
@@ -28,7 +29,7 @@ class Periodic:
         self.interval = interval
         self.passes = 0
         self._done = threading.Condition()
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -46,14 +47,6 @@ class Periodic:
         self._stop.set()
         if thread is not None:
             thread.join(timeout)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def pause(self, seconds: float) -> bool:
-        """Wait *seconds* unless stopped meanwhile; True when stopped."""
-        return self._stop.wait(seconds)
 
     def wait_for_passes(self, count: int, timeout: float = 60.0) -> bool:
         """Block until *count* runs have finished in all (False after *timeout* seconds)."""

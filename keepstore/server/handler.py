@@ -437,10 +437,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     # -- trash ------------------------------------------------------------------------------
 
     def _trash(self, ex: Exchange, untrash: str | None) -> None:
-        """``DELETE /<locator>`` and ``PUT /untrash/<locator>``, for the system token only (as
-        keepstore 3.x: none 401, another 403). A DELETE answers 200 whether it trashed the
-        copies or kept them for being young (``X-Keep-Trashed`` says how many went), 404 when
-        there is none, and 412 when one changed after ``If-Unmodified-Since`` (none trashed)."""
+        """``DELETE /<locator>``, ``PUT /untrash/<locator>``: system token only (see docs/server.md)."""
         problem = self.ctx.permissions.check_system_token(ex.token)
         if problem is not None:
             return self._simple(ex, *problem)

@@ -34,19 +34,21 @@ class Scrubber:
     another replica and ``keep repair`` puts a good copy back.
 
     *clock* (monotonic seconds) and *sleep* are injectable so a test can check the rate
-    without waiting; the server passes a sleep that `stop()` interrupts.
+    without waiting; the server passes its stop event's ``wait`` as *sleep* and its
+    ``is_set`` as *stopping*, so stopping the server ends a pass early.
     """
 
     def __init__(self, blocks: Blocks, rate: float | None = None, *,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] = time.sleep,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         if rate is not None and rate <= 0:
             raise ValueError(f"scrub rate must be positive bytes/s, got {rate}")
         self.blocks = blocks
         self.rate = rate
         self.clock = clock
         self.sleep = sleep
+        self.stopping = stopping
         self._lock = threading.Lock()  # one pass at a time (the background job and a test's scrub_once)
-        self.stopping: Callable[[], bool] = lambda: False
 
     def scrub_once(self) -> ScrubReport:
         """One pass over every copy on every volume."""
