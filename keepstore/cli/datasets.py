@@ -13,6 +13,8 @@ from typing import Any, BinaryIO
 
 from ..cache import BlockCache, MemoryBlockCache
 from ..datasets import DEFAULT_CACHE_BYTES, DatasetReader, DatasetWriter, atomic_write
+from ..datasets.existing import ExistingPolicy, block_file, keep_existing, plan_extract
+from ..datasets.extract import extract
 from ..datasets.manifest import ManifestError
 from ..datasets.targets import split_target
 from ..errors import KeepError
@@ -130,6 +132,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     loc, path = split_target(args.target)
     dest = args.dest
+    policy = ExistingPolicy.from_flags(force=args.force, skip_existing=args.skip_existing,
+                                       verify_existing=args.verify_existing)
     store = open_store(args)
     with store:
         if args.raw and path:
@@ -138,13 +142,14 @@ def cmd_get(args: argparse.Namespace) -> int:
         if reader is None:
             if path:
                 raise KeepError(f"{loc} is a plain block, not a dataset; it has no {path!r}")
-            data = store.get(loc)
             if dest in (None, "-"):
-                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.write(store.get(loc))
                 sys.stdout.buffer.flush()
             else:
                 target = os.path.join(dest, loc.md5) if os.path.isdir(dest) else dest
-                atomic_write(target, lambda f: f.write(data))
+                if not keep_existing(target, block_file(loc), policy):
+                    data = store.get(loc)
+                    atomic_write(target, lambda f: f.write(data))
             return 0
         if path and not reader.manifest.is_dir(path):
             size = reader.stat(path).size
@@ -153,7 +158,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                     _stream_file(reader, path, sys.stdout.buffer, advance)
                 else:
                     target = os.path.join(dest, path.rsplit("/", 1)[-1]) if os.path.isdir(dest) else dest
-                    atomic_write(target, lambda f: _stream_file(reader, path, f, advance))
+                    if not keep_existing(target, reader.stat(path), policy, reader.blocks):
+                        atomic_write(target, lambda f: _stream_file(reader, path, f, advance))
             return 0
         if dest in (None, "-"):
             raise KeepError(f"{args.target} is a dataset directory; give a destination directory "
@@ -161,8 +167,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         if os.path.exists(dest) and not os.path.isdir(dest):
             raise NotADirectoryError(20, "Not a directory", dest)
         sub = reader.subtree(path)
+        keep = plan_extract(sub.manifest, dest, policy, sub.blocks)  # every conflict found before writing
         with _progress(args, sub.manifest.total_size, "get") as advance:
-            sub.extract(dest, progress=advance)
+            extract(sub.manifest, sub.blocks, dest, progress=advance, skip=keep)
     return 0
 
 
@@ -222,6 +229,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common:
     get.add_argument("dest", nargs="?", default=None, help="file or directory to write (default stdout: -)")
     get.add_argument("--raw", action="store_true", help="fetch the block itself even if it is a manifest")
     get.add_argument("--no-progress", action="store_true", help="no progress bar")
+    existing = get.add_mutually_exclusive_group()
+    existing.add_argument("-f", "--force", action="store_true", help="overwrite files that exist already")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep existing files of the right size (re-run an interrupted get)")
+    existing.add_argument("--verify-existing", action="store_true",
+                          help="keep existing files only when their content matches the dataset's blocks")
     get.set_defaults(func=cmd_get)
 
     ls = sub.add_parser("ls", help="list the files of a dataset")
