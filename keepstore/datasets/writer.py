@@ -100,6 +100,7 @@ class DatasetWriter:
         self.storage_classes = list(storage_classes) if storage_classes else None
         self.block_size = block_size
         self._progress = progress
+        self._own_check = skip_stored is True
         self._check = StoredCheck(store, copies=copies, storage_classes=self.storage_classes) \
             if skip_stored is True else (skip_stored or None)
         self._known = dict(known or {})
@@ -265,6 +266,10 @@ class DatasetWriter:
         path = path.strip("/")
         return path in self._files or path in self._dirs
 
+    def is_directory(self, path: str) -> bool:
+        """True when *path* is a directory of the dataset so far."""
+        return path.strip("/") in self._dirs
+
     @staticmethod
     def _norm(path: str) -> str:
         return dataset_path(path)
@@ -371,8 +376,7 @@ class DatasetWriter:
             raise WriteError(f"manifest of {len(text)} bytes does not fit one block", wanted=self.copies or 0)
         references = self._references()
         stored, manifest_sent = self._store(text)
-        if self._check is not None:
-            self._check.close()
+        self._close_check()
         ours = [self._results[i] for i in sorted(self._results)]
         blocks = tuple(_block_receipt(r, sent) for r, sent in ours) + tuple(references)
         sent_bytes = sum(r.locator.size for r, sent in ours if sent)
@@ -394,7 +398,10 @@ class DatasetWriter:
         for future in self._futures.values():
             future.cancel()
         self._executor.shutdown(wait=True)
-        if self._check is not None:
+        self._close_check()
+
+    def _close_check(self) -> None:
+        if self._own_check and self._check is not None:
             self._check.close()
 
     def __enter__(self) -> "DatasetWriter":
