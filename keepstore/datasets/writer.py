@@ -69,6 +69,7 @@ class DatasetWriter:
         max_in_flight: int = 2,
         block_size: int = MAX_BLOCK_SIZE,
         progress: Callable[[int], Any] | None = None,
+        read_progress: Callable[[int], Any] | None = None,
     ) -> None:
         if not 1 <= block_size <= MAX_BLOCK_SIZE:
             raise ConfigError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
@@ -78,7 +79,8 @@ class DatasetWriter:
         self.copies = copies
         self.storage_classes = list(storage_classes) if storage_classes else None
         self.block_size = block_size
-        self._progress = progress
+        self._progress = progress  # called with a block's size once the store has it
+        self._read_progress = read_progress  # called with each chunk (at most 8 MiB) read in
         # The open block: one buffer of block_size, filled in place by readinto and handed to the
         # upload as it is (no copy), so memory holds max_in_flight blocks plus this one.
         self._buffer: mmap.mmap | None = None
@@ -114,6 +116,8 @@ class DatasetWriter:
                 pieces.append((self._next_block, self._fill, n))
                 self._fill += n
                 total += n
+                if self._read_progress is not None:
+                    self._read_progress(n)
                 if self._fill >= self.block_size:
                     self._flush()
         except BaseException as exc:
