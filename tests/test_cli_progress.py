@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from keepstore.cli.progress import Progress, ProgressMode, format_bytes, format_duration, open_progress
+from keepstore.cli.progress import (
+    Progress,
+    ProgressMode,
+    format_bytes,
+    format_duration,
+    open_progress,
+    showing_retries,
+)
 
 MiB = 1 << 20
 
@@ -264,3 +271,47 @@ def test_progress_summary_prints_only_the_summary_even_when_piped(env, tmp_path)
 def test_an_unknown_progress_mode_is_a_usage_error(env, tmp_path):
     result = keep(env, "put", "--progress=loud", "-")
     assert result.returncode == 2 and b"invalid choice: 'loud'" in result.stderr
+
+
+# -- retry notices from the client ------------------------------------------------------------------
+
+
+class RetryLines:
+    """The interface of keep's retry-notice callback (args.on_retry) that progress relies on."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.write = self.written.append
+        self.listeners: list = []
+
+    def listen(self, listener) -> None:
+        self.listeners.append(listener)
+
+    def announce(self, line: str, wait: float) -> None:
+        self.write(line)
+        notice = type("Notice", (), {"wait": wait, "round": 2, "rounds": 5})()
+        for listener in self.listeners:
+            listener(notice)
+
+
+def test_retry_notices_become_json_lines_and_the_wait_shows_until_bytes_move():
+    clock, out, lines = FakeClock(), io.StringIO(), RetryLines()
+    with open_progress("json", "put", total_bytes=10, stream=out, clock=clock) as p:
+        with showing_retries(p, lines):
+            lines.announce("keep: retrying: PUT http://127.0.0.1:1/: connection refused", 1.5)
+            assert p.snapshot().state == "waiting 1.5 s to retry (round 2 of 5)"
+            p.stored(10)
+            assert p.snapshot().state is None
+        lines.announce("keep: retrying: after the transfer", 1.0)
+        assert p.snapshot().state is None  # no longer routed
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert {"event": "notice", "message": "retrying: PUT http://127.0.0.1:1/: connection refused"} in events
+    assert lines.written == ["keep: retrying: after the transfer"]  # the usual writer is back
+
+
+def test_a_wait_is_drawn_on_the_bar_at_once():
+    out, lines = TtyStringIO(), RetryLines()
+    with open_progress("bar", "get", total_bytes=10, stream=out) as p, showing_retries(p, lines):
+        lines.announce("keep: retrying: GET x: 503", 2.0)
+        assert "waiting 2.0 s to retry" in out.getvalue()
+        assert "keep: retrying: GET x: 503" in out.getvalue()

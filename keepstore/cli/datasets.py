@@ -18,7 +18,7 @@ from ..locator import MAX_BLOCK_SIZE, Locator
 from ..open import open_store
 from . import results
 from .options import add_dry_run, add_filters, add_json, add_progress, completes_paths
-from .progress import Progress, notify, open_progress
+from .progress import Progress, notify, open_progress, showing_retries
 from .selection import Filter, Plan, plan_put
 
 __all__ = ["register"]
@@ -80,6 +80,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     with (
         store,
         open_progress(args.progress, "put", total_bytes=plan.bytes, total_files=plan.files) as progress,
+        showing_retries(progress, getattr(args, "on_retry", None)),
         DatasetWriter(store, copies=args.copies, storage_classes=args.storage_classes, progress=progress.stored,
                       read_progress=progress.advance) as writer,
     ):
@@ -157,7 +158,8 @@ def cmd_get(args: argparse.Namespace) -> int:
             planned = [results.Planned(path, target, size)]
             if args.dry_run:
                 return report(planned)
-            with open_progress(args.progress, "get", total_bytes=size, total_files=1) as progress:
+            with (open_progress(args.progress, "get", total_bytes=size, total_files=1) as progress,
+                  showing_retries(progress, getattr(args, "on_retry", None))):
                 if to_stdout:
                     _stream_file(reader, path, sys.stdout.buffer, progress.advance)
                 else:
@@ -175,8 +177,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         dirs = len(sub.manifest.directories)
         if args.dry_run:
             return report(planned, directories=dirs)
-        with open_progress(args.progress, "get", total_bytes=sub.manifest.total_size,
-                           total_files=len(planned)) as progress:
+        with (open_progress(args.progress, "get", total_bytes=sub.manifest.total_size,
+                            total_files=len(planned)) as progress,
+              showing_retries(progress, getattr(args, "on_retry", None))):
             sub.extract(dest, progress=progress.advance)
             progress.finish(files=len(planned))
     return report(planned, directories=dirs)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
 import sys
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import IO, Any
 
 __all__ = ["JSON_INTERVAL", "Progress", "ProgressMode", "Snapshot", "Summary", "format_bytes", "format_duration",
-           "format_rate", "notify", "open_progress"]
+           "format_rate", "notify", "open_progress", "showing_retries"]
 
 JSON_INTERVAL = 0.5  # seconds between two JSON progress lines (start, notices and done always go out)
 
@@ -214,9 +215,12 @@ class _BarView(_View):
         if snap.state:
             parts.append(snap.state)
         postfix = ", ".join(parts)
-        if postfix != (self.bar.postfix or ""):
+        changed = postfix != (self.bar.postfix or "")
+        if changed:
             self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.update(snap.bytes - self.bar.n)  # tqdm redraws at most every mininterval
+        if changed:  # e.g. a wait for a retry: show it now, though no byte moved
+            self.bar.refresh()
 
     def notice(self, message: str) -> None:
         self.bar.write(f"keep: {message}", file=self.stream)
@@ -261,11 +265,13 @@ class Progress:
     def advance(self, n: int) -> None:
         with self._lock:
             self._bytes += n
+            self._state = None  # bytes move again: no longer waiting
             self._changed()
 
     def stored(self, n: int) -> None:
         with self._lock:
             self._stored += n
+            self._state = None
             self._changed()
 
     def skipped(self, n: int) -> None:
@@ -342,3 +348,32 @@ def notify(mode: ProgressMode | str, message: str, stream: IO[str] | None = None
         _JsonView(out, time.monotonic, JSON_INTERVAL).notice(message)
     elif mode is not ProgressMode.NONE:
         _SummaryView(out).notice(message)
+
+
+@contextlib.contextmanager
+def showing_retries(progress: Progress, notices: Any) -> Iterator[Progress]:
+    """While inside, the client's retry notices go through *progress*.
+
+    *notices* is ``keep``'s retry-notice callback (``args.on_retry``: a ``write`` attribute that
+    prints a line, and ``listen(listener)``), or None. Its lines then appear above the bar (or as
+    JSON ``notice`` lines, so ``--progress=json`` stays all JSON), and the bar shows the wait.
+    """
+    write = getattr(notices, "write", None)
+    if write is None:
+        yield progress
+        return
+    active = True
+
+    def waiting(notice: Any) -> None:
+        if active:
+            progress.waiting(f"waiting {notice.wait:.1f} s to retry (round {notice.round} of {notice.rounds})")
+
+    notices.write = lambda line: progress.notice(str(line).removeprefix("keep: "))
+    listen = getattr(notices, "listen", None)
+    if listen is not None:
+        listen(waiting)
+    try:
+        yield progress
+    finally:
+        active = False
+        notices.write = write
