@@ -82,7 +82,9 @@ def _non_negative(text: str) -> int:
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``keep mount`` to the command line."""
-    p = sub.add_parser("mount", help="mount a dataset read-only with FUSE (unmount: fusermount3 -u DIR)")
+    p = sub.add_parser("mount", help="mount a dataset read-only with FUSE (unmount: fusermount3 -u DIR)",
+                       description="Show a dataset as a read-only directory tree at MOUNTPOINT through FUSE; "
+                                   "blocks are fetched as files are read, with read-ahead and a cache.")
     p.add_argument("locator", metavar="LOCATOR", help="the dataset's locator (from keep put)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     p.add_argument("-f", "--foreground", action="store_true",
