@@ -59,7 +59,9 @@ def keep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeepCluster]:
 def loc(keep: KeepCluster, local_tables: Path) -> str:
     with keep.client() as client:
         fs = KeepFileSystem(store=client, skip_instance_cache=True)
-        return fs.put(str(local_tables), "keep://new/", recursive=True)
+        loc = fs.put(str(local_tables), "keep://new/", recursive=True)
+        assert loc is not None
+        return loc
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +128,16 @@ def test_parquet_read_through_worker_environment_matches_pandas(session: dict[st
     got = client.compute(dd.read_parquet(f"keep://{loc}/events/*.parquet"), sync=True)
     want = pd.concat(pd.read_parquet(p) for p in sorted((local_tables / "events").glob("*.parquet")))
     same_frame(got, want)
+
+
+@pytest.mark.usefixtures("client_env")
+def test_the_docs_dask_write_recipe_stores_one_dataset(session: dict[str, Any], local_tables: Path) -> None:
+    if "scores" not in session:
+        exec(compile(doc_block("dask: read"), "docs/fsspec.md", "exec"), session)
+    exec(compile(doc_block("dask: write"), "docs/fsspec.md", "exec"), session)
+    scores = pd.concat(pd.read_csv(p) for p in sorted((local_tables / "scores").glob("*.csv")))
+    got = session["client"].compute(session["written"], sync=True)
+    same_frame(got, scores[scores["score"] > 50])
+    fs = KeepFileSystem(**session["options"], skip_instance_cache=True)
+    assert fs.ls(f"keep://{session['high']}/high", detail=False) == [
+        f"{session['high']}/high/part-{i}.parquet" for i in range(3)]

@@ -5,21 +5,22 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from ..cache import MemoryBlockCache
-from ..datasets import DatasetWriter
+from ..datasets import DatasetError, DatasetWriter, Manifest, Segment
 from ..datasets.manifest import ManifestError
 from ..datasets.reader import DEFAULT_FETCH_THREADS, BlockSource
 from ..datasets.tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath, normalize_path
 from ..errors import BlockNotFound, KeepError, LocatorError
-from ..locator import Locator
+from ..locator import MAX_BLOCK_SIZE, Locator
 from ..store import BlockStore
+from .fsspec_write import KeepTransaction, KeepWriteFile
 
-__all__ = ["KeepBufferedFile", "KeepFileSystem"]
+__all__ = ["KeepBufferedFile", "KeepFileSystem", "KeepTransaction", "KeepWriteFile"]
 
 NEW = "new"  # keep://new/<path>: where put/pipe write; each call stores one new dataset
 _MAX_OPEN_DATASETS = 64
@@ -39,6 +40,7 @@ class KeepFileSystem(AbstractFileSystem):
 
     protocol = "keep"
     root_marker = ""
+    transaction_type = KeepTransaction
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class KeepFileSystem(AbstractFileSystem):
         self.copies = copies
         self.readahead = readahead
         self.blocks = BlockSource(self.store, cache=MemoryBlockCache(memory_bytes), threads=threads)
+        self.last_dataset: str | None = None  # the locator of the last dataset a write here stored
         self._trees: OrderedDict[str, ReadPath] = OrderedDict()
         self._trees_lock = threading.Lock()
 
@@ -186,10 +189,13 @@ class KeepFileSystem(AbstractFileSystem):
         return out
 
     def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
-              cache_options: Any = None, **kwargs: Any) -> "KeepBufferedFile":
+              cache_options: Any = None, **kwargs: Any) -> AbstractBufferedFile:
+        if mode in ("wb", "xb"):
+            return KeepWriteFile(self, path, mode, target=self._new_path(path), block_size=block_size or "default",
+                                 autocommit=autocommit, **kwargs)
         if mode != "rb":
-            raise PermissionError(f"{self.unstrip_protocol(path)}: datasets are read-only; create one with "
-                                  f"fs.pipe('keep://{NEW}/...', data) or fs.put(local, 'keep://{NEW}/')")
+            raise PermissionError(f"{self.unstrip_protocol(path)}: mode {mode!r}: datasets are immutable; write "
+                                  f"a new one with open('keep://{NEW}/<path>', 'wb'), fs.pipe or fs.put")
         info = self.info(path)
         if info["type"] == "directory":
             raise IsADirectoryError(self.unstrip_protocol(path))
@@ -202,43 +208,71 @@ class KeepFileSystem(AbstractFileSystem):
         head, rel = self._split(path)
         return f"{Locator.parse(head).stripped()}/{rel}"
 
-    # -- writing: each call stores one new dataset and returns its locator ------------------
+    # -- writing: each call stores one new dataset (or joins the open transaction's) ----------
 
-    def pipe(self, path: str | Mapping[str, bytes], value: bytes | None = None, **kwargs: Any) -> str:
+    def store_files(self, fill: Callable[[DatasetWriter], Any]) -> str | None:
+        """Run *fill* on a `DatasetWriter`: inside ``fs.transaction`` the transaction's (returns
+        None: the dataset is stored when the transaction ends), else a new dataset's, stored now
+        (returns its locator, also kept as `last_dataset`)."""
+        if self._intrans:
+            self.transaction.add(fill)
+            return None
+        with DatasetWriter(self.store, copies=self.copies) as writer:
+            fill(writer)
+            locator = writer.finish().locator
+        self.last_dataset = locator
+        return locator
+
+    def pipe(self, path: str | Mapping[str, bytes], value: bytes | None = None, **kwargs: Any) -> str | None:
         """Store ``{keep://new/<path>: bytes}`` (or one path and *value*) as a new dataset."""
         files = {path: value} if isinstance(path, str) else dict(path)
-        with self._writer() as writer:
-            for target, data in files.items():
-                if data is None:
-                    raise ValueError(f"no data given for {target}")
-                writer.add_bytes(self._new_path(target), data)
-            return writer.finish().locator
+        staged: list[tuple[str, bytes]] = []
+        for target, data in files.items():
+            if data is None:
+                raise ValueError(f"no data given for {target}")
+            staged.append((self._new_path(target), data))
+        return self.store_files(lambda writer: [writer.add_bytes(name, data) for name, data in staged])
 
-    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> str:
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> str | None:
         return self.pipe(path, value)
 
     def put(self, lpath: str | os.PathLike[str], rpath: str = f"keep://{NEW}/", recursive: bool = False,
-            callback: Any = None, maxdepth: int | None = None, **kwargs: Any) -> str:
+            callback: Any = None, maxdepth: int | None = None, **kwargs: Any) -> str | None:
         """Store a local file or (with ``recursive=True``) directory under ``keep://new/...``."""
         prefix = self._new_path(rpath, allow_root=True)
         lpath = os.fspath(lpath)
-        with self._writer() as writer:
-            if os.path.isdir(lpath):
-                if not recursive:
-                    raise IsADirectoryError(f"{lpath} is a directory; pass recursive=True")
-                writer.add_tree(lpath, prefix=prefix)
-            else:
-                name = prefix if prefix and not str(rpath).endswith("/") else "/".join(
-                    p for p in (prefix, os.path.basename(lpath)) if p)
-                writer.add_file(lpath, name)
-            return writer.finish().locator
+        if os.path.isdir(lpath):
+            if not recursive:
+                raise IsADirectoryError(f"{lpath} is a directory; pass recursive=True")
+            return self.store_files(lambda writer: writer.add_tree(lpath, prefix=prefix))
+        name = prefix if prefix and not str(rpath).endswith("/") else "/".join(
+            p for p in (prefix, os.path.basename(lpath)) if p)
+        return self.store_files(lambda writer: writer.add_file(lpath, name))
 
     def put_file(self, lpath: str | os.PathLike[str], rpath: str, callback: Any = None,
-                 mode: str = "overwrite", **kwargs: Any) -> str:
+                 mode: str = "overwrite", **kwargs: Any) -> str | None:
         return self.put(lpath, rpath)
 
-    def _writer(self) -> DatasetWriter:
-        return DatasetWriter(self.store, copies=self.copies)
+    def combine(self, datasets: Iterable[str]) -> str:
+        """One new dataset holding the files and directories of *datasets* (locators, or
+        ``keep://<locator>[/dir]`` for a directory's contents), without copying data: the new
+        manifest names the same blocks. A path found in two of them is an error (`DatasetError`)."""
+        files: dict[str, list[Segment]] = {}
+        dirs: set[str] = set()
+        for item in datasets:
+            tree, _head, rel = self.open_tree(item)
+            reader = tree.reader.subtree(rel) if rel else tree.reader
+            for file in reader.files():
+                if file.path in files:
+                    raise DatasetError(f"{file.path!r} is in more than one of the datasets combined")
+                files[file.path] = list(file.segments)
+            dirs |= set(reader.manifest.directories)
+        text = Manifest.from_files(files, dirs).text.encode("utf-8")
+        if len(text) > MAX_BLOCK_SIZE:
+            raise DatasetError(f"the combined manifest ({len(text)} bytes) does not fit one block")
+        locator = str(self.store.put(text, copies=self.copies))
+        self.last_dataset = locator
+        return locator
 
     def _new_path(self, path: str | os.PathLike[str], *, allow_root: bool = False) -> str:
         head, rel = self._split(os.fspath(path))
@@ -247,12 +281,14 @@ class KeepFileSystem(AbstractFileSystem):
                                   f"keep://{NEW}/<path> to store a new dataset")
         return rel
 
-    # -- unsupported mutations -----------------------------------------------------------------
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        """Nothing to do under ``keep://new/`` (directories come with the files written into them)."""
+        self._new_path(path, allow_root=True)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        self._new_path(path, allow_root=True)
 
     def rm_file(self, path: str) -> None:
-        raise PermissionError(f"{self.unstrip_protocol(path)}: datasets are immutable")
-
-    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
         raise PermissionError(f"{self.unstrip_protocol(path)}: datasets are immutable")
 
     def close(self) -> None:
