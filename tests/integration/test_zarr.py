@@ -12,7 +12,7 @@ import zarr
 from keepstore import LocalStore
 from keepstore.contrib.fsspec import KeepFileSystem
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "fsspec.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "fsspec.md"
 
 
 def doc_block(marker: str) -> str:

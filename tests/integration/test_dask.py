@@ -16,7 +16,7 @@ from distributed import Client
 from keepstore.contrib.fsspec import KeepFileSystem
 from keepstore.testing import KeepCluster
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "fsspec.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "fsspec.md"
 NAMES = ["ada", "bob", "cy", "dee"]
 
 
