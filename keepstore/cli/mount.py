@@ -6,13 +6,24 @@ import argparse
 import errno
 import logging
 import os
-import sys
-import time
+from collections.abc import Callable
 
 from ..config import Timeout
-from ..contrib.fuse import MOUNT_RETRIES, MOUNT_TIMEOUT, MountError, load_mfusepy, mount, open_mount_store
+from ..contrib.fuse import (
+    MOUNT_RETRIES,
+    MOUNT_TIMEOUT,
+    ByIdOperations,
+    MountError,
+    load_mfusepy,
+    mount,
+    open_mount_store,
+    serve_operations,
+)
+from ..datasets.byid import ByIdTree
 from ..datasets.targets import split_target
 from ..datasets.tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath
+from ..store import BlockStore
+from .mount_exec import die_with_parent, run_command, stop_server, wait_until_mounted
 
 __all__ = ["cmd_mount", "register"]
 
@@ -26,6 +37,10 @@ def _check_mountpoint(path: str) -> str:
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
     if os.path.ismount(path):
         raise MountError(f"{path} is already a mount point")
+    with os.scandir(path) as entries:
+        first = next(entries, None)
+    if first is not None:  # libfuse3 would mount over it, hiding what is there
+        raise MountError(f"{path} is not empty (it holds {first.name!r}); mount on an empty directory")
     return os.path.abspath(path)
 
 
@@ -37,40 +52,81 @@ def _detach_stdio() -> None:
     os.close(devnull)
 
 
-def _wait_for_child(pid: int, mountpoint: str, limit: float = 60.0) -> int:
-    """In the parent of a background mount: 0 once *mountpoint* is mounted, 1 if the child died."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) or 1
-        if os.path.ismount(mountpoint):
+def _mode(args: argparse.Namespace) -> str:
+    """Which kind of mount the arguments ask for, after checking the positionals fit it."""
+    n = len(args.targets)
+    if args.by_id:
+        if n != 1:
+            args.mount_parser.error("--by-id takes only MOUNTPOINT")
+        return "by-id"
+    if n != 2:
+        args.mount_parser.error("expected LOCATOR MOUNTPOINT (or --by-id MOUNTPOINT)")
+    return "dataset"
+
+
+def _store(args: argparse.Namespace) -> BlockStore:
+    return open_mount_store(retries=args.retries, timeout=Timeout(connect=args.connect_timeout, read=args.read_timeout),
+                            disk_cache=not args.no_disk_cache)
+
+
+def _serve(args: argparse.Namespace, mode: str, mountpoint: str, on_init: Callable[[], None] | None) -> int:
+    """Open the store and serve the mount until it is unmounted (in this process)."""
+    memory = args.memory_cache << 20
+    with _store(args) as store:
+        if mode == "by-id":
+            with ByIdTree(store, memory_bytes=memory, readahead=args.readahead) as byid:
+                log.info("mounting datasets by locator at %s", mountpoint)
+                serve_operations(lambda started: ByIdOperations(byid, on_init=started), mountpoint,
+                                 fsname="keep:by-id", ro=True, kernel_cache=True, on_init=on_init,
+                                 debug=args.debug)
             return 0
-        time.sleep(0.05)
-    print(f"keep: error: {mountpoint} did not appear within {limit:.0f} s", file=sys.stderr)
-    return 1
+        loc, sub = split_target(args.targets[0])
+        if sub:
+            raise MountError("keep mount takes a dataset locator, not LOCATOR/path")
+        with ReadPath(store, loc, readahead=args.readahead, memory_bytes=memory) as tree:
+            log.info("mounting %s at %s", tree, mountpoint)
+            mount(tree, mountpoint, foreground=True, debug=args.debug, on_init=on_init)
+    return 0
+
+
+def _exec(args: argparse.Namespace, mode: str, mountpoint: str) -> int:
+    """Mount in a child process, run the command here, then unmount; the command's status."""
+    pid = os.fork()
+    if not pid:  # the child serves, and returns through main() as a background mount does
+        os.setsid()  # a Ctrl-C at the terminal is for the command; the parent unmounts after it
+        die_with_parent()
+        return _serve(args, mode, mountpoint, on_init=None)
+    status = wait_until_mounted(pid, mountpoint)
+    if status:
+        return status
+    try:
+        code = run_command(args.exec_argv, env=dict(os.environ, KEEP_MOUNT=mountpoint))
+    finally:
+        server = stop_server(pid, mountpoint)
+    if server not in (0, 8):  # 8: libfuse's status for an exit by signal
+        log.warning("mount process exited with status %s", server)
+    return code
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    loc, sub = split_target(args.locator)
-    if sub:
-        raise MountError("keep mount takes a dataset locator, not LOCATOR/path")
-    mountpoint = _check_mountpoint(args.mountpoint)
+    if args.exec_argv is not None and not args.exec_argv:
+        args.mount_parser.error("--exec needs a command")
+    mode = _mode(args)
+    mountpoint = _check_mountpoint(args.targets[-1])
+    if mode == "dataset":
+        _, sub = split_target(args.targets[0])  # a bad locator fails here, before anything forks
+        if sub:
+            raise MountError("keep mount takes a dataset locator, not LOCATOR/path")
     load_mfusepy()  # fail here, with a clear message, rather than in a background child
+    if args.exec_argv is not None:
+        return _exec(args, mode, mountpoint)
     if not args.foreground:
         # Fork before any thread or connection exists; the child serves in the foreground.
         pid = os.fork()
         if pid:
-            return _wait_for_child(pid, mountpoint)
+            return wait_until_mounted(pid, mountpoint)
         os.setsid()
-    store = open_mount_store(retries=args.retries, timeout=Timeout(connect=args.connect_timeout,
-                                                                    read=args.read_timeout),
-                             disk_cache=not args.no_disk_cache)
-    with store, ReadPath(store, loc, readahead=args.readahead, memory_bytes=args.memory_cache << 20) as tree:
-        log.info("mounting %s at %s", tree, mountpoint)
-        mount(tree, mountpoint, foreground=True, debug=args.debug,
-              on_init=None if args.foreground else _detach_stdio)
-    return 0
+    return _serve(args, mode, mountpoint, on_init=None if args.foreground else _detach_stdio)
 
 
 def _non_negative(text: str) -> int:
@@ -82,9 +138,14 @@ def _non_negative(text: str) -> int:
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``keep mount`` to the command line."""
-    p = sub.add_parser("mount", help="mount a dataset read-only with FUSE (unmount: fusermount3 -u DIR)")
-    p.add_argument("locator", metavar="LOCATOR", help="the dataset's locator (from keep put)")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    p = sub.add_parser("mount", help="mount datasets with FUSE (unmount: fusermount3 -u DIR)",
+                       description="Mount a dataset read-only (LOCATOR MOUNTPOINT), every dataset by its "
+                                   "locator (--by-id MOUNTPOINT), and run a command while mounted (--exec).",
+                       usage="%(prog)s [options] [LOCATOR] MOUNTPOINT [--exec CMD [ARG ...]]")
+    p.add_argument("targets", nargs="*", metavar="[LOCATOR] MOUNTPOINT",
+                   help="the dataset's locator (from keep put) and an existing, empty directory")
+    p.add_argument("--by-id", action="store_true",
+                   help="serve every dataset as MOUNTPOINT/<locator>/... on lookup (listing shows those opened)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground until unmounted or interrupted (Ctrl-C unmounts)")
     p.add_argument("--readahead", type=_non_negative, default=DEFAULT_READAHEAD, metavar="BLOCKS",
@@ -98,4 +159,6 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help=f"connection timeout (default {MOUNT_TIMEOUT.connect:g})")
     p.add_argument("--read-timeout", type=float, default=MOUNT_TIMEOUT.read, metavar="SECONDS",
                    help=f"a transfer stalled this long fails (default {MOUNT_TIMEOUT.read:g})")
-    p.set_defaults(func=cmd_mount)
+    p.add_argument("--exec", dest="exec_argv", nargs=argparse.REMAINDER, default=None, metavar="CMD",
+                   help="mount, run CMD [ARG ...] (everything after --exec), unmount, and exit with its status")
+    p.set_defaults(func=cmd_mount, mount_parser=p)
