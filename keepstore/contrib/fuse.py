@@ -16,8 +16,8 @@ from ..errors import KeepError
 from ..store import BlockStore
 
 # Plain sorted() order, which tests/test_readpath.py checks (ruff's isort-style order differs).
-__all__ = ["ByIdOperations", "KeepOperations", "MOUNT_RETRIES", "MOUNT_TIMEOUT", "MountError", "as_fuse_errors",
-           "load_mfusepy", "mount", "open_mount_store", "serve_operations", "stat_for"]  # noqa: RUF022
+__all__ = ["ByIdOperations", "KeepOperations", "MOUNT_RETRIES", "MOUNT_TIMEOUT", "MountError",  # noqa: RUF022
+           "as_fuse_errors", "load_mfusepy", "mount", "open_mount_store", "serve_operations", "stat_for"]
 
 log = logging.getLogger(__name__)
 
