@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import os
+import sys
 from collections.abc import Callable
 
 from ..config import Timeout
@@ -20,10 +21,12 @@ from ..contrib.fuse import (
     serve_operations,
 )
 from ..datasets.byid import ByIdTree
+from ..datasets.staging import DEFAULT_RESERVE
 from ..datasets.targets import split_target
 from ..datasets.tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath
 from ..store import BlockStore
 from .mount_exec import die_with_parent, run_command, stop_server, wait_until_mounted
+from .mount_write import commit_mounted, commit_staging, serve_write
 
 __all__ = ["cmd_mount", "register"]
 
@@ -55,6 +58,14 @@ def _detach_stdio() -> None:
 def _mode(args: argparse.Namespace) -> str:
     """Which kind of mount the arguments ask for, after checking the positionals fit it."""
     n = len(args.targets)
+    if args.by_id and args.write:
+        args.mount_parser.error("--by-id and --write are different mounts: choose one")
+    if args.write:
+        if n != 1:
+            args.mount_parser.error("--write takes only MOUNTPOINT (the base dataset is --base LOCATOR)")
+        return "write"
+    if args.base:
+        args.mount_parser.error("--base goes with --write")
     if args.by_id:
         if n != 1:
             args.mount_parser.error("--by-id takes only MOUNTPOINT")
@@ -73,6 +84,10 @@ def _serve(args: argparse.Namespace, mode: str, mountpoint: str, on_init: Callab
     """Open the store and serve the mount until it is unmounted (in this process)."""
     memory = args.memory_cache << 20
     with _store(args) as store:
+        if mode == "write":
+            in_exec = args.exec_argv is not None  # then the parent commits (after CMD succeeds) and prints
+            return serve_write(args, store, mountpoint, on_init, commit_on_unmount=not in_exec,
+                               print_locator=not in_exec)
         if mode == "by-id":
             with ByIdTree(store, memory_bytes=memory, readahead=args.readahead) as byid:
                 log.info("mounting datasets by locator at %s", mountpoint)
@@ -101,6 +116,11 @@ def _exec(args: argparse.Namespace, mode: str, mountpoint: str) -> int:
         return status
     try:
         code = run_command(args.exec_argv, env=dict(os.environ, KEEP_MOUNT=mountpoint))
+        if mode == "write":
+            if code == 0:
+                code = commit_mounted(args, mountpoint)
+            else:
+                print(f"keep: {args.exec_argv[0]} exited with status {code}: not committed", file=sys.stderr)
     finally:
         server = stop_server(pid, mountpoint)
     if server not in (0, 8):  # 8: libfuse's status for an exit by signal
@@ -108,9 +128,22 @@ def _exec(args: argparse.Namespace, mode: str, mountpoint: str) -> int:
     return code
 
 
+def _commit(args: argparse.Namespace) -> int:
+    if args.targets and args.staging:
+        args.mount_parser.error("--commit takes MOUNTPOINT (a running --write mount) or --staging DIR, not both")
+    if args.staging:
+        with _store(args) as store:
+            return commit_staging(args, store)
+    if len(args.targets) != 1:
+        args.mount_parser.error("--commit takes MOUNTPOINT (a running --write mount) or --staging DIR")
+    return commit_mounted(args, args.targets[0])
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     if args.exec_argv is not None and not args.exec_argv:
         args.mount_parser.error("--exec needs a command")
+    if args.commit:
+        return _commit(args)
     mode = _mode(args)
     mountpoint = _check_mountpoint(args.targets[-1])
     if mode == "dataset":
@@ -136,16 +169,48 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _classes(text: str) -> list[str]:
+    classes = [c.strip() for c in text.split(",") if c.strip()]
+    if not classes:
+        raise argparse.ArgumentTypeError("need at least one storage class name")
+    return classes
+
+
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``keep mount`` to the command line."""
     p = sub.add_parser("mount", help="mount datasets with FUSE (unmount: fusermount3 -u DIR)",
                        description="Mount a dataset read-only (LOCATOR MOUNTPOINT), every dataset by its "
-                                   "locator (--by-id MOUNTPOINT), and run a command while mounted (--exec).",
+                                   "locator (--by-id MOUNTPOINT), or a writable staging tree that becomes a new "
+                                   "dataset (--write [--base LOCATOR] MOUNTPOINT); and run a command while "
+                                   "mounted (--exec).",
                        usage="%(prog)s [options] [LOCATOR] MOUNTPOINT [--exec CMD [ARG ...]]")
     p.add_argument("targets", nargs="*", metavar="[LOCATOR] MOUNTPOINT",
                    help="the dataset's locator (from keep put) and an existing, empty directory")
     p.add_argument("--by-id", action="store_true",
                    help="serve every dataset as MOUNTPOINT/<locator>/... on lookup (listing shows those opened)")
+    w = p.add_argument_group("writable mounts (--write)")
+    w.add_argument("--write", action="store_true",
+                   help="a writable mount for a stage's outputs, stored as a new dataset on unmount or --commit")
+    w.add_argument("--base", metavar="LOCATOR", help="start from this dataset (its files read, changed copy-on-write)")
+    w.add_argument("--staging", metavar="DIR",
+                   help="where changes are kept until committed (default $XDG_CACHE_HOME/keepstore/staging/<id>); "
+                        "an existing staging directory is reopened as it was left")
+    w.add_argument("--staging-reserve", type=_non_negative, default=DEFAULT_RESERVE >> 20, metavar="MIB",
+                   help=f"writes fail with ENOSPC rather than leave less free (default {DEFAULT_RESERVE >> 20} MiB)")
+    w.add_argument("--commit", action="store_true",
+                   help="commit now: keep mount --commit MOUNTPOINT (a running --write mount), or "
+                        "--commit --staging DIR (a staging directory left behind)")
+    w.add_argument("--locator-file", metavar="FILE", help="also write the committed dataset's locator to FILE")
+    w.add_argument("--copies", type=_positive, default=None, help="replicas wanted (default: the configured copies)")
+    w.add_argument("--storage-classes", type=_classes, default=None, metavar="A,B",
+                   help="storage classes wanted, comma-separated")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground until unmounted or interrupted (Ctrl-C unmounts)")
     p.add_argument("--readahead", type=_non_negative, default=DEFAULT_READAHEAD, metavar="BLOCKS",
