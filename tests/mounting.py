@@ -66,9 +66,16 @@ def wait_for(condition: Callable[[], bool], what: str, limit: float = MOUNT_WAIT
         time.sleep(0.02)  # the mount table has no change notification to wait on
 
 
+def in_mount_table(mountpoint: Path) -> bool:
+    """True while the kernel lists *mountpoint* (also a dead FUSE mount, which ``ismount`` misses)."""
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == target for line in f)
+
+
 def unmount(mountpoint: Path) -> None:
-    """Lazy-unmount whatever is left at *mountpoint* (teardown of a failed test)."""
-    if os.path.ismount(mountpoint):
+    """Lazy-unmount whatever is left at *mountpoint* (teardown, or the kernel's side of a killed mount)."""
+    if in_mount_table(mountpoint):
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
 
 

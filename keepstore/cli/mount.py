@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 
 def _check_mountpoint(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(f"{path} is a mount whose process has died; fusermount3 -u {path} clears it") from exc
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
     if not os.path.isdir(path):
@@ -80,8 +85,19 @@ def _store(args: argparse.Namespace) -> BlockStore:
                             disk_cache=not args.no_disk_cache)
 
 
+def _show_warnings(args: argparse.Namespace) -> None:
+    """The mount's warnings (a read's EIO and why, a full staging disk) go to stderr as ``keep: ...``."""
+    if args.debug:
+        return  # main() has configured logging already, with more detail
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("keep: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("keepstore.contrib").addHandler(handler)
+
+
 def _serve(args: argparse.Namespace, mode: str, mountpoint: str, on_init: Callable[[], None] | None) -> int:
     """Open the store and serve the mount until it is unmounted (in this process)."""
+    _show_warnings(args)
     memory = args.memory_cache << 20
     with _store(args) as store:
         if mode == "write":

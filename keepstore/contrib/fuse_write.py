@@ -47,12 +47,7 @@ def _as_errno(op: str, path: str | None) -> Iterator[None]:
 class StagingOperations:
     """mfusepy callbacks (``raw_fi``: file info structs, so the control file can be ``direct_io``)."""
 
-    use_ns = True
-    # Both set: mfusepy turns on libfuse's nullpath_ok, so calls on open files and directories
-    # (read, write, readdir, ...) arrive with no path and are served from the handle, which keeps
-    # an unlinked open file usable.
-    flag_nopath = True
-    flag_nullpath_ok = True
+    use_ns = True  # (not nullpath_ok: libfuse passes paths, and None only for an unlinked open file)
 
     def __init__(self, tree: StagingTree, *, on_commit: Callable[[], str],
                  on_init: Callable[[], Any] | None = None) -> None:
@@ -98,7 +93,7 @@ class StagingOperations:
         return fh
 
     def readdir(self, path: str | None, fh: int) -> list[str]:
-        path = self._dirs.get(fh, path or "")  # with nullpath_ok, libfuse gives readdir no path
+        path = self._dirs.get(fh, path or "")
         with _as_errno("readdir", path):
             return [".", "..", *self.tree.readdir(path)]
 
@@ -168,8 +163,10 @@ class StagingOperations:
     def truncate(self, path: str | None, length: int, fh: Any = None) -> None:
         if self._is_control(path):
             return  # opening the control file with O_TRUNC (``echo commit > ...``)
+        if path is None:  # ftruncate of an unlinked file: mfusepy passes libfuse 3 no handle here
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
         with _as_errno("truncate", path):
-            self.tree.truncate(path or "", length, None if fh is None else fh.fh)
+            self.tree.truncate(path, length)
 
     def flush(self, path: str | None, fi: Any) -> None:
         return None
