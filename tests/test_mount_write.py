@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,3 +283,24 @@ def test_exec_with_write_does_not_commit_when_the_command_fails(env, tmp_path) -
     result = keep(env, "mount", "--commit", "--staging", str(staging))  # the outputs can still be kept
     assert result.returncode == 0, result.stderr
     assert keep(env, "cat", f"{result.stdout.strip()}/out.txt").stdout == "partial\n"
+
+
+def test_the_docs_examples_run_and_print_what_the_docs_show(env, tmp_path) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "mount.md").read_text()
+    blocks = re.findall(r"```(sh|text)\n(.*?)```", text, re.S)
+    assert blocks[0][0] == "sh"  # the read-only example (tests/test_mount.py checks its output): makes demo/
+    examples = [(blocks[i][1], blocks[i + 1][1]) for i in range(1, len(blocks)) if blocks[i][0] == "sh"]
+    assert all(blocks[i + 1][0] == "text" for i in range(1, len(blocks)) if blocks[i][0] == "sh")
+    assert len(examples) == 4
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        for script, expected in [(blocks[0][1], None), *examples]:
+            result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env,
+                                    capture_output=True, text=True, timeout=180)
+            assert result.returncode == 0, (script, result.stderr)
+            if expected is not None:
+                assert result.stdout == expected, script
+    finally:
+        for name in ("mnt", "ids", "out", "stage"):
+            unmount(work / name)
