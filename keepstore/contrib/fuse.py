@@ -15,9 +15,8 @@ from ..datasets.tree import Attr, ReadPath
 from ..errors import KeepError
 from ..store import BlockStore
 
-# Plain sorted() order, which tests/test_readpath.py checks (ruff's isort-style order differs).
-__all__ = ["ByIdOperations", "KeepOperations", "MOUNT_RETRIES", "MOUNT_TIMEOUT", "MountError",  # noqa: RUF022
-           "as_fuse_errors", "load_mfusepy", "mount", "open_mount_store", "serve_operations", "stat_for"]
+__all__ = ["ByIdOperations", "KeepOperations", "MountError", "load_mfusepy", "mount", "open_mount_store",
+           "serve_operations"]
 
 log = logging.getLogger(__name__)
 
