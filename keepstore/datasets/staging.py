@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import io
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from typing import Any
 
 from ..errors import KeepError
 from ..store import BlockStore
+from .reader import DatasetReader
 from .receipt import Receipt, atomic_write
 from .staging_namespace import Namespace
 from .staging_nodes import Dir, File, Handle, StagingAttr, fail
@@ -52,25 +52,6 @@ def disk_free(path: str) -> int:
     """Bytes an unprivileged writer may still use on the filesystem holding *path*."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
-
-
-class _BaseStream(io.RawIOBase):
-    """A base dataset's file read sequentially through `ReadPath.read` (for `DatasetWriter.add_stream`)."""
-
-    def __init__(self, base: ReadPath, path: str, size: int) -> None:
-        self._base, self._path, self._size, self._pos = base, path, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        data = self._base.read(self._path, self._pos, want)
-        buffer[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 class StagingTree(Namespace):
@@ -372,23 +353,26 @@ class StagingTree(Namespace):
                storage_classes: Iterable[str] | None = None) -> Receipt:
         """Store the tree as a new dataset and return its receipt; the staging is kept.
 
-        Changes wait while a commit runs, so the dataset is the tree at one moment. Unchanged base
-        files are read from the base dataset and stored again (identical blocks dedupe in Keep).
+        Changes wait while a commit runs, so the dataset is the tree at one moment. Base files
+        that were not changed are added by reference to the base's blocks (`DatasetWriter.add_from`):
+        neither read nor sent again.
         """
-        with self._lock:
+        with self._lock, contextlib.ExitStack() as stack:
             os.fsync(self._journal)
             generation = self.generation
-            with DatasetWriter(store, copies=copies, storage_classes=storage_classes) as writer:
-                for path, node in self._walk_files():
-                    if node.obj is None:
-                        assert self.base is not None and node.base_path is not None
-                        stream = _BaseStream(self.base, node.base_path, node.base_size)
-                        writer.add_stream(path, stream)  # type: ignore[arg-type]  # a RawIOBase is a binary stream
-                    else:
-                        writer.add_file(self._obj_path(node.obj), path)
-                for path in self._empty_dirs():
-                    writer.add_directory(path)
-                receipt = writer.finish()
+            base = None
+            if self.base is not None:
+                base = stack.enter_context(DatasetReader.from_manifest(store, self.base.manifest))
+            writer = stack.enter_context(DatasetWriter(store, copies=copies, storage_classes=storage_classes))
+            for path, node in self._walk_files():
+                if node.obj is None:
+                    assert base is not None and node.base_path is not None
+                    writer.add_from(base, node.base_path, path)
+                else:
+                    writer.add_file(self._obj_path(node.obj), path)
+            for path in self._empty_dirs():
+                writer.add_directory(path)
+            receipt = writer.finish()
             self.committed = (generation, receipt.locator)
             atomic_write(os.path.join(self.directory, "committed"), lambda f: f.write(receipt.to_json().encode()))
             return receipt

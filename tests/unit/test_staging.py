@@ -337,3 +337,16 @@ def test_discard_removes_the_staging_directory(tmp_path) -> None:
     write_file(tree, "f", b"x")
     tree.discard()
     assert not (tmp_path / "s").exists()
+
+
+def test_unchanged_base_files_are_committed_by_reference_without_reading_them(store, base, tmp_path) -> None:
+    with StagingTree.new(tmp_path / "s", base=base) as tree:
+        write_file(tree, "added.txt", b"added")
+        tree.rename("big.bin", "renamed.bin")
+        before = store.gets
+        receipt = tree.commit(store)
+        assert store.gets == before  # no base block was read to commit
+    with DatasetReader(store, receipt.locator) as new, DatasetReader(store, str(base.locator)) as old:
+        assert list(new.stat("renamed.bin").segments) == list(old.stat("big.bin").segments)
+        assert list(new.stat("keep.txt").segments) == list(old.stat("keep.txt").segments)
+        assert new.read_bytes("added.txt") == b"added"
