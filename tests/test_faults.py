@@ -12,6 +12,7 @@ import time
 import pytest
 
 from keepstore import BlockNotFound, Locator, ReadError, Retry, Timeout, probe_order
+from keepstore.server.faults import Fault, FaultKind
 from keepstore.testing import KeepCluster
 
 FAST = Timeout(connect=1, read=2, min_bandwidth=32768)
@@ -198,3 +199,37 @@ def test_faults_are_consumed_in_order_and_can_be_cleared(keep_server):
     assert plan.take("GET", None) is None
     with pytest.raises(ValueError, match="GET HEAD PUT"):
         plan.fail(500, methods="POST")
+
+
+def test_hold_keeps_requests_at_a_gate_until_it_opens(keep_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keepstore import KeepClient
+    from keepstore.server.faults import Gate
+
+    gate = Gate()
+    keep_server.faults.hold(gate, times=2, methods="GET")
+    with KeepClient([keep_server.url], copies=1, retries=0) as kc, ThreadPoolExecutor(2) as pool:
+        loc = kc.put(b"held")
+        reads = [pool.submit(kc.get, loc) for _ in range(2)]
+        gate.wait_for(2)  # both GETs are at the server together, neither answered
+        assert not any(r.done() for r in reads) and keep_server.in_flight == 2
+        gate.open()
+        assert [r.result(timeout=10) for r in reads] == [b"held", b"held"]
+    assert (gate.peak, gate.arrived, gate.waiting) == (2, 2, 0)
+    assert [r.fault for r in keep_server.requests if r.method == "GET"] == ["hold", "hold"]
+    with pytest.raises(TimeoutError, match="0 request"):
+        Gate().wait_for(1, timeout=0.01)
+    with pytest.raises(ValueError, match="needs a gate"):
+        keep_server.faults.add(Fault(FaultKind.HOLD, frozenset({"GET"})))
+
+
+def test_hold_with_a_timeout_lets_the_request_go_on_by_itself(keep_server):
+    from keepstore import KeepClient
+    from keepstore.server.faults import Gate
+
+    gate = Gate()  # never opened
+    keep_server.faults.hold(gate, methods="PUT", timeout=0.05)
+    with KeepClient([keep_server.url], copies=1, retries=0) as kc:
+        assert kc.get(kc.put(b"went on")) == b"went on"
+    assert (gate.arrived, gate.waiting) == (1, 0)

@@ -32,7 +32,9 @@ def store(monkeypatch, tmp_path: Path) -> LocalStore:
 
 
 def age(store: LocalStore, loc, when: float) -> None:
-    os.utime(store.find(loc.md5), (when, when))
+    path = store.find(loc.md5)
+    assert path is not None
+    os.utime(path, (when, when))
 
 
 def dataset(store: LocalStore, name: str):

@@ -252,9 +252,10 @@ def test_x_keep_signature_local_signs_a_remote_locator_afresh_only_where_signatu
         status, headers, _ = request(s, "HEAD", remote, headers={**auth, "X-Keep-Signature": "local, 2026-12-01T08:00:00Z"})
         assert status == 200
         refreshed = Locator.parse(headers["x-keep-locator"])
-        assert refreshed.bare() == Locator.parse(f"{FOO_MD5}+3") and refreshed.signature is not None
+        hint = refreshed.permission_hint
+        assert refreshed.bare() == Locator.parse(f"{FOO_MD5}+3") and refreshed.signature is not None and hint
         assert refreshed == sign_locator(f"{FOO_MD5}+3", key=KEY, token=VECTOR_TOKEN,
-                                         expires_at=int(refreshed.permission_hint[-8:], 16))
+                                         expires_at=int(hint[-8:], 16))
         assert "x-keep-locator" not in request(s, "HEAD", remote, headers=auth)[1]
         assert "x-keep-locator" not in request(s, "HEAD", remote, headers={**auth, "X-Keep-Signature": "remote"})[1]
         # A +R alone cannot be checked here: refused, and nothing signed.
@@ -493,7 +494,9 @@ def test_a_put_over_a_damaged_copy_writes_a_good_one(tmp_path):
     truncated: the client counted a replica that could not be read."""
     with KeepServer([tmp_path / "v"], fsync=False) as s:
         assert put(s, b"precious")[0] == 200
-        path = s.find(hashlib.md5(b"precious").hexdigest(), 8)[1]
+        found = s.find(hashlib.md5(b"precious").hexdigest(), 8)
+        assert found is not None
+        path = found[1]
         path.write_bytes(b"prec1ous")  # same size, one byte changed
         assert put(s, b"precious")[0] == 200
         assert request(s, "GET", f"/{hashlib.md5(b'precious').hexdigest()}+8")[2] == b"precious"
