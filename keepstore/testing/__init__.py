@@ -10,7 +10,8 @@ project that has keepstore these fixtures are available without imports:
 
 Each server has a ``faults`` plan (`FaultPlan`): fail with a status N times, delay, throttle,
 stall, corrupt or truncate bodies, drop connections, behave full; ``stop()`` and ``start()``
-take it down and bring it back on the same port. See ``docs/testing.md``.
+take it down and bring it back on the same port; ``hold(gate)`` keeps requests at a `Gate`
+until the test opens it. `wait_until` polls a condition against a deadline. See ``docs/testing.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .cluster import DEFAULT_SYSTEM_TOKEN, DEFAULT_TOKEN, KeepCluster
+from .waiting import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..local import LocalStore
@@ -36,6 +38,7 @@ __all__ = [
     "keep_cluster_factory",
     "keep_local_store",
     "keep_server",
+    "wait_until",
 ]
 
 # Test doubles live in keepstore.testing.doubles; they are offered here too, imported on first use
