@@ -9,16 +9,13 @@ from typing import Any
 import pytest
 
 from keepstore import BlockNotFound, KeepError, Locator
-from keepstore.testing import KeepCluster
+from keepstore.testing import KeepCluster, wait_until
 
 MISSING = "d41d8cd98f00b204e9800998ecf8427f+1"
 
 
 def _wait_running(future: Future[Any], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not future.running() and not future.done():
-        assert time.monotonic() < deadline, "the first operation never started"
-        time.sleep(0.01)
+    wait_until(lambda: future.running() or future.done(), seconds, what="the first operation's start")
 
 
 def test_put_async_and_get_async_return_futures_of_locator_and_bytes(keep_cluster: KeepCluster) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from keepstore.client import KeepClient
 from keepstore.errors import ReadError, WriteError
+from keepstore.testing import wait_until
 
 cryptography = pytest.importorskip("cryptography")
 
@@ -144,7 +145,6 @@ def test_failed_handshakes_do_not_leave_connections_tracked(tmp_path: Path) -> N
     """Regression: a connection was tracked before its TLS handshake, and a failed handshake
     never untracked it (memory grew with every plain-HTTP probe of a TLS port)."""
     import socket
-    import time
 
     from keepstore.server import KeepServer
 
@@ -155,7 +155,4 @@ def test_failed_handshakes_do_not_leave_connections_tracked(tmp_path: Path) -> N
                 sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # plain HTTP: the handshake fails
                 with contextlib.suppress(OSError):
                     sock.recv(4096)
-        deadline = time.monotonic() + 5
-        while server.open_connections and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not server.open_connections
+        wait_until(lambda: not server.open_connections, what="every failed handshake's connection closed")
