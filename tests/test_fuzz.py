@@ -238,9 +238,7 @@ def _check_responses(data: bytes, raw: bytes) -> None:
 def test_server_answers_any_request_sanely_and_stays_up(fuzz_server: tuple[KeepServer, _Errors],
                                                        raw: bytes) -> None:
     server, errors = fuzz_server
-    started = time.monotonic()
-    data = _exchange(server.port, raw)
-    assert time.monotonic() - started < 5
+    data = _exchange(server.port, raw)  # fails if the server keeps the connection open past 5 s
     _check_responses(data, raw)
     assert not errors.records, [r.getMessage() for r in errors.records]
     # Still up, and every admission slot came back.

@@ -121,22 +121,20 @@ def test_plain_http_client_to_tls_server_fails_cleanly(tls_server: tuple[str, Pa
 
 def test_client_that_never_completes_the_handshake_is_dropped_after_idle_timeout(tmp_path: Path) -> None:
     import socket
-    import time
 
     from keepstore.server import KeepServer
 
     cert, key = _self_signed(tmp_path)
     with KeepServer([tmp_path / "v"], tls_cert=cert, tls_key=key, idle_timeout=1.0, fsync=False) as server:
         for opening in (b"", b"\x16\x03\x01\x02\x00\x01"):  # silence, then half a ClientHello
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            # a deadline, not a measurement: recv raises TimeoutError if the server never drops it
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
                 sock.sendall(opening)
-                start = time.monotonic()
                 try:
                     while sock.recv(4096):
                         pass
                 except ConnectionResetError:
                     pass
-                assert time.monotonic() - start < 3
         with _client(server.url, ca_file=str(cert)) as client:
             assert client.get(client.put(DATA)) == DATA
 
