@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_SYSTEM_TOKEN",
     "DEFAULT_TOKEN",
+    "Gate",
     "KeepCluster",
     "keep_cluster",
     "keep_cluster_factory",
@@ -41,14 +42,15 @@ __all__ = [
     "wait_until",
 ]
 
-# Test doubles live in keepstore.testing.doubles; they are offered here too, imported on first use
-# so that loading the plugin does not import the whole client.
-_DOUBLES = ("VerifierTransport", "KeepClientMock", "mock_client")
+# Test doubles live in keepstore.testing.doubles and Gate beside FaultPlan; they are offered here
+# too, imported on first use so that loading the plugin does not import the whole client.
+_LAZY = {"VerifierTransport": "keepstore.testing.doubles", "KeepClientMock": "keepstore.testing.doubles",
+         "mock_client": "keepstore.testing.doubles", "Gate": "keepstore.server.faults"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _DOUBLES:
-        return getattr(importlib.import_module("keepstore.testing.doubles"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'keepstore.testing' has no attribute {name!r}")
 
 
