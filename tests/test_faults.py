@@ -117,7 +117,7 @@ def test_throttle_below_min_bandwidth_fails_over_in_bounded_time(keep_cluster, s
 @pytest.mark.wall_clock  # a timeout's bound is the behaviour under test
 def test_stall_on_head_times_out_and_the_next_service_answers(keep_cluster, stored):
     kc, loc, _, order = stored
-    keep_cluster.servers[order[0]].faults.stall(10, methods="HEAD", block=loc.md5)
+    keep_cluster.servers[order[0]].faults.stall(4, methods="HEAD", block=loc.md5)  # twice the read timeout
     start = time.monotonic()
     assert kc.head(loc) is True
     assert time.monotonic() - start < 6
@@ -127,7 +127,7 @@ def test_stall_on_head_times_out_and_the_next_service_answers(keep_cluster, stor
 def test_stall_everywhere_on_head_is_a_read_error_in_bounded_time(keep_cluster, stored):
     _kc, loc, _, _ = stored
     for server in keep_cluster.servers:
-        server.faults.stall(10, times=None, methods="HEAD")
+        server.faults.stall(3, times=None, methods="HEAD")  # three times the read timeout
     quick = keep_cluster.client(timeout=Timeout(connect=1, read=1), retries=0)
     start = time.monotonic()
     with pytest.raises(ReadError) as info:
