@@ -114,7 +114,7 @@ def test_no_more_than_max_in_flight_uploads(tmp_path):
                 self.active += 1
                 self.peak = max(self.peak, self.active)
             try:
-                threading.Event().wait(0.02)
+                threading.Event().wait(0.02)  # a slow store (the behaviour under test), so puts overlap
                 return super().put(data, **kw)
             finally:
                 with self.lock:
