@@ -258,7 +258,7 @@ def test_a_stalled_head_times_out(servers_factory: Callable[..., list[KeepServer
     (server,) = servers_factory(1)
     with KeepClient([server.url], retries=0, timeout=FAST) as kc:
         loc = kc.put(b"x", copies=1)
-        server.faults.stall(5, methods="HEAD")
+        server.faults.stall(3, methods="HEAD")  # three times the read timeout
         start = time.monotonic()
         with pytest.raises(ReadError, match="no response within"):
             kc.head(loc)
