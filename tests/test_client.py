@@ -210,7 +210,7 @@ def test_shortfall_raises_write_error_with_wanted_done_and_attempts(
     assert (err.wanted, err.done) == (2, 1)
     assert good.count("PUT") == 1, "never a second PUT to a service that confirmed"
     assert bad.count("PUT") == 4 and len(sleeps) == 3
-    assert err.attempts[bad.url] == "503, 503, 503, 503" and err.attempts[good.url].startswith("200")
+    assert err.attempts[bad.url] == "503 error, 503 error, 503 error, 503 error" and err.attempts[good.url].startswith("200")
     assert "req-bbbbbbbbbbbbbbbbbbbb" in str(err) and "secret123" not in str(err)
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__
-from ..errors import BlockNotFound, KeepError
+from ..errors import BlockNotFound, Cancelled, KeepError
 from ..open import open_store
+from .notices import RetryNotices, exit_if_stuck, interruptible
 
 __all__ = ["build_parser", "config_report", "main", "open_store"]
 
@@ -52,6 +55,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+_DEADLINE_HELP = ("give up a block operation that is still failing after SECONDS of retries "
+                  "(default: KEEP_DEADLINE or the config file's deadline, else 15)")
+
+
 def _transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copies", type=_positive_int, default=None, help="replicas wanted (default 2)")
     parser.add_argument("--storage-classes", type=_storage_classes, default=None, metavar="A,B",
@@ -71,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"keepstore {__version__}")
     parser.add_argument("--debug", action="store_true", help="log requests and show tracebacks on errors")
+    parser.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS", help=_DEADLINE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -80,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.register(sub)
     for module in (serve, mount, lifecycle):
         module.register(sub)
+    for name, command in sub.choices.items():  # also after the command: `keep get --deadline 5 ...`
+        if name not in ("serve", "config"):
+            with contextlib.suppress(argparse.ArgumentError):  # the command has its own --deadline
+                command.add_argument("--deadline", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
+                                     help=_DEADLINE_HELP)
     return parser
 
 
@@ -89,10 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
+    # Ctrl-C sets `cancel` before it unwinds the command, so the client's threads abort their
+    # transfers and backoff waits too; retries are announced on stderr as they happen.
+    cancel = threading.Event()
+    args.cancel = cancel
+    args.on_retry = RetryNotices()
     try:
-        return func(args)
-    except KeyboardInterrupt:
-        print("keep: interrupted", file=sys.stderr)
+        with interruptible(cancel):
+            return func(args)
+    except (KeyboardInterrupt, Cancelled):
+        cancel.set()
+        print("keep: interrupted", file=sys.stderr, flush=True)
+        if argv is None:  # the `keep` process itself: do not wait at exit for a transfer that hangs
+            exit_if_stuck(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `keep get ... | head`): not an error worth a message.
