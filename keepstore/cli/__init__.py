@@ -92,11 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from . import blocks, datasets, lifecycle, mount, serve
+    from . import blocks, datasets, diff, lifecycle, mount, serve, sign
 
     datasets.register(sub, _transfer_options)
     blocks.register(sub)
-    for module in (serve, mount, lifecycle):
+    for module in (serve, mount, lifecycle, diff, sign):
         module.register(sub)
     for name, command in sub.choices.items():  # also after the command: `keep get --deadline 5 ...`
         if name not in ("serve", "config"):

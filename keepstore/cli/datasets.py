@@ -8,12 +8,15 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..cache import BlockCache, MemoryBlockCache
-from ..datasets import DEFAULT_CACHE_BYTES, DatasetReader, DatasetWriter, atomic_write
+from ..datasets import DEFAULT_CACHE_BYTES, DatasetReader, atomic_write
+from ..datasets.existing import ExistingPolicy, block_file, keep_existing, plan_extract
+from ..datasets.extract import extract
+from ..datasets.inventory import inventory
 from ..datasets.manifest import ManifestError
+from ..datasets.resume import journal_for, put_inventory
 from ..datasets.targets import split_target
 from ..errors import KeepError
 from ..locator import MAX_BLOCK_SIZE, Locator
@@ -82,26 +85,24 @@ def cmd_put(args: argparse.Namespace) -> int:
     if args.blocks:
         return _put_blocks(args)
     paths: list[str] = args.paths
+    if not paths and args.update is None:
+        args.usage_error("give at least one PATH to store (or --update LOCATOR)")  # exits 2
+    if args.remove and args.update is None:
+        args.usage_error("--remove drops files from the dataset given by --update LOCATOR")
     for p in paths:
         if p != "-" and not os.path.exists(p):
             raise FileNotFoundError(2, "No such file or directory", p)
     if paths.count("-") > 1:
         raise KeepError("stdin (-) can be given only once")
+    listed = inventory(paths, args.name)
     store = open_store(args)
-    with (
-        store,
-        _progress(args, _input_size(paths), "put") as advance,
-        DatasetWriter(store, copies=args.copies, storage_classes=args.storage_classes, progress=advance) as writer,
-    ):
-        single_dir = len(paths) == 1 and paths[0] != "-" and os.path.isdir(paths[0])
-        for p in paths:
-            if p == "-":
-                writer.add_stream(args.name or "stdin", sys.stdin.buffer)
-            elif os.path.isdir(p):
-                writer.add_tree(p, prefix="" if single_dir else Path(os.path.abspath(p)).name)
-            else:
-                writer.add_file(p, args.name if (args.name and len(paths) == 1) else None)
-        receipt = writer.finish()
+    with store, _progress(args, listed.total_size, "put") as advance:
+        journal, key = (None, "") if args.no_resume else journal_for(
+            store, paths, name=args.name, copies=args.copies, storage_classes=args.storage_classes,
+            update=args.update, remove=args.remove)
+        receipt = put_inventory(store, listed, stdin=sys.stdin.buffer, copies=args.copies,
+                                storage_classes=args.storage_classes, progress=advance, journal=journal, key=key,
+                                update=args.update, remove=args.remove)
     if args.json:
         print(receipt.to_json(indent=2))
     else:
@@ -130,6 +131,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     loc, path = split_target(args.target)
     dest = args.dest
+    policy = ExistingPolicy.from_flags(force=args.force, skip_existing=args.skip_existing,
+                                       verify_existing=args.verify_existing)
     store = open_store(args)
     with store:
         if args.raw and path:
@@ -138,13 +141,14 @@ def cmd_get(args: argparse.Namespace) -> int:
         if reader is None:
             if path:
                 raise KeepError(f"{loc} is a plain block, not a dataset; it has no {path!r}")
-            data = store.get(loc)
             if dest in (None, "-"):
-                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.write(store.get(loc))
                 sys.stdout.buffer.flush()
             else:
                 target = os.path.join(dest, loc.md5) if os.path.isdir(dest) else dest
-                atomic_write(target, lambda f: f.write(data))
+                if not keep_existing(target, block_file(loc), policy):
+                    data = store.get(loc)
+                    atomic_write(target, lambda f: f.write(data))
             return 0
         if path and not reader.manifest.is_dir(path):
             size = reader.stat(path).size
@@ -153,7 +157,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                     _stream_file(reader, path, sys.stdout.buffer, advance)
                 else:
                     target = os.path.join(dest, path.rsplit("/", 1)[-1]) if os.path.isdir(dest) else dest
-                    atomic_write(target, lambda f: _stream_file(reader, path, f, advance))
+                    if not keep_existing(target, reader.stat(path), policy, reader.blocks):
+                        atomic_write(target, lambda f: _stream_file(reader, path, f, advance))
             return 0
         if dest in (None, "-"):
             raise KeepError(f"{args.target} is a dataset directory; give a destination directory "
@@ -161,8 +166,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         if os.path.exists(dest) and not os.path.isdir(dest):
             raise NotADirectoryError(20, "Not a directory", dest)
         sub = reader.subtree(path)
+        keep = plan_extract(sub.manifest, dest, policy, sub.blocks)  # every conflict found before writing
         with _progress(args, sub.manifest.total_size, "get") as advance:
-            sub.extract(dest, progress=advance)
+            extract(sub.manifest, sub.blocks, dest, progress=advance, skip=keep)
     return 0
 
 
@@ -209,19 +215,31 @@ def cmd_cat(args: argparse.Namespace) -> int:
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common: Callable[[Any], None]) -> None:
     """Add put, get, ls and cat to the ``keep`` parser."""
     put = sub.add_parser("put", help="store files, directories or stdin as a dataset; print its locator")
-    put.add_argument("paths", nargs="+", metavar="PATH", help="files or directories; - reads stdin")
+    put.add_argument("paths", nargs="*", metavar="PATH", help="files or directories; - reads stdin")
     put.add_argument("--json", action="store_true", help="print the receipt as JSON instead of the locator")
     put.add_argument("--name", help="name for the file read from stdin (default 'stdin'), or for a single file")
     put.add_argument("--blocks", action="store_true",
                      help="store each file (at most 64 MiB) as one plain block and print one locator per file")
+    put.add_argument("--no-resume", action="store_true",
+                     help="neither use nor keep the resume state ($XDG_CACHE_HOME/keepstore/resume)")
+    put.add_argument("--update", metavar="LOCATOR",
+                     help="store a new dataset: this one plus PATHs (new or replacing files), by reference")
+    put.add_argument("--remove", action="append", default=[], metavar="PATH",
+                     help="with --update: drop this file or directory (repeatable)")
     common(put)
-    put.set_defaults(func=cmd_put)
+    put.set_defaults(func=cmd_put, usage_error=put.error)
 
     get = sub.add_parser("get", help="fetch a dataset (tree), a file in one, or a plain block")
     get.add_argument("target", metavar="LOCATOR[/path]")
     get.add_argument("dest", nargs="?", default=None, help="file or directory to write (default stdout: -)")
     get.add_argument("--raw", action="store_true", help="fetch the block itself even if it is a manifest")
     get.add_argument("--no-progress", action="store_true", help="no progress bar")
+    existing = get.add_mutually_exclusive_group()
+    existing.add_argument("-f", "--force", action="store_true", help="overwrite files that exist already")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep existing files of the right size (re-run an interrupted get)")
+    existing.add_argument("--verify-existing", action="store_true",
+                          help="keep existing files only when their content matches the dataset's blocks")
     get.set_defaults(func=cmd_get)
 
     ls = sub.add_parser("ls", help="list the files of a dataset")

@@ -13,7 +13,7 @@ from keepstore import BlockNotFound, KeepClient, Locator
 from keepstore.testing.doubles import KeepClientMock, VerifierTransport, expect, mock_client
 from keepstore.transport import Response, TransportError
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 TOKEN = "v2/zzzzz-gj3su-000000000000000/doublesSecret"
 LOC = Locator.for_data(b"abc")
 

@@ -71,7 +71,7 @@ def test_get_writes_the_block_to_a_file(env: dict[str, str], tmp_path: Path) -> 
     keep(env, "put", "--blocks", "-", stdin=b"foo\n")
     dest = tmp_path / "out.txt"
     dest.write_bytes(b"old contents, replaced")
-    result = keep(env, "get", FOO_LOC, str(dest))
+    result = keep(env, "get", "--force", FOO_LOC, str(dest))  # #17: get refuses to clobber without it
     assert (result.returncode, result.stdout) == (0, b"")
     assert dest.read_bytes() == b"foo\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".keep-")) == []

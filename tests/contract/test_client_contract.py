@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from contract.store_contract import StoreContract
 from keepstub import KeepStub
 
+from contract.store_contract import StoreContract
 from keepstore import KeepClient
 from keepstore.store import BlockStore
 

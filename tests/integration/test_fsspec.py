@@ -189,7 +189,7 @@ def test_token_is_never_in_repr_or_errors(keep_cluster: KeepCluster, cluster_loc
 
 def doc_blocks(name: str, fence: str) -> list[str]:
     """The fenced code blocks of one language in a file under docs/."""
-    text = (Path(__file__).parent.parent / "docs" / name).read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / name).read_text()
     return [part.split("```", 1)[0] for part in text.split(f"```{fence}\n")[1:]]
 
 

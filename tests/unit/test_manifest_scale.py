@@ -267,7 +267,7 @@ def test_the_manifests_at_scale_example_in_docs_datasets_md_runs():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
     section = text[text.index("## Manifests at scale"):]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 1

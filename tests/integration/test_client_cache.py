@@ -164,7 +164,7 @@ def test_from_env_cache_true_uses_the_xdg_cache_home(keep_cluster: KeepCluster, 
 def test_cache_md_examples_run() -> None:
     import doctest
 
-    path = Path(__file__).resolve().parent.parent / "docs" / "cache.md"
+    path = Path(__file__).resolve().parents[2] / "docs" / "cache.md"
     result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 10 and result.failed == 0
 

@@ -115,7 +115,7 @@ def test_without_use_the_magic_uses_from_env(tmp_path: Path, monkeypatch: pytest
 def test_the_docs_example_cells_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from keepstore.contrib.fsspec import KeepFileSystem
 
-    text = (Path(__file__).parent.parent / "docs" / "jupyter.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "jupyter.md").read_text()
     cells = text.split("## Example", 1)[1].split("```ipython\n", 1)[1].split("```", 1)[0].splitlines()
     monkeypatch.chdir(tmp_path)
     KeepFileSystem.clear_instance_cache()

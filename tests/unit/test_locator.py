@@ -369,7 +369,7 @@ def test_the_examples_in_docs_locators_md_run() -> None:
     import doctest
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "docs" / "locators.md"
+    path = Path(__file__).resolve().parents[2] / "docs" / "locators.md"
     result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10 and result.failed == 0
 

@@ -208,7 +208,7 @@ def test_a_failing_block_leaves_only_finished_files(tmp_path):
 def test_the_reading_at_scale_example_in_docs_datasets_md_runs():
     import re
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
     section = text[text.index("## Reading at scale"):text.index("## Manifests at scale")]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 1

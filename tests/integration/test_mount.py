@@ -248,7 +248,7 @@ def test_reads_fail_with_eio_promptly_when_services_are_gone(cluster_env, keep_c
 
 
 def test_the_docs_example_script_runs(env, tmp_path) -> None:
-    text = (Path(__file__).parent.parent / "docs" / "mount.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "mount.md").read_text()
     script = text.split("```sh\n", 1)[1].split("```", 1)[0]
     work = tmp_path / "work"
     work.mkdir()

@@ -149,7 +149,7 @@ def test_concurrency_md_examples_run() -> None:
     import doctest
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "docs" / "concurrency.md"
+    path = Path(__file__).resolve().parents[2] / "docs" / "concurrency.md"
     result = doctest.testfile(str(path), module_relative=False,
                               optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 15 and result.failed == 0

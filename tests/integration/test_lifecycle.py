@@ -237,7 +237,7 @@ def test_client_per_service_operations(keep_cluster_factory):
 def test_lifecycle_md_example_runs_and_its_exit_codes_are_the_real_ones():
     import doctest
 
-    docs = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md"
     result = doctest.testfile(str(docs), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 29 and result.failed == 0
     text = docs.read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-DEMO = Path(__file__).resolve().parent.parent / "tools" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "tools" / "demo"
 
 
 @pytest.mark.timeout(180)

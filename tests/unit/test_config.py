@@ -448,7 +448,7 @@ def test_token_pasted_into_the_services_variable_is_not_quoted(env: dict[str, st
 def test_the_examples_in_docs_configuration_md_run() -> None:
     import doctest
 
-    path = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    path = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     result = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10 and result.failed == 0
 
