@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cancel.set()
         print("keep: interrupted", file=sys.stderr, flush=True)
         if argv is None:  # the `keep` process itself: do not wait at exit for a transfer that hangs
-            exit_if_stuck(EXIT_INTERRUPTED)
+            exit_if_stuck()
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `keep get ... | head`): not an error worth a message.

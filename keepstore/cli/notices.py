@@ -81,10 +81,11 @@ def interruptible(cancel: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def exit_if_stuck(code: int, budget: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+def exit_if_stuck(budget: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
     """Give the other threads *budget* seconds to end; when some are still running (a transfer
-    that would not abort), flush and leave the process at once with *code*, rather than have
-    the interpreter wait for them at exit. For the ``keep`` command itself, never in-process use."""
+    that would not abort), flush and end the process by SIGINT at once (as an interrupted
+    program should: a shell sees 130), rather than have the interpreter wait for them at exit.
+    For the ``keep`` process itself, never for in-process use."""
     end = clock() + budget
     for thread in threading.enumerate():
         if thread is threading.current_thread() or thread.daemon:
@@ -99,4 +100,5 @@ def exit_if_stuck(code: int, budget: float = 2.0, clock: Callable[[], float] = t
             stream.flush()
     import os
 
-    os._exit(code)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)

@@ -147,7 +147,7 @@ class KeepClient(BlockStore):
         else:
             raise NoServicesError("KeepClient needs services= or api_host= (or use KeepClient.from_env())")
         self._counters = Counters()
-        self._wire = Wire(transport, token, self._directory, self._counters, clock)
+        self._wire = Wire(transport, token, self._directory, self._counters, clock, self._cancel)
         self._replicas = ReplicaMemory()
         self._pool: ThreadPoolExecutor | None = None  # replica fan-out inside one put
         self._tasks: ThreadPoolExecutor | None = None  # whole operations: *_async, batches, aio

@@ -8,6 +8,7 @@ import logging
 import re
 import secrets
 import string
+import threading
 import time
 from collections.abc import Callable
 
@@ -108,12 +109,14 @@ class Wire:
     traffic and failures, and marks a discovered service list stale when a connect fails."""
 
     def __init__(self, transport: Transport, token: str | None, directory: ServiceDirectory,
-                 counters: Counters, clock: Callable[[], float] = time.monotonic) -> None:
+                 counters: Counters, clock: Callable[[], float] = time.monotonic,
+                 cancel: threading.Event | None = None) -> None:
         self.transport = transport
         self._token = token
         self.directory = directory
         self.counters = counters
         self.clock = clock
+        self.cancel = cancel
 
     def __repr__(self) -> str:
         return f"Wire({self.transport!r})"  # never the token
@@ -137,7 +140,10 @@ class Wire:
 
     def send(self, service: Service, request: Request) -> Response:
         """Send one request, counting traffic and latency per service; connection failures mark
-        the service list stale. A cancelled request counts as neither success nor failure."""
+        the service list stale. A cancelled request counts as neither success nor failure.
+        Every request carries the client's cancel event (one-service calls included)."""
+        if request.cancel is None and self.cancel is not None:
+            request = dataclasses.replace(request, cancel=self.cancel)
         self.counters.add(requests=1, bytes_up=request.body.nbytes if request.body is not None else 0)
         started = self.clock()
         try:
