@@ -144,8 +144,25 @@ def _fail(args: Any, exc: BaseException, code: int) -> int:
     message = str(exc)
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         message = f"{exc.filename}: {exc.strerror}"
+    elif isinstance(exc, OSError) and exc.errno is None and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        message = _dataset_path_message(args, type(exc), exc.args[0])
     print(f"keep: error: {message}", file=sys.stderr)
     return code
+
+
+_PATH_PROBLEMS = {FileNotFoundError: "no file or directory {path}",
+                  IsADirectoryError: "{path} is a directory, not a file",
+                  NotADirectoryError: "{path} is a file, not a directory"}
+
+
+def _dataset_path_message(args: Any, kind: type[OSError], path: str) -> str:
+    """A dataset path's error, which carries only the path (an OS error always has an errno), with
+    the dataset named: ``dataset <locator>: no file or directory 'x'``."""
+    targets = [t for t in [getattr(args, "target", None), *(getattr(args, "targets", None) or [])] if t]
+    mine = [t for t in targets if path.strip("/") in t] or targets
+    problem = next((text for cls, text in _PATH_PROBLEMS.items() if issubclass(kind, cls)), "{path}: " + kind.__name__)
+    text = problem.format(path=repr(path.strip("/") or "/"))
+    return f"dataset {mine[0].split('/', 1)[0]}: {text}" if mine else text
 
 
 def _silence_stdout() -> None:
