@@ -14,7 +14,7 @@ from typing import Any
 from .. import __version__
 from ..errors import BlockNotFound, Cancelled, KeepError
 from ..open import open_store
-from .notices import RetryNotices, exit_if_stuck, interruptible
+from .notices import RetryNotices, interruptible, leave_within
 
 __all__ = ["build_parser", "config_report", "main", "open_store"]
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cancel.set()
         print("keep: interrupted", file=sys.stderr, flush=True)
         if argv is None:  # the `keep` process itself: do not wait at exit for a transfer that hangs
-            exit_if_stuck()
+            leave_within(2.0)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `keep get ... | head`): not an error worth a message.

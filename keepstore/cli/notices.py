@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the client loads only when a command needs a store
     from ..client.rounds import RetryNotice
 
-__all__ = ["RetryNotices", "exit_if_stuck", "interruptible"]
+__all__ = ["RetryNotices", "interruptible", "leave_within"]
 
 
 class RetryNotices:
@@ -81,24 +81,20 @@ def interruptible(cancel: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def exit_if_stuck(budget: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
-    """Give the other threads *budget* seconds to end; when some are still running (a transfer
-    that would not abort), flush and end the process by SIGINT at once (as an interrupted
-    program should: a shell sees 130), rather than have the interpreter wait for them at exit.
-    For the ``keep`` process itself, never for in-process use."""
-    end = clock() + budget
-    for thread in threading.enumerate():
-        if thread is threading.current_thread() or thread.daemon:
-            continue
-        thread.join(max(0.0, end - clock()))
-        if thread.is_alive():
-            break
-    else:
-        return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # already closed: nothing to flush
-            stream.flush()
-    import os
-
+def leave_within(budget: float = 2.0) -> None:
+    """Make sure the process ends within *budget* seconds although a thread may be stuck in a
+    transfer that will not abort: after that, a watchdog flushes and ends the process by SIGINT
+    (as an interrupted program should: a shell sees 130) rather than let the interpreter wait
+    for the thread at exit. A second Ctrl-C ends it at once. Call it from the main thread of the
+    ``keep`` process itself, never in-process."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
+
+    def stop() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # already closed: nothing to flush
+                stream.flush()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watchdog = threading.Timer(budget, stop)
+    watchdog.daemon = True  # it must not be what the interpreter waits for
+    watchdog.start()

@@ -128,6 +128,7 @@ def run_rounds(job: RoundJob[T], policy: RoundPolicy) -> T:
     retry = policy.retry
     deadline = None if retry.deadline is None else policy.clock() + retry.deadline
     number = 0
+    last = False  # the round about to run is the last the deadline allows
     while True:
         if policy.cancel.is_set():
             raise Cancelled(f"{job.operation} {job.subject} cancelled")
@@ -151,9 +152,10 @@ def run_rounds(job: RoundJob[T], policy: RoundPolicy) -> T:
         wait = retry.backoff()
         if deadline is not None:
             left = deadline - policy.clock()
-            if left <= MIN_CONNECT:
+            if last or left <= MIN_CONNECT:
                 raise job.give_up(GiveUp.DEADLINE, rounds)
-            wait = min(wait, left - MIN_CONNECT)  # a last round just before the deadline
+            if wait >= left - MIN_CONNECT:  # one last round, just before the deadline
+                wait, last = left - MIN_CONNECT, True
         policy.on_retry()
         notice = RetryNotice(job.operation, job.subject, rounds, retry.total + 1, wait, dict(result.failures))
         for line in notice.lines():
