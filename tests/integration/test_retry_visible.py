@@ -102,3 +102,11 @@ def test_each_retry_is_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
         kc.get(LOC)
     lines = [r.getMessage() for r in caplog.records if r.name == "keepstore.client"]
     assert len(lines) == 1 and lines[0].startswith(f"GET {root}: connection refused (round 1 of 2, next attempt in")
+
+
+def test_the_notice_lines_in_docs_client_md_are_what_keep_prints() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "client.md").read_text()
+    block = re.search(r"```text\n(keep: retrying: .*?)```", text, re.S)
+    assert block is not None
+    lines = block.group(1).splitlines()
+    assert lines and all(NOTICE.match(line) for line in lines)
