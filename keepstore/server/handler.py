@@ -37,6 +37,7 @@ from .exchange import (
     unmodified_since,
 )
 from .faults import Fault, FaultKind, FaultPlan
+from .metrics import ServerMetrics
 from .shaping import Before, before, shape_body
 from .trash import Outcome
 
@@ -68,6 +69,7 @@ class Context:
     idle_timeout: float
     min_rate: float = MIN_BODY_RATE
     first_byte_timeout: float = 10.0  # a new connection's wait for its first request
+    metrics: ServerMetrics | None = None  # /metrics (keepstore.server.metrics)
 
 
 class _Abort(Exception):
@@ -260,12 +262,17 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         record.fault = ex.fault.value if ex.fault else None
         access_log.info('%s "%s %s" %s %d %.1fms %s', self.client_address[0], ex.method, record.path, ex.status,
                         record.bytes_out, seconds * 1000, record.request_id or "-")
+        if self.ctx.metrics is not None:
+            stored = ex.length or 0 if ex.method == "PUT" and ex.status == 200 else 0
+            self.ctx.metrics.observe(ex.method or "?", ex.status, seconds, stored, ex.bytes_out)
 
     def _route(self, ex: Exchange) -> None:
         method = ex.method
         index = _INDEX_PATH.match(ex.path)
         if index and method in ("GET", "HEAD"):
             return self._index(ex, index.group(1) or "")
+        if ex.path == "/metrics" and method == "GET" and self.ctx.metrics is not None:
+            return self._respond(ex, *self.ctx.metrics.answer(ex.token, self.ctx.permissions))
         untrash = _UNTRASH_PATH.match(ex.path)
         if method == "DELETE" or (untrash and method == "PUT"):
             if ex.has_body:  # none is expected, and one we do not read would be the next request
