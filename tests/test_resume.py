@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,3 +173,22 @@ def keep_cluster_put_fresh(keep_cli: Keep, src: Path, tmp_path: Path):
 
     with KeepCluster(3, tmp_path / "fresh-cluster") as other, other.client() as client:
         return put(client, src, resume=False)
+
+
+def test_the_shell_examples_in_docs_datasets_md_run(keep_cluster, tmp_path):
+    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    blocks = re.findall(r"```sh\n(# (?:re-runs of keep put|datasets from datasets).*?)```", text, re.S)
+    assert len(blocks) == 2
+    write_tree(tmp_path / "results", {"a.txt": b"a\n", "old.log": b"log\n", "sub/b.bin": os.urandom(3000)})
+    write_tree(tmp_path / "extra", {"c.txt": b"c\n"})
+    env = {**os.environ, **keep_cluster.env(), "PATH": os.path.dirname(sys.executable) + os.pathsep
+           + os.environ["PATH"]}
+    runs = [subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300) for block in blocks[:1]]
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert snapshot(tmp_path / "work") == snapshot(tmp_path / "results")
+    assert not (Path(os.environ["XDG_CACHE_HOME"]) / "keepstore" / "resume").exists()  # the rm -rf
+    second = subprocess.run(["bash", "-euo", "pipefail", "-c", blocks[1]], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith("A\tc.txt\nD\told.log\n{")
