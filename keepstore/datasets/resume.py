@@ -285,7 +285,7 @@ def _plan(journal: ResumeJournal, key: str, files: Sequence[Entry], check: Store
     counted = check.count_many(candidates[i] for i in order)
     known: dict[int, PutResult] = {}
     for index, found in zip(order, counted, strict=True):
-        if found.replicas >= check.copies:
+        if found.replicas >= check.wanted:
             classes = previous.blocks[index].get("classes") or {}
             known[index] = PutResult(candidates[index], found.replicas, found.services, dict(classes))
     return known
