@@ -193,3 +193,21 @@ def test_the_shell_examples_in_docs_datasets_md_run(keep_cluster, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert second.stdout.startswith("A\tc.txt\nD\told.log\n{")
+
+
+def test_a_file_added_in_the_middle_keeps_the_blocks_before_it(keep_cli, tmp_path):
+    src = make_source(tmp_path / "src")
+    with keep_cli.cluster.client() as client:
+        first = put(client, src)
+        (src / "d1" / "e-new.bin").write_bytes(os.urandom(BLOCK // 2))  # sorts into the middle of the tree
+        again = put(client, src)
+        assert read_back(client, again.locator, tmp_path / "out") == snapshot(src)
+    offset = 0
+    for e in inventory([str(src)]).files:
+        if e.path == "d1/e-new.bin":
+            break
+        offset += e.size
+    untouched = offset // BLOCK  # blocks wholly before the new file
+    assert untouched >= 2
+    assert [b.locator for b in again.blocks[:untouched]] == [b.locator for b in first.blocks[:untouched]]
+    assert not any(b.sent for b in again.blocks[:untouched])

@@ -130,3 +130,12 @@ def test_the_python_example_in_docs_datasets_md_runs(keep_cluster):
         exec(compile(blocks[0], "docs/datasets.md", "exec"), scope)
         with DatasetReader(kc, scope["second"].locator) as r:
             assert sorted(f.path for f in r.files()) == ["alpha/x.txt", "notes.txt", "v1/a/x.txt"]
+
+
+def test_an_update_re_run_sends_nothing(keep_cli, tmp_path):
+    old = keep_cli.ok("put", "--no-progress", str(write_tree(tmp_path / "old", OLD))).strip()
+    add = write_tree(tmp_path / "add", {"sub/new.bin": os.urandom(50_000)})
+    first = keep_cli.ok("put", "--no-progress", "--update", old, str(add)).strip()
+    keep_cli.forget()
+    again = keep_cli.ok("put", "--no-progress", "--update", old, str(add)).strip()
+    assert again == first and keep_cli.put_md5s() == []
