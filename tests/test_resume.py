@@ -211,3 +211,15 @@ def test_a_file_added_in_the_middle_keeps_the_blocks_before_it(keep_cli, tmp_pat
     assert untouched >= 2
     assert [b.locator for b in again.blocks[:untouched]] == [b.locator for b in first.blocks[:untouched]]
     assert not any(b.sent for b in again.blocks[:untouched])
+
+
+def test_tools_bench_resume_runs_and_reports_every_case(tmp_path):
+    out = tmp_path / "bench.json"
+    tool = Path(__file__).resolve().parent.parent / "tools" / "bench_resume"
+    done = subprocess.run([sys.executable, str(tool), "--size-mib", "32", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["reput"]["again_bytes_sent"] == 0 and result["reput"]["same_locator"]
+    assert result["update"]["data_bytes_sent"] == 1 << 20
+    assert result["kill"]["same_locator_as_uninterrupted"] and result["kill"]["rerun_share"] <= 0.55
