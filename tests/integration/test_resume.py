@@ -177,7 +177,7 @@ def keep_cluster_put_fresh(keep_cli: Keep, src: Path, tmp_path: Path):
 
 
 def test_the_shell_examples_in_docs_datasets_md_run(keep_cluster, tmp_path):
-    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
     blocks = re.findall(r"```sh\n(# (?:re-runs of keep put|datasets from datasets).*?)```", text, re.S)
     assert len(blocks) == 2
     write_tree(tmp_path / "results", {"a.txt": b"a\n", "old.log": b"log\n", "sub/b.bin": os.urandom(3000)})
@@ -215,7 +215,7 @@ def test_a_file_added_in_the_middle_keeps_the_blocks_before_it(keep_cli, tmp_pat
 
 def test_tools_bench_resume_runs_and_reports_every_case(tmp_path):
     out = tmp_path / "bench.json"
-    tool = Path(__file__).resolve().parent.parent / "tools" / "bench_resume"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench_resume"
     done = subprocess.run([sys.executable, str(tool), "--size-mib", "32", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

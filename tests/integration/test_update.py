@@ -118,7 +118,7 @@ def test_update_replaces_a_directory_with_a_file_and_keeps_paths_unique(keep_cli
 def test_the_python_example_in_docs_datasets_md_runs(keep_cluster):
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "add_dataset" in b]
     assert len(blocks) == 1
     with keep_cluster.client() as kc:
