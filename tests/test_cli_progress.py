@@ -215,7 +215,7 @@ def test_put_bar_moves_within_one_block_and_leaves_a_summary_line(tty_env, tmp_p
     assert any(0 < p < 20 for p in positions), shown[-800:]  # a position inside the block
     assert positions == sorted(positions) and max(positions) == 20
     assert "MB/s" not in shown and "MiB/s" in shown
-    assert re.fullmatch(r"put: 1 file, 20\.0 MiB in [\d.]+ s \([\d.]+ [KMG]iB/s\), 0 B skipped", last_line(shown))
+    assert re.fullmatch(r"put: 1 file, 20\.0 MiB in [\d.]+ s \([\d.]+ (?:[KMGT]i)?B/s\), 0 B skipped", last_line(shown))
 
 
 def test_get_bar_moves_within_one_block_and_leaves_a_summary_line(tty_env, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
@@ -88,11 +87,11 @@ def print_get(target: str, dest: str, planned: list[Planned], *, directories: in
         return 0
     if not dry_run:
         return 0
-    out = sys.stdout if dest != "-" else sys.stderr  # stdout is where the data would go
     for p in planned:
-        print(f"{'?' if p.size is None else p.size:>12} {p.dest}", file=out)
+        print(f"{'?' if p.size is None else p.size:>12} {p.dest}")
     shown = "?" if total is None else f"{format_bytes(total)} ({total} bytes)"
-    print(f"would write {_count(len(planned), 'file')}, {shown}, to {dest}; nothing written", file=out)
+    where = "stdout" if dest == "-" else dest
+    print(f"would write {_count(len(planned), 'file')}, {shown}, to {where}; nothing written")
     return 0
 
 
