@@ -75,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from . import blocks, completion, datasets, lifecycle, mount, serve
+    from . import blocks, completion, datasets, diff, lifecycle, mount, serve, sign
 
     datasets.register(sub, _transfer_options)
     blocks.register(sub)
-    for module in (serve, mount, lifecycle):
+    for module in (serve, mount, lifecycle, diff, sign):
         module.register(sub)
     completion.register(sub, parser)
     return parser

@@ -10,15 +10,20 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from ..cache import BlockCache, MemoryBlockCache
-from ..datasets import DEFAULT_CACHE_BYTES, DatasetReader, DatasetWriter, atomic_write
+from ..datasets import DEFAULT_CACHE_BYTES, DatasetReader, atomic_write
+from ..datasets.existing import ExistingPolicy, block_file, keep_existing, plan_extract
+from ..datasets.extract import extract
+from ..datasets.inventory import Entry as Listed
+from ..datasets.inventory import Inventory
 from ..datasets.manifest import ManifestError
+from ..datasets.resume import journal_for, put_inventory
 from ..datasets.targets import split_target
 from ..errors import KeepError
 from ..locator import MAX_BLOCK_SIZE, Locator
 from ..open import open_store
 from . import results
 from .options import add_dry_run, add_filters, add_json, add_progress, completes_paths
-from .progress import Progress, notify, open_progress, showing_retries
+from .progress import notify, open_progress, showing_retries
 from .selection import Filter, Plan, plan_put
 
 __all__ = ["register"]
@@ -61,6 +66,10 @@ def cmd_put(args: argparse.Namespace) -> int:
     if args.blocks:
         return _put_blocks(args)
     paths: list[str] = args.paths
+    if not paths and args.update is None:
+        args.usage_error("give at least one PATH to store (or --update LOCATOR)")  # exits 2
+    if args.remove and args.update is None:
+        args.usage_error("--remove drops files from the dataset given by --update LOCATOR")
     for p in paths:
         if p != "-" and not os.path.exists(p):
             raise FileNotFoundError(2, "No such file or directory", p)
@@ -76,16 +85,23 @@ def cmd_put(args: argparse.Namespace) -> int:
         notify(args.progress, left_out)
     if args.dry_run:
         return results.print_put_plan(plan, sys.stdin.buffer, as_json=args.json)
+    listed = _inventory(plan)
     store = open_store(args)
     with (
         store,
         open_progress(args.progress, "put", total_bytes=plan.bytes, total_files=plan.files) as progress,
         showing_retries(progress, getattr(args, "on_retry", None)),
-        DatasetWriter(store, copies=args.copies, storage_classes=args.storage_classes, progress=progress.stored,
-                      read_progress=progress.advance) as writer,
     ):
-        _add_planned(writer, plan, progress)
-        receipt = writer.finish()
+        # The choices that change what is stored are part of the resume state's key.
+        selection = {"rules": [list(r) for r in args.rules or ()], "follow_links": args.follow_links}
+        journal, key = (None, "") if args.no_resume else journal_for(
+            store, paths, name=args.name, copies=args.copies, storage_classes=args.storage_classes,
+            update=args.update, remove=args.remove, selection=selection)
+        receipt = put_inventory(store, listed, stdin=sys.stdin.buffer, copies=args.copies,
+                                storage_classes=args.storage_classes, progress=progress.stored,
+                                read_progress=progress.advance, on_file=progress.file_done, journal=journal,
+                                key=key, update=args.update, remove=args.remove)
+        progress.counted_as_skipped(receipt.bytes_skipped)
         progress.finish()
     if args.json:
         print(receipt.to_json(indent=2))
@@ -94,17 +110,19 @@ def cmd_put(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_planned(writer: DatasetWriter, plan: Plan, progress: Progress) -> None:
+def _inventory(plan: Plan) -> Inventory:
+    """The files and directories a plan chose, with the stat that resuming compares."""
+    files: list[Listed] = []
+    dirs: list[str] = []
     for entry in plan.entries:
         if entry.kind == "directory":
-            writer.add_directory(entry.path)
-            continue
-        if entry.source == "-":
-            writer.add_stream(entry.path, sys.stdin.buffer)
+            dirs.append(entry.path)
+        elif entry.source == "-":
+            files.append(Listed.stdin(entry.path))
         else:
             assert entry.source is not None
-            writer.add_file(entry.source, entry.path)
-        progress.file_done()
+            files.append(Listed.of(entry.source, entry.path))
+    return Inventory(tuple(files), tuple(dirs))
 
 
 def _open_reader(store: Any, loc: Locator, cache: BlockCache | None = None) -> DatasetReader | None:
@@ -128,6 +146,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     loc, path = split_target(args.target)
     dest = args.dest
+    policy = ExistingPolicy.from_flags(force=args.force, skip_existing=args.skip_existing,
+                                       verify_existing=args.verify_existing)
     to_stdout = dest in (None, "-")
     if args.json and to_stdout and not args.dry_run:
         raise KeepError("--json prints its report on stdout: give a destination file or directory")
@@ -145,11 +165,11 @@ def cmd_get(args: argparse.Namespace) -> int:
             planned = [results.Planned("", target, loc.size)]
             if args.dry_run:
                 return report(planned)
-            data = store.get(loc)
             if to_stdout:
-                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.write(store.get(loc))
                 sys.stdout.buffer.flush()
-            else:
+            elif not keep_existing(target, block_file(loc), policy):
+                data = store.get(loc)
                 atomic_write(target, lambda f: f.write(data))
             return report(planned)
         if path and not reader.manifest.is_dir(path):
@@ -162,7 +182,7 @@ def cmd_get(args: argparse.Namespace) -> int:
                   showing_retries(progress, getattr(args, "on_retry", None))):
                 if to_stdout:
                     _stream_file(reader, path, sys.stdout.buffer, progress.advance)
-                else:
+                elif not keep_existing(target, reader.stat(path), policy, reader.blocks):
                     atomic_write(target, lambda f: _stream_file(reader, path, f, progress.advance))
                 progress.finish(files=1)
             return report(planned)
@@ -177,10 +197,11 @@ def cmd_get(args: argparse.Namespace) -> int:
         dirs = len(sub.manifest.directories)
         if args.dry_run:
             return report(planned, directories=dirs)
+        keep = plan_extract(sub.manifest, dest, policy, sub.blocks)  # every conflict found before writing
         with (open_progress(args.progress, "get", total_bytes=sub.manifest.total_size,
                             total_files=len(planned)) as progress,
               showing_retries(progress, getattr(args, "on_retry", None))):
-            sub.extract(dest, progress=progress.advance)
+            extract(sub.manifest, sub.blocks, dest, progress=progress.advance, skip=keep)
             progress.finish(files=len(planned))
     return report(planned, directories=dirs)
 
@@ -222,15 +243,21 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common:
                     "packed blocks of at most 64 MiB, then a manifest block that names every file. The "
                     "manifest's locator, printed on stdout, is what keep get, ls, cat and mount take. "
                     "Symbolic links inside directories are left out unless --follow-links is given.")
-    completes_paths(put.add_argument("paths", nargs="+", metavar="PATH", help="files or directories; - reads stdin"))
+    completes_paths(put.add_argument("paths", nargs="*", metavar="PATH", help="files or directories; - reads stdin"))
     add_json(put, "the receipt (locator, files, bytes, blocks and their replicas) instead of the locator")
     put.add_argument("--name", help="name for the file read from stdin (default 'stdin'), or for a single file")
     put.add_argument("--blocks", action="store_true",
                      help="store each file (at most 64 MiB) as one plain block and print one locator per file")
+    put.add_argument("--no-resume", action="store_true",
+                     help="neither use nor keep the resume state ($XDG_CACHE_HOME/keepstore/resume)")
+    put.add_argument("--update", metavar="LOCATOR",
+                     help="store a new dataset: this one plus PATHs (new or replacing files), by reference")
+    put.add_argument("--remove", action="append", default=[], metavar="PATH",
+                     help="with --update: drop this file or directory (repeatable)")
     add_dry_run(put, "what would be stored (files, bytes, blocks)")
     add_filters(put)
     common(put)
-    put.set_defaults(func=cmd_put)
+    put.set_defaults(func=cmd_put, usage_error=put.error)
 
     get = sub.add_parser(
         "get", help="fetch a dataset (tree), a file in one, or a plain block",
@@ -245,6 +272,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common:
     add_json(get, "what was written (files, bytes, each file's destination)")
     add_dry_run(get, "what would be written where")
     add_progress(get)
+    existing = get.add_mutually_exclusive_group()
+    existing.add_argument("-f", "--force", action="store_true", help="overwrite files that exist already")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep existing files of the right size (re-run an interrupted get)")
+    existing.add_argument("--verify-existing", action="store_true",
+                          help="keep existing files only when their content matches the dataset's blocks")
     get.set_defaults(func=cmd_get)
 
     ls = sub.add_parser("ls", help="list the files of a dataset",

@@ -280,6 +280,13 @@ class Progress:
             self._bytes += n
             self._changed()
 
+    def counted_as_skipped(self, n: int) -> None:
+        """Of the bytes already counted by `advance`, *n* needed no transfer (a put's receipt
+        says how many were found stored): shown as skipped, not counted again."""
+        with self._lock:
+            self._skipped += n
+            self._changed()
+
     def file_done(self, count: int = 1) -> None:
         with self._lock:
             self._files += count

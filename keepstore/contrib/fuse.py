@@ -14,8 +14,7 @@ from ..datasets.tree import ReadPath
 from ..errors import KeepError
 from ..store import BlockStore
 
-__all__ = ["MOUNT_RETRIES", "MOUNT_TIMEOUT", "KeepOperations", "MountError", "load_mfusepy", "mount",
-           "open_mount_store"]
+__all__ = ["KeepOperations", "MountError", "load_mfusepy", "mount", "open_mount_store"]
 
 log = logging.getLogger(__name__)
 

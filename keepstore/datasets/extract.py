@@ -7,7 +7,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from ..locator import Locator
@@ -118,9 +118,11 @@ class _Outputs:
 
 
 def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[str], *,
-            progress: Callable[[int], Any] | None = None, max_open: int = DEFAULT_MAX_OPEN) -> int:
+            progress: Callable[[int], Any] | None = None, max_open: int = DEFAULT_MAX_OPEN,
+            skip: Collection[str] = frozenset()) -> int:
     """Write every file and directory of *manifest* under *dest*, fetching through *blocks*;
-    return the bytes written (see `DatasetReader.extract`)."""
+    return the bytes written (see `DatasetReader.extract`). Files whose paths are in *skip* are
+    left as they are (their blocks are not fetched for them)."""
     root = os.path.abspath(os.fspath(dest))
     os.makedirs(root, exist_ok=True)
     made = {root}
@@ -144,6 +146,8 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
     order: list[Locator] = []  # distinct blocks, in the order the files (sorted by path) use them
     pieces: dict[str, list[tuple[int, int, int, int]]] = {}  # block -> (file, file offset, offset, length)
     for mf in manifest.walk_files():
+        if mf.path in skip:
+            continue
         target = inside(mf.path)
         makedirs(os.path.dirname(target))
         size = mf.size
