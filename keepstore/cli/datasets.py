@@ -184,6 +184,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                     _stream_file(reader, path, sys.stdout.buffer, progress.advance)
                 elif not keep_existing(target, reader.stat(path), policy, reader.blocks):
                     atomic_write(target, lambda f: _stream_file(reader, path, f, progress.advance))
+                else:
+                    progress.skipped(size)
                 progress.finish(files=1)
             return report(planned)
         if to_stdout and not args.dry_run:
@@ -201,6 +203,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         with (open_progress(args.progress, "get", total_bytes=sub.manifest.total_size,
                             total_files=len(planned)) as progress,
               showing_retries(progress, getattr(args, "on_retry", None))):
+            progress.skipped(sum(planned_file.size or 0 for planned_file in planned if planned_file.path in keep))
             extract(sub.manifest, sub.blocks, dest, progress=progress.advance, skip=keep)
             progress.finish(files=len(planned))
     return report(planned, directories=dirs)

@@ -315,3 +315,20 @@ def test_a_wait_is_drawn_on_the_bar_at_once():
         lines.announce("keep: retrying: GET x: 503", 2.0)
         assert "waiting 2.0 s to retry" in out.getvalue()
         assert "keep: retrying: GET x: 503" in out.getvalue()
+
+
+def test_get_skip_existing_counts_the_kept_files_as_skipped_bytes(env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a" * 3000)
+    (src / "b").write_bytes(b"b" * 5000)
+    loc = keep(env, "put", str(src)).stdout.decode().strip()
+    out = tmp_path / "out"
+    assert keep(env, "get", loc, str(out)).returncode == 0
+    (out / "b").unlink()
+    again = keep(env, "get", "--skip-existing", "--progress=json", loc, str(out))
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stderr.decode().splitlines()[-1])
+    assert (done["event"], done["files"], done["bytes"], done["skipped_bytes"]) == ("done", 2, 8000, 3000)
+    one = keep(env, "get", "--skip-existing", "--progress=summary", f"{loc}/a", str(out / "a"))
+    assert one.returncode == 0 and one.stderr.decode().endswith("2.93 KiB skipped\n"), one.stderr
