@@ -158,10 +158,11 @@ def keep(env: dict[str, str], *args: str, stdin: bytes = b"") -> subprocess.Comp
                           capture_output=True, timeout=120)
 
 
-def on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, bytes, str]:
+def on_a_terminal(env: dict[str, str], *args: str, columns: int = 120) -> tuple[int, bytes, str]:
     """Run keep with stderr on a pty; return (exit code, stdout, what the terminal was sent)."""
     leader, follower = os.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 x 0
+    if columns:  # a new pty is 0 x 0
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     try:
         proc = subprocess.Popen([sys.executable, "-m", "keepstore", *args], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=follower)
@@ -227,6 +228,12 @@ def test_get_bar_moves_within_one_block_and_leaves_a_summary_line(tty_env, tmp_p
     assert code == 0 and (tmp_path / "out" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
     assert any(0 < p < 20 for p in bar_positions(shown)), shown[-800:]
     assert re.fullmatch(r"get: 1 file, 20\.0 MiB in .* 0 B skipped", last_line(shown))
+
+
+def test_a_terminal_that_reports_no_width_still_gets_a_bar(tty_env, tmp_path):
+    (tmp_path / "f").write_bytes(os.urandom(10 * MiB))
+    code, _out, shown = on_a_terminal(tty_env, "put", str(tmp_path / "f"), columns=0)
+    assert code == 0 and any(0 < p < 10 for p in bar_positions(shown)), shown[-800:]
 
 
 def test_no_progress_still_means_nothing_on_the_terminal(tty_env, tmp_path):
