@@ -23,7 +23,7 @@ from ..locator import MAX_BLOCK_SIZE, Locator
 from ..open import open_store
 from . import results
 from .options import add_dry_run, add_filters, add_json, add_progress, completes_paths
-from .progress import notify, open_progress, showing_retries
+from .progress import json_notices, notify, open_progress, showing_retries
 from .selection import Filter, Plan, plan_put
 
 __all__ = ["register"]
@@ -63,6 +63,7 @@ def _put_blocks(args: argparse.Namespace) -> int:
 
 def cmd_put(args: argparse.Namespace) -> int:
 
+    json_notices(args)
     if args.blocks:
         return _put_blocks(args)
     paths: list[str] = args.paths
@@ -144,6 +145,7 @@ def _stream_file(reader: DatasetReader, path: str, out: BinaryIO, advance: Calla
 
 def cmd_get(args: argparse.Namespace) -> int:
 
+    json_notices(args)
     loc, path = split_target(args.target)
     dest = args.dest
     policy = ExistingPolicy.from_flags(force=args.force, skip_existing=args.skip_existing,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import IO, Any
 
 __all__ = ["JSON_INTERVAL", "Progress", "ProgressMode", "Snapshot", "Summary", "format_bytes", "format_duration",
-           "format_rate", "notify", "open_progress", "showing_retries"]
+           "format_rate", "json_notices", "notify", "open_progress", "showing_retries"]
 
 JSON_INTERVAL = 0.5  # seconds between two JSON progress lines (start, notices and done always go out)
 
@@ -398,3 +398,14 @@ def showing_retries(progress: Progress, notices: Any) -> Iterator[Progress]:
     finally:
         active = False
         notices.write = write
+
+
+def json_notices(args: Any, stream: IO[str] | None = None) -> None:
+    """With ``--progress=json``, the client's retry lines (``args.on_retry.write``) become JSON
+    ``notice`` lines for the whole command, also before and after the transfer (a manifest fetch),
+    so stderr stays all JSON. Otherwise nothing changes."""
+    notices = getattr(args, "on_retry", None)
+    if notices is None or getattr(args, "progress", None) != ProgressMode.JSON.value or \
+            getattr(notices, "write", None) is None:
+        return
+    notices.write = lambda line: notify(ProgressMode.JSON, str(line).removeprefix("keep: "), stream)

@@ -339,3 +339,19 @@ def test_get_skip_existing_counts_the_kept_files_as_skipped_bytes(env, tmp_path)
     assert (done["event"], done["files"], done["bytes"], done["skipped_bytes"]) == ("done", 2, 8000, 3000)
     one = keep(env, "get", "--skip-existing", "--progress=summary", f"{loc}/a", str(out / "a"))
     assert one.returncode == 0 and one.stderr.decode().endswith("2.93 KiB skipped\n"), one.stderr
+
+
+def test_with_json_progress_retry_lines_are_json_for_the_whole_command():
+    import argparse
+
+    from keepstore.cli.progress import json_notices
+
+    out, lines = io.StringIO(), RetryLines()
+    json_notices(argparse.Namespace(progress="json", on_retry=lines), out)
+    lines.announce("keep: retrying: GET http://127.0.0.1:1/: connection refused", 1.0)  # e.g. the manifest
+    assert json.loads(out.getvalue()) == {"event": "notice",
+                                          "message": "retrying: GET http://127.0.0.1:1/: connection refused"}
+    plain = RetryLines()
+    json_notices(argparse.Namespace(progress="auto", on_retry=plain))
+    plain.announce("keep: retrying: x", 1.0)
+    assert plain.written == ["keep: retrying: x"]
