@@ -48,6 +48,9 @@ def _read_block(name: str) -> bytes:
 
 def _put_blocks(args: argparse.Namespace) -> int:
 
+    if args.rules or args.follow_links:
+        raise KeepError("--exclude, --include and --follow-links choose files inside directories; "
+                        "--blocks stores only the files named")
     for p in args.paths:
         if p != "-" and os.path.isdir(p):
             raise IsADirectoryError(21, "Is a directory (store directories without --blocks)", p)
