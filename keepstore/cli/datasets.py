@@ -88,7 +88,8 @@ def cmd_put(args: argparse.Namespace) -> int:
     if left_out:
         notify(args.progress, left_out)
     if args.dry_run:
-        return results.print_put_plan(plan, sys.stdin.buffer, as_json=args.json)
+        return results.print_put_plan(plan, sys.stdin.buffer, as_json=args.json, update=args.update,
+                                      remove=args.remove)
     listed = _inventory(plan)
     store = open_store(args)
     with (
