@@ -230,6 +230,15 @@ def test_get_bar_moves_within_one_block_and_leaves_a_summary_line(tty_env, tmp_p
     assert re.fullmatch(r"get: 1 file, 20\.0 MiB in .* 0 B skipped", last_line(shown))
 
 
+def test_get_of_one_file_moves_the_bar_as_it_streams(tty_env, tmp_path):
+    (tmp_path / "big.bin").write_bytes(os.urandom(20 * MiB))
+    loc = keep(tty_env, "put", str(tmp_path / "big.bin")).stdout.decode().strip()
+    code, _out, shown = on_a_terminal(tty_env, "get", f"{loc}/big.bin", str(tmp_path / "copy"))
+    assert code == 0 and (tmp_path / "copy").read_bytes() == (tmp_path / "big.bin").read_bytes()
+    assert any(0 < p < 20 for p in bar_positions(shown)), shown[-800:]
+    assert last_line(shown).startswith("get: 1 file, 20.0 MiB in ")
+
+
 def test_a_terminal_that_reports_no_width_still_gets_a_bar(tty_env, tmp_path):
     (tmp_path / "f").write_bytes(os.urandom(10 * MiB))
     code, _out, shown = on_a_terminal(tty_env, "put", str(tmp_path / "f"), columns=0)
