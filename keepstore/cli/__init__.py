@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import BlockNotFound, Cancelled, KeepError
 from ..open import open_store
 from .notices import RetryNotices, interruptible, leave_within
+from .options import add_progress
 
 __all__ = ["build_parser", "config_report", "main", "open_store"]
 
@@ -26,6 +27,7 @@ where data goes:
   KEEP_TOKEN         the token sent to the services (never printed)
   KEEP_LOCAL_STORE   a local store directory to use instead of services
   KEEP_CACHE_DIR     a disk block cache directory
+  KEEP_DEADLINE      seconds a block operation may keep retrying (default 15; or --deadline)
   ARVADOS_API_HOST, ARVADOS_API_TOKEN, ARVADOS_KEEP_SERVICES, ARVADOS_KEEP_PROXY are honoured too.
   config file: $XDG_CONFIG_HOME/keepstore/config.yml (or KEEP_CONFIG); arguments beat the
   environment, which beats the file.
@@ -73,7 +75,7 @@ def _transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copies", type=_positive_int, default=None, help="replicas wanted (default 2)")
     parser.add_argument("--storage-classes", type=_storage_classes, default=None, metavar="A,B",
                         help="storage classes wanted, comma-separated")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress(parser)
 
 
 from .blocks import config_report  # noqa: E402  (re-exported: docs/configuration.md)
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from . import blocks, datasets, diff, lifecycle, mount, serve, sign
+    from . import blocks, completion, datasets, diff, lifecycle, mount, serve, sign
 
     datasets.register(sub, _transfer_options)
     blocks.register(sub)
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
             with contextlib.suppress(argparse.ArgumentError):  # the command has its own --deadline
                 command.add_argument("--deadline", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
                                      help=_DEADLINE_HELP)
+    completion.register(sub, parser)
     return parser
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from keepstore.server import KeepServer, Volume
 from keepstore.server.disk import FileOps
+from keepstore.testing import wait_until
 
 SYSTEM = "sys-token"
 
@@ -127,10 +128,7 @@ def test_a_put_killed_mid_body_leaves_no_temp_file_after_a_restart(tmp_path: Pat
         sock.sendall(f"PUT /{md5} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                      + data[: len(data) // 2])
         temps = volume / md5[:3]
-        deadline = time.monotonic() + 20
-        while not (temps.is_dir() and list(temps.glob(".tmp-*"))):  # the server's writer has begun
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: temps.is_dir() and list(temps.glob(".tmp-*")), 20, what="the server's writer beginning")
         proc.send_signal(signal.SIGKILL)
         proc.wait(20)
     finally:
