@@ -27,6 +27,7 @@ where data goes:
   KEEP_TOKEN         the token sent to the services (never printed)
   KEEP_LOCAL_STORE   a local store directory to use instead of services
   KEEP_CACHE_DIR     a disk block cache directory
+  KEEP_DEADLINE      seconds a block operation may keep retrying (default 15; or --deadline)
   ARVADOS_API_HOST, ARVADOS_API_TOKEN, ARVADOS_KEEP_SERVICES, ARVADOS_KEEP_PROXY are honoured too.
   config file: $XDG_CONFIG_HOME/keepstore/config.yml (or KEEP_CONFIG); arguments beat the
   environment, which beats the file.
@@ -99,12 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.register(sub)
     for module in (serve, mount, lifecycle, diff, sign):
         module.register(sub)
-    completion.register(sub, parser)
     for name, command in sub.choices.items():  # also after the command: `keep get --deadline 5 ...`
         if name not in ("serve", "config"):
             with contextlib.suppress(argparse.ArgumentError):  # the command has its own --deadline
                 command.add_argument("--deadline", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
                                      help=_DEADLINE_HELP)
+    completion.register(sub, parser)
     return parser
 
 

@@ -22,16 +22,16 @@ class RetryNotices:
 
     A line is printed once for each (operation, service, cause, round): many blocks failing
     alike on one service in the same round give one line, and the next round's line shows
-    the count going up. *write* prints a line (default: to stderr); a progress bar swaps in its
-    own (``tqdm.write``) so lines do not tear the bar. Every notice also goes to each listener
-    added with `listen` (a bar can show "waiting 1.3 s to retry" from ``notice.wait``).
+    the count going up. Lines go to stderr, through ``tqdm.write`` once tqdm is loaded, so they
+    never tear a progress bar. Every notice also goes to each listener added with `listen` (a
+    bar can show "waiting 1.3 s to retry" from ``notice.wait``).
 
     Args:
-        write: Prints one line; default ``print(line, file=sys.stderr)``.
+        write: Prints one line; default stderr (through tqdm when it is loaded).
     """
 
     def __init__(self, write: Callable[[str], Any] | None = None) -> None:
-        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.write = write or _write_line
         self._seen: set[tuple[str, str, str, int]] = set()
         self._listeners: list[Callable[["RetryNotice"], Any]] = []
         self._lock = threading.Lock()
@@ -54,6 +54,16 @@ class RetryNotices:
             self.write(f"keep: retrying: {line}")
         for listener in listeners:
             listener(notice)
+
+
+def _write_line(line: str) -> None:
+    """One line on stderr; through tqdm when it is loaded, so that a progress bar on screen is
+    cleared, the line printed above it and the bar drawn again (no torn bar)."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        tqdm.tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

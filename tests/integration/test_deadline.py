@@ -147,3 +147,12 @@ def test_a_deadline_also_gives_up_on_a_server_that_never_answers(tmp_path: Path)
         elapsed = time.monotonic() - started
     assert result.returncode == 1 and "deadline" in result.stderr.splitlines()[-1]
     assert elapsed < 2 + 20  # the read timeout alone is 256 s
+
+
+def test_keep_config_shows_the_deadline_and_where_it_came_from(tmp_path: Path) -> None:
+    import json
+
+    result = run_keep(private_env(tmp_path, KEEP_DEADLINE="9"), "config", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)["settings"]["deadline"]
+    assert shown == {"value": 9.0, "from": "environment KEEP_DEADLINE"}

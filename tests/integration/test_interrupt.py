@@ -191,3 +191,15 @@ def test_a_cancelled_client_sends_nothing_more(keep_server: KeepServer) -> None:
         with pytest.raises(Cancelled):
             kc.put(b"bar", copies=1)
     assert len(keep_server.requests) == sent
+
+
+@pytest.mark.wall_clock
+@pytest.mark.parametrize("command", ["head", "cat", "ls"])
+def test_ctrl_c_stops_the_other_commands_too(tmp_path: Path, command: str) -> None:
+    with SilentServer() as silent:
+        env = private_env(tmp_path, KEEP_SERVICES=silent.url, KEEP_TOKEN=TOKEN)
+        process = _start(env, command, LOC)
+        assert silent.connected.wait(60)
+        code, seconds, out, err = _interrupt(process)
+    assert (code, out) == (130, "") and err.endswith("keep: interrupted\n"), err
+    assert seconds < LIMIT

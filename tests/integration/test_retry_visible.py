@@ -110,3 +110,17 @@ def test_the_notice_lines_in_docs_client_md_are_what_keep_prints() -> None:
     assert block is not None
     lines = block.group(1).splitlines()
     assert lines and all(NOTICE.match(line) for line in lines)
+
+
+def test_a_notice_does_not_tear_a_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from tqdm import tqdm
+
+    with tqdm(total=10, file=sys.stderr, mininterval=0) as bar:
+        bar.update(3)
+        RetryNotices()(RetryNotice("GET", LOC, 1, 11, 0.5, {"http://a/": "503 busy"}))
+        bar.update(3)
+    err = capsys.readouterr().err
+    at = err.index("keep: retrying: GET http://a/: 503 busy")
+    assert err[at - 1] in "\r\n", "the bar is cleared before the line, not written over"
