@@ -24,7 +24,7 @@ from keepstore.datasets import DatasetWriter
 from keepstore.locator import LocatorLike
 from keepstore.testing import KeepCluster
 
-BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench_fsspec"
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench_fsspec"
 BLOCK = 128 * 1024
 ROWS = 20_000
 COLUMNS = [f"c{i}" for i in range(24)]
