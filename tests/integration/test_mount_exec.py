@@ -156,6 +156,15 @@ def test_exec_of_a_command_killed_by_a_signal_exits_128_plus_the_signal(env, dat
 
 @pytest.mark.fuse
 @requires_fuse
+def test_exec_runs_the_command_with_default_signal_dispositions(env, dataset, mnt) -> None:
+    result = keep(env, "mount", dataset, str(mnt), "--exec", "sh", "-c", "yes | head -n 2")
+    assert result.returncode == 0
+    assert result.stdout == "y\ny\n"
+    assert "Broken pipe" not in result.stderr  # SIGPIPE ended yes, as in a shell
+
+
+@pytest.mark.fuse
+@requires_fuse
 def test_exec_of_a_missing_command_exits_127_and_unmounts(env, dataset, mnt) -> None:
     result = keep(env, "mount", dataset, str(mnt), "--exec", "no-such-command-here", "arg")
     assert result.returncode == 127
