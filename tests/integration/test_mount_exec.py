@@ -87,6 +87,7 @@ def test_by_id_bad_or_unknown_names_are_file_not_found(store, name) -> None:
         with pytest.raises(FileNotFoundError):
             tree.lookup(f"{name}/x")
         assert tree.readdir("") == []
+        assert "0 datasets opened" in repr(tree)
 
 
 def test_by_id_a_block_that_is_not_a_manifest_is_file_not_found(store) -> None:
