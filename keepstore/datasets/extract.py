@@ -21,6 +21,7 @@ __all__ = ["DEFAULT_MAX_OPEN", "extract"]
 
 DEFAULT_MAX_OPEN = 64  # temp files held open at once; others are closed and reopened when needed
 _FINISH_THREADS = 8
+_PROGRESS_CHUNK = 8 << 20  # bytes written between two progress calls
 
 
 @dataclasses.dataclass
@@ -190,14 +191,16 @@ def _fetch_and_write(order: list[Locator], pieces: dict[str, list[tuple[int, int
             submit()
             with memoryview(data) as view:
                 for n, at, offset, length in pieces.pop(f"{loc.md5}+{loc.size}"):
-                    outputs.write(n, at, view[offset:offset + length])
+                    for start in range(0, length, _PROGRESS_CHUNK):  # progress moves as bytes are written
+                        part = min(_PROGRESS_CHUNK, length - start)
+                        outputs.write(n, at + start, view[offset + start:offset + start + part])
+                        if progress is not None:
+                            progress(part)
                     out = outputs.files[n]
                     out.left -= length
                     if out.left == 0:
                         outputs.finish(n)
                     total += length
-                    if progress is not None:
-                        progress(length)
             del data
         outputs.drain()
     except BaseException:

@@ -61,14 +61,16 @@ def state_key(sources: Iterable[str], options: Mapping[str, Any]) -> str:
 def journal_for(store: BlockStore, paths: Sequence[str], *, name: str | None = None, copies: int | None = None,
                 storage_classes: Iterable[str] | None = None, update: str | None = None,
                 remove: Iterable[str] = (), block_size: int = MAX_BLOCK_SIZE,
-                environ: Mapping[str, str] | None = None) -> tuple[ResumeJournal | None, str]:
+                environ: Mapping[str, str] | None = None,
+                selection: Mapping[str, Any] | None = None) -> tuple[ResumeJournal | None, str]:
     """The journal (and its key) for ``keep put`` of *paths* with these options; (None, "") when
-    stdin is among them (a stream cannot be resumed)."""
+    stdin is among them (a stream cannot be resumed). *selection* holds the other choices that
+    change what is stored (the CLI's --exclude/--include rules and symlink policy)."""
     if "-" in paths:
         return None, ""
     options = {"name": name, "copies": copies, "storage_classes": sorted(storage_classes or ()),
                "store": store_identity(store), "update": update, "remove": sorted(remove),
-               "block_size": block_size}
+               "block_size": block_size, **({"selection": dict(selection)} if selection else {})}
     key = state_key(paths, options)
     return ResumeJournal(state_dir(environ) / f"put-{key}.jsonl", block_size), key
 
@@ -213,10 +215,12 @@ def put_inventory(store: BlockStore, inventory: Inventory, *, stdin: Any = None,
                   storage_classes: Iterable[str] | None = None, progress: Callable[[int], Any] | None = None,
                   journal: ResumeJournal | None = None, key: str = "", update: LocatorLike | None = None,
                   remove: Iterable[str] = (), block_size: int = MAX_BLOCK_SIZE,
-                  check: StoredCheck | None = None) -> Receipt:
+                  check: StoredCheck | None = None, read_progress: Callable[[int], Any] | None = None,
+                  on_file: Callable[[], Any] | None = None) -> Receipt:
     """Store *inventory* as a dataset (``keep put``): on top of the dataset *update* (by
     reference, minus *remove*, new files replacing old ones) when given, resuming from
-    *journal* when given. Stdin entries read *stdin*."""
+    *journal* when given. Stdin entries read *stdin*. *progress* is called with each block's
+    size once stored, *read_progress* with each chunk read, *on_file* after each file."""
     classes = list(storage_classes or ())
     check = check or StoredCheck(store, copies=copies, storage_classes=classes)
     known: dict[int, PutResult] = {}
@@ -225,7 +229,7 @@ def put_inventory(store: BlockStore, inventory: Inventory, *, stdin: Any = None,
         journal.start(key, inventory.files, known)
     try:
         with DatasetWriter(store, copies=copies, storage_classes=classes or None, progress=progress,
-                           skip_stored=check, known=known, block_size=block_size,
+                           read_progress=read_progress, skip_stored=check, known=known, block_size=block_size,
                            on_block=journal.record if journal is not None else None) as writer:
             if update is not None:
                 writer.add_dataset(update)
@@ -240,6 +244,8 @@ def put_inventory(store: BlockStore, inventory: Inventory, *, stdin: Any = None,
                     writer.add_stream(e.path, stdin)
                 else:
                     writer.add_file(e.source, e.path, expect=e if journal is not None else None)
+                if on_file is not None:
+                    on_file()
             receipt = writer.finish()
         if journal is not None:
             journal.finished(receipt)

@@ -90,6 +90,7 @@ class DatasetWriter:
         skip_stored: StoredCheck | bool = True,
         known: Mapping[int, PutResult] | None = None,
         on_block: OnBlock | None = None,
+        read_progress: Callable[[int], Any] | None = None,
     ) -> None:
         if not 1 <= block_size <= MAX_BLOCK_SIZE:
             raise ConfigError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
@@ -105,6 +106,7 @@ class DatasetWriter:
             if skip_stored is True else (skip_stored or None)
         self._known = dict(known or {})
         self._on_block = on_block
+        self._read_progress = read_progress  # called with each chunk (at most 8 MiB) read in
         # The open block: one buffer of block_size, filled in place by readinto and handed to the
         # upload as it is (no copy), so memory holds max_in_flight blocks plus this one.
         self._buffer: mmap.mmap | None = None
@@ -148,6 +150,8 @@ class DatasetWriter:
                     total += n
                     if self._progress is not None:
                         self._progress(n)
+                    if self._read_progress is not None:  # passed over unread, but done with all the same
+                        self._read_progress(n)
                     if self._fill == self._virtual.locator.size:
                         self._results[self._next_block] = (self._virtual, False)
                         self._next_block += 1
@@ -163,6 +167,8 @@ class DatasetWriter:
                 pieces.append((self._next_block, self._fill, n))
                 self._fill += n
                 total += n
+                if self._read_progress is not None:
+                    self._read_progress(n)
                 if self._fill >= self.block_size:
                     self._flush()
         except BaseException as exc:

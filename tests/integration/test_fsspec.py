@@ -12,7 +12,7 @@ import pytest
 
 from keepstore import KeepError, LocalStore
 from keepstore.contrib.fsspec import KeepFileSystem
-from keepstore.datasets import DatasetReader, DatasetWriter
+from keepstore.datasets import DatasetError, DatasetReader, DatasetWriter
 from keepstore.testing import KeepCluster
 
 BLOCK = 256 * 1024
@@ -111,6 +111,7 @@ def test_pandas_reads_csv_from_a_local_store(store: LocalStore, loc: str) -> Non
 
 def test_pipe_stores_a_new_dataset_and_returns_its_locator(fs: KeepFileSystem, store: LocalStore) -> None:
     new = fs.pipe({"keep://new/a.txt": b"A", "keep://new/sub/b.txt": b"BB"})
+    assert new is not None
     reader = DatasetReader(store, new)
     assert sorted(f.path for f in reader.files()) == ["a.txt", "sub/b.txt"]
     assert fs.cat_file(f"keep://{new}/sub/b.txt") == b"BB"
@@ -193,10 +194,110 @@ def doc_blocks(name: str, fence: str) -> list[str]:
     return [part.split("```", 1)[0] for part in text.split(f"```{fence}\n")[1:]]
 
 
-def test_the_docs_example_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
+def doc_block(marker: str) -> str:
+    """The python block of docs/fsspec.md whose first line is ``# <marker>``."""
+    found = [b for b in doc_blocks("fsspec.md", "python") if b.startswith(f"# {marker}\n")]
+    assert len(found) == 1, marker
+    return found[0]
+
+
+def run_doc(code: str, namespace: dict[str, object] | None = None) -> dict[str, object]:
     KeepFileSystem.clear_instance_cache()  # the example's from_env() store is this test's
+    namespace = {} if namespace is None else namespace
     try:
-        exec(compile(doc_blocks("fsspec.md", "python")[0], "docs/fsspec.md", "exec"), {})
+        exec(compile(code, "docs/fsspec.md", "exec"), namespace)
     finally:
         KeepFileSystem.clear_instance_cache()
+    return namespace
+
+
+def test_the_docs_example_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_doc(doc_blocks("fsspec.md", "python")[0])
+
+
+def test_the_docs_writing_example_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = run_doc(doc_block("writing"))
+    assert isinstance(done["loc"], str) and done["both"] not in (done["loc"], done["single"])
+
+
+def test_the_docs_storage_options_example_runs(keep_cluster: KeepCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    with keep_cluster.client() as client, DatasetWriter(client) as writer:
+        writer.add_bytes("tables/scores.csv", b"name,score\nada,3\nbob,5\n")
+        loc = writer.finish().locator
+    monkeypatch.setenv("KEEP_TOKEN", keep_cluster.token)
+    done = run_doc(doc_block("pandas: storage options"), {"loc": loc, "services": keep_cluster.urls})
+    assert done["df"]["score"].sum() == 8  # type: ignore[index]
+
+
+# -- writes: files, transactions, combined datasets ------------------------------------------------
+
+
+def test_pandas_to_parquet_in_a_transaction_stores_one_dataset(fs: KeepFileSystem, store: LocalStore,
+                                                              tmp_path: Path) -> None:
+    df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+    with fs.transaction as tx:
+        df.to_parquet("keep://new/tables/t.parquet", filesystem=fs)
+        with fs.open("keep://new/tables/t.csv", "w") as f:
+            df.to_csv(f, index=False)
+        assert fs.pipe_file("keep://new/README", b"two tables\n") is None  # stored when the block ends
+    assert tx.locator is not None and fs.last_dataset == tx.locator
+    assert fs.find(f"keep://{tx.locator}") == [f"{tx.locator}/{p}" for p in ("README", "tables/t.csv",
+                                                                              "tables/t.parquet")]
+    pd.testing.assert_frame_equal(pd.read_parquet(f"keep://{tx.locator}/tables/t.parquet", filesystem=fs), df)
+    assert pd.read_csv(fs.open(f"keep://{tx.locator}/tables/t.csv"))["a"].tolist() == [1, 2, 3]
+
+
+def test_a_failed_transaction_stores_no_dataset(fs: KeepFileSystem, store: LocalStore) -> None:
+    before = {p.name for p in store.root.rglob("*") if p.is_file()}
+    with pytest.raises(RuntimeError), fs.transaction as tx:
+        with fs.open("keep://new/a.txt", "wb") as f:
+            f.write(b"never stored")
+        raise RuntimeError("stop")
+    assert tx.locator is None and fs.last_dataset is None
+    assert {p.name for p in store.root.rglob("*") if p.is_file()} == before  # the file was never committed
+
+
+def test_a_file_written_outside_a_transaction_is_a_dataset_of_its_own(fs: KeepFileSystem) -> None:
+    with fs.open("keep://new/out/data.bin", "wb") as f:
+        f.write(b"\x01" * 1000)
+        f.write(b"\x02" * 10)
+    assert f.locator is not None and fs.last_dataset == f.locator
+    assert fs.cat_file(f"keep://{f.locator}/out/data.bin") == b"\x01" * 1000 + b"\x02" * 10
+    df = pd.DataFrame({"v": [1.5, 2.5]})
+    df.to_parquet("keep://new/v.parquet", filesystem=fs)  # pandas: the locator is reported on the filesystem
+    pd.testing.assert_frame_equal(pd.read_parquet(f"keep://{fs.last_dataset}/v.parquet", filesystem=fs), df)
+
+
+def test_combine_makes_one_dataset_of_several_without_copying(fs: KeepFileSystem, store: LocalStore,
+                                                              loc: str, big: bytes) -> None:
+    other = fs.pipe({"keep://new/extra/x.txt": b"x"})
+    assert other is not None
+    blocks_before = sum(1 for p in store.root.rglob("*") if p.is_file())
+    both = fs.combine([loc, f"keep://{other}"])
+    assert sum(1 for p in store.root.rglob("*") if p.is_file()) == blocks_before + 1  # just the manifest
+    assert fs.cat_file(f"keep://{both}/data/raw/big.bin") == big
+    assert fs.cat_file(f"keep://{both}/extra/x.txt") == b"x" and fs.isdir(f"keep://{both}/empty")
+    assert fs.ls(f"keep://{fs.combine([f'keep://{loc}/data/raw'])}", detail=False)[0].endswith("/big.bin")
+    with pytest.raises(DatasetError):
+        fs.combine([loc, loc])
+
+
+def test_writes_outside_keep_new_are_refused_with_a_hint(fs: KeepFileSystem, loc: str) -> None:
+    with pytest.raises(PermissionError, match="keep://new/"):
+        fs.open(f"keep://{loc}/x", "wb")
+    with pytest.raises(PermissionError, match="immutable"):
+        fs.open(f"keep://{loc}/README", "ab")
+    fs.makedirs("keep://new/some/dir", exist_ok=True)  # what writers call first: nothing to do
+    with pytest.raises(PermissionError):
+        fs.mkdir(f"keep://{loc}/dir")
+
+
+def test_errors_name_each_url_once(fs: KeepFileSystem, loc: str) -> None:
+    for call in (lambda: fs.info("keep://nope/x"), lambda: fs.cat_file(f"keep://{loc}/nope"),
+                 lambda: fs.open(f"keep://{loc}/README", "ab"), lambda: fs.rm_file(f"keep://{loc}/README")):
+        with pytest.raises(OSError) as exc:
+            call()
+        assert "keep://" in str(exc.value) and "keep://keep:" not in str(exc.value)
+    assert fs.unstrip_protocol("keep://keep://x/y") == "keep://x/y"

@@ -6,16 +6,16 @@ import os
 import random
 import stat
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
 from keepstore import LocalStore, Locator
-from keepstore.datasets import DatasetWriter
+from keepstore.cache import MemoryBlockCache
+from keepstore.datasets import BlockSource, DatasetReader, DatasetWriter
 from keepstore.datasets.tree import ReadPath, normalize_path
-from keepstore.errors import BlockNotFound
+from keepstore.errors import BlockNotFound, ConfigError
 from keepstore.locator import LocatorLike
 
 BLOCK = 64 * 1024  # small blocks so files span many of them
@@ -44,6 +44,12 @@ def write_dataset(store: LocalStore, files: dict[str, bytes], dirs: Iterable[str
         for d in dirs:
             writer.add_directory(d)
         return writer.finish().locator
+
+
+def blocks_of(tree: ReadPath, path: str, ranges: Iterable[tuple[int, int]]) -> list[str]:
+    """The md5s of the distinct blocks holding *ranges* of *path*, sorted."""
+    file = tree.manifest.file(path)
+    return sorted({seg.locator.md5 for offset, length in ranges for _i, _at, seg in file.segments_in(offset, length)})
 
 
 @pytest.fixture
@@ -131,18 +137,98 @@ def test_small_files_and_empty_files_read_back(tree: ReadPath, files: dict[str, 
 def test_sequential_reader_gets_blocks_fetched_ahead_in_background(tree: ReadPath, store: CountingStore) -> None:
     store.fetched.clear()
     tree.read("data/big.bin", 0, 1000)
-    deadline = time.monotonic() + 5
-    while len(set(store.fetched)) < 1 + tree.readahead and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert tree.blocks.wait_idle(timeout=30)
     assert len(set(store.fetched)) == 1 + tree.readahead
-    assert any(name.startswith("keep-readahead") for name in store.threads)
+    assert any(name.startswith("keep-read") for name in store.threads)  # the BlockSource's pool
+
+
+def test_read_ahead_goes_through_the_readers_block_source(tree: ReadPath, store: CountingStore) -> None:
+    assert tree.blocks is tree.reader.blocks and tree.cache is tree.reader.cache
+    tree.read("data/big.bin", 0, 10)
+    assert tree.blocks.wait_idle(timeout=30)
+    second = tree.manifest.file("data/big.bin").segments[1].locator
+    assert tree.reader.cache.get(second) is not None  # fetched ahead into the reader's cache
+    store.fetched.clear()
+    with tree.reader.open("data/big.bin") as f:
+        f.seek(BLOCK + 5)
+        assert f.read(3)
+    assert second.md5 not in store.fetched  # the reader's own file read finds it there
 
 
 def test_random_reader_fetches_only_the_blocks_it_reads(tree: ReadPath, store: CountingStore) -> None:
     tree.read("data/big.bin", 5 * BLOCK + 10, 10)  # not at 0 and not continuing: random
     tree.read("data/big.bin", 2 * BLOCK + 10, 10)
-    time.sleep(0.2)
+    assert tree.blocks.wait_idle(timeout=30)
     assert len(store.fetched) - 1 == 2  # the manifest plus exactly the two blocks read
+
+
+def test_read_without_read_ahead_when_told_it_is_not_sequential(tree: ReadPath, store: CountingStore) -> None:
+    store.fetched.clear()
+    tree.read("data/big.bin", 0, 10, sequential=False)
+    tree.read("data/big.bin", 10, 10, sequential=False)
+    assert tree.blocks.wait_idle(timeout=30)
+    assert len(store.fetched) == 1
+
+
+def test_a_read_over_many_blocks_fetches_them_in_parallel(tree: ReadPath, store: CountingStore,
+                                                          files: dict[str, bytes]) -> None:
+    store.fetched.clear()
+    store.threads.clear()
+    assert tree.read("data/big.bin", 0, 6 * BLOCK, sequential=False) == files["data/big.bin"][:6 * BLOCK]
+    assert sorted(store.fetched) == blocks_of(tree, "data/big.bin", [(0, 6 * BLOCK)])
+    assert len({name for name in store.threads if name.startswith("keep-read")}) > 1
+
+
+def test_read_ranges_fetches_each_block_once(tree: ReadPath, store: CountingStore, files: dict[str, bytes]) -> None:
+    want = files["data/big.bin"]
+    ranges = [(3 * BLOCK + 1, 10), (3 * BLOCK + 500, 20), (BLOCK - 5, 10), (3 * BLOCK + 9, 1), (0, 0)]
+    store.fetched.clear()
+    got = tree.read_ranges([("data/big.bin", offset, length) for offset, length in ranges])
+    assert got == [want[offset:offset + length] for offset, length in ranges]
+    fetched = len(store.fetched)
+    assert sorted(store.fetched) == blocks_of(tree, "data/big.bin", ranges) and fetched < 4  # each block once
+    assert tree.blocks.wait_idle(timeout=30) and len(store.fetched) == fetched  # and nothing read ahead
+
+
+def test_read_ranges_gives_each_range_its_own_error(tree: ReadPath, files: dict[str, bytes]) -> None:
+    got = tree.read_ranges([("small.txt", 1, 3), ("nope", 0, 1), ("data", 0, 1), ("small.txt", -1, 1)])
+    assert got[0] == b"ell"
+    assert isinstance(got[1], FileNotFoundError) and isinstance(got[2], IsADirectoryError)
+    assert isinstance(got[3], ValueError)
+
+
+def test_read_ranges_reports_a_lost_block_only_for_the_ranges_in_it(store: CountingStore,
+                                                                    files: dict[str, bytes]) -> None:
+    with ReadPath(store, write_dataset(store, files), readahead=0) as rp:
+        lost = rp.manifest.file("data/big.bin").segments[2].locator
+        stored = store.find(lost.md5)
+        assert stored is not None
+        os.unlink(stored)
+        got = rp.read_ranges([("data/big.bin", 0, 5), ("data/big.bin", 2 * BLOCK, 5), ("small.txt", 0, 2)])
+    assert got[0] == files["data/big.bin"][:5] and got[2] == b"he"
+    assert isinstance(got[1], BlockNotFound)
+
+
+def test_trees_can_share_one_block_source(store: CountingStore, files: dict[str, bytes]) -> None:
+    loc = write_dataset(store, files)
+    shared = BlockSource(store)
+    one, two = ReadPath(store, loc, blocks=shared, readahead=0), ReadPath(store, loc, blocks=shared, readahead=0)
+    store.fetched.clear()
+    assert one.read("data/big.bin", 7 * BLOCK, 9) == two.read("data/big.bin", 7 * BLOCK, 9)
+    assert len(store.fetched) == 1
+    one.close()
+    assert not shared.closed  # not the tree's to close
+    shared.close()
+
+
+def test_conflicting_block_options_are_refused(store: CountingStore, files: dict[str, bytes]) -> None:
+    loc = write_dataset(store, files)
+    with pytest.raises(ConfigError):
+        ReadPath(store, loc, blocks=BlockSource(store), cache=MemoryBlockCache(1 << 20))
+    with pytest.raises(ConfigError):
+        ReadPath(store, DatasetReader(store, loc), cache=MemoryBlockCache(1 << 20))
+    with pytest.raises(ConfigError):
+        ReadPath(store, loc, readahead=-1)
 
 
 def test_a_block_read_twice_is_fetched_once(store: CountingStore, files: dict[str, bytes]) -> None:
@@ -170,11 +256,15 @@ def test_normalize_path_strips_slashes_and_dots() -> None:
     assert normalize_path("/") == ""
 
 
-def test_close_stops_read_ahead(tree: ReadPath) -> None:
+def test_close_stops_read_ahead(tree: ReadPath, store: CountingStore, files: dict[str, bytes]) -> None:
     tree.read("data/big.bin", 0, 10)
     tree.close()
-    assert tree.read("data/big.bin", 10, 10)  # reads still work, without read-ahead
-    assert tree._executor is None
+    assert tree.blocks.closed
+    store.fetched.clear()
+    store.threads.clear()
+    assert tree.read("data/big.bin", 4 * BLOCK, 2 * BLOCK) == files["data/big.bin"][4 * BLOCK:6 * BLOCK]
+    assert tree.read("data/big.bin", 6 * BLOCK, 10)  # continues: sequential, but no read-ahead now
+    assert len(store.fetched) == 3 and store.threads == {threading.current_thread().name}
 
 
 @pytest.mark.parametrize("module", ["keepstore.datasets.tree", "keepstore.contrib.fuse", "keepstore.contrib.fsspec",
@@ -183,5 +273,6 @@ def test_integration_modules_keep_all_sorted_and_resolvable(module: str) -> None
     import importlib
 
     mod = importlib.import_module(module)
-    assert mod.__all__ == sorted(mod.__all__)
+    # ruff's RUF022 order: CONSTANTS, then Classes, then functions
+    assert mod.__all__ == sorted(mod.__all__, key=lambda name: (not name.isupper(), not name[:1].isupper(), name))
     assert all(hasattr(mod, name) for name in mod.__all__)
