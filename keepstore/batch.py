@@ -51,8 +51,12 @@ class AsyncStore(Protocol):
 class Outcome(Generic[T]):
     """What one queued operation gave: its value, or the exception it raised.
 
-    ``index`` is the operation's position in submission order; ``op`` is ``"put"``, ``"get"``
-    or ``"head"``; ``target`` is the locator asked for (for a put, the data's size).
+    Args:
+        index: The operation's position in submission order.
+        op: ``"put"``, ``"get"`` or ``"head"``.
+        target: The locator asked for (for a put, the data's size).
+        value: What the operation returned (None when it raised).
+        error: The exception it raised, or None.
     """
 
     index: int

@@ -51,7 +51,13 @@ def _epoch(hexstamp: str) -> dt.datetime:
 class Locator:
     """An immutable block locator; ``str()`` gives back exactly the text it was parsed from.
 
-    ``hints`` holds each hint without its leading ``+``, in their original order.
+    Build one with `Locator.parse` (text), `Locator.for_data` (bytes) or the constructor, which
+    checks its arguments as `parse` does and raises `LocatorError` naming what is wrong.
+
+    Args:
+        md5: The block's md5, 32 lowercase hex digits.
+        size: The block's size in bytes, at most 64 MiB.
+        hints: Each hint without its leading ``+``, in their original order.
     """
 
     md5: str

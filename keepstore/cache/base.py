@@ -51,12 +51,17 @@ def check_max_bytes(max_bytes: int) -> int:
 class CacheStats:
     """Counters of one cache object in this process (other processes sharing a directory keep their own).
 
-    ``bytes_read`` counts bytes served from the cache, ``bytes_written`` bytes stored into it;
-    ``evictions`` entries dropped to respect ``max_bytes``; ``corrupt`` entries that failed
-    verification (dropped, and counted as misses); ``errors`` cache failures survived;
-    ``current_bytes`` what the cache holds now (for a directory, as diskcache measures it);
-    ``joined`` calls of `get_or_fetch` that waited for another caller's fetch of the same
-    block in this process instead of fetching it themselves (downloads saved, at most).
+    Args:
+        hits: Lookups served from the cache.
+        misses: Lookups the cache could not serve (corrupt entries included).
+        bytes_read: Bytes served from the cache.
+        bytes_written: Bytes stored into it.
+        evictions: Entries dropped to respect ``max_bytes``.
+        corrupt: Entries that failed verification (dropped, and counted as misses).
+        errors: Cache failures survived.
+        current_bytes: What the cache holds now (for a directory, as diskcache measures it).
+        joined: Calls of `get_or_fetch` that waited for another caller's fetch of the same block
+            in this process instead of fetching it themselves (downloads saved, at most).
     """
 
     hits: int = 0

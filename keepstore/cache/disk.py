@@ -266,7 +266,7 @@ class DiskBlockCache(BlockCache):
         this reads diskcache's documented SQLite table ``Cache`` on a connection of our own and
         removes the file with the public ``Disk.remove``. The table's triggers keep diskcache's
         size and count right. Tied to diskcache's schema: setup.cfg pins diskcache to 5.6.x and
-        tests/test_cache.py pins the behaviour. The row goes by rowid, so a foreign entry in a
+        tests/integration/test_cache.py pins the behaviour. The row goes by rowid, so a foreign entry in a
         shared directory (a pickled key) is never unpickled to name it.
         """
         with self._lru_lock:

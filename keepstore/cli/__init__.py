@@ -12,6 +12,7 @@ from typing import Any
 from .. import __version__
 from ..errors import BlockNotFound, KeepError
 from ..open import open_store
+from .options import add_progress
 
 __all__ = ["build_parser", "config_report", "main", "open_store"]
 
@@ -56,7 +57,7 @@ def _transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copies", type=_positive_int, default=None, help="replicas wanted (default 2)")
     parser.add_argument("--storage-classes", type=_storage_classes, default=None, metavar="A,B",
                         help="storage classes wanted, comma-separated")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress(parser)
 
 
 from .blocks import config_report  # noqa: E402  (re-exported: docs/configuration.md)
@@ -74,12 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from . import blocks, datasets, lifecycle, mount, serve
+    from . import blocks, completion, datasets, diff, lifecycle, mount, serve, sign
 
     datasets.register(sub, _transfer_options)
     blocks.register(sub)
-    for module in (serve, mount, lifecycle):
+    for module in (serve, mount, lifecycle, diff, sign):
         module.register(sub)
+    completion.register(sub, parser)
     return parser
 
 

@@ -6,20 +6,27 @@ import argparse
 import json
 from typing import Any
 
+from ..errors import BlockNotFound
 from ..locator import Locator
 from ..open import open_store
 
 __all__ = ["config_report", "register"]
 
-EXIT_OK = 0
+EXIT_OK, EXIT_NOT_FOUND = 0, 3
 
 
 def _cmd_head(args: argparse.Namespace) -> int:
     loc = Locator.parse(args.locator)
     store = open_store(args)
     with store:
-        store.head(loc)
-    print(f"{loc} present")
+        try:
+            store.head(loc)
+        except BlockNotFound:
+            if not args.json:
+                raise
+            print(json.dumps({"locator": str(loc), "present": False}))
+            return EXIT_NOT_FOUND
+    print(json.dumps({"locator": str(loc), "present": True}) if args.json else f"{loc} present")
     return EXIT_OK
 
 
@@ -71,6 +78,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     head = sub.add_parser("head", help="check that a block is stored (exit 3 when it is not)",
                           description="Ask the store whether a block is stored; exit 0 when it is, 3 when not.")
     head.add_argument("locator", help="block locator")
+    head.add_argument("--json", action="store_true",
+                      help='print {"locator": ..., "present": true|false} (exit codes as without it)')
     head.set_defaults(func=_cmd_head)
 
     config = sub.add_parser("config", help="show the store, services and settings in effect, and where each came from",

@@ -1,53 +1,34 @@
-"""The dataset commands of ``keep``: put, get, ls and cat, with tqdm progress on a terminal."""
+"""The dataset commands of ``keep``: put, get, ls and cat, with progress on stderr (see cli/progress.py)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from ..cache import BlockCache, MemoryBlockCache
-from ..datasets import DEFAULT_CACHE_BYTES, DatasetReader, DatasetWriter, atomic_write
+from ..datasets import DEFAULT_CACHE_BYTES, DatasetReader, atomic_write
+from ..datasets.existing import ExistingPolicy, block_file, keep_existing, plan_extract
+from ..datasets.extract import extract
+from ..datasets.inventory import Entry as Listed
+from ..datasets.inventory import Inventory
 from ..datasets.manifest import ManifestError
+from ..datasets.resume import journal_for, put_inventory
 from ..datasets.targets import split_target
 from ..errors import KeepError
 from ..locator import MAX_BLOCK_SIZE, Locator
 from ..open import open_store
+from . import results
+from .options import add_dry_run, add_filters, add_json, add_progress, completes_paths
+from .progress import notify, open_progress, showing_retries
+from .selection import Filter, Plan, plan_put
 
 __all__ = ["register"]
 
 _CHUNK = 8 << 20
-
-
-@contextlib.contextmanager
-def _progress(args: argparse.Namespace, total: int | None, desc: str) -> Iterator[Callable[[int], Any]]:
-    """A callback that advances a tqdm bar on stderr, or does nothing when silenced or piped."""
-    if args.no_progress or not sys.stderr.isatty():
-        yield lambda n: None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr,
-              leave=False) as bar:
-        yield bar.update
-
-
-def _input_size(paths: list[str]) -> int | None:
-    total = 0
-    for p in paths:
-        if p == "-":
-            return None
-        if os.path.isdir(p):
-            for root, _dirs, files in os.walk(p):
-                total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-        else:
-            total += os.path.getsize(p)
-    return total
 
 
 def _read_block(name: str) -> bytes:
@@ -70,6 +51,9 @@ def _put_blocks(args: argparse.Namespace) -> int:
     for p in args.paths:
         if p != "-" and os.path.isdir(p):
             raise IsADirectoryError(21, "Is a directory (store directories without --blocks)", p)
+    if args.dry_run:
+        return results.print_block_plan(args.paths, [Locator.for_data(_read_block(n)) for n in args.paths],
+                                        as_json=args.json)
     with open_store(args) as store:
         for name in args.paths:
             print(store.put(_read_block(name), copies=args.copies, storage_classes=args.storage_classes),
@@ -82,31 +66,63 @@ def cmd_put(args: argparse.Namespace) -> int:
     if args.blocks:
         return _put_blocks(args)
     paths: list[str] = args.paths
+    if not paths and args.update is None:
+        args.usage_error("give at least one PATH to store (or --update LOCATOR)")  # exits 2
+    if args.remove and args.update is None:
+        args.usage_error("--remove drops files from the dataset given by --update LOCATOR")
     for p in paths:
         if p != "-" and not os.path.exists(p):
             raise FileNotFoundError(2, "No such file or directory", p)
     if paths.count("-") > 1:
         raise KeepError("stdin (-) can be given only once")
+    try:
+        rules = Filter.of(args.rules)
+    except ValueError as exc:
+        raise KeepError(str(exc)) from None
+    plan = plan_put(paths, name=args.name, rules=rules, follow_links=args.follow_links)
+    left_out = plan.left_out_notice()
+    if left_out:
+        notify(args.progress, left_out)
+    if args.dry_run:
+        return results.print_put_plan(plan, sys.stdin.buffer, as_json=args.json)
+    listed = _inventory(plan)
     store = open_store(args)
     with (
         store,
-        _progress(args, _input_size(paths), "put") as advance,
-        DatasetWriter(store, copies=args.copies, storage_classes=args.storage_classes, progress=advance) as writer,
+        open_progress(args.progress, "put", total_bytes=plan.bytes, total_files=plan.files) as progress,
+        showing_retries(progress, getattr(args, "on_retry", None)),
     ):
-        single_dir = len(paths) == 1 and paths[0] != "-" and os.path.isdir(paths[0])
-        for p in paths:
-            if p == "-":
-                writer.add_stream(args.name or "stdin", sys.stdin.buffer)
-            elif os.path.isdir(p):
-                writer.add_tree(p, prefix="" if single_dir else Path(os.path.abspath(p)).name)
-            else:
-                writer.add_file(p, args.name if (args.name and len(paths) == 1) else None)
-        receipt = writer.finish()
+        # The choices that change what is stored are part of the resume state's key.
+        selection = {"rules": [list(r) for r in args.rules or ()], "follow_links": args.follow_links}
+        journal, key = (None, "") if args.no_resume else journal_for(
+            store, paths, name=args.name, copies=args.copies, storage_classes=args.storage_classes,
+            update=args.update, remove=args.remove, selection=selection)
+        receipt = put_inventory(store, listed, stdin=sys.stdin.buffer, copies=args.copies,
+                                storage_classes=args.storage_classes, progress=progress.stored,
+                                read_progress=progress.advance, on_file=progress.file_done, journal=journal,
+                                key=key, update=args.update, remove=args.remove)
+        progress.counted_as_skipped(receipt.bytes_skipped)
+        progress.finish()
     if args.json:
         print(receipt.to_json(indent=2))
     else:
         print(receipt.locator, flush=True)
     return 0
+
+
+def _inventory(plan: Plan) -> Inventory:
+    """The files and directories a plan chose, with the stat that resuming compares."""
+    files: list[Listed] = []
+    dirs: list[str] = []
+    for entry in plan.entries:
+        if entry.kind == "directory":
+            dirs.append(entry.path)
+        elif entry.source == "-":
+            files.append(Listed.stdin(entry.path))
+        else:
+            assert entry.source is not None
+            files.append(Listed.of(entry.source, entry.path))
+    return Inventory(tuple(files), tuple(dirs))
 
 
 def _open_reader(store: Any, loc: Locator, cache: BlockCache | None = None) -> DatasetReader | None:
@@ -130,6 +146,13 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     loc, path = split_target(args.target)
     dest = args.dest
+    policy = ExistingPolicy.from_flags(force=args.force, skip_existing=args.skip_existing,
+                                       verify_existing=args.verify_existing)
+    to_stdout = dest in (None, "-")
+    if args.json and to_stdout and not args.dry_run:
+        raise KeepError("--json prints its report on stdout: give a destination file or directory")
+    report = functools.partial(results.print_get, args.target, "-" if to_stdout else dest,
+                               dry_run=args.dry_run, as_json=args.json)
     store = open_store(args)
     with store:
         if args.raw and path:
@@ -138,32 +161,49 @@ def cmd_get(args: argparse.Namespace) -> int:
         if reader is None:
             if path:
                 raise KeepError(f"{loc} is a plain block, not a dataset; it has no {path!r}")
-            data = store.get(loc)
-            if dest in (None, "-"):
-                sys.stdout.buffer.write(data)
+            target = "-" if to_stdout else os.path.join(dest, loc.md5) if os.path.isdir(dest) else dest
+            planned = [results.Planned("", target, loc.size)]
+            if args.dry_run:
+                return report(planned)
+            if to_stdout:
+                sys.stdout.buffer.write(store.get(loc))
                 sys.stdout.buffer.flush()
-            else:
-                target = os.path.join(dest, loc.md5) if os.path.isdir(dest) else dest
+            elif not keep_existing(target, block_file(loc), policy):
+                data = store.get(loc)
                 atomic_write(target, lambda f: f.write(data))
-            return 0
+            return report(planned)
         if path and not reader.manifest.is_dir(path):
             size = reader.stat(path).size
-            with _progress(args, size, "get") as advance:
-                if dest in (None, "-"):
-                    _stream_file(reader, path, sys.stdout.buffer, advance)
-                else:
-                    target = os.path.join(dest, path.rsplit("/", 1)[-1]) if os.path.isdir(dest) else dest
-                    atomic_write(target, lambda f: _stream_file(reader, path, f, advance))
-            return 0
-        if dest in (None, "-"):
+            target = "-" if to_stdout else os.path.join(dest, path.rsplit("/", 1)[-1]) if os.path.isdir(dest) else dest
+            planned = [results.Planned(path, target, size)]
+            if args.dry_run:
+                return report(planned)
+            with (open_progress(args.progress, "get", total_bytes=size, total_files=1) as progress,
+                  showing_retries(progress, getattr(args, "on_retry", None))):
+                if to_stdout:
+                    _stream_file(reader, path, sys.stdout.buffer, progress.advance)
+                elif not keep_existing(target, reader.stat(path), policy, reader.blocks):
+                    atomic_write(target, lambda f: _stream_file(reader, path, f, progress.advance))
+                progress.finish(files=1)
+            return report(planned)
+        if to_stdout and not args.dry_run:
             raise KeepError(f"{args.target} is a dataset directory; give a destination directory "
                             f"(or LOCATOR/path for one file)")
-        if os.path.exists(dest) and not os.path.isdir(dest):
+        if not to_stdout and os.path.exists(dest) and not os.path.isdir(dest):
             raise NotADirectoryError(20, "Not a directory", dest)
         sub = reader.subtree(path)
-        with _progress(args, sub.manifest.total_size, "get") as advance:
-            sub.extract(dest, progress=advance)
-    return 0
+        root = "-" if to_stdout else dest
+        planned = [results.Planned(f.path, os.path.join(root, f.path), f.size) for f in sub.manifest.walk_files()]
+        dirs = len(sub.manifest.directories)
+        if args.dry_run:
+            return report(planned, directories=dirs)
+        keep = plan_extract(sub.manifest, dest, policy, sub.blocks)  # every conflict found before writing
+        with (open_progress(args.progress, "get", total_bytes=sub.manifest.total_size,
+                            total_files=len(planned)) as progress,
+              showing_retries(progress, getattr(args, "on_retry", None))):
+            extract(sub.manifest, sub.blocks, dest, progress=progress.advance, skip=keep)
+            progress.finish(files=len(planned))
+    return report(planned, directories=dirs)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -173,18 +213,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         reader = _open_reader(store, loc)
         if reader is None:
             raise KeepError(f"{loc} is a plain block, not a dataset")
-        manifest = reader.manifest
-        if path and not manifest.is_dir(path):
-            f = manifest.file(path)
-            print(f"{f.size:>12} {f.path}" if args.long else f.path)
-            return 0
-        prefix = f"{path}/" if path else ""
-        for f in manifest.walk_files():
-            if f.path.startswith(prefix):
-                print(f"{f.size:>12} {f.path}" if args.long else f.path)
-        for d in sorted(manifest.directories):
-            if d.startswith(prefix) and not manifest.listdir(d):
-                print(f"{'-':>12} {d}/" if args.long else f"{d}/")
+        results.print_ls(args.target, results.ls_entries(reader.manifest, path), long=args.long, as_json=args.json)
     return 0
 
 
@@ -208,27 +237,59 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common: Callable[[Any], None]) -> None:
     """Add put, get, ls and cat to the ``keep`` parser."""
-    put = sub.add_parser("put", help="store files, directories or stdin as a dataset; print its locator")
-    put.add_argument("paths", nargs="+", metavar="PATH", help="files or directories; - reads stdin")
-    put.add_argument("--json", action="store_true", help="print the receipt as JSON instead of the locator")
+    put = sub.add_parser(
+        "put", help="store files, directories or stdin as a dataset; print its locator",
+        description="Store files, directories (recursively) or stdin as one dataset: the data goes into "
+                    "packed blocks of at most 64 MiB, then a manifest block that names every file. The "
+                    "manifest's locator, printed on stdout, is what keep get, ls, cat and mount take. "
+                    "Symbolic links inside directories are left out unless --follow-links is given.")
+    completes_paths(put.add_argument("paths", nargs="*", metavar="PATH", help="files or directories; - reads stdin"))
+    add_json(put, "the receipt (locator, files, bytes, blocks and their replicas) instead of the locator")
     put.add_argument("--name", help="name for the file read from stdin (default 'stdin'), or for a single file")
     put.add_argument("--blocks", action="store_true",
                      help="store each file (at most 64 MiB) as one plain block and print one locator per file")
+    put.add_argument("--no-resume", action="store_true",
+                     help="neither use nor keep the resume state ($XDG_CACHE_HOME/keepstore/resume)")
+    put.add_argument("--update", metavar="LOCATOR",
+                     help="store a new dataset: this one plus PATHs (new or replacing files), by reference")
+    put.add_argument("--remove", action="append", default=[], metavar="PATH",
+                     help="with --update: drop this file or directory (repeatable)")
+    add_dry_run(put, "what would be stored (files, bytes, blocks)")
+    add_filters(put)
     common(put)
-    put.set_defaults(func=cmd_put)
+    put.set_defaults(func=cmd_put, usage_error=put.error)
 
-    get = sub.add_parser("get", help="fetch a dataset (tree), a file in one, or a plain block")
+    get = sub.add_parser(
+        "get", help="fetch a dataset (tree), a file in one, or a plain block",
+        description="Write a dataset, a directory or file inside it (LOCATOR/path), or a plain block to "
+                    "DEST (a file or directory; a single file or block may go to stdout). Every file is "
+                    "written to a temporary name and renamed when complete, so no half-written file is "
+                    "left behind.")
     get.add_argument("target", metavar="LOCATOR[/path]")
-    get.add_argument("dest", nargs="?", default=None, help="file or directory to write (default stdout: -)")
+    completes_paths(get.add_argument("dest", nargs="?", default=None,
+                                     help="file or directory to write (default stdout: -)"))
     get.add_argument("--raw", action="store_true", help="fetch the block itself even if it is a manifest")
-    get.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json(get, "what was written (files, bytes, each file's destination)")
+    add_dry_run(get, "what would be written where")
+    add_progress(get)
+    existing = get.add_mutually_exclusive_group()
+    existing.add_argument("-f", "--force", action="store_true", help="overwrite files that exist already")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep existing files of the right size (re-run an interrupted get)")
+    existing.add_argument("--verify-existing", action="store_true",
+                          help="keep existing files only when their content matches the dataset's blocks")
     get.set_defaults(func=cmd_get)
 
-    ls = sub.add_parser("ls", help="list the files of a dataset")
+    ls = sub.add_parser("ls", help="list the files of a dataset",
+                        description="List the files of a dataset (or of a directory in it), one path per line, "
+                                    "then empty directories with a trailing /.")
     ls.add_argument("target", metavar="LOCATOR[/path]")
     ls.add_argument("-l", "--long", action="store_true", help="show sizes")
+    add_json(ls, "every file and directory with its type and size")
     ls.set_defaults(func=cmd_ls)
 
-    cat = sub.add_parser("cat", help="write files of datasets (or plain blocks) to stdout")
+    cat = sub.add_parser("cat", help="write files of datasets (or plain blocks) to stdout",
+                         description="Write each named file of a dataset (LOCATOR/path), or each plain block, "
+                                     "to stdout in order. Blocks shared by several targets are fetched once.")
     cat.add_argument("targets", nargs="+", metavar="LOCATOR/path")
     cat.set_defaults(func=cmd_cat)

@@ -8,6 +8,7 @@ import datetime
 import json
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -68,9 +69,10 @@ def register(sub: Any) -> None:
                             epilog=EXIT_CODES)
     _common(repair)
     repair.set_defaults(func=_cmd_repair)
-    gc = sub.add_parser("gc", help="delete a local store's blocks no dataset references (see --dry-run)",
+    gc = sub.add_parser("gc", help="delete the blocks no dataset references (see --dry-run)",
                         description="Mark every block the roots reference, then delete the other blocks "
-                                    "older than the grace period. Local stores only.")
+                                    "older than the grace period: from a local store, or from every Keep "
+                                    "service (listed with /index, trashed with DELETE; needs the system token).")
     gc.add_argument("roots", nargs="*", metavar="LOCATOR", help="dataset or block locators to keep")
     gc.add_argument("--keep-from", action="append", default=[], metavar="FILE",
                     help="a keep put --json receipt whose dataset to keep (repeatable)")
@@ -78,18 +80,41 @@ def register(sub: Any) -> None:
     gc.add_argument("--older-than", default=None, metavar="TIME",
                     help="also keep blocks newer than this ISO 8601 time (e.g. 2026-11-01T00:00Z)")
     gc.add_argument("--dry-run", action="store_true", help="list what would go, and how many bytes; delete nothing")
+    gc.add_argument("--system-token-file", type=Path, metavar="FILE",
+                    help="the services' system token (Keep services only: /index and DELETE need it)")
+    gc.add_argument("--threads", type=_count, default=8, help="DELETE requests in flight (default 8)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     gc.set_defaults(func=_cmd_gc)
+    copy = sub.add_parser("copy", help="copy a dataset to another store, sending only the blocks it lacks",
+                          description="Copy a dataset from the configured store to other Keep services or a "
+                                      "local store: blocks the destination lacks are sent (in parallel, "
+                                      "verified), the manifest is stored there with the destination's "
+                                      "locators, and the destination's dataset locator is printed. "
+                                      "Re-running sends nothing already there.")
+    copy.add_argument("locator", metavar="LOCATOR", help="the dataset locator (at the source)")
+    to = copy.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-services", nargs="+", metavar="URL", help="the destination's Keep service roots")
+    to.add_argument("--to-local", type=Path, metavar="DIR", help="a local store directory as the destination")
+    copy.add_argument("--to-token-file", type=Path, metavar="FILE",
+                      help="the token for the destination services (default: the configured token)")
+    copy.add_argument("--copies", type=_count, default=None,
+                      help="copies at the destination (default: the configured copies)")
+    copy.add_argument("--threads", type=_count, default=8, help="blocks in flight (default 8)")
+    copy.add_argument("--json", action="store_true", help="print the report as JSON")
+    copy.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    copy.set_defaults(func=_cmd_copy)
 
 
 @contextlib.contextmanager
-def _progress(args: argparse.Namespace, total: int, desc: str) -> Iterator[Callable[[int], Any]]:
+def _progress(args: argparse.Namespace, total: int | None, desc: str,
+              unit: str = "block") -> Iterator[Callable[[int], Any]]:
     if args.no_progress or args.json or not sys.stderr.isatty():
         yield lambda n: None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="block", desc=desc, file=sys.stderr, leave=False) as bar:
+    with tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc, file=sys.stderr, leave=False) as bar:
         yield bar.update
 
 
@@ -158,9 +183,11 @@ def _cmd_gc(args: argparse.Namespace, now: datetime.datetime | None = None) -> i
     from ..local import LocalStore
     from ..open import open_store
 
-    roots = list(args.roots)
+    roots, keep = list(args.roots), []
     for path in args.keep_from:
-        roots.extend(gc.roots_from_receipt(path))
+        read, unread = gc.receipt_roots(path)
+        roots.extend(read)
+        keep.extend(unread)
     if not roots:
         raise ConfigError("keep gc needs roots (locators or --keep-from receipts): without any, every block "
                           "would be unreferenced")
@@ -170,8 +197,8 @@ def _cmd_gc(args: argparse.Namespace, now: datetime.datetime | None = None) -> i
         cutoff = min(cutoff, gc.parse_time(args.older_than))
     with open_store(args) as store:
         if not isinstance(store, LocalStore):
-            raise ConfigError("keep gc works on a local store (KEEP_LOCAL_STORE) only")
-        report = gc.collect(store, gc.mark(store, roots), cutoff, dry_run=args.dry_run)
+            return _cluster_gc(args, store, gc.mark(store, roots, keep), cutoff)
+        report = gc.collect(store, gc.mark(store, roots, keep), cutoff, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return EXIT_HEALTHY
@@ -182,3 +209,70 @@ def _cmd_gc(args: argparse.Namespace, now: datetime.datetime | None = None) -> i
     print(f"{verb} {count} blocks ({sum(c.size for c in report.candidates)} bytes); kept {report.live} "
           f"referenced and {report.kept_young} newer than {report.cutoff.isoformat()}")
     return EXIT_HEALTHY
+
+
+def _cluster_gc(args: argparse.Namespace, store: Any, live: set[str], cutoff: datetime.datetime) -> int:
+    from ..client import KeepClient
+    from ..lifecycle.gc_cluster import collect_cluster
+
+    if not isinstance(store, KeepClient):
+        raise ConfigError(f"keep gc needs a local store or Keep services, not {type(store).__name__}")
+    if args.system_token_file is None:
+        raise ConfigError("keep gc on Keep services needs --system-token-file (the token that may list and "
+                          "DELETE blocks)")
+    token = _read_secret(args.system_token_file, "system token")
+    with _progress(args, None, "gc") as progress:
+        report = collect_cluster(store, live, cutoff, system_token=token, dry_run=args.dry_run,
+                                 threads=args.threads, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for c in report.candidates:
+            note = f" ({c.note})" if c.note else ""
+            print(f"{c.md5}+{c.size} {c.mtime.isoformat()} {c.service} {c.outcome}{note}")
+        verb = "would trash" if args.dry_run else "trashed"
+        count = len(report.candidates) if args.dry_run else report.count("trashed", "requested")
+        print(f"{verb} {count} block copies ({sum(c.size for c in report.candidates)} bytes); kept {report.live} "
+              f"referenced and {report.kept_young} copies newer than {report.cutoff.isoformat()}"
+              + (f"; {len(report.failed)} DELETEs failed" if report.failed else ""))
+    return 1 if report.failed else EXIT_HEALTHY
+
+
+def _cmd_copy(args: argparse.Namespace) -> int:
+    from ..lifecycle.copy import copy_dataset
+    from ..local import LocalStore
+    from ..open import open_store
+
+    copies = args.copies
+    with open_store(args) as source:
+        if args.to_local is not None:
+            dest: Any = LocalStore(args.to_local)
+        else:
+            from ..client import KeepClient
+
+            overrides: dict[str, Any] = {"services": tuple(args.to_services)}
+            if args.to_token_file is not None:
+                overrides["token"] = _read_secret(args.to_token_file, "destination token")
+            if copies is not None:
+                overrides["copies"] = copies
+            dest = KeepClient.from_env(**overrides)
+        with dest, _progress(args, None, "copy", unit="B") as progress:
+            report = copy_dataset(source, dest, args.locator, copies=copies, threads=args.threads, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        t = report.to_dict()
+        print(f"sent {t['sent']} of {t['blocks']} blocks ({t['bytes_sent']} bytes); {t['skipped']} were there",
+              file=sys.stderr)
+        print(report.locator)
+    return EXIT_HEALTHY
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return text

@@ -7,12 +7,26 @@ import errno
 import logging
 import os
 import sys
-import time
+from collections.abc import Callable
 
 from ..config import Timeout
-from ..contrib.fuse import MOUNT_RETRIES, MOUNT_TIMEOUT, MountError, load_mfusepy, mount, open_mount_store
+from ..contrib.fuse import (
+    MOUNT_RETRIES,
+    MOUNT_TIMEOUT,
+    ByIdOperations,
+    MountError,
+    load_mfusepy,
+    mount,
+    open_mount_store,
+    serve_operations,
+)
+from ..datasets.byid import ByIdTree
+from ..datasets.staging import DEFAULT_RESERVE
 from ..datasets.targets import split_target
 from ..datasets.tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath
+from ..store import BlockStore
+from .mount_exec import die_with_parent, run_command, stop_server, wait_until_mounted
+from .mount_write import commit_mounted, commit_staging, serve_write
 
 __all__ = ["cmd_mount", "register"]
 
@@ -20,12 +34,21 @@ log = logging.getLogger(__name__)
 
 
 def _check_mountpoint(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(f"{path} is a mount whose process has died; fusermount3 -u {path} clears it") from exc
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
     if not os.path.isdir(path):
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
     if os.path.ismount(path):
         raise MountError(f"{path} is already a mount point")
+    with os.scandir(path) as entries:
+        first = next(entries, None)
+    if first is not None:  # libfuse3 would mount over it, hiding what is there
+        raise MountError(f"{path} is not empty (it holds {first.name!r}); mount on an empty directory")
     return os.path.abspath(path)
 
 
@@ -37,40 +60,122 @@ def _detach_stdio() -> None:
     os.close(devnull)
 
 
-def _wait_for_child(pid: int, mountpoint: str, limit: float = 60.0) -> int:
-    """In the parent of a background mount: 0 once *mountpoint* is mounted, 1 if the child died."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) or 1
-        if os.path.ismount(mountpoint):
+def _mode(args: argparse.Namespace) -> str:
+    """Which kind of mount the arguments ask for, after checking the positionals fit it."""
+    n = len(args.targets)
+    if args.by_id and args.write:
+        args.mount_parser.error("--by-id and --write are different mounts: choose one")
+    if args.write:
+        if n != 1:
+            args.mount_parser.error("--write takes only MOUNTPOINT (the base dataset is --base LOCATOR)")
+        return "write"
+    if args.base:
+        args.mount_parser.error("--base goes with --write")
+    if args.by_id:
+        if n != 1:
+            args.mount_parser.error("--by-id takes only MOUNTPOINT")
+        return "by-id"
+    if n != 2:
+        args.mount_parser.error("expected LOCATOR MOUNTPOINT (or --by-id MOUNTPOINT)")
+    return "dataset"
+
+
+def _store(args: argparse.Namespace) -> BlockStore:
+    return open_mount_store(retries=args.retries, timeout=Timeout(connect=args.connect_timeout, read=args.read_timeout),
+                            disk_cache=not args.no_disk_cache)
+
+
+def _show_warnings(args: argparse.Namespace) -> None:
+    """The mount's warnings (a read's EIO and why, a full staging disk) go to stderr as ``keep: ...``."""
+    if args.debug:
+        return  # main() has configured logging already, with more detail
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("keep: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("keepstore.contrib").addHandler(handler)
+
+
+def _serve(args: argparse.Namespace, mode: str, mountpoint: str, on_init: Callable[[], None] | None) -> int:
+    """Open the store and serve the mount until it is unmounted (in this process)."""
+    _show_warnings(args)
+    memory = args.memory_cache << 20
+    with _store(args) as store:
+        if mode == "write":
+            in_exec = args.exec_argv is not None  # then the parent commits (after CMD succeeds) and prints
+            return serve_write(args, store, mountpoint, on_init, commit_on_unmount=not in_exec,
+                               print_locator=not in_exec)
+        if mode == "by-id":
+            with ByIdTree(store, memory_bytes=memory, readahead=args.readahead) as byid:
+                log.info("mounting datasets by locator at %s", mountpoint)
+                serve_operations(lambda started: ByIdOperations(byid, on_init=started), mountpoint,
+                                 fsname="keep:by-id", ro=True, kernel_cache=True, on_init=on_init,
+                                 debug=args.debug)
             return 0
-        time.sleep(0.05)
-    print(f"keep: error: {mountpoint} did not appear within {limit:.0f} s", file=sys.stderr)
-    return 1
+        loc, sub = split_target(args.targets[0])
+        if sub:
+            raise MountError("keep mount takes a dataset locator, not LOCATOR/path")
+        with ReadPath(store, loc, readahead=args.readahead, memory_bytes=memory) as tree:
+            log.info("mounting %s at %s", tree, mountpoint)
+            mount(tree, mountpoint, foreground=True, debug=args.debug, on_init=on_init)
+    return 0
+
+
+def _exec(args: argparse.Namespace, mode: str, mountpoint: str) -> int:
+    """Mount in a child process, run the command here, then unmount; the command's status."""
+    pid = os.fork()
+    if not pid:  # the child serves, and returns through main() as a background mount does
+        os.setsid()  # a Ctrl-C at the terminal is for the command; the parent unmounts after it
+        die_with_parent()
+        return _serve(args, mode, mountpoint, on_init=None)
+    status = wait_until_mounted(pid, mountpoint)
+    if status:
+        return status
+    try:
+        code = run_command(args.exec_argv, env=dict(os.environ, KEEP_MOUNT=mountpoint))
+        if mode == "write":
+            if code == 0:
+                code = commit_mounted(args, mountpoint)
+            else:
+                print(f"keep: {args.exec_argv[0]} exited with status {code}: not committed", file=sys.stderr)
+    finally:
+        server = stop_server(pid, mountpoint)
+    if server not in (0, 8):  # 8: libfuse's status for an exit by signal
+        log.warning("mount process exited with status %s", server)
+    return code
+
+
+def _commit(args: argparse.Namespace) -> int:
+    if args.targets and args.staging:
+        args.mount_parser.error("--commit takes MOUNTPOINT (a running --write mount) or --staging DIR, not both")
+    if args.staging:
+        with _store(args) as store:
+            return commit_staging(args, store)
+    if len(args.targets) != 1:
+        args.mount_parser.error("--commit takes MOUNTPOINT (a running --write mount) or --staging DIR")
+    return commit_mounted(args, args.targets[0])
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    loc, sub = split_target(args.locator)
-    if sub:
-        raise MountError("keep mount takes a dataset locator, not LOCATOR/path")
-    mountpoint = _check_mountpoint(args.mountpoint)
+    if args.exec_argv is not None and not args.exec_argv:
+        args.mount_parser.error("--exec needs a command")
+    if args.commit:
+        return _commit(args)
+    mode = _mode(args)
+    mountpoint = _check_mountpoint(args.targets[-1])
+    if mode == "dataset":
+        _, sub = split_target(args.targets[0])  # a bad locator fails here, before anything forks
+        if sub:
+            raise MountError("keep mount takes a dataset locator, not LOCATOR/path")
     load_mfusepy()  # fail here, with a clear message, rather than in a background child
+    if args.exec_argv is not None:
+        return _exec(args, mode, mountpoint)
     if not args.foreground:
         # Fork before any thread or connection exists; the child serves in the foreground.
         pid = os.fork()
         if pid:
-            return _wait_for_child(pid, mountpoint)
+            return wait_until_mounted(pid, mountpoint)
         os.setsid()
-    store = open_mount_store(retries=args.retries, timeout=Timeout(connect=args.connect_timeout,
-                                                                    read=args.read_timeout),
-                             disk_cache=not args.no_disk_cache)
-    with store, ReadPath(store, loc, readahead=args.readahead, memory_bytes=args.memory_cache << 20) as tree:
-        log.info("mounting %s at %s", tree, mountpoint)
-        mount(tree, mountpoint, foreground=True, debug=args.debug,
-              on_init=None if args.foreground else _detach_stdio)
-    return 0
+    return _serve(args, mode, mountpoint, on_init=None if args.foreground else _detach_stdio)
 
 
 def _non_negative(text: str) -> int:
@@ -80,11 +185,48 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _classes(text: str) -> list[str]:
+    classes = [c.strip() for c in text.split(",") if c.strip()]
+    if not classes:
+        raise argparse.ArgumentTypeError("need at least one storage class name")
+    return classes
+
+
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``keep mount`` to the command line."""
-    p = sub.add_parser("mount", help="mount a dataset read-only with FUSE (unmount: fusermount3 -u DIR)")
-    p.add_argument("locator", metavar="LOCATOR", help="the dataset's locator (from keep put)")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    p = sub.add_parser("mount", help="mount datasets with FUSE (unmount: fusermount3 -u DIR)",
+                       description="Mount a dataset read-only (LOCATOR MOUNTPOINT), every dataset by its "
+                                   "locator (--by-id MOUNTPOINT), or a writable staging tree that becomes a new "
+                                   "dataset (--write [--base LOCATOR] MOUNTPOINT); and run a command while "
+                                   "mounted (--exec).",
+                       usage="%(prog)s [options] [LOCATOR] MOUNTPOINT [--exec CMD [ARG ...]]")
+    p.add_argument("targets", nargs="*", metavar="[LOCATOR] MOUNTPOINT",
+                   help="the dataset's locator (from keep put) and an existing, empty directory")
+    p.add_argument("--by-id", action="store_true",
+                   help="serve every dataset as MOUNTPOINT/<locator>/... on lookup (listing shows those opened)")
+    w = p.add_argument_group("writable mounts (--write)")
+    w.add_argument("--write", action="store_true",
+                   help="a writable mount for a stage's outputs, stored as a new dataset on unmount or --commit")
+    w.add_argument("--base", metavar="LOCATOR", help="start from this dataset (its files read, changed copy-on-write)")
+    w.add_argument("--staging", metavar="DIR",
+                   help="where changes are kept until committed (default $XDG_CACHE_HOME/keepstore/staging/<id>); "
+                        "an existing staging directory is reopened as it was left")
+    w.add_argument("--staging-reserve", type=_non_negative, default=DEFAULT_RESERVE >> 20, metavar="MIB",
+                   help=f"writes fail with ENOSPC rather than leave less free (default {DEFAULT_RESERVE >> 20} MiB)")
+    w.add_argument("--commit", action="store_true",
+                   help="commit now: keep mount --commit MOUNTPOINT (a running --write mount), or "
+                        "--commit --staging DIR (a staging directory left behind)")
+    w.add_argument("--locator-file", metavar="FILE", help="also write the committed dataset's locator to FILE")
+    w.add_argument("--copies", type=_positive, default=None, help="replicas wanted (default: the configured copies)")
+    w.add_argument("--storage-classes", type=_classes, default=None, metavar="A,B",
+                   help="storage classes wanted, comma-separated")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground until unmounted or interrupted (Ctrl-C unmounts)")
     p.add_argument("--readahead", type=_non_negative, default=DEFAULT_READAHEAD, metavar="BLOCKS",
@@ -98,4 +240,6 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help=f"connection timeout (default {MOUNT_TIMEOUT.connect:g})")
     p.add_argument("--read-timeout", type=float, default=MOUNT_TIMEOUT.read, metavar="SECONDS",
                    help=f"a transfer stalled this long fails (default {MOUNT_TIMEOUT.read:g})")
-    p.set_defaults(func=cmd_mount)
+    p.add_argument("--exec", dest="exec_argv", nargs=argparse.REMAINDER, default=None, metavar="CMD",
+                   help="mount, run CMD [ARG ...] (everything after --exec), unmount, and exit with its status")
+    p.set_defaults(func=cmd_mount, mount_parser=p)

@@ -35,7 +35,19 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--require-signatures", action="store_true",
                    help="refuse GET/HEAD of locators without a valid signature")
     p.add_argument("--system-token-file", type=Path, metavar="FILE",
-                   help="the token that may read /index")
+                   help="the token that may read /index, DELETE blocks (to the trash) and untrash them")
+    p.add_argument("--trash-lifetime", type=_seconds, default=14 * 86400, metavar="SECONDS",
+                   help="how long a deleted block stays in the trash, recoverable with PUT /untrash/<locator>; "
+                        "0 deletes at once (default %(default)s, two weeks)")
+    p.add_argument("--trash-min-age", type=_seconds, default=None, metavar="SECONDS",
+                   help="DELETE keeps blocks written or touched more recently than this (default: the signing TTL)")
+    p.add_argument("--trash-check-interval", type=_positive, default=3600.0, metavar="SECONDS",
+                   help="how often expired trash is emptied (default %(default)s)")
+    p.add_argument("--scrub-interval", type=_positive, default=None, metavar="SECONDS",
+                   help="read and verify every block in the background, a pass every SECONDS; damaged "
+                        "copies are quarantined (default: no scrub)")
+    p.add_argument("--scrub-rate", type=_positive, default=8 << 20, metavar="BYTES_PER_SECOND",
+                   help="a scrub pass reads at most this much per second on average (default %(default)s)")
     p.add_argument("--max-requests", type=int, default=128, metavar="N",
                    help="answer 503 beyond N requests in flight (default %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
@@ -51,6 +63,23 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--no-fsync", action="store_true", help="skip fsync on writes (faster, not crash safe)")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines")
     p.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
 
 
 def _secret(path: Path | None, what: str) -> str | None:
@@ -86,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         max_requests=args.max_requests, idle_timeout=args.idle_timeout, min_rate=args.min_rate,
         max_connections=args.max_connections,
         tls_cert=args.tls_cert, tls_key=args.tls_key, fsync=not args.no_fsync,
+        trash_lifetime=args.trash_lifetime, trash_min_age=args.trash_min_age,
+        trash_check_interval=args.trash_check_interval,
+        scrub_interval=args.scrub_interval, scrub_rate=args.scrub_rate,
     )
     logger = logging.getLogger("keepstore.server")
     if getattr(args, "debug", False):

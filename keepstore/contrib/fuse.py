@@ -10,12 +10,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..config import Settings, Timeout
-from ..datasets.tree import ReadPath
+from ..datasets.byid import ByIdTree
+from ..datasets.tree import Attr, ReadPath
 from ..errors import KeepError
 from ..store import BlockStore
 
-__all__ = ["MOUNT_RETRIES", "MOUNT_TIMEOUT", "KeepOperations", "MountError", "load_mfusepy", "mount",
-           "open_mount_store"]
+__all__ = ["ByIdOperations", "KeepOperations", "MountError", "load_mfusepy", "mount", "open_mount_store",
+           "serve_operations"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def _errno_for(exc: BaseException) -> int:
 
 
 @contextmanager
-def _as_fuse_errors(op: str, path: str) -> Iterator[None]:
+def as_fuse_errors(op: str, path: str) -> Iterator[None]:
     """Turn what `ReadPath` raises into ``OSError(errno)``, which mfusepy hands to the kernel."""
     try:
         yield
@@ -52,6 +53,15 @@ def _as_fuse_errors(op: str, path: str) -> Iterator[None]:
     except (KeepError, OSError) as exc:  # a store failure: the reader gets EIO, the log says why
         log.warning("%s %s failed: %s", op, path, exc)
         raise OSError(errno.EIO, os.strerror(errno.EIO)) from exc
+
+
+def stat_for(attr: Attr) -> dict[str, Any]:
+    """The ``st_*`` mapping mfusepy wants (times in nanoseconds, owned by the mounting user)."""
+    st: dict[str, Any] = dict(attr.as_stat())
+    for key in ("st_mtime", "st_ctime", "st_atime"):
+        st[key] = int(st[key] * 1e9)
+    st["st_uid"], st["st_gid"] = os.getuid(), os.getgid()
+    return st
 
 
 class KeepOperations:
@@ -68,27 +78,23 @@ class KeepOperations:
             self._on_init()
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        with _as_fuse_errors("getattr", path):
-            st = self.tree.lookup(path).as_stat()
-        for key in ("st_mtime", "st_ctime", "st_atime"):
-            st[key] = int(st[key] * 1e9)
-        st["st_uid"], st["st_gid"] = os.getuid(), os.getgid()
-        return st
+        with as_fuse_errors("getattr", path):
+            return stat_for(self.tree.lookup(path))
 
     def readdir(self, path: str, fh: int) -> list[str]:
-        with _as_fuse_errors("readdir", path):
+        with as_fuse_errors("readdir", path):
             return [".", "..", *self.tree.readdir(path)]
 
     def open(self, path: str, flags: int) -> int:
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        with _as_fuse_errors("open", path):
+        with as_fuse_errors("open", path):
             if self.tree.lookup(path).is_dir:
                 raise IsADirectoryError(path)
         return 0
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        with _as_fuse_errors("read", path):
+        with as_fuse_errors("read", path):
             return self.tree.read(path, offset, size)
 
     def statfs(self, path: str) -> dict[str, int]:
@@ -96,6 +102,43 @@ class KeepOperations:
         return {"f_bsize": 1 << 16, "f_frsize": 1 << 16, "f_blocks": (total + 65535) >> 16,
                 "f_bfree": 0, "f_bavail": 0, "f_files": len(self.tree.manifest.files), "f_ffree": 0,
                 "f_namemax": 255}
+
+
+class ByIdOperations:
+    """Read-only FUSE callbacks for a `ByIdTree`: ``/<locator>/path`` opens datasets on lookup."""
+
+    use_ns = True
+
+    def __init__(self, tree: ByIdTree, *, on_init: Callable[[], Any] | None = None) -> None:
+        self.tree = tree
+        self._on_init = on_init
+
+    def init(self, path: str) -> None:
+        if self._on_init is not None:
+            self._on_init()
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        with as_fuse_errors("getattr", path):
+            return stat_for(self.tree.lookup(path))
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        with as_fuse_errors("readdir", path):
+            return [".", "..", *self.tree.readdir(path)]
+
+    def open(self, path: str, flags: int) -> int:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        with as_fuse_errors("open", path):
+            if self.tree.lookup(path).is_dir:
+                raise IsADirectoryError(path)
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        with as_fuse_errors("read", path):
+            return self.tree.read(path, offset, size)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 1 << 16, "f_frsize": 1 << 16, "f_namemax": 255}
 
 
 def load_mfusepy() -> Any:
@@ -130,6 +173,20 @@ def open_mount_store(*, retries: int = MOUNT_RETRIES, timeout: Timeout = MOUNT_T
 def mount(tree: ReadPath, mountpoint: str, *, foreground: bool = True,
           on_init: Callable[[], Any] | None = None, debug: bool = False, **options: Any) -> None:
     """Serve *tree* at *mountpoint* until unmounted or SIGINT/SIGTERM (libfuse then unmounts)."""
+    # A dataset never changes, so the kernel may keep its pages across opens (kernel_cache).
+    serve_operations(lambda started: KeepOperations(tree, on_init=started), mountpoint,
+                     fsname=f"keep:{tree.locator.stripped()}", foreground=foreground, debug=debug,
+                     ro=True, kernel_cache=True, on_init=on_init, **options)
+
+
+def serve_operations(make: Callable[[Callable[[], None]], Any], mountpoint: str, *, fsname: str,
+                     on_init: Callable[[], Any] | None = None, foreground: bool = True, debug: bool = False,
+                     **options: Any) -> None:
+    """Serve the operations ``make(started)`` returns at *mountpoint* until unmounted or SIGINT/SIGTERM.
+
+    The operations must call ``started()`` from their FUSE ``init``; *on_init* runs then too.
+    *options* are libfuse mount options as keywords (``ro=True``, ``max_write=...``).
+    """
     mfusepy = load_mfusepy()
     mounted: list[bool] = []
 
@@ -138,12 +195,9 @@ def mount(tree: ReadPath, mountpoint: str, *, foreground: bool = True,
         if on_init is not None:
             on_init()
 
-    name = f"keep:{tree.locator.stripped()}"
     try:
-        mfusepy.FUSE(KeepOperations(tree, on_init=started), mountpoint, foreground=foreground, debug=debug,
-                     ro=True, fsname=name[:120], subtype="keep", default_permissions=True,
-                     # A dataset never changes, so the kernel may keep its pages across opens.
-                     kernel_cache=True, **options)
+        mfusepy.FUSE(make(started), mountpoint, foreground=foreground, debug=debug, fsname=fsname[:120],
+                     subtype="keep", default_permissions=True, **options)
     except RuntimeError as exc:  # mfusepy's report of fuse_main's non-zero status
         if mounted:  # libfuse reports an exit by SIGINT/SIGTERM as status 8, after unmounting
             log.info("unmounted %s (fuse_main status %s)", mountpoint, exc)

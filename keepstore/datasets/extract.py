@@ -7,7 +7,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from ..locator import Locator
@@ -21,6 +21,7 @@ __all__ = ["DEFAULT_MAX_OPEN", "extract"]
 
 DEFAULT_MAX_OPEN = 64  # temp files held open at once; others are closed and reopened when needed
 _FINISH_THREADS = 8
+_PROGRESS_CHUNK = 8 << 20  # bytes written between two progress calls
 
 
 @dataclasses.dataclass
@@ -117,9 +118,11 @@ class _Outputs:
 
 
 def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[str], *,
-            progress: Callable[[int], Any] | None = None, max_open: int = DEFAULT_MAX_OPEN) -> int:
+            progress: Callable[[int], Any] | None = None, max_open: int = DEFAULT_MAX_OPEN,
+            skip: Collection[str] = frozenset()) -> int:
     """Write every file and directory of *manifest* under *dest*, fetching through *blocks*;
-    return the bytes written (see `DatasetReader.extract`)."""
+    return the bytes written (see `DatasetReader.extract`). Files whose paths are in *skip* are
+    left as they are (their blocks are not fetched for them)."""
     root = os.path.abspath(os.fspath(dest))
     os.makedirs(root, exist_ok=True)
     made = {root}
@@ -143,6 +146,8 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
     order: list[Locator] = []  # distinct blocks, in the order the files (sorted by path) use them
     pieces: dict[str, list[tuple[int, int, int, int]]] = {}  # block -> (file, file offset, offset, length)
     for mf in manifest.walk_files():
+        if mf.path in skip:
+            continue
         target = inside(mf.path)
         makedirs(os.path.dirname(target))
         size = mf.size
@@ -186,14 +191,16 @@ def _fetch_and_write(order: list[Locator], pieces: dict[str, list[tuple[int, int
             submit()
             with memoryview(data) as view:
                 for n, at, offset, length in pieces.pop(f"{loc.md5}+{loc.size}"):
-                    outputs.write(n, at, view[offset:offset + length])
+                    for start in range(0, length, _PROGRESS_CHUNK):  # progress moves as bytes are written
+                        part = min(_PROGRESS_CHUNK, length - start)
+                        outputs.write(n, at + start, view[offset + start:offset + start + part])
+                        if progress is not None:
+                            progress(part)
                     out = outputs.files[n]
                     out.left -= length
                     if out.left == 0:
                         outputs.finish(n)
                     total += length
-                    if progress is not None:
-                        progress(length)
             del data
         outputs.drain()
     except BaseException:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import io
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..cache import BlockCache, MemoryBlockCache
@@ -32,7 +33,9 @@ class BlockSource:
     *cache* (default: a `MemoryBlockCache` of *cache_bytes*) is consulted first; concurrent
     askers for one block share one download (`BlockCache.get_or_fetch`). A `KeepClient` with
     its own disk cache still uses it underneath, so a block missing here may come from disk.
-    `prefetch` fills the cache in the background with at most *threads* fetches at once.
+    `fetch_many` fetches a list of blocks in order with at most *threads* downloads at once;
+    `prefetch` fills the cache in the background through the same pool. Every reader in
+    keepstore (`DatasetReader`, `KeepFile`, `ReadPath`, the fsspec layer) fetches through one.
     """
 
     def __init__(self, store: BlockStore, *, cache: BlockCache | None = None,
@@ -43,6 +46,7 @@ class BlockSource:
         self.cache = cache if cache is not None else MemoryBlockCache(cache_bytes)
         self.threads = threads
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when the last read-ahead ends
         self._pending: set[str] = set()
         self._executor: cf.ThreadPoolExecutor | None = None
         self._closed = False
@@ -50,16 +54,64 @@ class BlockSource:
     def __repr__(self) -> str:
         return f"BlockSource({self.cache!r}, threads={self.threads})"
 
+    @property
+    def closed(self) -> bool:
+        """True after `close`: blocks are still fetched, but one at a time and none ahead."""
+        return self._closed
+
     def block(self, locator: Locator) -> bytes:
         """The block *locator* names: from the cache, or fetched (once, however many ask)."""
         return self.cache.get_or_fetch(locator, lambda: self.store.get(locator), verified=True)
 
     def executor(self) -> cf.ThreadPoolExecutor:
-        """The pool fetching this source's blocks (started on first use)."""
+        """The pool fetching this source's blocks (started on first use, so after a fork)."""
         with self._lock:
-            if self._executor is None:
-                self._executor = cf.ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="keep-read")
-            return self._executor
+            return self._executor_locked()
+
+    def _executor_locked(self) -> cf.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = cf.ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="keep-read")
+        return self._executor
+
+    def fetch_many(self, locators: Iterable[Locator]) -> Iterator[tuple[Locator, bytes | KeepError]]:
+        """``(locator, block)`` for each of *locators*, in order, with up to `threads` fetches in
+        flight; a block that could not be had comes as its `KeepError` (the others still come).
+
+        Each block goes through `block` (cache, single flight), so a locator listed twice, or
+        wanted by another reader at the same time, is downloaded once. After `close`, blocks
+        are fetched one at a time in the calling thread.
+        """
+        queue = iter(locators)
+        window: collections.deque[tuple[Locator, cf.Future[bytes]]] = collections.deque()
+
+        def submit() -> None:
+            loc = next(queue, None)
+            if loc is None:
+                return
+            with self._lock:
+                executor = None if self._closed else self._executor_locked()
+                future = executor.submit(self.block, loc) if executor is not None else None
+            if future is None:
+                future = cf.Future()
+                _settle(future, self.block, loc)
+            window.append((loc, future))
+
+        try:
+            for _ in range(self.threads):
+                submit()
+            while window:
+                loc, future = window.popleft()
+                try:
+                    data: bytes | KeepError = future.result()
+                except KeepError as exc:
+                    data = exc
+                except cf.CancelledError:  # close() cancelled it: fetch it here instead
+                    data = _fetched(self.block, loc)
+                submit()
+                yield loc, data
+        finally:
+            for _loc, future in window:
+                future.cancel()
 
     def prefetch(self, locators: Iterable[Locator]) -> None:
         """Start fetching blocks not cached nor already on their way; failures are only logged
@@ -67,12 +119,13 @@ class BlockSource:
         for loc in locators:
             key = str(loc.bare())
             if self._closed or key in self._pending or self.cache.get(loc) is not None:
-                continue
+                continue  # the cache lookup is outside the lock: a disk lookup may be slow
             with self._lock:
-                if key in self._pending:
+                if key in self._pending or self._closed:
                     continue
                 self._pending.add(key)
-            self.executor().submit(self._fetch_ahead, loc, key)
+                # submitted under the lock, so close() cannot shut the pool down in between
+                self._executor_locked().submit(self._fetch_ahead, loc, key)
 
     def _fetch_ahead(self, loc: Locator, key: str) -> None:
         try:
@@ -82,6 +135,13 @@ class BlockSource:
         finally:
             with self._lock:
                 self._pending.discard(key)
+                if not self._pending:
+                    self._idle.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no read-ahead is under way (True), or *timeout* seconds pass (False)."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._pending, timeout)
 
     def close(self) -> None:
         """Stop read-ahead, waiting for fetches under way; the store and cache stay open."""
@@ -90,6 +150,24 @@ class BlockSource:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._pending.clear()  # cancelled read-aheads never ran their own cleanup
+            self._idle.notify_all()
+
+
+def _fetched(fetch: Callable[[Locator], bytes], loc: Locator) -> bytes | KeepError:
+    try:
+        return fetch(loc)
+    except KeepError as exc:
+        return exc
+
+
+def _settle(future: "cf.Future[bytes]", fetch: Callable[[Locator], bytes], loc: Locator) -> None:
+    """Run *fetch* here and put its block (or `KeepError`) into *future*."""
+    try:
+        future.set_result(fetch(loc))
+    except KeepError as exc:
+        future.set_exception(exc)
 
 
 class DatasetReader:
@@ -98,16 +176,19 @@ class DatasetReader:
     Every read of this reader (`open`, `read_bytes`, `extract`, and a `ReadPath` built on it)
     goes through one `BlockSource`, so a block holding many files is fetched once. Pass
     ``cache=`` (any `BlockCache`, e.g. one shared by several readers) or size the default
-    memory LRU with ``cache_bytes=``; ``threads`` bounds blocks fetched at once.
+    memory LRU with ``cache_bytes=``; ``threads`` bounds blocks fetched at once; or pass
+    ``blocks=`` (a `BlockSource`) to share another reader's, pool and all.
     """
 
     def __init__(self, store: BlockStore, locator: LocatorLike, *, readahead: int = 2,
                  cache: BlockCache | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 threads: int = DEFAULT_FETCH_THREADS) -> None:
+                 threads: int = DEFAULT_FETCH_THREADS, blocks: BlockSource | None = None) -> None:
         self.store = store
         self.locator = Locator.parse(locator)
         self.readahead = readahead
-        self.blocks = BlockSource(store, cache=cache, cache_bytes=cache_bytes, threads=threads)
+        self.blocks = blocks if blocks is not None else BlockSource(store, cache=cache, cache_bytes=cache_bytes,
+                                                                    threads=threads)
+        self.owns_blocks = blocks is None  # close() closes only a BlockSource made here
         raw = self.blocks.block(self.locator)  # cached: `keep cat` of several files reads it once
         try:
             self.manifest = Manifest.parse(raw)
@@ -127,6 +208,7 @@ class DatasetReader:
         reader.readahead = readahead
         reader.blocks = blocks if blocks is not None else BlockSource(store, cache=cache, cache_bytes=cache_bytes,
                                                                       threads=threads)
+        reader.owns_blocks = blocks is None
         return reader
 
     @property
@@ -183,8 +265,9 @@ class DatasetReader:
                        max_open=DEFAULT_MAX_OPEN if max_open is None else max_open)
 
     def close(self) -> None:
-        """Stop read-ahead; the store (and a cache passed in) are the caller's to close."""
-        self.blocks.close()
+        """Stop read-ahead; the store (and a cache or `BlockSource` passed in) are the caller's to close."""
+        if self.owns_blocks:
+            self.blocks.close()
 
     def __enter__(self) -> "DatasetReader":
         return self
@@ -273,9 +356,12 @@ class KeepFile(io.RawIOBase):
         if want <= 0:
             return 0
         done = 0
-        for index, _at, seg in self.file.segments_in(self._pos, want):
-            self._prefetch_after(index)
-            block = self._blocks.block(seg.locator)
+        pieces = self.file.segments_in(self._pos, want)
+        self._prefetch_after(pieces[-1][0])
+        fetched = self._blocks.fetch_many(seg.locator for _i, _at, seg in pieces)
+        for (_i, _at, seg), (_loc, block) in zip(pieces, fetched, strict=True):
+            if isinstance(block, KeepError):
+                raise block
             view[done:done + seg.length] = block[seg.offset:seg.offset + seg.length]
             done += seg.length
         self._pos += done

@@ -25,13 +25,18 @@ class DatasetError(KeepError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class BlockReceipt:
-    """One stored block: its locator, the replicas counted and the services that confirmed it."""
+    """One stored block: its locator, the replicas counted and the services that confirmed it.
+
+    ``sent`` is False for a block not uploaded by this write: found already stored (its
+    replicas and services are those the HEADs confirmed), or referenced from another dataset.
+    """
 
     locator: str
     size: int
     replicas: int
     services: tuple[str, ...] = ()
     storage_classes: dict[str, int] = dataclasses.field(default_factory=dict)
+    sent: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Receipt:
     bytes: int
     blocks: tuple[BlockReceipt, ...]
     manifest_block: BlockReceipt
+    bytes_sent: int = 0  # block bytes uploaded (each block once, whatever its replicas), manifest included
+    bytes_skipped: int = 0  # block bytes not uploaded because they were found stored already
 
     @property
     def min_replicas(self) -> int:

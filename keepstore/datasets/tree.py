@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import bisect
-import concurrent.futures as cf
 import dataclasses
-import logging
 import stat
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..cache import BlockCache, MemoryBlockCache
-from ..errors import KeepError
+from ..errors import ConfigError, KeepError
 from ..locator import Locator, LocatorLike
 from ..store import BlockStore
 from .manifest import ManifestFile, Segment
-from .reader import DatasetReader
+from .reader import BlockSource, DatasetReader
 
 __all__ = ["Attr", "ReadPath", "normalize_path"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_READAHEAD = 2  # blocks fetched ahead of a sequential reader
 DEFAULT_MEMORY_BYTES = 320 << 20  # five 64 MiB blocks: the one being read, read-ahead, and a spare
@@ -60,46 +56,19 @@ class Attr:
                 "st_blocks": (self.size + 511) // 512}
 
 
-class _FileIndex:
-    """A manifest file's segments with their start offsets, for bisecting a byte range."""
-
-    def __init__(self, file: ManifestFile) -> None:
-        self.file = file
-        self.starts: list[int] = []
-        offset = 0
-        for seg in file.segments:
-            self.starts.append(offset)
-            offset += seg.length
-        self.size = offset
-
-    def segments_for(self, offset: int, length: int) -> list[tuple[int, Segment, int, int]]:
-        """``(index, segment, start within segment, bytes)`` covering ``[offset, offset+length)``."""
-        end = min(self.size, offset + length)
-        out: list[tuple[int, Segment, int, int]] = []
-        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
-        pos = offset
-        while pos < end and i < len(self.file.segments):
-            seg = self.file.segments[i]
-            within = pos - self.starts[i]
-            take = min(end - pos, seg.length - within)
-            if take > 0:
-                out.append((i, seg, within, take))
-                pos += take
-            i += 1
-        return out
-
-
 class ReadPath:
     """A dataset opened read-only as a tree of paths (``""`` is the root, ``"a/b.csv"`` a file).
 
-    Blocks go through *cache* (default: the cache of *dataset* when that is a `DatasetReader`,
-    else an in-memory LRU of *memory_bytes* that the reader made here shares), so concurrent
-    readers of one block share one download; a store with its own disk cache (a `KeepClient`
-    built with ``cache=``) is used through it as well. Reads that continue where the previous
-    read of a file ended count as sequential and fetch the next *readahead* blocks in the
+    Blocks come through one `BlockSource` (the reader's own when *dataset* is a `DatasetReader`;
+    else *blocks*, or a new one over *cache* or an in-memory LRU of *memory_bytes*), so
+    concurrent readers of one block share one download, and a read spanning several blocks
+    fetches them in parallel; a store with its own disk cache (a `KeepClient` built with
+    ``cache=``) is used through it as well. Reads that continue where the previous read of a
+    file ended count as sequential and have the next *readahead* blocks fetched in the
     background (*sequential_slack* bytes either way still count: the kernel sends read-ahead
-    requests slightly out of order); random reads fetch only what they need. Store errors (`KeepError`) are raised
-    from `read`, never swallowed; background read-ahead failures are only logged.
+    requests slightly out of order); random reads fetch only what they need, and
+    `read_ranges` reads many ranges at once with no read-ahead. Store errors (`KeepError`)
+    are raised from `read`, never swallowed; background read-ahead failures are only logged.
     """
 
     def __init__(
@@ -110,32 +79,44 @@ class ReadPath:
         readahead: int = DEFAULT_READAHEAD,
         cache: BlockCache | None = None,
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        blocks: BlockSource | None = None,
         mtime: float | None = None,
         sequential_slack: int = _SEQUENTIAL_SLACK,
     ) -> None:
         if readahead < 0:
-            raise ValueError(f"readahead must be at least 0, got {readahead}")
+            raise ConfigError(f"readahead must be at least 0, got {readahead}")
+        if blocks is not None and cache is not None:
+            raise ConfigError("give ReadPath cache= or blocks=, not both")
         self.store = store
         if isinstance(dataset, DatasetReader):
+            if blocks is not None or cache is not None:
+                raise ConfigError("a ReadPath over a DatasetReader reads through that reader's blocks; "
+                                  "pass cache= or blocks= to the reader instead")
             self.reader = dataset
-            self.cache = cache if cache is not None else dataset.cache
+            self._own_blocks = False
         else:
-            self.cache = cache if cache is not None else MemoryBlockCache(memory_bytes)
-            self.reader = DatasetReader(store, dataset, cache=self.cache)
+            self._own_blocks = blocks is None
+            if blocks is None:
+                blocks = BlockSource(store, cache=cache if cache is not None else MemoryBlockCache(memory_bytes))
+            self.reader = DatasetReader(store, dataset, blocks=blocks)
+        self.blocks: BlockSource = self.reader.blocks
         self.manifest = self.reader.manifest
         self.locator: Locator = self.reader.locator
         self.readahead = readahead
         self.sequential_slack = sequential_slack
         self.mtime = time.time() if mtime is None else mtime
-        self._indexes: dict[str, _FileIndex] = {}
+        self._files: dict[str, ManifestFile] = {}
         self._last_end: OrderedDict[str, int] = OrderedDict()
-        self._pending: set[str] = set()
         self._lock = threading.Lock()
-        self._executor: cf.ThreadPoolExecutor | None = None  # started on first use (after a FUSE fork)
         self._closed = False
 
     def __repr__(self) -> str:
         return f"ReadPath({self.locator.stripped()}, {len(self.manifest.files)} files)"
+
+    @property
+    def cache(self) -> BlockCache:
+        """The block cache every read goes through (the `BlockSource`'s)."""
+        return self.blocks.cache
 
     # -- tree --------------------------------------------------------------------------------
 
@@ -144,7 +125,7 @@ class ReadPath:
         name = normalize_path(path)
         if self.manifest.is_dir(name):
             return Attr(name, True, 0, self.mtime)
-        return Attr(name, False, self._index(name).size, self.mtime)
+        return Attr(name, False, self._file(name).size, self.mtime)
 
     getattr = lookup
 
@@ -152,33 +133,92 @@ class ReadPath:
         """Names directly inside directory *path*, sorted (no ``.``/``..``)."""
         return self.manifest.listdir(normalize_path(path))
 
-    def _index(self, name: str) -> _FileIndex:
-        index = self._indexes.get(name)
-        if index is None:
-            index = self._indexes[name] = _FileIndex(self.manifest.file(name))
-        return index
+    def _file(self, name: str) -> ManifestFile:
+        """The manifest file *name*, its segments loaded (once: loading is not thread-safe)."""
+        with self._lock:
+            file = self._files.get(name)
+            if file is None:
+                file = self.manifest.file(name)
+                len(file.segments)
+                self._files[name] = file
+            return file
 
     # -- data --------------------------------------------------------------------------------
 
-    def read(self, path: str, offset: int, length: int) -> bytes:
-        """Up to *length* bytes of file *path* from *offset* (short only at end of file)."""
+    def read(self, path: str, offset: int, length: int, *, sequential: bool | None = None) -> bytes:
+        """Up to *length* bytes of file *path* from *offset* (short only at end of file).
+
+        *sequential* says whether to fetch the next blocks ahead; by default a read that
+        starts a file or continues the previous read of it counts as sequential.
+        """
         if offset < 0 or length < 0:
             raise ValueError(f"offset and length must not be negative, got {offset} and {length}")
         name = normalize_path(path)
-        index = self._index(name)
-        pieces = index.segments_for(offset, length)
+        file = self._file(name)
+        pieces = file.segments_in(offset, length)
         if not pieces:
             return b""
-        sequential = self._note_read(name, offset, offset + sum(p[3] for p in pieces))
-        if sequential:
-            self._prefetch(index, pieces[-1][0] + 1)
-        parts = [self.block(seg.locator)[seg.offset + within:seg.offset + within + take]
-                 for _i, seg, within, take in pieces]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        _i, at, seg = pieces[-1]
+        if self._note_read(name, offset, at + seg.length) if sequential is None else sequential:
+            self._prefetch(file, pieces[-1][0] + 1)
+        held = dict(self._fetch(seg.locator for _i, _at, seg in pieces))
+        return _join([held[_key(seg.locator)][seg.offset:seg.offset + seg.length] for _i, _at, seg in pieces])
+
+    def read_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes | Exception]:
+        """``(path, offset, length)`` ranges read together, with no read-ahead: every block they
+        touch is fetched once (ranges in one block share it), up to ``blocks.threads`` at once.
+
+        Each range's bytes, or in its place the error that range met (`FileNotFoundError`,
+        `IsADirectoryError`, a `KeepError` for a block that could not be had).
+        """
+        plans: list[list[Segment] | Exception] = []
+        order: list[Locator] = []
+        last_use: dict[str, int] = {}
+        for n, (path, offset, length) in enumerate(ranges):
+            try:
+                if offset < 0 or length < 0:
+                    raise ValueError(f"offset and length must not be negative, got {offset} and {length}")
+                segs = [seg for _i, _at, seg in self._file(normalize_path(path)).segments_in(offset, length)]
+            except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
+                plans.append(exc)
+                continue
+            for seg in segs:
+                key = _key(seg.locator)
+                if key not in last_use:
+                    order.append(seg.locator)
+                last_use[key] = n
+            plans.append(segs)
+        out: list[bytes | Exception] = []
+        held: dict[str, bytes | KeepError] = {}
+        arriving = self.blocks.fetch_many(order)
+        for n, plan in enumerate(plans):
+            if isinstance(plan, Exception):
+                out.append(plan)
+                continue
+            for seg in plan:  # blocks arrive in first-use order: a range's blocks come by its turn
+                while _key(seg.locator) not in held:
+                    loc, data = next(arriving)
+                    held[_key(loc)] = data
+            parts = [held[_key(seg.locator)] for seg in plan]
+            blocks = [data for data in parts if not isinstance(data, KeepError)]
+            failed = [data for data in parts if isinstance(data, KeepError)]
+            out.append(failed[0] if failed else _join([data[seg.offset:seg.offset + seg.length]
+                                                       for seg, data in zip(plan, blocks, strict=True)]))
+            for seg in plan:
+                if last_use[_key(seg.locator)] == n:
+                    held.pop(_key(seg.locator), None)  # nothing later needs it: let it go
+        return out
+
+    def _fetch(self, locators: Iterable[Locator]) -> Iterator[tuple[str, bytes]]:
+        """``(key, block)`` in order, fetched in parallel; raises the first `KeepError`."""
+        for loc, data in self.blocks.fetch_many(locators):
+            if isinstance(data, KeepError):
+                raise data
+            yield _key(loc), data
 
     def block(self, locator: Locator) -> bytes:
-        """One block, through the cache (one download however many readers want it)."""
-        return self.cache.get_or_fetch(locator, lambda: self.store.get(locator), verified=True)
+        """One block, through the `BlockSource` (one download however many readers want it)."""
+        return self.blocks.block(locator)
 
     def _note_read(self, name: str, start: int, end: int) -> bool:
         """Record where this read of *name* ended; True when it continued the previous one."""
@@ -191,47 +231,28 @@ class ReadPath:
             return True  # a reader starting at the top usually goes on to read the whole file
         return last is not None and abs(start - last) <= self.sequential_slack
 
-    def _prefetch(self, index: _FileIndex, first: int) -> None:
+    def _prefetch(self, file: ManifestFile, first: int) -> None:
         if self.readahead == 0 or self._closed:
             return
-        segments = index.file.segments[first:first + self.readahead]
-        for seg in segments:
-            loc = seg.locator.bare()
-            key = str(loc)
-            if self.cache.get(loc) is not None:  # outside the lock: a disk lookup may be slow
-                continue
-            with self._lock:
-                if key in self._pending or self._closed:
-                    continue
-                self._pending.add(key)
-                # submitted under the lock, so close() cannot shut the executor down in between
-                self._executor_locked().submit(self._fetch_ahead, seg.locator, key)
-
-    def _executor_locked(self) -> cf.ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = cf.ThreadPoolExecutor(max_workers=max(1, self.readahead),
-                                                   thread_name_prefix="keep-readahead")
-        return self._executor
-
-    def _fetch_ahead(self, locator: Locator, key: str) -> None:
-        try:
-            self.block(locator)
-        except KeepError as exc:  # the reader's own read will retry and report it
-            log.debug("read-ahead of %s failed: %s", locator.stripped(), exc)
-        finally:
-            with self._lock:
-                self._pending.discard(key)
+        self.blocks.prefetch(seg.locator for seg in file.segments[first:first + self.readahead])
 
     def close(self) -> None:
-        """Stop read-ahead (waiting for fetches under way); the store is the caller's to close."""
-        with self._lock:
-            self._closed = True
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        """Stop read-ahead (waiting for fetches under way, when the `BlockSource` is this tree's
+        own); reads still work afterwards. The store is the caller's to close."""
+        self._closed = True
+        if self._own_blocks:
+            self.blocks.close()
 
     def __enter__(self) -> "ReadPath":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _key(locator: Locator) -> str:
+    return f"{locator.md5}+{locator.size}"
+
+
+def _join(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -16,9 +16,10 @@ from ..datasets.manifest import Manifest, ManifestError
 from ..errors import BlockNotFound, ConfigError, KeepError, ReadError
 from ..local import LocalStore
 from ..locator import Locator
+from ..store import BlockStore
 
 __all__ = ["DEFAULT_GRACE", "Candidate", "GcReport", "collect", "mark", "parse_duration", "parse_time",
-           "roots_from_receipt"]
+           "receipt_roots", "roots_from_receipt"]
 
 DEFAULT_GRACE = datetime.timedelta(days=14)
 
@@ -52,12 +53,20 @@ def roots_from_receipt(path: str | Path) -> list[str]:
     return [receipt.locator, receipt.manifest_block.locator, *(b.locator for b in receipt.blocks)]
 
 
-def mark(store: LocalStore, roots: Iterable[str]) -> set[str]:
-    """The md5s of every block the roots reference (a dataset's manifest and its blocks).
+def receipt_roots(path: str | Path) -> tuple[list[str], list[str]]:
+    """A ``keep put --json`` receipt as (roots to read: the dataset; blocks kept unread: its
+    manifest block and data blocks), so a gc need not fetch every data block to mark it."""
+    every = roots_from_receipt(path)
+    return every[:1], every[1:]
+
+
+def mark(store: BlockStore, roots: Iterable[str], keep: Iterable[str] = ()) -> set[str]:
+    """The md5s of every block the roots reference (a dataset's manifest and its blocks),
+    and of the *keep* locators (marked without being read).
 
     A root that cannot be read raises: nothing may be swept while a reference is unknown.
     """
-    live: set[str] = set()
+    live: set[str] = {Locator.parse(text).md5 for text in keep}
     for text in roots:
         loc = Locator.parse(text)
         live.add(loc.md5)

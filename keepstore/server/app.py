@@ -8,18 +8,22 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..locator import DEFAULT_SIGNING_TTL
 from .admission import Admission, default_max_connections
 from .auth import Permissions
+from .background import Periodic
 from .blocks import Blocks, Found
 from .connection import KeepHTTPServer
 from .exchange import RequestRecord
 from .faults import FaultPlan
 from .handler import MIN_BODY_RATE, Context, KeepHandler
+from .scrub import Scrubber, ScrubReport
+from .trash import DEFAULT_TRASH_LIFETIME, TrashPolicy
 from .volumes import Volume, parse_volume
 
 __all__ = ["KeepServer", "RequestRecord"]
@@ -42,7 +46,7 @@ class KeepServer:
         signing_key: the blob signing key; PUT answers are then signed for the caller's token.
         signing_ttl: lifetime of signatures, in seconds.
         require_signatures: refuse GET/HEAD without a valid ``+A`` for the token sent.
-        system_token: the token that may read ``/index``.
+        system_token: the token that may read ``/index``, ``DELETE`` blocks and untrash them.
         max_requests: requests in flight at most; beyond, 503 with ``Retry-After: 1``.
         idle_timeout: seconds a connection may sit idle, or a request stall, before it is closed.
         min_rate: bytes/s that request and response bodies must average after one idle timeout.
@@ -53,6 +57,13 @@ class KeepServer:
         tls_cert: PEM certificate chain for HTTPS (with *tls_key*).
         tls_key: PEM private key for *tls_cert*.
         fsync: fsync block files and directories on write (off: faster, not power-cut safe).
+        trash_lifetime: seconds a deleted block stays in the trash, recoverable (0: deleted at once).
+        trash_min_age: a DELETE keeps blocks written or touched more recently than this
+            (default: *signing_ttl*, as keepstore's ``BlobSigningTTL``).
+        trash_check_interval: seconds between two passes emptying expired trash.
+        scrub_interval: seconds between two scrub passes (None: no background scrub).
+        scrub_rate: bytes/s a scrub pass reads at most, on average (None: unbounded).
+        clock: unix time for trash ages and deadlines (tests pass a fake one).
     """
 
     def __init__(
@@ -73,6 +84,12 @@ class KeepServer:
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         fsync: bool = True,
+        trash_lifetime: float = DEFAULT_TRASH_LIFETIME,
+        trash_min_age: float | None = None,
+        trash_check_interval: float = 3600.0,
+        scrub_interval: float | None = None,
+        scrub_rate: float | None = 8 << 20,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not volumes:
             raise ConfigError("keep serve needs at least one --volume")
@@ -104,7 +121,17 @@ class KeepServer:
                 raise ConfigError(f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}") from exc
         self.first_byte_timeout = first_byte_timeout
         self.admission = Admission(max_requests, max_connections or default_max_connections())
-        self.blocks = Blocks(self.volumes)
+        policy = TrashPolicy(trash_lifetime, signing_ttl if trash_min_age is None else trash_min_age,
+                             trash_check_interval)
+        self.blocks = Blocks(self.volumes, policy, clock)
+        self.trash_emptier = Periodic("keep-trash", self.blocks.empty_trash, policy.check_interval)
+        stop_scrub = threading.Event()
+        self.scrubber = Scrubber(self.blocks, scrub_rate, sleep=stop_scrub.wait, stopping=stop_scrub.is_set)
+        self.scrub_job: Periodic | None = None
+        if scrub_interval is not None:
+            if scrub_interval <= 0:
+                raise ConfigError(f"scrub interval must be positive, got {scrub_interval}")
+            self.scrub_job = Periodic("keep-scrub", self.scrubber.scrub_once, scrub_interval, stop_scrub)
         self._httpd: KeepHTTPServer | None = None
         self._thread: threading.Thread | None = None
         for volume in self.volumes:
@@ -173,6 +200,9 @@ class KeepServer:
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"keep-serve-{self.port}", daemon=True)
         self._thread.start()
+        self.trash_emptier.start()
+        if self.scrub_job is not None:
+            self.scrub_job.start()
         log.info("listening on %s with %d volume(s)", self.url, len(self.volumes))
         return self
 
@@ -181,6 +211,9 @@ class KeepServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        if self.scrub_job is not None:
+            self.scrub_job.stop()
+        self.trash_emptier.stop()
         httpd.shutdown()
         httpd.server_close()
         self.admission.drain(grace)
@@ -203,3 +236,16 @@ class KeepServer:
     def find(self, md5: str, size: int | None) -> Found | None:
         """The first volume holding *md5* (with *size*, when given), or None."""
         return self.blocks.find(md5, size)
+
+    def scrub_once(self) -> ScrubReport:
+        """Read every block copy now and quarantine the damaged ones (what each background pass does)."""
+        return self.scrubber.scrub_once()
+
+    @property
+    def scrub_passes(self) -> int:
+        """Background scrub passes finished (see ``scrub_job.wait_for_passes``)."""
+        return self.scrub_job.passes if self.scrub_job is not None else 0
+
+    def empty_trash(self) -> int:
+        """Remove trashed blocks past their deadline now (what the background pass does); how many."""
+        return self.blocks.empty_trash()

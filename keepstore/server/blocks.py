@@ -8,6 +8,8 @@ import errno
 import hashlib
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -16,6 +18,7 @@ from ..errors import WriteError
 from ..locator import Locator
 from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
+from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
 from .volumes import Volume, VolumeFull, rank_volumes
 
 __all__ = ["BlockDamaged", "Blocks", "Found", "Stored", "verified_chunks"]
@@ -56,10 +59,25 @@ class Stored:
 
 
 class Blocks:
-    """The block operations of one server over its *volumes*."""
+    """The block operations of one server over its *volumes*.
 
-    def __init__(self, volumes: Sequence[Volume]) -> None:
+    Everything that renames or touches a block file (a write's commit, the touch of a copy a
+    PUT found, trash, untrash, quarantine) holds that block's lock, so a DELETE never trashes
+    a copy that a concurrent PUT has just confirmed, and a scrub never moves aside a good copy
+    that replaced the damaged one it read. *clock* gives the time (unix seconds) for trash
+    ages and deadlines.
+    """
+
+    def __init__(self, volumes: Sequence[Volume], trash: TrashPolicy | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.volumes = list(volumes)
+        self.trash_policy = trash or TrashPolicy()
+        self.clock = clock
+        self._locks = tuple(threading.Lock() for _ in range(256))
+
+    def lock(self, md5: str) -> threading.Lock:
+        """The lock of block *md5* (striped: one of 256, by its first two hex digits)."""
+        return self._locks[int(md5[:2], 16)]
 
     def find(self, md5: str, size: int | None) -> Found | None:
         """The first volume holding *md5* (with *size*, when given)."""
@@ -102,7 +120,7 @@ class Blocks:
         when none is named), counting intact copies already stored. A class no volume has is
         not confirmed; when none of the wanted classes exists, 507 and nothing is stored.
         *refuse_new* is asked before a new copy is written (an injected "full")."""
-        existing = self.copies(md5, length)
+        existing = self._touch_present(md5, self.copies(md5, length))
         wanted = list(dict.fromkeys(classes))
         if wanted and not any(set(wanted) & set(v.classes) for v in self.volumes):
             return Refusal(507, f"no volume has storage class {', '.join(wanted)}")
@@ -123,7 +141,7 @@ class Blocks:
             return Refusal(507, "every volume is full")
         result: Stored | Refusal | None = None
         try:
-            result = _write(chosen, md5, body)
+            result = _write(chosen, md5, body, self.lock(md5))
         finally:
             done = result.volumes if isinstance(result, Stored) else ()
             for volume in chosen:
@@ -140,8 +158,78 @@ class Blocks:
             digest.update(chunk)
         if digest.hexdigest() != md5:
             return Refusal(400, "body md5 does not match the block name")
-        _touch(existing)
         return Stored(Locator(md5, existing[0].size), tuple(f.volume for f in existing))
+
+    def _touch_present(self, md5: str, copies: list[Found]) -> list[Found]:
+        """Touch the copies found, under the block's lock; those still there (a DELETE may
+        have trashed one since it was found: then this PUT writes a new copy)."""
+        present = []
+        with self.lock(md5):
+            for found in copies:
+                try:
+                    os.utime(found.path)
+                except FileNotFoundError:  # trashed or quarantined since found
+                    continue
+                except OSError as exc:  # read-only file system: the copy stands, untouched
+                    log.warning("volume %s: cannot touch block %s: %s", found.volume.path, md5, exc.strerror or exc)
+                present.append(found)
+        return present
+
+    # -- trash ------------------------------------------------------------------------------
+
+    def trash(self, md5: str, size: int | None, unmodified_since: int | None = None) -> list[Outcome]:
+        """A DELETE: trash every copy of *md5* (with *size*, when given) older than the
+        policy's min_age, unless one changed after *unmodified_since* (unix s): then none.
+        One outcome per copy found (none found: an empty list)."""
+        policy, now = self.trash_policy, self.clock()
+        with self.lock(md5):
+            copies = self.locate(md5, size)
+            held = [check_file(f.path, policy, now, unmodified_since) for f in copies]
+            if Outcome.MODIFIED in held:
+                return [h or Outcome.MODIFIED for h in held]
+            outcomes = []
+            for found, keep in zip(copies, held, strict=True):
+                outcome = keep or trash_file(found.path, md5, policy, now, fsync=found.volume.fsync)
+                if outcome.removed:
+                    found.volume.forget(md5)
+                    log.info("volume %s: %s block %s", found.volume.path, outcome.value, md5)
+                outcomes.append(outcome)
+            return outcomes
+
+    def untrash(self, md5: str) -> int:
+        """``PUT /untrash``: restore the latest trashed copy of *md5* on each volume; how many."""
+        with self.lock(md5):
+            restored = [v for v in self.volumes if untrash_block(v.path, md5, fsync=v.fsync)]
+        for volume in restored:
+            volume.remember(md5)
+            log.info("volume %s: untrashed block %s", volume.path, md5)
+        return len(restored)
+
+    def empty_trash(self) -> int:
+        """Remove every trashed copy past its deadline, on every volume; how many."""
+        now, total = self.clock(), 0
+        for volume in self.volumes:
+            count, size = empty_trash(volume.path, now)
+            if count:
+                log.info("volume %s: emptied %d trashed block(s), %d bytes", volume.path, count, size)
+            total += count
+        return total
+
+    def quarantine(self, found: Found, md5: str, inode: int) -> bool:
+        """Move aside the copy at *found* that was read damaged, if it is still the file that
+        was read (*inode*): a PUT may have replaced it with a good copy meanwhile."""
+        with self.lock(md5):
+            try:
+                if os.stat(found.path).st_ino != inode:
+                    return False
+            except FileNotFoundError:  # trashed or removed meanwhile
+                return False
+            target = quarantine_file(found.path, md5, self.clock(), fsync=found.volume.fsync)
+        if target is None:
+            return False
+        found.volume.forget(md5)
+        log.error("volume %s: block %s does not match its name; quarantined as %s", found.volume.path, md5, target)
+        return True
 
     def _targets(self, md5: str, length: int, ranking: list[str], missing: set[str] | None,
                  skip: set[Path]) -> list[Volume]:
@@ -175,7 +263,7 @@ class Blocks:
         return "".join(lines).encode()
 
 
-def _write(volumes: list[Volume], md5: str, body: Iterable[bytes]) -> Stored | Refusal:
+def _write(volumes: list[Volume], md5: str, body: Iterable[bytes], lock: threading.Lock) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
     to answer (nothing partial is left behind on any volume)."""
     with contextlib.ExitStack() as stack:
@@ -198,7 +286,8 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes]) -> Stored | R
         loc: Locator | None = None
         for volume, writer in writers:
             try:
-                loc = writer.commit()
+                with lock:
+                    loc = writer.commit()
                 stored.append(volume)
             except WriteError:  # the body does not match the name: no writer commits
                 return Refusal(400, "body md5 does not match the block name")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import enum
 import re
 from email.message import Message
@@ -11,13 +12,14 @@ from urllib.parse import urlsplit
 from ..locator import MAX_BLOCK_SIZE
 from .faults import FaultKind
 
-__all__ = ["BUSY", "BodyAction", "Exchange", "Refusal", "RequestRecord", "decimal", "framing_refusal",
-           "public_path", "put_refusal"]
+__all__ = ["BUSY", "BodyAction", "Exchange", "Refusal", "RequestRecord", "block_target", "decimal",
+           "framing_refusal", "public_path", "put_refusal", "unmodified_since"]
 
 MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
 _BLOCK_OF_PATH = re.compile(r"/([0-9a-f]{32})(?:\+|\Z)")
 _SIGNATURE = re.compile(r"\+A[0-9a-f]{40}@[0-9a-f]{8}")
 _REMOTE_SIGNATURE = re.compile(r"\+R([a-z0-9]{5})-[0-9a-f]{40}@[0-9a-f]{8}")
+_TARGET = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?((?:\+[A-Z][A-Za-z0-9@_-]*)*)\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() also takes "²", which int() refuses
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
@@ -155,6 +157,27 @@ def decimal(text: str | None) -> int | None:
     digits = text.lstrip("0") or "0"
     # int() refuses over 4300 digits with a ValueError; anything past 20 is too large anyway.
     return int(digits) if len(digits) <= 20 else MAX_BLOCK_SIZE + 1
+
+
+def block_target(path: str) -> tuple[str, int | None] | None:
+    """``/<md5>[+size][+hints]`` -> (md5, size or None); None when the path names no block."""
+    match = _TARGET.match(path)
+    if match is None:
+        return None
+    size = decimal(match.group(2)) if match.group(2) is not None else None
+    return match.group(1), size
+
+
+def unmodified_since(value: str | None) -> int | None:
+    """An ``If-Unmodified-Since`` HTTP date as unix seconds; None when absent or not a date
+    (RFC 9110: an invalid date is ignored)."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # not an HTTP date
+        return None
+    return int(when.timestamp()) if when.tzinfo is not None else None
 
 
 def public_path(path: str) -> str:

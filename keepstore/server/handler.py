@@ -29,13 +29,16 @@ from .exchange import (
     Exchange,
     Refusal,
     RequestRecord,
+    block_target,
     decimal,
     framing_refusal,
     public_path,
     put_refusal,
+    unmodified_since,
 )
 from .faults import Fault, FaultKind, FaultPlan
 from .shaping import Before, before, shape_body
+from .trash import Outcome
 
 __all__ = ["MIN_BODY_RATE", "Context", "KeepHandler"]
 
@@ -45,6 +48,7 @@ access_log = logging.getLogger("keepstore.server.access")
 _EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
 _SIZELESS = re.compile(r"/([0-9a-f]{32})((?:\+[A-Z][A-Za-z0-9@_-]*)*)\Z")
 _INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
+_UNTRASH_PATH = re.compile(r"/untrash(/.*)\Z")
 _QUERY = re.compile(r"\?[^\s'\"]*")
 # A request body must average at least this rate (after one idle_timeout of grace): a client
 # dripping a byte per idle_timeout would otherwise hold a thread and an admission slot for days.
@@ -163,7 +167,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         framing = framing_refusal(self.request_version, ex.headers)
         if framing is not None:
             return framing
-        if ex.method == "PUT":
+        if ex.method == "PUT" and not _UNTRASH_PATH.match(ex.path):
             refusal = put_refusal(ex, self.ctx.permissions.require_signatures)
             if refusal is not None:
                 return refusal
@@ -262,6 +266,11 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         index = _INDEX_PATH.match(ex.path)
         if index and method in ("GET", "HEAD"):
             return self._index(ex, index.group(1) or "")
+        untrash = _UNTRASH_PATH.match(ex.path)
+        if method == "DELETE" or (untrash and method == "PUT"):
+            if ex.has_body:  # none is expected, and one we do not read would be the next request
+                self.close_connection = True
+            return self._trash(ex, untrash.group(1) if untrash else None)
         if ex.has_body and method in ("GET", "HEAD"):
             # A body we do not read would be parsed as the next request on this connection.
             self.close_connection = True
@@ -424,6 +433,28 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         if problem is not None:
             return self._simple(ex, *problem)
         return self._respond(ex, 200, self.ctx.blocks.index(prefix), {"Content-Type": "text/plain; charset=utf-8"})
+
+    # -- trash ------------------------------------------------------------------------------
+
+    def _trash(self, ex: Exchange, untrash: str | None) -> None:
+        """``DELETE /<locator>``, ``PUT /untrash/<locator>``: system token only (see docs/server.md)."""
+        problem = self.ctx.permissions.check_system_token(ex.token)
+        if problem is not None:
+            return self._simple(ex, *problem)
+        target = block_target(ex.path if untrash is None else untrash)
+        if target is None:
+            return self._simple(ex, 400, "bad locator")
+        md5, size = target
+        if untrash is not None:
+            if self.ctx.blocks.untrash(md5):
+                return self._respond(ex, 200, b"")
+            return self._simple(ex, 404, "not in the trash")
+        outcomes = self.ctx.blocks.trash(md5, size, unmodified_since(ex.headers.get("If-Unmodified-Since")))
+        if all(o is Outcome.ABSENT for o in outcomes):
+            return self._simple(ex, 404, "not found")
+        if Outcome.MODIFIED in outcomes:
+            return self._simple(ex, 412, "modified since If-Unmodified-Since; nothing trashed")
+        return self._respond(ex, 200, b"", {"X-Keep-Trashed": str(sum(o.removed for o in outcomes))})
 
     # -- responses --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -150,6 +151,27 @@ class Volume:
                 self.used += size - self._sizes.get(md5, 0)
                 if self.capacity is not None:
                     self._sizes[md5] = size
+
+
+    def forget(self, md5: str) -> None:
+        """Block *md5* left this volume (trashed, deleted, quarantined): its bytes are free."""
+        with self._lock:
+            size = self._sizes.pop(md5, None)
+            if size is not None:
+                self.used -= size
+
+    def remember(self, md5: str) -> None:
+        """Block *md5* is back on this volume (untrashed): count its bytes again."""
+        if self.capacity is None:
+            return
+        path = self.find(md5)
+        if path is None:
+            return
+        with contextlib.suppress(FileNotFoundError):  # trashed again meanwhile: nothing to count
+            size = path.stat().st_size
+            with self._lock:
+                self.used += size - self._sizes.get(md5, 0)
+                self._sizes[md5] = size
 
 
 def parse_volume(text: str) -> Volume:

@@ -1,0 +1,30 @@
+"""tools/bench runs a cheap case end to end and writes the documented JSON shape (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
+
+pytest.importorskip("arvados")
+
+
+def test_bench_quick_miss_writes_json_with_both_clients_and_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "miss", "--reps", "1",
+                           "--json", str(out), "--tmp", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert {"meta", "cases"} <= results.keys()
+    assert {"loadavg_before", "loadavg_after", "machine", "reps"} <= results["meta"].keys()
+    miss = results["cases"]["miss"]
+    assert {"ours", "theirs", "ratio", "runs"} <= miss.keys()
+    assert {"miss_ms", "miss_max_ms"} <= miss["ours"].keys() == miss["theirs"].keys()
+    assert len(miss["runs"]["ours"]) == len(miss["runs"]["theirs"]) == 1
+    assert "miss" in proc.stdout
