@@ -98,7 +98,12 @@ class Timeout:
 
 @dataclasses.dataclass(frozen=True)
 class RetryRound:
-    """One failed round as `Retry.history` records it: what went wrong, and any Retry-After."""
+    """One failed round as `Retry.history` records it: what went wrong, and any Retry-After.
+
+    Args:
+        error: What went wrong in the round.
+        retry_after: The ``Retry-After`` a service asked for, in seconds, if any.
+    """
 
     error: str = ""
     retry_after: float | None = None

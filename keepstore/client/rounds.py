@@ -36,7 +36,15 @@ class GiveUp(enum.Enum):
 class RoundResult(Generic[T]):
     """What one round of a job gave: its value when ``done``; else whether another round could
     help, the largest Retry-After a service asked for, and what failed where (service root ->
-    the cause, for `RetryNotice`)."""
+    the cause, for `RetryNotice`).
+
+    Args:
+        done: True when the round finished the job.
+        value: The job's value, when done.
+        hopeful: False when no further round could help (every service gave a final answer).
+        retry_after: The largest ``Retry-After`` a service asked for, in seconds, if any.
+        failures: What failed where in the round (service root -> the cause).
+    """
 
     done: bool = False
     value: T | None = None
@@ -100,6 +108,16 @@ class RoundPolicy:
     the deadline is measured on, and the callback told of each retry (`RetryNotice`).
 
     ``sleep`` None waits on ``cancel``, so that a cancel ends a backoff wait at once.
+
+    Args:
+        retry: The retry policy of the operation (its `Retry.increment` decides when to give up).
+        sleep: How to wait between rounds (``time.sleep``, or a test's fake clock).
+        is_closed: True once the client is closed: the loop then gives up.
+        on_retry: Called before each retry round (the client counts retries with it).
+        timeout: The operation's timeouts (each round's, cut to what the deadline leaves).
+        cancel: Set to cancel: the loop stops before the next round and backoff waits end at once.
+        clock: The monotonic clock deadlines are measured with.
+        notify: Called with a `RetryNotice` before each retry's wait.
     """
 
     retry: Retry

@@ -37,6 +37,15 @@ class ClientStats:
 
     ``failures`` counts failures per service root; ``services`` has each root's `ServiceStats`
     (requests, errors and latency).
+
+    Args:
+        bytes_up: Request body bytes sent.
+        bytes_down: Response body bytes received.
+        requests: Requests sent.
+        retries: Retry rounds run.
+        cache_hits: Gets served by the block cache.
+        failures: Failed requests per service root.
+        services: Each service root's `ServiceStats` (requests, failures, latency).
     """
 
     bytes_up: int = 0

@@ -106,7 +106,16 @@ def new_request_id() -> str:
 
 class Wire:
     """Sends requests to services for one client: adds the token and request id, counts
-    traffic and failures, and marks a discovered service list stale when a connect fails."""
+    traffic and failures, and marks a discovered service list stale when a connect fails.
+
+    Args:
+        transport: The transport requests go through.
+        token: The token sent as ``Authorization: Bearer`` (never shown in a repr).
+        directory: The service list, marked stale when a connection fails.
+        counters: Where traffic and failures are counted.
+        clock: The monotonic clock request latencies are measured with.
+        cancel: Set to cancel: requests in flight are aborted.
+    """
 
     def __init__(self, transport: Transport, token: str | None, directory: ServiceDirectory,
                  counters: Counters, clock: Callable[[], float] = time.monotonic,

@@ -24,7 +24,13 @@ _NO_RANGES: list[tuple[int, int, int, int]] = []
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """``length`` bytes of one block, starting ``offset`` bytes into it."""
+    """``length`` bytes of one block, starting ``offset`` bytes into it.
+
+    Args:
+        locator: The block.
+        offset: Where the segment starts in the block.
+        length: Bytes of the block in the segment.
+    """
 
     locator: Locator
     offset: int
@@ -34,7 +40,12 @@ class Segment:
 class FileSegments(Sequence[Segment]):
     """A parsed file's segments, made on demand: each of the file's ``pos:len:name`` tokens is a
     range over its stream's block list, so a file spanning a million blocks costs one range here,
-    and ``segments[i]`` is found by bisecting (it equals a tuple of the same `Segment` values)."""
+    and ``segments[i]`` is found by bisecting (it equals a tuple of the same `Segment` values).
+
+    Args:
+        index: The parsed manifest.
+        file: The file's number in *index*.
+    """
 
     __slots__ = ("_counts", "_file", "_index", "_ranges", "_starts")
 

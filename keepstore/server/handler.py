@@ -59,7 +59,19 @@ _SOCKET_PIECE = 64 << 10  # sent this much per socket write
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What the handlers of one server share: its parts, handed over by `KeepServer`."""
+    """What the handlers of one server share: its parts, handed over by `KeepServer`.
+
+    Args:
+        blocks: The volumes, without HTTP.
+        permissions: The signing policy.
+        admission: The request slots and connection cap.
+        faults: The fault plan applied to requests.
+        requests: Where each request's record goes.
+        idle_timeout: Seconds a connection may stay idle.
+        min_rate: The minimum average body rate, in bytes/s.
+        first_byte_timeout: A new connection's wait for its first request, in seconds.
+        metrics: The server's Prometheus metrics (``/metrics``), or None.
+    """
 
     blocks: Blocks
     permissions: Permissions

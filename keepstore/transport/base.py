@@ -27,7 +27,11 @@ ERROR_BODY_LIMIT = 4096
 
 
 class Headers(Mapping[str, str]):
-    """An immutable, case-insensitive mapping of HTTP header names to values."""
+    """An immutable, case-insensitive mapping of HTTP header names to values.
+
+    Args:
+        items: Header names and values (names are matched without regard to case).
+    """
 
     __slots__ = ("_items",)
 
