@@ -144,7 +144,7 @@ class _KillableServer:
             return
         with open(self.log, "a") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "keepstore", "serve", "--listen", f"127.0.0.1:{self.port}",
+                [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", f"127.0.0.1:{self.port}",
                  "--volume", str(self.volume), "--quiet", "--idle-timeout", "10"],
                 stdout=subprocess.PIPE, stderr=log, text=True)
         assert proc.stdout is not None

@@ -27,7 +27,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="address to listen on; port 0 picks a free port (default %(default)s)")
     p.add_argument("--volume", action="append", required=True, metavar="DIR[:CLASS,...]",
                    help="a block directory, optionally with the storage classes it confirms "
-                        "(default class: default); repeat for several volumes")
+                        "(default class: default); repeat for several volumes. It must exist unless --create")
+    p.add_argument("--create", action="store_true", help="make volume directories that do not exist yet")
     p.add_argument("--signing-key-file", type=Path, metavar="FILE",
                    help="sign PUT responses with the blob signing key in FILE")
     p.add_argument("--signing-ttl", type=int, default=DEFAULT_SIGNING_TTL, metavar="SECONDS",
@@ -107,10 +108,12 @@ def parse_listen(text: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives; in-flight requests finish before the process exits."""
     from ..server.app import KeepServer
+    from ..server.volumes import parse_volume
 
     host, port = parse_listen(args.listen)
+    volumes = [parse_volume(spec, create=args.create) for spec in args.volume]
     server = KeepServer(
-        args.volume, host=host, port=port,
+        volumes, host=host, port=port,
         signing_key=_secret(args.signing_key_file, "signing key"), signing_ttl=args.signing_ttl,
         require_signatures=args.require_signatures,
         system_token=_secret(args.system_token_file, "system token"),

@@ -183,8 +183,12 @@ class Volume:
                 self._sizes[md5] = size
 
 
-def parse_volume(text: str) -> Volume:
-    """``DIR`` or ``DIR:class[,class...]`` -> `Volume` (`ConfigError` on a bad spec)."""
+def parse_volume(text: str, *, create: bool = True) -> Volume:
+    """``DIR`` or ``DIR:class[,class...]`` -> `Volume` (`ConfigError` on a bad spec).
+
+    A missing directory is made, unless *create* is false: then it is a `ConfigError` (a typo
+    in ``keep serve --volume`` must not start an empty server that answers 404 to everything).
+    """
     path: str = text
     classes: tuple[str, ...] = ("default",)
     head, sep, tail = text.rpartition(":")
@@ -194,6 +198,9 @@ def parse_volume(text: str) -> Volume:
         raise ConfigError(f"volume {text!r}: empty storage class list after ':'")
     if not path:
         raise ConfigError(f"volume {text!r}: no directory")
+    if not create and not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"volume {path!r} {what}; create it first, or pass --create to have keep serve make it")
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

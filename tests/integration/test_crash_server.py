@@ -49,7 +49,7 @@ def _block_files(root: Path) -> list[Path]:
 
 def _start_serve(volume: Path, port: int = 0) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", f"127.0.0.1:{port}", "--volume", str(volume),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", f"127.0.0.1:{port}", "--volume", str(volume),
          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()

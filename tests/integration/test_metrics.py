@@ -92,7 +92,7 @@ def test_public_metrics_need_no_token(tmp_path: Path) -> None:
 
 def test_keep_serve_metrics_public_through_a_real_process(tmp_path: Path) -> None:
     (tmp_path / "v").mkdir()
-    process = subprocess.Popen(keep_command("serve", "--volume", str(tmp_path / "v"), "--listen",
+    process = subprocess.Popen(keep_command("serve", "--create", "--volume", str(tmp_path / "v"), "--listen",
                                             "127.0.0.1:0", "--metrics-public", "--quiet"),
                                env=private_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -403,7 +403,7 @@ def test_requests_are_recorded_without_signatures(signing_server):
 
 
 def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -438,10 +438,10 @@ def test_keep_serve_prints_its_url_logs_requests_without_tokens_and_stops_on_sig
 
 
 def test_keep_serve_reports_bad_arguments_clearly(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "keepstore", "serve", "--listen", "nonsense",
+    out = subprocess.run([sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "nonsense",
                           "--volume", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "HOST:PORT" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0",
+    out = subprocess.run([sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0",
                           "--volume", str(tmp_path), "--require-signatures"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 1 and "signing key" in out.stderr

@@ -35,7 +35,7 @@ def _request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 def _serve(*args: str, as_unprivileged: bool = False, stderr=None) -> tuple[subprocess.Popen[str], int]:
-    cmd = [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--no-fsync", *args]
+    cmd = [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--no-fsync", *args]
     if as_unprivileged and os.geteuid() == 0:  # root reads anything: drop the capabilities that allow it
         cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr or subprocess.DEVNULL, text=True)

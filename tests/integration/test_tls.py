@@ -56,7 +56,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     tmp = tmp_path_factory.mktemp("tls")
     cert, key = _self_signed(tmp)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume", str(tmp / "vol"),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--volume", str(tmp / "vol"),
          "--tls-cert", str(cert), "--tls-key", str(key), "--no-fsync"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

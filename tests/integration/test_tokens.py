@@ -152,7 +152,7 @@ def test_server_log_never_shows_tokens_or_signatures(tmp_path: Path, token: str)
     system = tmp_path / "system"
     system.write_text(PLAIN_TOKEN + "-system")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
          "--signing-key-file", str(key), "--require-signatures", "--system-token-file", str(system),
          "--no-fsync"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

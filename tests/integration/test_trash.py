@@ -277,7 +277,7 @@ def test_keep_serve_process_trashes_and_untrashes(tmp_path):
     token_file = tmp_path / "system-token"
     token_file.write_text(SYSTEM + "\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
          "--system-token-file", str(token_file), "--trash-min-age", "0", "--trash-lifetime", "3600", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -313,7 +313,7 @@ def test_a_server_killed_during_deletes_leaves_each_block_whole_in_place_or_in_t
     token_file = tmp_path / "system-token"
     token_file.write_text(SYSTEM)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume", str(volume),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--volume", str(volume),
          "--system-token-file", str(token_file), "--trash-min-age", "0", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
