@@ -52,6 +52,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="answer 503 beyond N requests in flight (default %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="close connections idle (or stalled mid-request) this long (default %(default)s)")
+    p.add_argument("--metrics-public", action="store_true", help="serve /metrics without the system token")
     p.add_argument("--max-connections", type=int, default=None, metavar="N",
                    help="open connections (one thread each) at most; beyond it the longest-idle one is "
                         "closed (default: what the open-file limit allows, at most 4096)")
@@ -97,7 +98,8 @@ def _secret(path: Path | None, what: str) -> str | None:
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:  # isdigit() takes "²"
-        raise ConfigError(f"--listen {text!r}: need HOST:PORT, e.g. 127.0.0.1:25107 or [::1]:0")
+        raise ConfigError(f"--listen {text!r}: need HOST:PORT with PORT a number in 0-65535 (0: any free port), "
+                          f"e.g. 127.0.0.1:25107 or [::1]:0")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         require_signatures=args.require_signatures,
         system_token=_secret(args.system_token_file, "system token"),
         max_requests=args.max_requests, idle_timeout=args.idle_timeout, min_rate=args.min_rate,
-        max_connections=args.max_connections,
+        max_connections=args.max_connections, metrics_public=args.metrics_public,
         tls_cert=args.tls_cert, tls_key=args.tls_key, fsync=not args.no_fsync,
         trash_lifetime=args.trash_lifetime, trash_min_age=args.trash_min_age,
         trash_check_interval=args.trash_check_interval,

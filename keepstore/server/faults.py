@@ -100,6 +100,16 @@ class Fault:
     that md5. ``value`` means: the status code (``status``), seconds (``delay``, ``stall``), or
     bytes per second (``throttle``), at most seconds to wait (``hold``; 0: no limit). *gate* is
     the `Gate` a ``hold`` waits at.
+
+    Args:
+        kind: What to do.
+        methods: The methods it applies to.
+        times: How many matching requests it applies to (None: until cleared).
+        value: The status code (``status``), seconds (``delay``, ``stall``) or bytes per second (``throttle``).
+        block: Only requests naming this md5, if set.
+        retry_after: The ``Retry-After`` to send with a status, if any.
+        hits: Requests it has applied to so far.
+        gate: A `Gate` matching requests wait at until a test opens it (the ``hold`` fault).
     """
 
     kind: FaultKind

@@ -48,6 +48,15 @@ class Volume:
     Space is reserved for a write before its body is read (`reserve`) and given back when it
     ends (`release`), so concurrent writes never promise together more than the disk has:
     rather one 507 at once than several writes that all run out of space half-way.
+
+    Args:
+        path: The volume's directory.
+        classes: The storage classes the volume confirms.
+        capacity: The most bytes of blocks it will hold (None: no cap).
+        fsync: Make writes durable before they are acknowledged.
+        used: Bytes of blocks held (measured by a scan at start).
+        pending: Bytes reserved by writes in progress.
+        ops: The file-system layer writes go through (tests replace it).
     """
 
     path: Path
