@@ -17,6 +17,9 @@ __all__ = ["die_with_parent", "run_command", "stop_server", "wait_until_mounted"
 log = logging.getLogger(__name__)
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec, so reset them
+# (as subprocess's restore_signals does) or `yes | head` in the command would print EPIPE errors.
+_DEFAULTS = (*_FORWARDED, signal.SIGPIPE, signal.SIGXFSZ)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -60,7 +63,7 @@ def run_command(argv: Sequence[str], *, env: dict[str, str] | None = None) -> in
     try:
         try:
             pid = os.posix_spawnp(argv[0], list(argv), dict(os.environ if env is None else env),
-                                  setsigmask=old_mask, setsigdef=_FORWARDED)
+                                  setsigmask=old_mask, setsigdef=_DEFAULTS)
         except OSError as exc:
             print(f"keep: error: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
             return 127

@@ -209,9 +209,8 @@ def request_commit(mountpoint: str) -> str:
         try:
             os.write(fd, b"commit\n")
         except OSError as exc:
-            reason = os.pread(fd, 1 << 16, 0).decode(errors="replace").strip()
-            raise StagingError(f"commit of {mountpoint} failed: "
-                               f"{reason.removeprefix('error: ') or exc.strerror}") from exc
+            reason = os.pread(fd, 1 << 16, 0).decode(errors="replace").strip().removeprefix("error: ")
+            raise StagingError(reason or f"commit of {mountpoint} failed: {exc.strerror}") from exc
         return os.pread(fd, 1 << 16, 0).decode().strip()
     finally:
         os.close(fd)

@@ -46,29 +46,35 @@ class ByIdTree:
         """The dataset named *name* (a locator's text), opened on first use."""
         with self._lock:
             tree = self._trees.get(name)
-            if tree is not None:
-                return tree
-            gate = self._opening.setdefault(name, threading.Lock())
-        with gate:  # one manifest fetch however many lookups of a new name arrive at once
-            with self._lock:
-                tree = self._trees.get(name)
-            if tree is not None:
-                return tree
-            try:
-                locator = Locator.parse(name)
-            except LocatorError:
-                raise FileNotFoundError(name) from None
-            try:
-                tree = ReadPath(self.store, locator, cache=self.cache, readahead=self.readahead, mtime=self.mtime)
-            except BlockNotFound:
-                raise FileNotFoundError(name) from None
-            except ManifestError as exc:  # a block, but not a dataset's manifest
-                log.info("%s is not a dataset: %s", name, exc)
-                raise FileNotFoundError(name) from None
-            with self._lock:
-                self._trees[name] = tree
-                self._opening.pop(name, None)
+        if tree is not None:
             return tree
+        try:
+            locator = Locator.parse(name)
+        except LocatorError:
+            raise FileNotFoundError(name) from None
+        with self._lock:
+            gate = self._opening.setdefault(name, threading.Lock())
+        try:
+            with gate:  # one manifest fetch however many lookups of a new name arrive at once
+                with self._lock:
+                    tree = self._trees.get(name)
+                if tree is None:
+                    tree = self._open(name, locator)
+                    with self._lock:
+                        self._trees[name] = tree
+                return tree
+        finally:
+            with self._lock:  # failed names leave nothing behind (lookups of junk cost no memory)
+                self._opening.pop(name, None)
+
+    def _open(self, name: str, locator: Locator) -> ReadPath:
+        try:
+            return ReadPath(self.store, locator, cache=self.cache, readahead=self.readahead, mtime=self.mtime)
+        except BlockNotFound:
+            raise FileNotFoundError(name) from None
+        except ManifestError as exc:  # a block, but not a dataset's manifest
+            log.info("%s is not a dataset: %s", name, exc)
+            raise FileNotFoundError(name) from None
 
     def _split(self, path: str) -> tuple[str, str]:
         name, _, rest = normalize_path(path).partition("/")

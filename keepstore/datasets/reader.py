@@ -81,7 +81,11 @@ class BlockSource:
         wanted by another reader at the same time, is downloaded once. After `close`, blocks
         are fetched one at a time in the calling thread.
         """
-        queue = iter(locators)
+        wanted = list(locators)
+        if len(wanted) == 1:  # most reads (a FUSE read, a small range) want one block: no pool hop
+            yield wanted[0], _fetched(self.block, wanted[0])
+            return
+        queue = iter(wanted)
         window: collections.deque[tuple[Locator, cf.Future[bytes]]] = collections.deque()
 
         def submit() -> None:

@@ -150,7 +150,7 @@ class StagingTree(Namespace):
                 data = f.read()
         except FileNotFoundError:
             data = b""
-        good = 0
+        good = seen = 0
         for number, line in enumerate(data.splitlines(keepends=True), 1):
             if not line.endswith(b"\n"):
                 break  # a record cut short by a crash: it never took effect for any caller
@@ -163,11 +163,12 @@ class StagingTree(Namespace):
             except (OSError, ValueError, KeyError) as exc:
                 raise StagingError(f"{self._journal_path} line {number} does not apply: {exc}") from exc
             good += len(line)
+            seen = max(seen, int(record.get("obj", 0)))
         if good != len(data):
             with open(self._journal_path, "r+b") as f:
                 f.truncate(good)
         used = {node.obj for _path, node in self._walk_files() if node.obj is not None}
-        self._next_obj = max(used, default=0) + 1
+        self._next_obj = max(seen, *used, 0) + 1  # never reuse a number the journal has named
         for name in os.listdir(self._objects):  # content of changes the journal never recorded
             if not name.isdigit() or int(name) not in used:
                 os.unlink(os.path.join(self._objects, name))

@@ -102,7 +102,7 @@ class Namespace:
         prefix = f"{base_path}/" if base_path else ""
         for name in self.base.readdir(base_path):
             attr = self.base.lookup(prefix + name)
-            mtime = int(attr.mtime * 1e9)
+            mtime = self.created_ns  # a dataset has no mtimes: the staging's birth, the same on every reopen
             out[name] = (Dir(mode=0o755, mtime_ns=mtime, base_path=prefix + name) if attr.is_dir
                          else File(mode=0o644, mtime_ns=mtime, base_path=prefix + name, base_size=attr.size))
         return out

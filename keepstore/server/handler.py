@@ -181,7 +181,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         # Admission happens before "100 Continue", so a refused PUT costs the client no body.
         if not hasattr(self, "do_" + self.command):
-            return super().handle_expect_100()  # the stdlib answers 501 next: nothing to admit
+            return True  # the stdlib answers 501 next, as the only answer: no "100 Continue" first
         ex = self._exchange()
         refusal = self._before_body(ex)
         if refusal is not None:  # the client keeps its body: this connection cannot go on

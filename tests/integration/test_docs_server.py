@@ -28,8 +28,8 @@ def test_testing_md_example_module_passes_with_the_installed_plugin(tmp_path: Pa
 
 
 def _tests_dir_sources() -> dict[str, str]:
-    tests = Path(__file__).resolve().parent
-    return {p.name: p.read_text() for p in sorted(tests.glob("*.py"))}
+    tests = Path(__file__).resolve().parents[1]
+    return {str(p.relative_to(tests)): p.read_text() for p in sorted(tests.rglob("*.py"))}
 
 
 def test_every_wall_clock_test_is_listed_in_testing_md_with_why() -> None:

@@ -87,6 +87,7 @@ def test_by_id_bad_or_unknown_names_are_file_not_found(store, name) -> None:
         with pytest.raises(FileNotFoundError):
             tree.lookup(f"{name}/x")
         assert tree.readdir("") == []
+        assert "0 datasets opened" in repr(tree)
 
 
 def test_by_id_a_block_that_is_not_a_manifest_is_file_not_found(store) -> None:
@@ -152,6 +153,15 @@ def test_exec_of_a_command_killed_by_a_signal_exits_128_plus_the_signal(env, dat
     result = keep(env, "mount", dataset, str(mnt), "--exec", "sh", "-c", "kill -9 $$")
     assert result.returncode == 128 + signal.SIGKILL
     assert not os.path.ismount(mnt)
+
+
+@pytest.mark.fuse
+@requires_fuse
+def test_exec_runs_the_command_with_default_signal_dispositions(env, dataset, mnt) -> None:
+    result = keep(env, "mount", dataset, str(mnt), "--exec", "sh", "-c", "yes | head -n 2")
+    assert result.returncode == 0
+    assert result.stdout == "y\ny\n"
+    assert "Broken pipe" not in result.stderr  # SIGPIPE ended yes, as in a shell
 
 
 @pytest.mark.fuse

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,11 +91,49 @@ def test_files_written_with_shell_tools_and_python_commit_and_read_back(env, sam
             with open(root / "py.dat", "r+b") as f:
                 f.seek(2)
                 f.write(b"XX")
+            (root / "saved.tmp").write_text("replacement\n")  # save by temp file and rename over
+            os.replace(root / "saved.tmp", root / "log.txt")
         assert tree_digest(mnt) == tree_digest(expected)
+        untarred = sample / "nested" / "a.txt", mnt / "untarred" / "nested" / "a.txt"
+        assert int(untarred[1].stat().st_mtime) == int(untarred[0].stat().st_mtime)  # tar -x set it
         assert (mnt / "dd.bin").stat().st_size == 10
         locator = unmount_and_commit(proc)
     assert not staging.exists()  # committed, so removed
     assert tree_digest(keep_get(env, locator, tmp_path / "got")) == tree_digest(expected)
+
+
+def test_a_background_mount_commits_when_unmounted_and_writes_the_locator_file(env, tmp_path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    locator_file = tmp_path / "out.loc"
+    result = keep(env, "mount", "--write", str(mnt), "--locator-file", str(locator_file))
+    assert result.returncode == 0, result.stderr
+    try:
+        (mnt / "bg.txt").write_text("background\n")
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
+    wait_for(locator_file.exists, "the locator file being written")
+    assert keep(env, "cat", f"{locator_file.read_text().strip()}/bg.txt").stdout == "background\n"
+
+
+def test_parallel_writers_through_the_mount(env, tmp_path) -> None:
+    mnt = tmp_path / "mnt"
+    data = {f"w{i}.bin": os.urandom(3 << 20) for i in range(6)}
+
+    def write(name: str) -> None:
+        with open(mnt / name, "wb") as f:
+            for start in range(0, len(data[name]), 100_000):
+                f.write(data[name][start:start + 100_000])
+
+    with mounted(env, mnt, "--write") as proc:
+        threads = [threading.Thread(target=write, args=(name,)) for name in data]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        locator = unmount_and_commit(proc)
+    got = keep_get(env, locator, tmp_path / "got")
+    assert {p.name: p.read_bytes() for p in got.iterdir()} == data
 
 
 def test_pandas_to_csv_through_the_mount(env, tmp_path) -> None:

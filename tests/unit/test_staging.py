@@ -184,10 +184,10 @@ def test_mtime_is_settable_and_directories_change_with_their_entries(tmp_path) -
 
 
 def test_base_files_read_through_until_written_then_copy_on_write(store, base, tmp_path) -> None:
-    with StagingTree.new(tmp_path / "s", base=base) as tree:
+    with StagingTree.new(tmp_path / "s", base=base, clock=lambda: 1_700_000_000 * 10**9) as tree:
         assert tree.readdir("") == ["big.bin", "dir", "edit.txt", "keep.txt"]
         assert read_file(tree, "keep.txt") == b"unchanged\n"
-        assert tree.lookup("edit.txt").mtime_ns == 1_700_000_000 * 10**9
+        assert tree.lookup("edit.txt").mtime_ns == 1_700_000_000 * 10**9  # the staging's creation
         assert os.listdir(tmp_path / "s" / "objects") == []  # reading copied nothing
         fh = tree.open("edit.txt", os.O_RDWR)
         tree.write(fh, 2, b"XY")
@@ -263,6 +263,7 @@ def test_a_staging_left_by_a_killed_process_reopens_as_it_was(store, tmp_path) -
 
 def test_reopening_over_a_base_replays_copy_ups(store, base, tmp_path) -> None:
     with StagingTree.new(tmp_path / "s", base=base) as tree:
+        created = tree.lookup("keep.txt").mtime_ns
         fh = tree.open("edit.txt", os.O_WRONLY)
         tree.write(fh, 0, b"AB")
         tree.release(fh)
@@ -270,9 +271,10 @@ def test_reopening_over_a_base_replays_copy_ups(store, base, tmp_path) -> None:
     assert StagingTree.read_base(tmp_path / "s") == str(base.locator)
     with pytest.raises(StagingError, match="base"):
         StagingTree.reopen(tmp_path / "s")
-    with StagingTree.reopen(tmp_path / "s", base=base) as tree:
+    with StagingTree.reopen(tmp_path / "s", base=base, clock=lambda: 5) as tree:
         assert read_file(tree, "edit.txt") == b"AB23456789"
         assert tree.readdir("moved") == ["inner.txt"]
+        assert tree.lookup("keep.txt").mtime_ns == created  # base files keep their time across reopens
 
 
 def test_a_staging_in_use_is_refused(staging) -> None:
