@@ -315,21 +315,30 @@ class KeepClient(BlockStore):
         """One HEAD to *service*, no retries: True (has it), False (403/404/410); `ReadError`
         for another status, `TransportError` when it cannot be reached."""
         self._check_open()
-        return direct.head_on(self._wire, service, self._locator(locator), self.timeout,
+        return direct.head_on(self._wire, service, self._locator(locator), self._one_request_timeout(),
                               request_id or new_request_id())
 
     def get_from(self, service: Service, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         """One GET from *service*, no retries: the bytes, verified (`ReadError` when damaged,
         `BlockNotFound` when it has none)."""
         self._check_open()
-        return direct.get_from(self._wire, service, self._locator(locator), self.timeout,
+        return direct.get_from(self._wire, service, self._locator(locator), self._one_request_timeout(),
                                request_id or new_request_id())
 
     def put_to(self, service: Service, data: Data, *, request_id: str | None = None) -> Locator:
         """One PUT of *data* to *service* (one replica), no retries; the locator it answers
         (`WriteError` for a refusal, one naming another block, or no answer)."""
         self._check_open()
-        return direct.put_to(self._wire, service, bytes(as_view(data)), self.timeout, request_id or new_request_id())
+        return direct.put_to(self._wire, service, bytes(as_view(data)), self._one_request_timeout(),
+                             request_id or new_request_id())
+
+    def _one_request_timeout(self) -> Timeout:
+        """The timeout of a one-service call: the retry deadline bounds its connect and stall times too."""
+        limit = self.retry.deadline
+        if limit is None:
+            return self.timeout
+        return dataclasses.replace(self.timeout, connect=min(self.timeout.connect, limit),
+                                   read=min(self.timeout.read, limit))
 
     # -- concurrency: futures, batches, fan-out (see docs/concurrency.md) -----------------
 

@@ -321,14 +321,14 @@ def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange:
         reason = f"headers longer than {_HEADER_LIMIT} bytes"
     elif timed_out:
         if not connected:
-            reason = f"connect timed out after {request.timeout.connect:g}s"
+            reason = f"connect timed out after {_secs(request.timeout.connect)}s"
         elif exchange.status == 0:
-            reason = f"no response within {request.timeout.read:g}s"
+            reason = f"no response within {_secs(request.timeout.read)}s"
         elif "too slow" in message:  # libcurl's LOW_SPEED message ("Operation too slow. Less than ...")
             reason = (f"transfer slower than {request.timeout.min_bandwidth} B/s "
-                      f"for {request.timeout.read:g}s")
+                      f"for {_secs(request.timeout.read)}s")
         else:
-            reason = f"no complete answer within the {request.deadline():g}s deadline"
+            reason = f"no complete answer within the {_secs(request.deadline())}s deadline"
     return TransportError(
         f"{request.method} {reason}",
         url=_strip_query(request.url),
@@ -336,6 +336,11 @@ def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange:
         timeout=timed_out,
         code=code,
     )
+
+
+def _secs(seconds: float) -> str:
+    """Seconds for a message: 3 (not 2.99995), 0.05, 2048."""
+    return f"{seconds:.3g}" if seconds < 1000 else f"{seconds:.0f}"
 
 
 def _connected(curl: pycurl.Curl) -> bool:

@@ -156,3 +156,16 @@ def test_keep_config_shows_the_deadline_and_where_it_came_from(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)["settings"]["deadline"]
     assert shown == {"value": 9.0, "from": "environment KEEP_DEADLINE"}
+
+
+def test_one_service_calls_are_bounded_by_the_deadline_too() -> None:
+    seen: list[tuple[float, float]] = []
+
+    def answer(request: Request) -> Response:
+        seen.append((request.timeout.connect, request.timeout.read))
+        return Response(404)
+
+    for retry, expected in ((Retry(deadline=5), (2, 5)), (Retry(deadline=1.5), (1.5, 1.5)), (Retry(), (2, 256))):
+        with KeepClient(["http://127.0.0.1:9/"], transport=MockTransport(answer), retries=retry) as kc:
+            assert kc.head_on(kc.services[0], LOC) is False
+        assert seen.pop() == expected
