@@ -7,12 +7,14 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from ..locator import Locator
+from .durable import Durability
 from .manifest import Manifest
-from .receipt import DatasetError, atomic_write, new_temp
+from .receipt import DatasetError, new_temp
 
 if TYPE_CHECKING:
     from .reader import BlockSource
@@ -20,11 +22,13 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_OPEN", "extract"]
 
 DEFAULT_MAX_OPEN = 64  # temp files held open at once; others are closed and reopened when needed
-_FINISH_THREADS = 8
-_PROGRESS_CHUNK = 8 << 20  # bytes written between two progress calls
+_WRITERS = 8  # threads writing whole small files: creating a file waits on the journal, so overlap
+_MAX_WRITES = 64  # whole-file writes queued (each holds a view of its block) before the reader waits
+_MAX_WAITING = 4096  # complete files waiting for a busy committer before the writers wait too
+_PROGRESS_CHUNK = 8 << 20  # bytes written between two progress calls (bars move within a block)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Output:
     """One file being written: where it goes, its temp file once started, and bytes still to come."""
 
@@ -34,16 +38,29 @@ class _Output:
 
 
 class _Outputs:
-    """The temp files of an extract, at most *max_open* of them open (least recently written closed)."""
+    """The temp files of an extract, at most *max_open* of them open (least recently written closed).
 
-    def __init__(self, max_open: int) -> None:
+    A file that one block holds whole (the usual small file) is created, written and closed by
+    one of a few writer threads: creating and growing a file each wait for the filesystem's
+    journal, and several threads wait at once. Other files are written in place, piece by piece,
+    by the thread reading the blocks. A complete file is queued; a committer thread makes the
+    queued files durable as a batch (`Durability`: one syncfs(2) where that is reliable, else an
+    fsync per file) and only then renames them into place. So no file is visible under its name
+    before its content is durable, and a batch costs one journal commit instead of one per file;
+    a batch is whatever completed while the one before was committed.
+    """
+
+    def __init__(self, max_open: int, durability: Durability) -> None:
         self.max_open = max(1, max_open)
         self.files: list[_Output] = []
         self._open: collections.OrderedDict[int, int] = collections.OrderedDict()  # file number -> fd
-        # Complete files are fsynced and renamed by a few threads: fsyncs overlap (the journal
-        # commits them together), 2-3x faster than one after another for many small files.
-        self._finishing: collections.deque[cf.Future[None]] = collections.deque()
-        self._pool: cf.ThreadPoolExecutor | None = None
+        self._durability = durability
+        self._writes: collections.deque[cf.Future[None]] = collections.deque()
+        self._writer: cf.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # guards _complete and _commit (writers queue files too)
+        self._complete: list[int] = []  # closed, waiting for the committer
+        self._commit: cf.Future[None] | None = None
+        self._committer: cf.ThreadPoolExecutor | None = None
 
     def fd(self, n: int) -> int:
         fd = self._open.get(n)
@@ -61,50 +78,113 @@ class _Outputs:
         return fd
 
     def write(self, n: int, at: int, data: memoryview) -> None:
-        fd = self.fd(n)
-        while data:
-            written = os.pwrite(fd, data, at)
-            data, at = data[written:], at + written
+        """Write a piece of file *n*; queue the file for commit once its last byte is written."""
+        out = self.files[n]
+        if out.temp is None and len(data) == out.left and n not in self._open:  # the whole file
+            out.left = 0
+            self._write_whole(n, data)
+            return
+        _pwrite_all(self.fd(n), data, at)
+        out.left -= len(data)
+        if out.left == 0:
+            os.close(self._open.pop(n))
+            self._queue(n)
 
-    def finish(self, n: int) -> None:
-        """Hand the complete file to a finishing thread: fsync, close, rename into place."""
-        fd = self.fd(n)
-        del self._open[n]
-        while len(self._finishing) >= self.max_open:  # their fds count as open files too
-            self._finishing.popleft().result()
-        if self._pool is None:
-            self._pool = cf.ThreadPoolExecutor(max_workers=_FINISH_THREADS, thread_name_prefix="keep-extract")
-        self._finishing.append(self._pool.submit(self._finish_one, self.files[n], fd))
+    def empty(self, target: str) -> None:
+        """Create the empty file *target* (committed like the others)."""
+        self.files.append(_Output(target, 0))
+        self._write_whole(len(self.files) - 1, memoryview(b""))
 
-    @staticmethod
-    def _finish_one(out: _Output, fd: int) -> None:
-        assert out.temp is not None
+    def _write_whole(self, n: int, data: memoryview) -> None:
+        writes = self._writes
+        while writes and (writes[0].done() or len(writes) >= _MAX_WRITES):
+            writes.popleft().result()
+        if self._writer is None:
+            self._writer = cf.ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="keep-write")
+        writes.append(self._writer.submit(self._create, n, data))
+
+    def _create(self, n: int, data: memoryview) -> None:
+        """(A writer thread) write file *n* whole to a new temp file, and queue it."""
+        out = self.files[n]
+        fd, temp = new_temp(out.target)
         try:
             try:
-                os.fsync(fd)
+                _pwrite_all(fd, data, 0)
             finally:
                 os.close(fd)
-            os.replace(out.temp, out.target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(out.temp)
+                os.unlink(temp)
             raise
-        finally:
-            out.temp = None
+        out.temp = temp
+        self._queue(n)
+
+    def _queue(self, n: int) -> None:
+        with self._lock:
+            self._complete.append(n)
+            commit = self._commit
+            if commit is None or commit.done():
+                self._hand_over()
+            elif len(self._complete) >= _MAX_WAITING:
+                commit.result()
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """(Holding the lock) give the queued files to the committer; the batch before must be
+        done, and its failure is raised here."""
+        if self._commit is not None:
+            self._commit.result()
+            self._commit = None
+        batch, self._complete = self._complete, []
+        if batch:
+            if self._committer is None:
+                self._committer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="keep-commit")
+            self._commit = self._committer.submit(self._commit_batch, [self.files[n] for n in batch])
+
+    def _commit_batch(self, batch: list[_Output]) -> None:
+        """Make *batch* durable, then rename each file into place; on failure remove its temp files."""
+        try:
+            self._durability.sync([(out.temp, os.path.dirname(out.target)) for out in batch if out.temp])
+            for out in batch:
+                assert out.temp is not None  # set when written, cleared here only
+                os.replace(out.temp, out.target)
+                out.temp = None
+        except BaseException:
+            for out in batch:
+                if out.temp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(out.temp)
+                    out.temp = None
+            raise
 
     def drain(self) -> None:
-        """Wait for every file handed to `finish`; raise the first failure."""
+        """Finish every write, commit every complete file and wait for it; raise the first failure."""
         try:
-            while self._finishing:
-                self._finishing.popleft().result()
+            while self._writes:
+                self._writes.popleft().result()
+            with self._lock:
+                self._hand_over()
+                commit = self._commit
+            if commit is not None:
+                commit.result()
+                self._commit = None
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            self._stop()
+
+    def _stop(self) -> None:
+        for pool in (self._writer, self._committer):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._writer = self._committer = None
+        self._durability.close()
 
     def discard(self) -> None:
-        """Close every open temp file and remove every unfinished one."""
-        with contextlib.suppress(OSError):  # a finishing failure: we are failing already
+        """Commit the complete files if that still works; close and remove every unfinished one."""
+        for write in self._writes:  # let every writer finish (or fail) before cleaning up
+            with contextlib.suppress(OSError):  # the failure that brought us here, or one like it
+                write.result()
+        self._writes.clear()
+        with contextlib.suppress(OSError):  # a commit failure: we are failing already
             self.drain()
         for fd in self._open.values():
             with contextlib.suppress(OSError):  # closing is best effort while failing anyway
@@ -115,6 +195,12 @@ class _Outputs:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(out.temp)
                 out.temp = None
+
+
+def _pwrite_all(fd: int, data: memoryview, at: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, at)
+        data, at = data[written:], at + written
 
 
 def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[str], *,
@@ -142,7 +228,7 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
 
     for d in sorted(manifest.directories):
         makedirs(inside(d))
-    outputs = _Outputs(max_open)
+    outputs = _Outputs(max_open, Durability())
     order: list[Locator] = []  # distinct blocks, in the order the files (sorted by path) use them
     pieces: dict[str, list[tuple[int, int, int, int]]] = {}  # block -> (file, file offset, offset, length)
     for mf in manifest.walk_files():
@@ -152,7 +238,7 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
         makedirs(os.path.dirname(target))
         size = mf.size
         if size == 0:
-            atomic_write(target, lambda f: None)
+            outputs.empty(target)
             continue
         n = len(outputs.files)
         outputs.files.append(_Output(target, size))
@@ -171,40 +257,42 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
 
 def _fetch_and_write(order: list[Locator], pieces: dict[str, list[tuple[int, int, int, int]]],
                      outputs: _Outputs, blocks: "BlockSource", progress: Callable[[int], Any] | None) -> int:
-    """Fetch *order* with ``blocks.threads`` in flight, writing each block's pieces as it comes."""
+    """Fetch *order* with ``blocks.threads`` in flight, writing each block's pieces as it comes
+    (in the order the blocks arrive: a small block is written while a large one downloads)."""
     executor = blocks.executor()
-    window: collections.deque[tuple[Locator, cf.Future[bytes]]] = collections.deque()
+    window: dict[cf.Future[bytes], Locator] = {}
     queue = iter(order)
 
     def submit() -> None:
         loc = next(queue, None)
         if loc is not None:
-            window.append((loc, executor.submit(blocks.block, loc)))
+            window[executor.submit(blocks.block, loc)] = loc
 
     total = 0
     try:
         for _ in range(blocks.threads):
             submit()
         while window:
-            loc, future = window.popleft()
-            data = future.result()
-            submit()
-            with memoryview(data) as view:
-                for n, at, offset, length in pieces.pop(f"{loc.md5}+{loc.size}"):
-                    for start in range(0, length, _PROGRESS_CHUNK):  # progress moves as bytes are written
-                        part = min(_PROGRESS_CHUNK, length - start)
-                        outputs.write(n, at + start, view[offset + start:offset + start + part])
-                        if progress is not None:
-                            progress(part)
-                    out = outputs.files[n]
-                    out.left -= length
-                    if out.left == 0:
-                        outputs.finish(n)
-                    total += length
-            del data
+            done, _pending = cf.wait(window, return_when=cf.FIRST_COMPLETED)
+            for future in sorted(done, key=list(window).index):  # several at once: in manifest order
+                loc = window.pop(future)
+                data = future.result()
+                submit()
+                with memoryview(data) as view:
+                    for n, at, offset, length in pieces.pop(f"{loc.md5}+{loc.size}"):
+                        # A piece of at most one chunk goes in one write (a whole small file takes
+                        # the fast path); a longer one in chunks, so that progress moves as it is written.
+                        step = length if length <= _PROGRESS_CHUNK else _PROGRESS_CHUNK
+                        for start in range(0, length, step) if length else (0,):
+                            part = min(step, length - start)
+                            outputs.write(n, at + start, view[offset + start:offset + start + part])
+                            if progress is not None:
+                                progress(part)
+                        total += length
+                del data
         outputs.drain()
     except BaseException:
-        for _loc, pending in window:
+        for pending in window:
             pending.cancel()
         outputs.discard()
         raise

@@ -214,3 +214,87 @@ def test_the_reading_at_scale_example_in_docs_datasets_md_runs():
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 1
     exec(compile(blocks[0], "docs/datasets.md", "exec"), {})
+
+
+def _small_files_dataset(tmp_path: Path, count: int) -> tuple[LocalStore, str, dict[str, bytes]]:
+    store = LocalStore(tmp_path / "store", fsync=False)
+    rng = random.Random(11)
+    files = {f"d{i % 7}/f{i:04}": rng.randbytes(rng.randrange(0, 3 * KiB)) for i in range(count)}
+    with DatasetWriter(store, block_size=64 * KiB) as w:
+        for path, data in files.items():
+            w.add_bytes(path, data)
+        receipt = w.finish()
+    return store, receipt.locator, files
+
+
+def test_no_extracted_file_is_renamed_into_place_before_a_sync_covering_it_returned(tmp_path, monkeypatch):
+    """The crash guarantee: a file visible under its name has durable content. Every rename of a
+    temp file must come after the sync (syncfs or fsync) of a batch that held it returned."""
+    from keepstore.datasets import durable
+
+    store, locator, files = _small_files_dataset(tmp_path, 600)
+    synced: set[str] = set()
+    renamed: list[str] = []
+    real_sync, real_replace = durable.Durability.sync, os.replace
+
+    def sync(self, batch):
+        real_sync(self, batch)
+        synced.update(path for path, _directory in batch)
+
+    def replace(src, dst):
+        if str(src).endswith(".partial"):
+            assert src in synced, f"{dst} renamed into place before its content was synced"
+            renamed.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(durable.Durability, "sync", sync)
+    monkeypatch.setattr(os, "replace", replace)
+    with DatasetReader(store, locator) as reader:
+        assert reader.extract(tmp_path / "out") == sum(map(len, files.values()))
+    monkeypatch.undo()
+    assert len(renamed) == len(files)  # empty files too
+    for path, data in files.items():
+        assert (tmp_path / "out" / path).read_bytes() == data
+    assert not list((tmp_path / "out").rglob("*.partial"))
+
+
+def test_a_failing_sync_leaves_no_file_of_its_batch_and_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    from keepstore.datasets import durable
+
+    store, locator, _files = _small_files_dataset(tmp_path, 50)
+
+    def failing(path):
+        raise OSError(errno.EIO, "injected write-back error", path)
+
+    monkeypatch.setattr(durable, "_syncfs", failing)
+    monkeypatch.setattr(durable, "fsync_path", failing)
+    with DatasetReader(store, locator) as reader, pytest.raises(OSError, match="injected"):
+        reader.extract(tmp_path / "out")
+    left = [p for p in (tmp_path / "out").rglob("*") if not p.is_dir()]
+    assert left == []  # nothing synced, so nothing renamed; every temp file removed
+
+
+def test_durability_covers_a_batch_on_a_syncfs_filesystem_with_one_syncfs():
+    from keepstore.datasets.durable import Durability
+
+    calls: list[tuple[str, str]] = []
+    devices = {"/a": 1, "/a/sub": 1, "/b": 2, "/fuse": None}
+    d = Durability(device=devices.__getitem__, fsync=lambda p: calls.append(("fsync", p)),
+                   syncfs=lambda p: calls.append(("syncfs", p)), syncfs_min_files=4)
+    d.sync([(f"/a/{i}", "/a") for i in range(50)] + [(f"/a/sub/{i}", "/a/sub") for i in range(50)])
+    assert calls == [("syncfs", "/a")]  # one call for 100 files on one filesystem
+    calls.clear()
+    d.sync([("/b/x", "/b"), ("/fuse/y", "/fuse"), ("/fuse/z", "/fuse")])
+    # too few files on /b to be worth a syncfs (it writes out everything dirty there); FUSE never
+    assert sorted(calls) == [("fsync", "/b/x"), ("fsync", "/fuse/y"), ("fsync", "/fuse/z")]
+    d.close()
+
+
+def test_syncfs_is_only_trusted_on_filesystems_known_to_make_it_durable(tmp_path):
+    from keepstore.datasets.durable import syncfs_device
+
+    assert syncfs_device("/proc") is None  # procfs: not a filesystem syncfs makes anything durable on
+    device = syncfs_device(str(tmp_path))
+    assert device is None or device == os.stat(tmp_path).st_dev
