@@ -11,6 +11,7 @@ from .config import Retry, Settings, Timeout
 from .errors import (
     BlockNotFound,
     CacheError,
+    Cancelled,
     ConfigError,
     KeepError,
     LocatorError,
@@ -69,6 +70,7 @@ __all__ = sorted(
         "BlockNotFound",
         "BlockStore",
         "CacheError",
+        "Cancelled",
         "ConfigError",
         "EMPTY_BLOCK",
         "KeepError",

@@ -98,7 +98,12 @@ class Timeout:
 
 @dataclasses.dataclass(frozen=True)
 class RetryRound:
-    """One failed round as `Retry.history` records it: what went wrong, and any Retry-After."""
+    """One failed round as `Retry.history` records it: what went wrong, and any Retry-After.
+
+    Args:
+        error: What went wrong in the round.
+        retry_after: The ``Retry-After`` a service asked for, in seconds, if any.
+    """
 
     error: str = ""
     retry_after: float | None = None
@@ -114,21 +119,30 @@ class Retry:
     full jitter: round n waits a random time in [0, min(backoff_max, backoff_initial * 2**(n-1))],
     or at least a server's ``Retry-After`` (capped at ``backoff_max``).
 
+    ``deadline`` bounds the whole operation (every round and wait) in seconds from its first
+    attempt: no round starts after it, backoff waits end by it, and a round's connect and
+    read (stall) timeouts are held to the time left, so a server that accepts and then says
+    nothing is given up on too. A transfer still moving at ``min_bandwidth`` is not cut off
+    by it (`Timeout` bounds those).
+
     Args:
         total: Retry rounds allowed after the first.
         backoff_initial: Ceiling of the first wait, in seconds.
         backoff_max: Cap on every wait (a server's ``Retry-After`` included).
+        deadline: Seconds the operation may spend retrying in all; None for no limit.
         attempt: Rounds used so far (`increment` counts it).
         retry_after: The last ``Retry-After`` seen, if any.
         history: The failed rounds so far (`increment` records them).
 
     Raises:
-        ConfigError: a negative *total*, or backoffs not ``0 <= backoff_initial <= backoff_max``.
+        ConfigError: a negative *total*, backoffs not ``0 <= backoff_initial <= backoff_max``,
+            or a *deadline* that is not a positive number of seconds.
     """
 
     total: int = 10
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    deadline: float | None = None
     attempt: int = 0
     retry_after: float | None = None
     history: tuple[RetryRound, ...] = dataclasses.field(default=(), repr=False, compare=False)
@@ -145,6 +159,9 @@ class Retry:
                 f"Retry backoff must satisfy 0 <= backoff_initial <= backoff_max, "
                 f"got {self.backoff_initial!r} and {self.backoff_max!r}"
             )
+        if self.deadline is not None and (isinstance(self.deadline, bool) or not isinstance(self.deadline, (int, float))
+                                          or not self.deadline > 0 or math.isinf(self.deadline)):
+            raise ConfigError(f"Retry.deadline must be a positive number of seconds or None, got {self.deadline!r}")
 
     @classmethod
     def from_value(cls, value: "Retry | int | None") -> "Retry":

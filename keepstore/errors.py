@@ -8,6 +8,7 @@ from typing import Any
 __all__ = [
     "BlockNotFound",
     "CacheError",
+    "Cancelled",
     "ConfigError",
     "KeepError",
     "LocatorError",
@@ -171,6 +172,14 @@ class WriteError(KeepError):
 
 class CacheError(KeepError):
     """The block cache failed (disk full, read-only directory, damaged database)."""
+
+
+class Cancelled(KeepError):
+    """The operation was cancelled (`KeepClient.cancel()`, or Ctrl-C in ``keep``) before it finished.
+
+    Transfers in flight are aborted and backoff waits cut short; nothing the operation would
+    have written is left behind half-written.
+    """
 
 
 def _rebuild(cls: type[KeepError], message: str, state: dict[str, Any]) -> KeepError:

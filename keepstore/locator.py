@@ -99,7 +99,9 @@ class Locator:
         if not _MD5.match(md5):
             raise LocatorError(f"invalid locator {text!r}: md5 must be 32 lowercase hex digits")
         if not _SIZE.match(size):
-            raise LocatorError(f"invalid locator {text!r}: size {size!r} is not a decimal number")
+            why = ("has a leading zero (write it as a plain decimal number)" if re.fullmatch(r"0[0-9]+", size)
+                   else "is not a decimal number")
+            raise LocatorError(f"invalid locator {text!r}: size {size!r} {why}")
         # Compare lengths first: int() refuses strings of over 4300 digits with a plain ValueError.
         if len(size) > len(str(MAX_BLOCK_SIZE)) or int(size) > MAX_BLOCK_SIZE:
             raise LocatorError(f"invalid locator {text!r}: size exceeds the 64 MiB maximum")

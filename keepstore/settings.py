@@ -158,6 +158,19 @@ def _timeout(value: Any, where: str) -> Timeout:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _seconds(value: Any, where: str) -> float:
+    """A positive, finite number of seconds (text from the environment, a number elsewhere)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number of seconds, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < float("inf"):
+        raise ConfigError(f"{where}: expected a positive number of seconds, got {plain_kind(value)}")
+    return float(number)
+
+
 def _typed(check: Callable[[Any], bool], wanted: str) -> Callable[[Any, str], Any]:
     def convert(value: Any, where: str) -> Any:
         if not check(value):
@@ -195,6 +208,7 @@ _KEYS: dict[str, _Key] = {
     "cache_max_bytes": _Key((), None, _typed(_is_int(0), "a non-negative integer")),
     "copies": _Key((), None, _typed(_is_int(1), "a positive integer")),
     "retries": _Key((), None, _typed(_is_int(0), "a non-negative integer")),
+    "deadline": _Key(("KEEP_DEADLINE",), _seconds, _seconds, _seconds),
     "threads": _Key((), None, _typed(_is_int(1), "a positive integer")),
     "timeout": _Key((), None, _timeout, lambda v, where: Timeout.from_value(v)),
     "proxy": _Key(),
@@ -222,6 +236,8 @@ class Settings:
         cache_max_bytes: The disk block cache's size limit.
         copies: Replicas wanted per block.
         retries: Retry rounds after the first.
+        deadline: Seconds a block operation may spend retrying in all (`Retry.deadline`);
+            None for no limit (``keep`` uses 15 s then).
         threads: Parallel transfers.
         timeout: Connection timeouts.
         proxy: True when *services* is one Keep proxy (``ARVADOS_KEEP_PROXY``).
@@ -240,6 +256,7 @@ class Settings:
     cache_max_bytes: int = 1 << 30
     copies: int = 2
     retries: int = 10
+    deadline: float | None = None
     threads: int = 8
     timeout: Timeout = dataclasses.field(default_factory=Timeout)
     proxy: bool = False

@@ -25,14 +25,48 @@ from keepstore.datasets import DatasetReader, DatasetWriter
 from keepstore.errors import BlockNotFound, KeepError
 from keepstore.local import LocalStore
 from keepstore.locator import Locator
+from keepstore.server.faults import Fault, FaultKind
 from keepstore.testing import KeepCluster
 
 __all__ = ["ChaosConfig", "ChaosReport", "run_chaos"]
 
 _LOCATOR_TEXT = re.compile(r"[0-9a-f]{32}\+[0-9]+")
 
-# The fault kinds injected through a server's FaultPlan (plus "restart" and "full" events).
-FAULT_KINDS = ("5xx", "429", "drop", "stall", "throttle", "slow-drip", "truncate", "corrupt", "delay")
+_ANY = frozenset({"GET", "HEAD", "PUT"})
+_GET = frozenset({"GET"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One entry of the fault menu: a `FaultPlan` rule, how often it is drawn, and whether its
+    ``times`` is drawn too (1-4) or kept (rules that cost a read timeout each stay at one)."""
+
+    rule: Fault
+    weight: float = 1.0
+    draw_times: bool = True
+
+    def name(self) -> str:
+        """The rule in FaultPlan terms: its kind and value, e.g. ``status 503``."""
+        rule = self.rule
+        value = f" {rule.value:g}" if rule.value else ""
+        methods = "" if rule.methods == _ANY else f" {'+'.join(sorted(rule.methods))}"
+        return f"{rule.kind}{value}{methods}"
+
+
+# What the engine injects through the servers' FaultPlans (server stops, SIGKILLs and full
+# volumes are scheduled apart). The client times out reads after 1 s below 16 KiB/s.
+FAULT_MENU: tuple[Draw, ...] = (
+    *(Draw(Fault(FaultKind.STATUS, _ANY, value=code), weight=0.25) for code in (500, 502, 503, 504)),
+    Draw(Fault(FaultKind.STATUS, _ANY, value=429, retry_after=0.05)),
+    Draw(Fault(FaultKind.DROP, _ANY)),
+    *(Draw(Fault(FaultKind.STALL, methods, value=1.5), weight=1 / 3, draw_times=False)  # past the read timeout
+      for methods in (_GET, frozenset({"HEAD"}), _ANY)),
+    Draw(Fault(FaultKind.THROTTLE, _GET, value=4096), draw_times=False),  # below the minimum rate: aborted
+    Draw(Fault(FaultKind.THROTTLE, _GET, value=400_000)),  # slow but acceptable
+    Draw(Fault(FaultKind.TRUNCATE, _GET)),
+    Draw(Fault(FaultKind.CORRUPT, _GET)),
+    Draw(Fault(FaultKind.DELAY, _ANY, value=0.2)),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +144,7 @@ class _KillableServer:
             return
         with open(self.log, "a") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "keepstore", "serve", "--listen", f"127.0.0.1:{self.port}",
+                [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", f"127.0.0.1:{self.port}",
                  "--volume", str(self.volume), "--quiet", "--idle-timeout", "10"],
                 stdout=subprocess.PIPE, stderr=log, text=True)
         assert proc.stdout is not None
@@ -268,29 +302,11 @@ class _Engine:
 
     def inject(self, rng: random.Random) -> None:
         server = rng.choice(self.cluster.servers)
-        faults = server.faults
-        kind = rng.choice(FAULT_KINDS)
-        times = rng.randint(1, 4)
-        if kind == "5xx":
-            faults.fail(rng.choice((500, 502, 503, 504)), times=times)
-        elif kind == "429":
-            faults.fail(429, times=times, retry_after=0.05)
-        elif kind == "drop":
-            faults.drop(times=times)
-        elif kind == "stall":  # longer than the client's read timeout
-            faults.stall(1.5, times=1, methods=rng.choice(("GET", "HEAD", "GET HEAD PUT")))
-        elif kind == "throttle":  # slower than the client's minimum bandwidth: aborted
-            faults.throttle(4096, times=1)
-        elif kind == "slow-drip":  # slow but acceptable
-            faults.throttle(400_000, times=times)
-        elif kind == "truncate":
-            faults.truncate(times=times)
-        elif kind == "corrupt":
-            faults.corrupt(times=times)
-        elif kind == "delay":
-            faults.delay(0.2, times=times)
+        draw = rng.choices(FAULT_MENU, [d.weight for d in FAULT_MENU])[0]
+        times = rng.randint(1, 4) if draw.draw_times else draw.rule.times
+        server.faults.add(dataclasses.replace(draw.rule, times=times))
         with self.lock:
-            self.report.faults_planned[kind] += 1
+            self.report.faults_planned[draw.name()] += 1
 
 
 def run_chaos(config: ChaosConfig, base_dir: Path, log: Callable[[str], Any] = lambda s: None) -> ChaosReport:

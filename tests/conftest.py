@@ -19,6 +19,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what tests recorded as ``chaos_figures`` (test_chaos.py): wanted in CI logs."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.getreports(outcome):
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "chaos_figures":
+                    terminalreporter.write_sep("-", f"chaos figures ({report.nodeid.rsplit('[', 1)[-1].rstrip(']')})")
+                    terminalreporter.write_line(str(value))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No test reads the developer's real config, tokens or stores."""

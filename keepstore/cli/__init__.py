@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__
-from ..errors import BlockNotFound, KeepError
+from ..errors import BlockNotFound, Cancelled, KeepError
 from ..open import open_store
+from .notices import RetryNotices, interruptible, leave_within
 from .options import add_progress
 
 __all__ = ["build_parser", "config_report", "main", "open_store"]
@@ -24,6 +27,7 @@ where data goes:
   KEEP_TOKEN         the token sent to the services (never printed)
   KEEP_LOCAL_STORE   a local store directory to use instead of services
   KEEP_CACHE_DIR     a disk block cache directory
+  KEEP_DEADLINE      seconds a block operation may keep retrying (default 15; or --deadline)
   ARVADOS_API_HOST, ARVADOS_API_TOKEN, ARVADOS_KEEP_SERVICES, ARVADOS_KEEP_PROXY are honoured too.
   config file: $XDG_CONFIG_HOME/keepstore/config.yml (or KEEP_CONFIG); arguments beat the
   environment, which beats the file.
@@ -53,6 +57,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+_DEADLINE_HELP = ("give up a block operation that is still failing after SECONDS of retries "
+                  "(default: KEEP_DEADLINE or the config file's deadline, else 15)")
+
+
 def _transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copies", type=_positive_int, default=None, help="replicas wanted (default 2)")
     parser.add_argument("--storage-classes", type=_storage_classes, default=None, metavar="A,B",
@@ -72,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"keepstore {__version__}")
     parser.add_argument("--debug", action="store_true", help="log requests and show tracebacks on errors")
+    parser.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS", help=_DEADLINE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -81,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.register(sub)
     for module in (serve, mount, lifecycle, diff, sign):
         module.register(sub)
+    for name, command in sub.choices.items():  # also after the command: `keep get --deadline 5 ...`
+        if name not in ("serve", "config"):
+            with contextlib.suppress(argparse.ArgumentError):  # the command has its own --deadline
+                command.add_argument("--deadline", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
+                                     help=_DEADLINE_HELP)
     completion.register(sub, parser)
     return parser
 
@@ -91,10 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
+    # Ctrl-C sets `cancel` before it unwinds the command, so the client's threads abort their
+    # transfers and backoff waits too; retries are announced on stderr as they happen.
+    cancel = threading.Event()
+    args.cancel = cancel
+    args.on_retry = RetryNotices()
     try:
-        return func(args)
-    except KeyboardInterrupt:
-        print("keep: interrupted", file=sys.stderr)
+        with interruptible(cancel):
+            return func(args)
+    except (KeyboardInterrupt, Cancelled):
+        cancel.set()
+        print("keep: interrupted", file=sys.stderr, flush=True)
+        if argv is None:  # the `keep` process itself: do not wait at exit for a transfer that hangs
+            leave_within(2.0)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `keep get ... | head`): not an error worth a message.
@@ -114,8 +147,25 @@ def _fail(args: Any, exc: BaseException, code: int) -> int:
     message = str(exc)
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         message = f"{exc.filename}: {exc.strerror}"
+    elif isinstance(exc, OSError) and exc.errno is None and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        message = _dataset_path_message(args, type(exc), exc.args[0])
     print(f"keep: error: {message}", file=sys.stderr)
     return code
+
+
+_PATH_PROBLEMS = {FileNotFoundError: "no file or directory {path}",
+                  IsADirectoryError: "{path} is a directory, not a file",
+                  NotADirectoryError: "{path} is a file, not a directory"}
+
+
+def _dataset_path_message(args: Any, kind: type[OSError], path: str) -> str:
+    """A dataset path's error, which carries only the path (an OS error always has an errno), with
+    the dataset named: ``dataset <locator>: no file or directory 'x'``."""
+    targets = [t for t in [getattr(args, "target", None), *(getattr(args, "targets", None) or [])] if t]
+    mine = [t for t in targets if path.strip("/") in t] or targets
+    problem = next((text for cls, text in _PATH_PROBLEMS.items() if issubclass(kind, cls)), "{path}: " + kind.__name__)
+    text = problem.format(path=repr(path.strip("/") or "/"))
+    return f"dataset {mine[0].split('/', 1)[0]}: {text}" if mine else text
 
 
 def _silence_stdout() -> None:

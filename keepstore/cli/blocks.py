@@ -31,7 +31,7 @@ def _cmd_head(args: argparse.Namespace) -> int:
 
 
 _SHOWN = ("services", "token", "api_host", "insecure", "ca_file", "local_store", "cache_dir", "cache_max_bytes",
-          "copies", "retries", "threads", "timeout", "proxy")
+          "copies", "retries", "deadline", "threads", "timeout", "proxy")
 
 
 def config_report(settings: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from ..locator import MAX_BLOCK_SIZE, Locator
 from ..open import open_store
 from . import results
 from .options import add_dry_run, add_filters, add_json, add_progress, completes_paths
-from .progress import notify, open_progress, showing_retries
+from .progress import json_notices, notify, open_progress, showing_retries
 from .selection import Filter, Plan, plan_put
 
 __all__ = ["register"]
@@ -48,6 +48,9 @@ def _read_block(name: str) -> bytes:
 
 def _put_blocks(args: argparse.Namespace) -> int:
 
+    if args.rules or args.follow_links:
+        raise KeepError("--exclude, --include and --follow-links choose files inside directories; "
+                        "--blocks stores only the files named")
     for p in args.paths:
         if p != "-" and os.path.isdir(p):
             raise IsADirectoryError(21, "Is a directory (store directories without --blocks)", p)
@@ -63,6 +66,7 @@ def _put_blocks(args: argparse.Namespace) -> int:
 
 def cmd_put(args: argparse.Namespace) -> int:
 
+    json_notices(args)
     if args.blocks:
         return _put_blocks(args)
     paths: list[str] = args.paths
@@ -84,7 +88,8 @@ def cmd_put(args: argparse.Namespace) -> int:
     if left_out:
         notify(args.progress, left_out)
     if args.dry_run:
-        return results.print_put_plan(plan, sys.stdin.buffer, as_json=args.json)
+        return results.print_put_plan(plan, sys.stdin.buffer, as_json=args.json, update=args.update,
+                                      remove=args.remove)
     listed = _inventory(plan)
     store = open_store(args)
     with (
@@ -144,6 +149,7 @@ def _stream_file(reader: DatasetReader, path: str, out: BinaryIO, advance: Calla
 
 def cmd_get(args: argparse.Namespace) -> int:
 
+    json_notices(args)
     loc, path = split_target(args.target)
     dest = args.dest
     policy = ExistingPolicy.from_flags(force=args.force, skip_existing=args.skip_existing,
@@ -184,6 +190,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                     _stream_file(reader, path, sys.stdout.buffer, progress.advance)
                 elif not keep_existing(target, reader.stat(path), policy, reader.blocks):
                     atomic_write(target, lambda f: _stream_file(reader, path, f, progress.advance))
+                else:
+                    progress.skipped(size)
                 progress.finish(files=1)
             return report(planned)
         if to_stdout and not args.dry_run:
@@ -201,6 +209,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         with (open_progress(args.progress, "get", total_bytes=sub.manifest.total_size,
                             total_files=len(planned)) as progress,
               showing_retries(progress, getattr(args, "on_retry", None))):
+            progress.skipped(sum(planned_file.size or 0 for planned_file in planned if planned_file.path in keep))
             extract(sub.manifest, sub.blocks, dest, progress=progress.advance, skip=keep)
             progress.finish(files=len(planned))
     return report(planned, directories=dirs)

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import enum
 import json
+import os
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import IO, Any
 
 __all__ = ["JSON_INTERVAL", "Progress", "ProgressMode", "Snapshot", "Summary", "format_bytes", "format_duration",
-           "format_rate", "notify", "open_progress", "showing_retries"]
+           "format_rate", "json_notices", "notify", "open_progress", "showing_retries"]
 
 JSON_INTERVAL = 0.5  # seconds between two JSON progress lines (start, notices and done always go out)
 
@@ -197,13 +198,26 @@ _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_iec}/{total_iec} [{elapsed}<{remain
 _BAR_NO_TOTAL = "{desc}: {n_iec} [{elapsed}, {rate_iec}{postfix}]"
 
 
+def _shape(stream: IO[str]) -> tuple[int | None, int | None]:
+    """The terminal's (columns, rows) for tqdm, 80 x 24 where it reports 0 (a fresh pty, ``script``
+    without a terminal): tqdm would fit the bar into 0 columns, or hide it below row -1, and draw
+    nothing. None lets tqdm ask."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError):  # not a terminal, or no file descriptor (io.StringIO)
+        return None, None
+    return size.columns or 80, size.lines or 24
+
+
 class _BarView(_View):
     """A tqdm bar, erased at the end and replaced by the summary line."""
 
     def __init__(self, stream: IO[str], op: str, total: int | None) -> None:
         self.stream = stream
         # miniters=1: every update is considered (updates come per chunk, not per byte), mininterval paces redraws
+        columns, rows = _shape(stream)
         self.bar = _bar_class()(total=total, desc=op, file=stream, leave=False, unit="B", miniters=1,
+                                ncols=columns, nrows=rows,
                                 bar_format=_BAR if total is not None else _BAR_NO_TOTAL)
 
     def update(self, snap: Snapshot) -> None:
@@ -384,3 +398,14 @@ def showing_retries(progress: Progress, notices: Any) -> Iterator[Progress]:
     finally:
         active = False
         notices.write = write
+
+
+def json_notices(args: Any, stream: IO[str] | None = None) -> None:
+    """With ``--progress=json``, the client's retry lines (``args.on_retry.write``) become JSON
+    ``notice`` lines for the whole command, also before and after the transfer (a manifest fetch),
+    so stderr stays all JSON. Otherwise nothing changes."""
+    notices = getattr(args, "on_retry", None)
+    if notices is None or getattr(args, "progress", None) != ProgressMode.JSON.value or \
+            getattr(notices, "write", None) is None:
+        return
+    notices.write = lambda line: notify(ProgressMode.JSON, str(line).removeprefix("keep: "), stream)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
@@ -27,14 +26,18 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def print_put_plan(plan: Plan, stdin: BinaryIO, *, as_json: bool) -> int:
-    """Show what ``keep put --dry-run`` would store; stdin, when given as ``-``, is read to count it."""
+def print_put_plan(plan: Plan, stdin: BinaryIO, *, as_json: bool, update: str | None = None,
+                   remove: list[str] | None = None) -> int:
+    """Show what ``keep put --dry-run`` would store; stdin, when given as ``-``, is read to count it.
+    With *update*, the listed files go on top of that dataset's (less *remove*), which is not read."""
     if any(e.source == "-" for e in plan.entries):
         size = 0
         while chunk := stdin.read(_COUNT_CHUNK):
             size += len(chunk)
         plan = plan.with_stdin_size(size)
     doc = plan.to_dict()
+    if update is not None:
+        doc.update(update=update, remove=list(remove or ()))
     if as_json:
         _dump(doc)
         return 0
@@ -46,7 +49,9 @@ def print_put_plan(plan: Plan, stdin: BinaryIO, *, as_json: bool) -> int:
     total = doc["bytes"]
     shown = "an unknown number of bytes" if total is None else f"{format_bytes(total)} ({total} bytes)"
     blocks = "" if doc["blocks"] is None else f" in {_count(doc['blocks'], 'data block')} and a manifest block"
-    print(f"would store {_count(doc['files'], 'file')}, {shown}{blocks}; nothing sent")
+    onto = "" if update is None else f" on top of the files of {update}" + (
+        f" less {len(remove or ())} removed" if remove else "")
+    print(f"would store {_count(doc['files'], 'file')}, {shown}{blocks}{onto}; nothing sent")
     return 0
 
 
@@ -88,11 +93,11 @@ def print_get(target: str, dest: str, planned: list[Planned], *, directories: in
         return 0
     if not dry_run:
         return 0
-    out = sys.stdout if dest != "-" else sys.stderr  # stdout is where the data would go
     for p in planned:
-        print(f"{'?' if p.size is None else p.size:>12} {p.dest}", file=out)
+        print(f"{'?' if p.size is None else p.size:>12} {p.dest}")
     shown = "?" if total is None else f"{format_bytes(total)} ({total} bytes)"
-    print(f"would write {_count(len(planned), 'file')}, {shown}, to {dest}; nothing written", file=out)
+    where = "stdout" if dest == "-" else dest
+    print(f"would write {_count(len(planned), 'file')}, {shown}, to {where}; nothing written")
     return 0
 
 

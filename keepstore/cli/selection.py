@@ -93,7 +93,7 @@ class Filter:
         return not self._listing if decided is None else decided
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: a plan holds one per file
 class Entry:
     """One thing put stores: a file (from *source*, ``-`` for stdin) or a directory, at dataset *path*."""
 

@@ -27,7 +27,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="address to listen on; port 0 picks a free port (default %(default)s)")
     p.add_argument("--volume", action="append", required=True, metavar="DIR[:CLASS,...]",
                    help="a block directory, optionally with the storage classes it confirms "
-                        "(default class: default); repeat for several volumes")
+                        "(default class: default); repeat for several volumes. It must exist unless --create")
+    p.add_argument("--create", action="store_true", help="make volume directories that do not exist yet")
     p.add_argument("--signing-key-file", type=Path, metavar="FILE",
                    help="sign PUT responses with the blob signing key in FILE")
     p.add_argument("--signing-ttl", type=int, default=DEFAULT_SIGNING_TTL, metavar="SECONDS",
@@ -52,6 +53,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="answer 503 beyond N requests in flight (default %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="close connections idle (or stalled mid-request) this long (default %(default)s)")
+    p.add_argument("--metrics-public", action="store_true", help="serve /metrics without the system token")
     p.add_argument("--max-connections", type=int, default=None, metavar="N",
                    help="open connections (one thread each) at most; beyond it the longest-idle one is "
                         "closed (default: what the open-file limit allows, at most 4096)")
@@ -97,7 +99,8 @@ def _secret(path: Path | None, what: str) -> str | None:
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:  # isdigit() takes "²"
-        raise ConfigError(f"--listen {text!r}: need HOST:PORT, e.g. 127.0.0.1:25107 or [::1]:0")
+        raise ConfigError(f"--listen {text!r}: need HOST:PORT with PORT a number in 0-65535 (0: any free port), "
+                          f"e.g. 127.0.0.1:25107 or [::1]:0")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
@@ -105,15 +108,17 @@ def parse_listen(text: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives; in-flight requests finish before the process exits."""
     from ..server.app import KeepServer
+    from ..server.volumes import parse_volume
 
     host, port = parse_listen(args.listen)
+    volumes = [parse_volume(spec, create=args.create) for spec in args.volume]
     server = KeepServer(
-        args.volume, host=host, port=port,
+        volumes, host=host, port=port,
         signing_key=_secret(args.signing_key_file, "signing key"), signing_ttl=args.signing_ttl,
         require_signatures=args.require_signatures,
         system_token=_secret(args.system_token_file, "system token"),
         max_requests=args.max_requests, idle_timeout=args.idle_timeout, min_rate=args.min_rate,
-        max_connections=args.max_connections,
+        max_connections=args.max_connections, metrics_public=args.metrics_public,
         tls_cert=args.tls_cert, tls_key=args.tls_key, fsync=not args.no_fsync,
         trash_lifetime=args.trash_lifetime, trash_min_age=args.trash_min_age,
         trash_check_interval=args.trash_check_interval,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import enum
 import logging
 import os
 import threading
@@ -23,13 +22,14 @@ from ..services import Service, ServiceDirectory, ServiceLike, discover, parse_s
 from ..store import BlockStore, Data, PutResult, as_view
 from ..transport import Headers, Request, Transport, TransportError
 from . import direct
+from .envcache import CacheChoice, cache_from_settings
 from .read import SIGNATURE_HEADER, read_block
-from .rounds import RoundPolicy
-from .stats import ClientStats, Counters
+from .rounds import RetryNotice, RoundPolicy
+from .stats import ClientStats, Counters, ServiceStats
 from .wire import Link, Wire, clean_token, new_request_id
 from .write import ReplicaMemory, write_block
 
-__all__ = ["BlockCacheLike", "ClientStats", "KeepClient", "new_request_id"]
+__all__ = ["BlockCacheLike", "ClientStats", "KeepClient", "RetryNotice", "ServiceStats", "new_request_id"]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ MAX_PREFETCH_PENDING = 256
 
 # Bytes a service-discovery answer may have (a list of services as JSON).
 DISCOVERY_BODY_LIMIT = 16 << 20
-
-
-class _CacheChoice(enum.Enum):
-    """``from_env``'s default for ``cache=``: what the settings configure."""
-
-    CONFIGURED = "configured"
 
 
 class KeepClient(BlockStore):
@@ -81,9 +75,16 @@ class KeepClient(BlockStore):
             from *insecure* and *ca_file*.
         insecure: Skip TLS certificate checks (warns); for the default transport only.
         ca_file: CA bundle to trust; for the default transport only.
-        sleep: What waits between retry rounds (tests pass one that does not sleep).
+        sleep: What waits between retry rounds (tests pass one that does not sleep); default
+            a wait that `cancel` ends at once.
         refresh_interval: Seconds between refreshes of a discovered service list.
-        clock: Monotonic seconds for those refreshes (tests pass their own).
+        clock: Monotonic seconds for those refreshes, retry deadlines and latencies (tests
+            pass their own).
+        cancel_event: An event that cancels every operation of this client once set (`cancel`
+            sets it): transfers in flight abort, backoff waits end, and the operations raise
+            `Cancelled`. Default a new one per client; ``keep`` shares one with its Ctrl-C handler.
+        on_retry: Called with a `RetryNotice` each time an operation backs off to retry
+            (``keep`` prints it); also logged at INFO on ``keepstore.client``.
 
     Raises:
         ConfigError: *copies*, *threads* or *prefetch_threads* below 1, a token that cannot
@@ -109,9 +110,11 @@ class KeepClient(BlockStore):
         transport: Transport | None = None,
         insecure: bool = False,
         ca_file: str | None = None,
-        sleep: Callable[[float], Any] = time.sleep,
+        sleep: Callable[[float], Any] | None = None,
         refresh_interval: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        cancel_event: threading.Event | None = None,
+        on_retry: Callable[[RetryNotice], None] | None = None,
     ) -> None:
         if copies < 1 or threads < 1 or prefetch_threads < 1:
             raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, "
@@ -127,6 +130,9 @@ class KeepClient(BlockStore):
         self.close_cache = close_cache
         self.prefetch_threads = prefetch_threads
         self._sleep = sleep
+        self._clock = clock
+        self._cancel = cancel_event if cancel_event is not None else threading.Event()
+        self._on_retry = on_retry
         if transport is None:
             from ..transport.curl import CurlTransport
 
@@ -141,7 +147,7 @@ class KeepClient(BlockStore):
         else:
             raise NoServicesError("KeepClient needs services= or api_host= (or use KeepClient.from_env())")
         self._counters = Counters()
-        self._wire = Wire(transport, token, self._directory, self._counters)
+        self._wire = Wire(transport, token, self._directory, self._counters, clock, self._cancel)
         self._replicas = ReplicaMemory()
         self._pool: ThreadPoolExecutor | None = None  # replica fan-out inside one put
         self._tasks: ThreadPoolExecutor | None = None  # whole operations: *_async, batches, aio
@@ -170,12 +176,13 @@ class KeepClient(BlockStore):
         extra = {k: v for k, v in overrides.items() if k not in names}
         if settings.mode == "local":
             return LocalStore(os.path.expanduser(settings.store_path))
-        cache, owned = _cache_from_settings(settings, environ, extra.pop("cache", _CacheChoice.CONFIGURED))
+        cache, owned = cache_from_settings(settings, environ, extra.pop("cache", CacheChoice.CONFIGURED))
         try:
             return cls(
                 services=list(settings.services) if settings.services else None,
                 api_host=settings.api_host, token=settings.token, timeout=settings.timeout,
-                retries=settings.retries, copies=settings.copies, threads=settings.threads,
+                retries=Retry(total=settings.retries, deadline=settings.deadline), copies=settings.copies,
+                threads=settings.threads,
                 insecure=settings.insecure, ca_file=settings.ca_file, cache=cache,
                 close_cache=owned or bool(extra.pop("close_cache", False)), **extra,
             )
@@ -205,12 +212,26 @@ class KeepClient(BlockStore):
         return list(self._directory.services())
 
     def stats(self) -> ClientStats:
-        """Bytes up and down, requests, retry rounds, cache hits and per-service failures."""
+        """Bytes up and down, requests, retry rounds, cache hits, per-service failures, and each
+        service's requests, errors and latency (`ServiceStats`)."""
         return self._counters.snapshot()
+
+    def cancel(self) -> None:
+        """Cancel every operation of this client, now and from now on: transfers in flight abort,
+        backoff waits end, and operations raise `Cancelled` (within about a second). For a
+        Ctrl-C handler or a watchdog thread; `close` afterwards does not wait for stuck work."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether `cancel` was called (or the shared cancel event set)."""
+        return self._cancel.is_set()
 
     def _link(self) -> Link:
         """What a read or write needs of this client, with the policies as they are now."""
-        rounds = RoundPolicy(self.retry, self._sleep, lambda: self._closed, lambda: self._counters.add(retries=1))
+        notify = self._on_retry or (lambda notice: None)
+        rounds = RoundPolicy(self.retry, self._sleep, lambda: self._closed, lambda: self._counters.add(retries=1),
+                             self.timeout, self._cancel, self._clock, notify)
         return Link(self._wire, rounds, self.timeout)
 
     # -- writes ---------------------------------------------------------------------------
@@ -294,21 +315,30 @@ class KeepClient(BlockStore):
         """One HEAD to *service*, no retries: True (has it), False (403/404/410); `ReadError`
         for another status, `TransportError` when it cannot be reached."""
         self._check_open()
-        return direct.head_on(self._wire, service, self._locator(locator), self.timeout,
+        return direct.head_on(self._wire, service, self._locator(locator), self._one_request_timeout(),
                               request_id or new_request_id())
 
     def get_from(self, service: Service, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         """One GET from *service*, no retries: the bytes, verified (`ReadError` when damaged,
         `BlockNotFound` when it has none)."""
         self._check_open()
-        return direct.get_from(self._wire, service, self._locator(locator), self.timeout,
+        return direct.get_from(self._wire, service, self._locator(locator), self._one_request_timeout(),
                                request_id or new_request_id())
 
     def put_to(self, service: Service, data: Data, *, request_id: str | None = None) -> Locator:
         """One PUT of *data* to *service* (one replica), no retries; the locator it answers
         (`WriteError` for a refusal, one naming another block, or no answer)."""
         self._check_open()
-        return direct.put_to(self._wire, service, bytes(as_view(data)), self.timeout, request_id or new_request_id())
+        return direct.put_to(self._wire, service, bytes(as_view(data)), self._one_request_timeout(),
+                             request_id or new_request_id())
+
+    def _one_request_timeout(self) -> Timeout:
+        """The timeout of a one-service call: the retry deadline bounds its connect and stall times too."""
+        limit = self.retry.deadline
+        if limit is None:
+            return self.timeout
+        return dataclasses.replace(self.timeout, connect=min(self.timeout.connect, limit),
+                                   read=min(self.timeout.read, limit))
 
     # -- concurrency: futures, batches, fan-out (see docs/concurrency.md) -----------------
 
@@ -438,40 +468,29 @@ class KeepClient(BlockStore):
 
     def close(self) -> None:
         """Finish queued and running operations, drop queued prefetches, stop the pools and
-        close pooled connections (and the cache, with ``close_cache``)."""
+        close pooled connections (and the cache, with ``close_cache``).
+
+        After `cancel`, queued work is dropped and nothing is waited for: threads still in a
+        transfer end on their own once it aborts.
+        """
         with self._pool_lock:
             if not self._accepting:
                 return
             self._accepting = False  # no new work; what is queued still runs
             tasks, prefetcher = self._tasks, self._prefetcher
+        wait = not self._cancel.is_set()
         if prefetcher is not None:
-            prefetcher.shutdown(wait=True, cancel_futures=True)
+            prefetcher.shutdown(wait=wait, cancel_futures=True)
         if tasks is not None:
-            tasks.shutdown(wait=True)
+            tasks.shutdown(wait=wait, cancel_futures=not wait)
         with self._pool_lock:
             self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=wait, cancel_futures=not wait)
         self.transport.close()
         if self.close_cache and self._cache_front is not None:
             self._cache_front.close()
 
     def __enter__(self) -> "KeepClient":
         return self
-
-
-def _cache_from_settings(settings: Settings, environ: Mapping[str, str] | None,
-                         choice: Any) -> tuple[Any, bool]:
-    """The cache `KeepClient.from_env` uses for *choice*, and whether the client owns it."""
-    if choice is None or choice is False:
-        return None, False
-    configured = choice is _CacheChoice.CONFIGURED
-    if choice is True or (configured and settings.cache_dir):
-        from ..cache import DiskBlockCache
-
-        path = os.path.expanduser(settings.default_cache_dir(environ))
-        return DiskBlockCache(path, settings.cache_max_bytes), True
-    if configured:
-        return None, False
-    return choice, False

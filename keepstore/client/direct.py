@@ -24,7 +24,7 @@ def head_on(wire: Wire, service: Service, loc: Locator, timeout: Timeout, reques
         return True
     if kind is Status.NOT_FOUND:
         return False
-    raise ReadError(f"[{request_id}] HEAD {loc.bare()} on {service.root}: status {response.status}",
+    raise ReadError(f"[{request_id}] HEAD {loc.bare()} on {service.root}: status {wire.describe(response)}",
                     locator=str(loc.bare()), request_id=request_id)
 
 
@@ -44,7 +44,7 @@ def get_from(wire: Wire, service: Service, loc: Locator, timeout: Timeout, reque
         raise BlockNotFound(f"[{request_id}] {bare} not found on {service.root}", locator=bare,
                             request_id=request_id)
     if kind is not Status.OK:
-        raise ReadError(f"[{request_id}] GET {bare} on {service.root}: status {response.status}",
+        raise ReadError(f"[{request_id}] GET {bare} on {service.root}: status {wire.describe(response)}",
                         locator=bare, request_id=request_id)
     body = response.body
     if response.truncated or len(body) != loc.size:
@@ -69,7 +69,7 @@ def put_to(wire: Wire, service: Service, data: bytes, timeout: Timeout, request_
     response = wire.send(service, request)
     where = f"[{request_id}] PUT {loc} to {service.root}"
     if classify(response.status) is not Status.OK:
-        raise WriteError(f"{where}: status {response.status}", wanted=1, done=0, locator=str(loc),
+        raise WriteError(f"{where}: status {wire.describe(response)}", wanted=1, done=0, locator=str(loc),
                          request_id=request_id)
     try:
         answered = Locator.parse(response.body.decode("ascii", "replace").strip())

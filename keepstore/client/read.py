@@ -32,6 +32,7 @@ class _Attempt:
     note: str = ""
     permanent: bool = False
     retry_after: float | None = None
+    cancelled: bool = False
 
 
 class _Read:
@@ -49,29 +50,37 @@ class _Read:
         self.retired: set[str] = set()
         self.last: dict[str, _Attempt] = {}
         self.order: list[Service] = []
+        self.operation = method
+        self.subject = str(loc.bare())
 
-    def run_round(self, number: int) -> RoundResult[bytes]:
+    def run_round(self, number: int, timeout: Timeout) -> RoundResult[bytes]:
         self.order = probe_order(self.loc, self.link.wire.services())
         if not self.order:
             raise NoServicesError(f"[{self.request_id}] no Keep services to read {self.loc} from")
-        timeout = self.link.timeout.for_round(number)
         retry_after: float | None = None
+        failures: dict[str, str] = {}
         for service in self.order:
             if service.root in self.retired:
                 continue
             result = self.attempt(service, timeout)
             if result.data is not None:
                 return RoundResult(done=True, value=result.data)
+            if result.cancelled:
+                return RoundResult(hopeful=False)  # the loop sees the cancel and says so
             self.last[service.root] = result
+            failures[service.root] = result.note
             if result.permanent:
                 self.retired.add(service.root)
             if result.retry_after is not None:
                 retry_after = max(retry_after or 0.0, result.retry_after)
         if all(classify(self.last.get(s.root, _Attempt()).status or 0) is Status.NOT_FOUND for s in self.order):
-            raise BlockNotFound(f"[{self.request_id}] {self.loc} not found on {len(self.order)} service(s)",
+            # 403 and 410 count as "not here" too; what those servers said is worth showing.
+            said = "; ".join(f"{root}: {a.note}" for root, a in self.last.items() if a.status != 404)
+            raise BlockNotFound(f"[{self.request_id}] {self.loc} not found on {len(self.order)} service(s)"
+                                + (f" ({said})" if said else ""),
                                 locator=str(self.loc), request_id=self.request_id, attempts=self.attempts())
         hopeful = not all(s.root in self.retired for s in self.order)
-        return RoundResult(hopeful=hopeful, retry_after=retry_after)
+        return RoundResult(hopeful=hopeful, retry_after=retry_after, failures=failures)
 
     def attempts(self) -> dict[str, str]:
         return {root: r.note for root, r in self.last.items()}
@@ -79,7 +88,12 @@ class _Read:
     def give_up(self, why: GiveUp, rounds: int) -> KeepError:
         attempts = self.attempts()
         detail = "; ".join(f"{root}: {note}" for root, note in attempts.items())
-        when = "(the client was closed)" if why is GiveUp.CLOSED else f"after {rounds} round(s)"
+        if why is GiveUp.CLOSED:
+            when = "(the client was closed)"
+        elif why is GiveUp.DEADLINE:
+            when = f"within the {self.link.rounds.retry.deadline or 0:g} s deadline ({rounds} round(s))"
+        else:
+            when = f"after {rounds} round(s)"
         return ReadError(f"[{self.request_id}] failed to read {self.loc} {when}: {detail}",
                          locator=str(self.loc), request_id=self.request_id, attempts=attempts)
 
@@ -88,20 +102,22 @@ class _Read:
         headers["Accept"] = "application/octet-stream"
         headers.update(self.extra)
         request = Request(self.method, service.root + str(self.loc), Headers(headers),
-                          expected_size=self.loc.size if self.method == "GET" else None, timeout=timeout)
+                          expected_size=self.loc.size if self.method == "GET" else None, timeout=timeout,
+                          cancel=self.link.rounds.cancel)
         try:
             response = self.link.wire.send(service, request)
         except TransportError as exc:
-            return _Attempt(note=exc.reason)
+            return _Attempt(note=exc.reason, cancelled=exc.cancelled)
         status = response.status
         kind = classify(status)
+        note = self.link.wire.describe(response)
         if kind is Status.OK:
             if self.method == "HEAD":
                 return self.returned_locator(response) if self.refreshing else _Attempt(data=b"", status=status)
             return self.verify(service, response)
         if kind is Status.TRANSIENT:
-            return _Attempt(status=status, note=str(status), retry_after=response.retry_after())
-        return _Attempt(status=status, note=str(status), permanent=True)
+            return _Attempt(status=status, note=note, retry_after=response.retry_after())
+        return _Attempt(status=status, note=note, permanent=True)
 
     def returned_locator(self, response: Response) -> _Attempt:
         """The ``X-Keep-Locator`` of a refreshing HEAD, if it names the block asked about.

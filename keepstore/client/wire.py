@@ -5,18 +5,22 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import re
 import secrets
 import string
+import threading
+import time
+from collections.abc import Callable
 
 from ..config import Timeout
-from ..errors import ConfigError
+from ..errors import ConfigError, redact, scrub
 from ..services import Service, ServiceDirectory
 from ..transport import Request, Response, Transport, TransportError
 from .rounds import RoundPolicy
 from .stats import Counters
 
-__all__ = ["NOT_FOUND_STATUSES", "TRANSIENT_STATUSES", "Link", "Status", "Wire", "classify", "clean_token",
-           "new_request_id"]
+__all__ = ["NOT_FOUND_STATUSES", "REASON_LIMIT", "TRANSIENT_STATUSES", "Link", "Status", "Wire", "classify",
+           "clean_token", "new_request_id", "reason_text"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,11 @@ NOT_FOUND_STATUSES = frozenset({403, 404, 410})
 FULL = 507
 
 _ID_ALPHABET = string.digits + string.ascii_lowercase
+
+#: Characters of a server's reason text (its answer's first line) kept in a message.
+REASON_LIMIT = 100
+_TITLE = re.compile(rb"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 
 class Status(enum.Enum):
@@ -66,6 +75,23 @@ def clean_token(token: str | None) -> str | None:
     return token
 
 
+def reason_text(status: int, body: bytes) -> str:
+    """What a server said about *status*, for a message: the first line of *body* (an HTML
+    page's title), without a leading repeat of the status, printable ASCII only, at most
+    `REASON_LIMIT` characters; empty when the body says nothing. Token-shaped text is scrubbed
+    here; the client's own token is masked by `Wire.describe`."""
+    head = body[:2048]
+    title = _TITLE.search(head) if head.lstrip()[:1] == b"<" else None
+    text = (title.group(1) if title else head).decode("utf-8", "replace").strip()
+    line = text.splitlines()[0].strip() if text else ""
+    line = _UNPRINTABLE.sub("?", line)
+    if line.startswith(str(status)):
+        line = line[len(str(status)):].lstrip(" :-")
+    if len(line) > REASON_LIMIT:
+        line = line[:REASON_LIMIT - 3].rstrip() + "..."
+    return scrub(line)
+
+
 def new_request_id() -> str:
     """An Arvados-style request id: ``req-`` and 20 characters of ``[0-9a-z]``."""
     # One draw of 20 base-36 digits: uniform like 20 secrets.choice calls, at one urandom call
@@ -80,14 +106,26 @@ def new_request_id() -> str:
 
 class Wire:
     """Sends requests to services for one client: adds the token and request id, counts
-    traffic and failures, and marks a discovered service list stale when a connect fails."""
+    traffic and failures, and marks a discovered service list stale when a connect fails.
+
+    Args:
+        transport: The transport requests go through.
+        token: The token sent as ``Authorization: Bearer`` (never shown in a repr).
+        directory: The service list, marked stale when a connection fails.
+        counters: Where traffic and failures are counted.
+        clock: The monotonic clock request latencies are measured with.
+        cancel: Set to cancel: requests in flight are aborted.
+    """
 
     def __init__(self, transport: Transport, token: str | None, directory: ServiceDirectory,
-                 counters: Counters) -> None:
+                 counters: Counters, clock: Callable[[], float] = time.monotonic,
+                 cancel: threading.Event | None = None) -> None:
         self.transport = transport
         self._token = token
         self.directory = directory
         self.counters = counters
+        self.clock = clock
+        self.cancel = cancel
 
     def __repr__(self) -> str:
         return f"Wire({self.transport!r})"  # never the token
@@ -103,13 +141,26 @@ class Wire:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
+    def describe(self, response: Response) -> str:
+        """``"<status> <reason>"`` for a message: the status and the server's reason text
+        (`reason_text`), with this client's token masked should a server echo it."""
+        reason = redact(reason_text(response.status, response.body), self._token)
+        return f"{response.status} {reason}" if reason else str(response.status)
+
     def send(self, service: Service, request: Request) -> Response:
-        """Send one request, counting traffic; connection failures mark the service list stale."""
+        """Send one request, counting traffic and latency per service; connection failures mark
+        the service list stale. A cancelled request counts as neither success nor failure.
+        Every request carries the client's cancel event (one-service calls included)."""
+        if request.cancel is None and self.cancel is not None:
+            request = dataclasses.replace(request, cancel=self.cancel)
         self.counters.add(requests=1, bytes_up=request.body.nbytes if request.body is not None else 0)
+        started = self.clock()
         try:
             response = self.transport.request(request)
         except TransportError as exc:
-            self.counters.fail(service.root)
+            if not exc.cancelled:
+                self.counters.fail(service.root)
+                self.counters.observe(service.root, self.clock() - started)
             if exc.connect:
                 self.directory.mark_stale()
             log.debug("%s %s: %s", request.method, service.root, exc.reason)
@@ -117,6 +168,7 @@ class Wire:
         self.counters.add(bytes_down=len(response.body))
         if classify(response.status) not in (Status.OK, Status.NOT_FOUND):
             self.counters.fail(service.root)
+        self.counters.observe(service.root, self.clock() - started)
         log.debug("%s %s -> %s", request.method, service.root, response.status)
         return response
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
+from ..config import Timeout
 from ..errors import KeepError, LocatorError, NoServicesError, WriteError
 from ..locator import Locator
 from ..services import Service, probe_order
@@ -120,6 +121,9 @@ class _Put:
         self.retired: set[str] = set()
         self.attempts: dict[str, list[str]] = collections.defaultdict(list)
         self.locator: Locator | None = None
+        self.failures: dict[str, str] = {}  # this round's: root -> what went wrong
+        self.operation = "PUT"
+        self.subject = str(loc)
 
     def pending_classes(self) -> list[str]:
         if not self.track_classes:
@@ -129,19 +133,19 @@ class _Put:
     def satisfied(self) -> bool:
         return self.done >= self.copies and not self.pending_classes()
 
-    def request_for(self, service: Service, round_number: int) -> Request:
+    def request_for(self, service: Service, timeout: Timeout) -> Request:
         headers = self.link.wire.headers(self.request_id)
         headers["X-Keep-Desired-Replicas"] = str(self.copies)
         pending = self.pending_classes()
         if pending:
             headers["X-Keep-Storage-Classes"] = ", ".join(pending)
         return Request("PUT", service.root + self.loc.md5, Headers(headers), self.view,
-                       timeout=self.link.timeout.for_round(round_number), body_limit=PUT_ANSWER_LIMIT)
+                       timeout=timeout, body_limit=PUT_ANSWER_LIMIT, cancel=self.link.rounds.cancel)
 
-    def attempt(self, service: Service, round_number: int) -> _Outcome:
+    def attempt(self, service: Service, timeout: Timeout) -> _Outcome:
         """One PUT (runs in the client's pool)."""
         try:
-            response = self.link.wire.send(service, self.request_for(service, round_number))
+            response = self.link.wire.send(service, self.request_for(service, timeout))
         except TransportError as exc:
             return _Outcome(service, Verdict.TRANSIENT, exc.reason)
         return self.judge(service, response)
@@ -151,11 +155,12 @@ class _Put:
         kind = classify(status)
         if kind is Status.OK:  # any 2xx with a valid locator, as the Arvados SDK has it
             return self.accepted(service, response)
+        note = self.link.wire.describe(response)
         if kind is Status.FULL:
-            return _Outcome(service, Verdict.FULL, "507 full")
+            return _Outcome(service, Verdict.FULL, note if note != "507" else "507 full")
         if kind is Status.TRANSIENT:
-            return _Outcome(service, Verdict.TRANSIENT, str(status), retry_after=response.retry_after())
-        return _Outcome(service, Verdict.PERMANENT, str(status))
+            return _Outcome(service, Verdict.TRANSIENT, note, retry_after=response.retry_after())
+        return _Outcome(service, Verdict.PERMANENT, note)
 
     def accepted(self, service: Service, response: Response) -> _Outcome:
         status = response.status
@@ -183,6 +188,7 @@ class _Put:
         root = outcome.service.root
         self.attempts[root].append(outcome.note)
         if outcome.kind is not Verdict.OK:
+            self.failures[root] = outcome.note
             if outcome.kind in (Verdict.PERMANENT, Verdict.FULL):
                 self.retired.add(root)
             return
@@ -200,8 +206,10 @@ class _Put:
         if self.locator is None or (outcome.locator and outcome.locator.signature and not self.locator.signature):
             self.locator = outcome.locator
 
-    def run_round(self, round_number: int) -> RoundResult[PutResult]:
+    def run_round(self, round_number: int, timeout: Timeout) -> RoundResult[PutResult]:
         """Write to candidates in probe order until satisfied or out of candidates."""
+        self.failures = {}
+        cancel = self.link.rounds.cancel
         writable = [s for s in self.link.wire.services() if not s.read_only and not s.is_gateway]
         if not writable:
             raise NoServicesError(f"[{self.request_id}] no writable Keep services for {self.loc}")
@@ -213,7 +221,7 @@ class _Put:
         parallel = all(self.memory.takes_one(s) for s in order)
         inflight: dict[Future[_Outcome], Service] = {}
         retry_after: float | None = None
-        while True:
+        while not cancel.is_set():  # cancelled: PUTs in flight abort on their own; the loop says so
             need = max(self.copies - self.done, 1 if self.pending_classes() else 0)
             limit = need if parallel else min(need, 1)
             launch: list[Service] = []
@@ -223,9 +231,9 @@ class _Put:
             # hand-off fewer per put, which is most of a small block's cost beyond the wire.
             inline = launch.pop() if launch and not inflight else None
             for service in launch:
-                inflight[self.submit(self.attempt, service, round_number)] = service
+                inflight[self.submit(self.attempt, service, timeout)] = service
             if inline is not None:
-                outcome = self.attempt(inline, round_number)
+                outcome = self.attempt(inline, timeout)
                 self.record(outcome)
                 if outcome.retry_after is not None:
                     retry_after = max(retry_after or 0.0, outcome.retry_after)
@@ -248,22 +256,31 @@ class _Put:
                                                           dict(self.confirmed_classes)))
         room = sum(1 if self.memory.takes_one(s) else self.copies for s in left)
         hopeful = bool(left) and self.done + room >= self.copies
-        return RoundResult(hopeful=hopeful, retry_after=retry_after)
+        return RoundResult(hopeful=hopeful, retry_after=retry_after, failures=dict(self.failures))
 
     def give_up(self, why: GiveUp, rounds: int) -> KeepError:
         if why is GiveUp.HOPELESS:
             return self.error("no service left that could store the rest")
         if why is GiveUp.EXHAUSTED:
             return self.error(f"gave up after {rounds} rounds")
+        if why is GiveUp.DEADLINE:
+            deadline = self.link.rounds.retry.deadline or 0
+            return self.error(f"gave up at the {deadline:g} s deadline after {rounds} rounds")
         return self.error("the client was closed")
 
     def error(self, why: str) -> WriteError:
+        # `attempts` keeps every round's note; the message gives each service's last one, once.
         attempts = {root: ", ".join(notes) for root, notes in self.attempts.items()}
-        detail = "; ".join(f"{root}: {notes}" for root, notes in attempts.items()) or "no service tried"
-        wanted = f"{self.copies} replicas" + (f" in classes {', '.join(self.wanted_classes)}"
-                                              if self.wanted_classes else "")
+        detail = "; ".join(f"{root}: {notes[-1]}" + (f" ({len(notes)} attempts)" if len(notes) > 1 else "")
+                           for root, notes in self.attempts.items()) or "no service tried"
+        wanted = f"{self.copies} replicas"
+        stored = f"stored {self.done}"
+        if self.wanted_classes:
+            wanted += f" in classes {', '.join(self.wanted_classes)}"
+            confirmed = ", ".join(f"{name}={count}" for name, count in sorted(self.confirmed_classes.items()))
+            stored += f", classes confirmed: {confirmed or 'none'}"
         return WriteError(
-            f"[{self.request_id}] failed to write {self.loc}: wanted {wanted}, stored {self.done} ({why}); {detail}",
+            f"[{self.request_id}] failed to write {self.loc}: wanted {wanted}, {stored} ({why}); {detail}",
             wanted=self.copies, done=self.done, locator=str(self.loc), request_id=self.request_id,
             attempts=attempts)
 

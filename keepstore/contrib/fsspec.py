@@ -22,12 +22,16 @@ from .fsspec_write import KeepTransaction, KeepWriteFile
 
 __all__ = ["KeepBufferedFile", "KeepFileSystem", "KeepTransaction", "KeepWriteFile"]
 
-NEW = "new"  # keep://new/<path>: where put/pipe write; each call stores one new dataset
+NEW = "new"  # keep://new/<path>: where writes go; each stores one new dataset (or joins fs.transaction's)
 _MAX_OPEN_DATASETS = 64
 
 
 class KeepFileSystem(AbstractFileSystem):
-    """Read datasets by locator (``keep://<locator>/dir/file.csv``); write new ones with put/pipe.
+    """Read datasets by locator (``keep://<locator>/dir/file.csv``); write new ones under ``keep://new/``.
+
+    Writes (``open(..., "wb")``, ``pipe``, ``put``) each store one new dataset and return (or
+    keep, as `last_dataset`) its locator; inside ``with fs.transaction as tx:`` they all go
+    into one dataset, ``tx.locator``. `combine` makes one dataset of several without copying.
 
     Storage options: ``services`` (URLs, list or space-separated) and ``token``; or
     ``local_store`` (a directory); or ``store`` (any `BlockStore`); with none of these,

@@ -17,11 +17,20 @@ __all__ = ["FileSegments", "Manifest", "ManifestError", "ManifestFile", "Segment
            "unescape_name"]
 
 _BARE = re.compile(r"(?<= )([0-9a-f]{32}\+[0-9]+)(?:\+[^ \n]*)?")
+# FileSegments' ranges before their first use (shared, never filled: _load replaces them)
+_NOT_LOADED: list[int] = []
+_NO_RANGES: list[tuple[int, int, int, int]] = []
 
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """``length`` bytes of one block, starting ``offset`` bytes into it."""
+    """``length`` bytes of one block, starting ``offset`` bytes into it.
+
+    Args:
+        locator: The block.
+        offset: Where the segment starts in the block.
+        length: Bytes of the block in the segment.
+    """
 
     locator: Locator
     offset: int
@@ -31,31 +40,37 @@ class Segment:
 class FileSegments(Sequence[Segment]):
     """A parsed file's segments, made on demand: each of the file's ``pos:len:name`` tokens is a
     range over its stream's block list, so a file spanning a million blocks costs one range here,
-    and ``segments[i]`` is found by bisecting (it equals a tuple of the same `Segment` values)."""
+    and ``segments[i]`` is found by bisecting (it equals a tuple of the same `Segment` values).
+
+    Args:
+        index: The parsed manifest.
+        file: The file's number in *index*.
+    """
 
     __slots__ = ("_counts", "_file", "_index", "_ranges", "_starts")
 
     def __init__(self, index: ManifestIndex, file: int) -> None:
         self._index = index
         self._file = file
-        self._ranges: list[tuple[int, int, int, int]] = []  # (first block, last block, start, end)
-        self._counts: list[int] = []  # segments before each range (filled on first use)
-        self._starts: list[int] = []  # file offset where each range starts
+        # Filled on first use (a look-up that only wants the size never needs them):
+        self._ranges: list[tuple[int, int, int, int]] = _NO_RANGES  # (first block, last block, start, end)
+        self._counts: list[int] = _NOT_LOADED  # segments before each range
+        self._starts: list[int] = _NOT_LOADED  # file offset where each range starts
 
     def _load(self) -> None:
-        counts, starts = [0], [0]
+        counts, starts, ranges = [0], [0], []
         for row in self._index.file_rows(self._file):
             first, last, start, end = self._index.block_span(row)
             if first <= last:
-                self._ranges.append((first, last, start, end))
+                ranges.append((first, last, start, end))
                 counts.append(counts[-1] + last - first + 1)
                 starts.append(starts[-1] + end - start)
-        self._counts, self._starts = counts, starts
+        self._ranges, self._counts, self._starts = ranges, counts, starts
 
     @property
     def size(self) -> int:
         """The file's size in bytes."""
-        return self._starts[-1] if self._counts else self._index.file_size(self._file)
+        return self._index.file_size(self._file)
 
     def __len__(self) -> int:
         if not self._counts:
@@ -309,13 +324,15 @@ class Manifest:
 
     def file(self, path: str) -> ManifestFile:
         """The file at *path*; `FileNotFoundError` if there is none (`IsADirectoryError` for a dir)."""
-        path = path.strip("/")
-        found = self._index.find_file(path)
+        if path[:1] == "/" or path[-1:] == "/":
+            path = path.strip("/")
+        index = self._index
+        found = index.find_file(path)
         if found < 0:
-            if self._index.find_dir(path) >= 0:
+            if index.find_dir(path) >= 0:
                 raise IsADirectoryError(path or "/")
             raise FileNotFoundError(path)
-        return ManifestFile(path, FileSegments(self._index, found))
+        return ManifestFile(path, FileSegments(index, found))
 
     def is_dir(self, path: str) -> bool:
         return self._index.find_dir(path.strip("/")) >= 0
@@ -340,13 +357,20 @@ class Manifest:
         if start < 0:
             raise NotADirectoryError(top) if index.find_file(top) >= 0 else FileNotFoundError(top)
         stack = [(top, start)]
+        all_children, dir_files, file_name = index.dir_children, index.dir_files, index.file_name
         while stack:
             path, directory = stack.pop()
-            children = index.dir_children[directory]
+            children = all_children[directory]
+            names = [file_name(f) for f in dir_files(directory)]
+            if len(names) > 1:
+                names.sort()
+            if not children:  # a leaf: the usual directory, and the cheap case
+                yield path, [], names
+                continue
             subdirs = sorted(children)
-            yield path, subdirs, sorted(index.file_name(f) for f in index.dir_files(directory))
+            yield path, subdirs, names
             prefix = f"{path}/" if path else ""
-            stack.extend((prefix + name, children[name]) for name in reversed(subdirs))
+            stack.extend([(prefix + name, children[name]) for name in reversed(subdirs)])
 
     def walk_files(self) -> Iterator[ManifestFile]:
         """Every file, sorted by path."""

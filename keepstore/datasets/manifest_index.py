@@ -19,14 +19,14 @@ _UNESCAPE = re.compile(r"\\([0-3][0-7][0-7])")
 # escape_name leaves as they are (so our own manifests failed to parse). The Go SDK splits on " "
 # alone, as we do; the Arvados Python SDK splits on \s and cannot read such names.
 _SEGMENT_AT = re.compile(r"(0|[1-9][0-9]*):(0|[1-9][0-9]*):([^ \n]+)")
+_NAME_AT = re.compile(r"[0-9]+:[0-9]+:([^ \n]+)")  # a segment token already checked: its name
 _LOCATOR_START = re.compile(r"[0-9a-f]{32}\+")
 # The usual locator (bare, or with one permission hint) is checked here without building a Locator;
 # anything else goes through Locator.parse, which gives the error message.
 _PLAIN_LOCATOR = re.compile(r"[0-9a-f]{32}\+(0|[1-9][0-9]{0,7})(?:\+A[0-9a-f]{40}@[0-9a-f]{8})?\Z")
 _SIZE_HINT = re.compile(r"[0-9a-f]{32}\+([0-9]+)")
 _TOKEN = re.compile(r"[^ \n]*")
-_BAD_COMPONENTS = ("", ".", "..")
-_BAD_SET = frozenset(_BAD_COMPONENTS)
+_BAD_SET = frozenset(("", ".", ".."))
 
 
 class ManifestError(KeepError, ValueError):
@@ -75,6 +75,7 @@ class ManifestIndex:
         self.file_dir = array(idx)    # per file: directory id
         self.file_tok = array(idx)    # per file: offset of its first segment token
         self.file_hash = array("I")   # per file: low bits of its key's hash, to skip most compares
+        self.file_bytes = array("q")  # per file: its size
         self.dir_parent = array(idx, [0])
         self.dir_name: list[str] = [""]
         self.dir_children: list[dict[str, int]] = [{}]
@@ -85,132 +86,193 @@ class ManifestIndex:
         self._dir_paths: dict[int, str] = {ROOT: ""}
         self._last_dir = ("", ROOT)
         self._dir_files: tuple[array[int], array[int]] | None = None
+        # Each directory's files, as a range of file ids, while they come grouped by directory (as
+        # in normal form, one stream per directory); else grouped on first use by dir_files.
+        self.dir_file_lo = array(idx, [0])
+        self.dir_file_hi = array(idx, [0])
+        self._files_by_dir = True
         self._parse(idx)
 
     # -- parsing ------------------------------------------------------------------------
 
     def _parse(self, idx: str) -> None:
+        """Index every line of the text: its stream's directory, its blocks, its file segments.
+
+        The hot loop of parsing, in one function so that everything it touches per token is a
+        local: one pass over the tokens, regular expressions matched in place (no token copied
+        unless it is odd), the file table probed inline (as `_probe` does).
+        """
         text = self.text
         if text and not text.endswith("\n"):
             raise ManifestError("manifest text must end with a newline")
+        find = text.find
+        plain, starts_like, seg_at = _PLAIN_LOCATOR.match, _LOCATOR_START.match, _SEGMENT_AT.match
+        st_dir, st_blk = self.st_dir.append, self.st_blk.append
+        blk_tok, blk_end, blk_size = self.blk_tok.append, self.blk_end.append, self.blk_size.append
         seg_file = array(idx)
-        pos, line_no, end = 0, 0, len(text)
+        seg_tok, seg_stream, seg_of = self.seg_tok.append, self.seg_stream.append, seg_file.append
+        table, hashes, file_dir, file_bytes = self._table, self.file_hash, self.file_dir, self.file_bytes
+        file_tok, dir_lo, dir_hi = self.file_tok.append, self.dir_file_lo, self.dir_file_hi
+        root_children = self.dir_children[ROOT]
+        slots = len(table)
+        rows = 0  # non-empty blocks so far
+        last_dir = ROOT  # the directory of the last new file: files grouped by directory form runs
+        total_size = 0
+        pos, line_no, end, stream_id = 0, 0, len(text), 0
         while pos < end:
             line_no += 1
-            eol = text.find("\n", pos)
-            if eol == pos or text[pos] == " " or text[eol - 1] == " " or text.find("  ", pos, eol) != -1:
+            eol = find("\n", pos)
+            if eol == pos or text[pos] == " " or text[eol - 1] == " " or find("  ", pos, eol) != -1:
                 raise ManifestError(f"manifest line {line_no}: want '<stream> <locator>... <pos:len:name>...'"
                                     " separated by single spaces")
-            pos = self._parse_stream(pos, eol, line_no, seg_file)
-        self.st_blk.append(len(self.blk_tok))
-        if len(seg_file) != len(self.file_dir):
+            # the stream name: its directory
+            sp = find(" ", pos, eol)
+            first = text[pos:eol if sp == -1 else sp]
+            stream = unescape_name(first) if "\\" in first else first
+            if stream == ".":
+                directory = ROOT
+            elif stream.startswith("./"):
+                rest = stream[2:]
+                directory = root_children.get(rest, -1) if "/" not in rest else -1  # checked when made
+                if directory < 0:
+                    directory = self._walk(ROOT, rest.split("/"), line_no, rest)
+            else:
+                raise ManifestError(f"manifest line {line_no}: stream name {first!r} must be '.' or start with './'")
+            st_dir(directory)
+            st_blk(rows)
+            # its block locators: the usual ones checked by one regular expression, others parsed
+            total, blocks, segment_next = 0, 0, False
+            while sp != -1:
+                pos = sp + 1
+                sp = find(" ", pos, eol)
+                stop = eol if sp == -1 else sp
+                m = plain(text, pos, stop)
+                if m is not None:
+                    size = int(m[1])
+                elif starts_like(text, pos, stop):
+                    size = MAX_BLOCK_SIZE + 1
+                else:
+                    segment_next = True
+                    break
+                if size > MAX_BLOCK_SIZE:
+                    try:
+                        size = Locator.parse(text[pos:stop]).size
+                    except LocatorError as exc:
+                        raise ManifestError(f"manifest line {line_no}: {exc}") from None
+                blocks += 1
+                if size:  # an empty block holds no bytes: no row
+                    total += size
+                    rows += 1
+                    blk_tok(pos)
+                    blk_end(total)
+                    blk_size(size)
+            if not blocks:
+                raise ManifestError(f"manifest line {line_no}: stream {first!r} lists no block locator")
+            if not segment_next:
+                raise ManifestError(f"manifest line {line_no}: stream {first!r} has no file segment")
+            # its file segments, from pos on
+            while True:
+                m = seg_at(text, pos, eol)
+                if m is None:
+                    raise ManifestError(f"manifest line {line_no}: {self.token(pos)!r} is not a pos:len:name "
+                                        "file segment")
+                a, b, raw = m.groups()
+                if len(a) > 20 or len(b) > 20:  # int() refuses over 4300 digits anyway
+                    raise ManifestError(f"manifest line {line_no}: segment {m.group()[:60]!r}... runs past the "
+                                        f"stream's {total} bytes")
+                length = int(b)
+                if int(a) + length > total:
+                    raise ManifestError(f"manifest line {line_no}: segment {m.group()!r} runs past the stream's "
+                                        f"{total} bytes")
+                if "\\" in raw:
+                    raw = unescape_name(raw)
+                here = directory
+                if "/" in raw or raw == ".":
+                    if raw == "." or raw.endswith("/."):
+                        # Arvados' placeholder that keeps an empty directory ("." is the stream's own,
+                        # and "/." in the root stream names the root, as before).
+                        if raw != "." and (raw != "/." or directory != ROOT):
+                            self._walk(directory, raw[:-2].split("/"), line_no, raw[:-2])
+                        pos = m.end()
+                        if pos == eol:
+                            break
+                        pos += 1
+                        continue
+                    name = raw.rsplit("/", 1)[-1]
+                    if name in _BAD_SET or "\x00" in name:
+                        raise _invalid(f"manifest line {line_no}", self.dir_path(directory, raw))
+                    here = self._walk(directory, raw.split("/")[:-1], line_no, raw)
+                else:
+                    name = raw
+                    if name == ".." or "\x00" in name:
+                        raise _invalid(f"manifest line {line_no}", self.dir_path(directory, raw))
+                h = hash(name) ^ (here * 0x9E3779B1)
+                short = h & 0xFFFFFFFF
+                slot = h % slots
+                while True:
+                    value = table[slot]
+                    if value == 0:  # a new file
+                        found = len(file_dir)
+                        file_dir.append(here)
+                        file_tok(pos)
+                        hashes.append(short)
+                        file_bytes.append(length)
+                        table[slot] = found + 1
+                        if here != last_dir:  # a new run of files: the last directory's ends here
+                            dir_hi[last_dir] = found
+                            if dir_hi[here]:  # this directory had files before
+                                self._files_by_dir = False
+                            dir_lo[here] = found
+                            last_dir = here
+                        break
+                    found = value - 1
+                    if hashes[found] == short and file_dir[found] == here and self.file_name(found) == name:
+                        file_bytes[found] += length  # one more piece of a file named before
+                        break
+                    slot = slot + 1 if slot + 1 < slots else 0
+                seg_tok(pos)
+                seg_stream(stream_id)
+                seg_of(found)
+                total_size += length
+                pos = m.end()
+                if pos == eol:
+                    break
+                pos += 1
+            stream_id += 1
+            pos = eol + 1
+        st_blk(rows)
+        dir_hi[last_dir] = len(file_dir)
+        self.total_size = total_size
+        self._check_clashes()
+        if len(seg_file) != len(file_dir):
             self._group_segments(seg_file, idx)
 
-    def _parse_stream(self, pos: int, eol: int, line_no: int, seg_file: array[int]) -> int:
-        text = self.text
-        where = f"manifest line {line_no}"
-        sp = text.find(" ", pos, eol)
-        first = text[pos:eol if sp == -1 else sp]
-        stream = unescape_name(first)
-        if stream == ".":
-            directory = ROOT
-        elif stream.startswith("./"):
-            directory = self._walk(ROOT, stream[2:].split("/"), where, stream[2:])
-        else:
-            raise ManifestError(f"{where}: stream name {first!r} must be '.' or start with './'")
-        stream_id = len(self.st_dir)
-        self.st_dir.append(directory)
-        self.st_blk.append(len(self.blk_tok))
-        total, blocks = 0, 0
-        token = ""
-        while sp != -1:
-            pos = sp + 1
-            sp = text.find(" ", pos, eol)
-            token = text[pos:eol if sp == -1 else sp]
-            if not _LOCATOR_START.match(token):
-                break
-            m = _PLAIN_LOCATOR.match(token)
-            size = int(m.group(1)) if m else MAX_BLOCK_SIZE + 1
-            if size > MAX_BLOCK_SIZE:
-                try:
-                    size = Locator.parse(token).size
-                except LocatorError as exc:
-                    raise ManifestError(f"{where}: {exc}") from None
-            blocks += 1
-            if size:
-                total += size
-                self.blk_tok.append(pos)
-                self.blk_end.append(total)
-                self.blk_size.append(size)
-            token = ""
-        if not blocks:
-            raise ManifestError(f"{where}: stream {first!r} lists no block locator")
-        if not token:
-            raise ManifestError(f"{where}: stream {first!r} has no file segment")
-        # pos is where the first segment token starts
-        while True:
-            pos = self._parse_segment(pos, eol, total, directory, stream_id, where, seg_file)
-            if pos == eol:
-                return eol + 1
-            pos += 1
-
-    def _parse_segment(self, pos: int, eol: int, total: int, directory: int, stream_id: int, where: str,
-                       seg_file: array[int]) -> int:
-        """Record the ``pos:len:name`` token at *pos*; return where it ends."""
-        m = _SEGMENT_AT.match(self.text, pos, eol)
-        if m is None:
-            token = self.token(pos)
-            raise ManifestError(f"{where}: {token!r} is not a pos:len:name file segment")
-        if len(m.group(1)) > 20 or len(m.group(2)) > 20:  # int() refuses over 4300 digits anyway
-            raise ManifestError(f"{where}: segment {m.group()[:60]!r}... runs past the stream's {total} bytes")
-        start, length, raw = int(m.group(1)), int(m.group(2)), m.group(3)
-        if start + length > total:
-            raise ManifestError(f"{where}: segment {m.group()!r} runs past the stream's {total} bytes")
-        if "\\" in raw:
-            raw = unescape_name(raw)
-        if raw == "." or raw.endswith("/."):
-            # Arvados' placeholder that keeps an empty directory ("." is the stream's own, and "/."
-            # in the root stream names the root, as before).
-            if raw != "." and (raw != "/." or directory != ROOT):
-                self._walk(directory, raw[:-2].split("/"), where, raw[:-2])
-            return m.end()
-        name = raw.rsplit("/", 1)[-1] if "/" in raw else raw
-        if name in _BAD_COMPONENTS or "\x00" in name:
-            raise _invalid(where, self.dir_path(directory, raw))
-        if name is not raw:
-            directory = self._walk(directory, raw.split("/")[:-1], where, raw)
-        if name in self.dir_children[directory]:
-            raise ManifestError(f"{self.dir_path(directory, name)!r} is both a file and a directory")
-        slot, found = self._probe(directory, name)
-        if found < 0:
-            found = len(self.file_dir)
-            self.file_dir.append(directory)
-            self.file_tok.append(pos)
-            self.file_hash.append(_key_hash(directory, name) & 0xFFFFFFFF)
-            self._table[slot] = found + 1
-        self.seg_tok.append(pos)
-        self.seg_stream.append(stream_id)
-        seg_file.append(found)
-        self.total_size += length
-        return m.end()
-
-    def _walk(self, directory: int, parts: list[str], where: str, shown: str) -> int:
+    def _walk(self, directory: int, parts: list[str], line_no: int, shown: str) -> int:
         """The id of *parts* below *directory*, creating directories on the way (all checked first,
         so a bad path creates none)."""
-        if _BAD_SET.intersection(parts) or any("\x00" in part for part in parts):
-            raise _invalid(where, self.dir_path(directory, shown))
+        if not _BAD_SET.isdisjoint(parts) or "\x00" in shown:
+            raise _invalid(f"manifest line {line_no}", self.dir_path(directory, shown))
+        children = self.dir_children
         for part in parts:
-            child = self.dir_children[directory].get(part)
+            child = children[directory].get(part)
             if child is None:
-                if self._probe(directory, part)[1] >= 0:
-                    raise ManifestError(f"{self.dir_path(directory, part)!r} is both a file and a directory")
                 child = len(self.dir_name)
+                self.dir_file_lo.append(0)
+                self.dir_file_hi.append(0)
                 self.dir_parent.append(directory)
                 self.dir_name.append(part)
-                self.dir_children.append({})
-                self.dir_children[directory][part] = child
+                children.append({})
+                children[directory][part] = child
             directory = child
         return directory
+
+    def _check_clashes(self) -> None:
+        """Refuse a name that is both a file and a directory (checked once, after parsing: only the
+        directories that hold files need probing)."""
+        for parent in set(self.file_dir).intersection(self.dir_parent):  # holding files and directories
+            for name in self.dir_children[parent]:
+                if self._probe(parent, name) >= 0:
+                    raise ManifestError(f"{self.dir_path(parent, name)!r} is both a file and a directory")
 
     def _group_segments(self, seg_file: array[int], idx: str) -> None:
         """Order segment rows by file (a counting sort), for files named by several tokens."""
@@ -228,20 +290,20 @@ class ManifestIndex:
 
     # -- lookups --------------------------------------------------------------------------
 
-    def _probe(self, directory: int, name: str) -> tuple[int, int]:
-        """``(slot, file id)`` of *name* in *directory*; file id -1 (and a free slot) if absent."""
-        table, hashes = self._table, self.file_hash
+    def _probe(self, directory: int, name: str) -> int:
+        """The id of file *name* in *directory*, or -1."""
+        table = self._table
         size = len(table)
-        h = _key_hash(directory, name)
+        h = hash(name) ^ (directory * 0x9E3779B1)  # keep in step with _parse
         short = h & 0xFFFFFFFF
         slot = h % size
         while True:
             value = table[slot]
             if value == 0:
-                return slot, -1
+                return -1
             f = value - 1
-            if hashes[f] == short and self.file_dir[f] == directory and self.file_name(f) == name:
-                return slot, f
+            if self.file_hash[f] == short and self.file_dir[f] == directory and self.file_name(f) == name:
+                return f
             slot = slot + 1 if slot + 1 < size else 0
 
     def token(self, pos: int) -> str:
@@ -256,9 +318,9 @@ class ManifestIndex:
         return int(m.group(1)), int(m.group(2)), unescape_name(m.group(3))
 
     def file_name(self, file: int) -> str:
-        m = _SEGMENT_AT.match(self.text, self.file_tok[file])
-        assert m is not None
-        name = m.group(3)
+        m = _NAME_AT.match(self.text, self.file_tok[file])
+        assert m is not None  # checked when parsed
+        name = m[1]
         if "\\" in name:
             name = unescape_name(name)
         return name.rsplit("/", 1)[-1] if "/" in name else name
@@ -315,11 +377,18 @@ class ManifestIndex:
     def find_file(self, path: str) -> int:
         """The id of file *path*, or -1."""
         head, _, name = path.rpartition("/")
-        directory = self._find_parent(head)
-        return -1 if directory < 0 or not name else self._probe(directory, name)[1]
+        cached_path, directory = self._last_dir  # read once: another thread may replace it
+        if head != cached_path:
+            directory = self._find_parent(head)
+            if directory < 0:
+                return -1
+        return self._probe(directory, name) if name else -1
 
-    def dir_files(self, directory: int) -> array[int]:
-        """The files directly in *directory*, in manifest order (grouped once, on first use)."""
+    def dir_files(self, directory: int) -> range | array[int]:
+        """The files directly in *directory*, in manifest order (grouped once, on first use, unless
+        the files already come grouped by directory, as in normal form: then a range)."""
+        if self._files_by_dir:
+            return range(self.dir_file_lo[directory], self.dir_file_hi[directory])
         if self._dir_files is None:
             idx = self.file_dir.typecode
             counts = array(idx, bytes(array(idx).itemsize * (len(self.dir_name) + 1)))
@@ -339,13 +408,8 @@ class ManifestIndex:
     # -- blocks ---------------------------------------------------------------------------
 
     def file_size(self, file: int) -> int:
-        """The file's size, from its tokens alone."""
-        total = 0
-        for row in self.file_rows(file):
-            m = _SEGMENT_AT.match(self.text, self.seg_tok[row])
-            assert m is not None
-            total += int(m.group(2))
-        return total
+        """The file's size (summed over its tokens when parsed)."""
+        return self.file_bytes[file]
 
     def block_span(self, row: int) -> tuple[int, int, int, int]:
         """``(first block, last block, start, end)`` of segment token *row* (stream positions);
@@ -372,7 +436,3 @@ class ManifestIndex:
     def locator(self, block: int) -> Locator:
         return Locator.parse(self.token(self.blk_tok[block]))
 
-
-def _key_hash(directory: int, name: str) -> int:
-    """The hash of a file's key; cheaper than hashing a ``(directory, name)`` tuple."""
-    return hash(name) ^ (directory * 0x9E3779B1)

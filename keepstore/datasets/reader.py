@@ -81,7 +81,11 @@ class BlockSource:
         wanted by another reader at the same time, is downloaded once. After `close`, blocks
         are fetched one at a time in the calling thread.
         """
-        queue = iter(locators)
+        wanted = list(locators)
+        if len(wanted) == 1:  # most reads (a FUSE read, a small range) want one block: no pool hop
+            yield wanted[0], _fetched(self.block, wanted[0])
+            return
+        queue = iter(wanted)
         window: collections.deque[tuple[Locator, cf.Future[bytes]]] = collections.deque()
 
         def submit() -> None:
@@ -178,6 +182,15 @@ class DatasetReader:
     ``cache=`` (any `BlockCache`, e.g. one shared by several readers) or size the default
     memory LRU with ``cache_bytes=``; ``threads`` bounds blocks fetched at once; or pass
     ``blocks=`` (a `BlockSource`) to share another reader's, pool and all.
+
+    Args:
+        store: The store the blocks are read from.
+        locator: The dataset's locator (its manifest block).
+        readahead: Blocks fetched ahead of a sequential reader of one file.
+        cache: A `BlockCache` to read through (e.g. one shared by several readers).
+        cache_bytes: The size of the default memory LRU, when *cache* is not given.
+        threads: Blocks fetched at once.
+        blocks: A `BlockSource` to read through (shared with other readers).
     """
 
     def __init__(self, store: BlockStore, locator: LocatorLike, *, readahead: int = 2,
@@ -287,6 +300,12 @@ class KeepFile(io.RawIOBase):
     Reads across block boundaries through *blocks* (a `BlockSource`; by default a private one
     holding one block), and for sequential readers fetches the file's next *readahead* blocks
     in the background.
+
+    Args:
+        store: The store the blocks are read from.
+        file: The manifest file to read.
+        readahead: Blocks fetched ahead of a sequential reader.
+        blocks: The `BlockSource` to read through (default: a private one holding one block).
     """
 
     def __init__(self, store: BlockStore, file: ManifestFile, *, readahead: int = 2,

@@ -29,6 +29,14 @@ class BlockReceipt:
 
     ``sent`` is False for a block not uploaded by this write: found already stored (its
     replicas and services are those the HEADs confirmed), or referenced from another dataset.
+
+    Args:
+        locator: The block's locator as the store returned it (signed when the services sign).
+        size: The block's size in bytes.
+        replicas: Replicas the services confirmed.
+        services: The roots of the services that confirmed a replica.
+        storage_classes: Replicas confirmed per storage class.
+        sent: False for a block this write did not upload (found stored already, or referenced).
     """
 
     locator: str
@@ -41,7 +49,18 @@ class BlockReceipt:
 
 @dataclasses.dataclass(frozen=True)
 class Receipt:
-    """What a dataset write stored; ``locator`` is the dataset's address."""
+    """What a dataset write stored; ``locator`` is the dataset's address.
+
+    Args:
+        locator: The dataset's address: the manifest block's locator.
+        portable_data_hash: The manifest's portable data hash (unsigned; it never expires).
+        files: Files in the dataset.
+        bytes: Bytes of file content.
+        blocks: Each data block stored.
+        manifest_block: The manifest block.
+        bytes_sent: Block bytes uploaded (each block once, whatever its replicas), manifest included.
+        bytes_skipped: Block bytes not uploaded because they were found stored already.
+    """
 
     locator: str
     portable_data_hash: str

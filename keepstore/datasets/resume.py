@@ -133,7 +133,7 @@ class ResumeJournal:
 
     def start(self, key: str, files: Sequence[Entry], known: Mapping[int, PutResult]) -> None:
         """Replace the state with this run's header and the blocks it reuses; then append."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # signed locators: the user's only
         header = {"version": STATE_VERSION, "key": key, "block_size": self.block_size,
                   "files": [[e.path, e.source, e.size, e.mtime_ns, e.dev, e.ino] for e in files]}
         lines = [json.dumps(header)] + [self._line(i, known[i]) for i in sorted(known)]
@@ -291,7 +291,7 @@ def _plan(journal: ResumeJournal, key: str, files: Sequence[Entry], check: Store
     counted = check.count_many(candidates[i] for i in order)
     known: dict[int, PutResult] = {}
     for index, found in zip(order, counted, strict=True):
-        if found.replicas >= check.copies:
+        if found.replicas >= check.wanted:
             classes = previous.blocks[index].get("classes") or {}
             known[index] = PutResult(candidates[index], found.replicas, found.services, dict(classes))
     return known

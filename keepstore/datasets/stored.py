@@ -58,6 +58,16 @@ class StoredCheck:
         for loc in (signed or {}).values():
             self.learn(loc)
 
+    @property
+    def wanted(self) -> int:
+        """Replicas a block needs to count as stored: ``copies`` on Keep services; 1 on another
+        store (a `LocalStore` holds one copy, and its ``put_block`` reports one)."""
+        return self.copies if self._per_service else 1
+
+    @property
+    def _per_service(self) -> bool:
+        return getattr(self.store, "services", None) is not None and hasattr(self.store, "head_on")
+
     def learn(self, loc: Locator) -> None:
         """Remember a signed locator for its block (ignored when unsigned)."""
         if loc.signature:
@@ -94,7 +104,7 @@ class StoredCheck:
                 there = self.store.exists(ask)
             except KeepError:  # cannot tell: sending is the honest answer
                 return None
-            return PutResult(ask, 1, (str(self.store),)) if there and self.copies <= 1 else None
+            return PutResult(ask, 1, (str(self.store),)) if there else None  # what its put_block reports
         found = self._count_on(ask, list(services), give_up=True)
         return found if found.replicas >= self.copies else None
 

@@ -34,7 +34,14 @@ def normalize_path(path: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Attr:
-    """What ``stat`` says about a path in the dataset (read-only: files 0444, directories 0555)."""
+    """What ``stat`` says about a path in the dataset (read-only: files 0444, directories 0555).
+
+    Args:
+        path: The path in the dataset (``""`` is the root).
+        is_dir: True for a directory.
+        size: The file's size in bytes (0 for a directory).
+        mtime: The modification time shown, in seconds since the epoch.
+    """
 
     path: str
     is_dir: bool
@@ -69,6 +76,17 @@ class ReadPath:
     requests slightly out of order); random reads fetch only what they need, and
     `read_ranges` reads many ranges at once with no read-ahead. Store errors (`KeepError`)
     are raised from `read`, never swallowed; background read-ahead failures are only logged.
+
+    Args:
+        store: The store the blocks are read from.
+        dataset: The dataset's locator, or a `DatasetReader` already open.
+        readahead: Blocks fetched ahead of a sequential reader (0: none).
+        cache: The `BlockCache` to read through.
+        memory_bytes: The size of the memory LRU made when there is no *cache*.
+        blocks: A `BlockSource` to read through (shared with other trees or readers).
+        mtime: The modification time every path shows (default: now).
+        sequential_slack: Bytes a read may start before or after the last read's end and still count as
+            sequential.
     """
 
     def __init__(

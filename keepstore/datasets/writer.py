@@ -76,6 +76,18 @@ class DatasetWriter:
     confirmed. *known* maps block numbers to blocks stored by an earlier run of the same
     writing (see `keepstore.datasets.resume`): their bytes are skipped over, not read.
     *on_block* is called as ``on_block(index, result, sent)`` as each other block is stored.
+
+    Args:
+        store: The store the blocks and the manifest go to.
+        copies: Replicas wanted of every block (default: the store's).
+        storage_classes: Storage classes wanted (default: the store's).
+        max_in_flight: Full blocks waiting for upload at most.
+        block_size: The size of a full block (at most 64 MiB).
+        progress: Called with the number of bytes each time data is stored.
+        skip_stored: A `StoredCheck` asked before each block is sent (True: one made here; False: always send).
+        known: Block numbers mapped to blocks an earlier run of the same write stored (resuming).
+        on_block: Called as ``on_block(index, result, sent)`` as each block is stored.
+        read_progress: Called with the number of bytes of each chunk read in.
     """
 
     def __init__(

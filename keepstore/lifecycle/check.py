@@ -47,7 +47,13 @@ class ReplicaState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Replica:
-    """One service's answer about one block."""
+    """One service's answer about one block.
+
+    Args:
+        where: A service root, or a local store directory.
+        state: What the service said.
+        note: Why, when the replica is not good.
+    """
 
     where: str  # a service root, or a local store directory
     state: ReplicaState
@@ -56,7 +62,14 @@ class Replica:
 
 @dataclasses.dataclass(frozen=True)
 class BlockHealth:
-    """One block: its replicas, in probe order, and how many were wanted."""
+    """One block: its replicas, in probe order, and how many were wanted.
+
+    Args:
+        locator: The block, as given (signed when the services want signatures); reports show it bare.
+        copies: Replicas wanted.
+        replicas: Each service's answer, in probe order.
+        read: True when the replicas were read and verified, not only counted.
+    """
 
     locator: Locator  # as given (signed, when the services want signatures); reports show it bare
     copies: int
@@ -82,7 +95,12 @@ class BlockHealth:
 
 @dataclasses.dataclass(frozen=True)
 class CheckReport:
-    """Every block checked, and the totals; `exit_code` is what `keep check` exits with."""
+    """Every block checked, and the totals; `exit_code` is what `keep check` exits with.
+
+    Args:
+        copies: Replicas wanted of every block.
+        blocks: Each block checked.
+    """
 
     copies: int
     blocks: tuple[BlockHealth, ...]

@@ -84,7 +84,13 @@ def mark(store: BlockStore, roots: Iterable[str], keep: Iterable[str] = ()) -> s
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """An unreferenced block older than the cutoff."""
+    """An unreferenced block older than the cutoff.
+
+    Args:
+        md5: The block's md5.
+        size: Its size in bytes.
+        mtime: When it was last written.
+    """
 
     md5: str
     size: int

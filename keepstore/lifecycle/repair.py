@@ -24,7 +24,18 @@ CACHE_SOURCE = "cache"
 
 @dataclasses.dataclass(frozen=True)
 class BlockRepair:
-    """What repair did for one block: where its bytes came from and which services got a copy."""
+    """What repair did for one block: where its bytes came from and which services got a copy.
+
+    Args:
+        locator: The block.
+        copies: Replicas wanted.
+        before: Good replicas the check found.
+        written_to: The services that got a new copy.
+        source: Where the verified bytes came from: a service root, ``"cache"``, or None when no intact copy was
+            found.
+        failures: ``(where, why)`` for each source or target that failed.
+        error: Why the block could not be repaired, if it could not.
+    """
 
     locator: Locator
     copies: int
@@ -57,7 +68,12 @@ class BlockRepair:
 
 @dataclasses.dataclass(frozen=True)
 class RepairReport:
-    """The receipt of one repair run; `exit_code` is what `keep repair` exits with."""
+    """The receipt of one repair run; `exit_code` is what `keep repair` exits with.
+
+    Args:
+        copies: Replicas wanted of every block.
+        blocks: What was done for each block.
+    """
 
     copies: int
     blocks: tuple[BlockRepair, ...]

@@ -22,6 +22,7 @@ from .connection import KeepHTTPServer
 from .exchange import RequestRecord
 from .faults import FaultPlan
 from .handler import MIN_BODY_RATE, Context, KeepHandler
+from .metrics import ServerMetrics
 from .scrub import Scrubber, ScrubReport
 from .trash import DEFAULT_TRASH_LIFETIME, TrashPolicy
 from .volumes import Volume, parse_volume
@@ -64,6 +65,8 @@ class KeepServer:
         scrub_interval: seconds between two scrub passes (None: no background scrub).
         scrub_rate: bytes/s a scrub pass reads at most, on average (None: unbounded).
         clock: unix time for trash ages and deadlines (tests pass a fake one).
+        metrics: serve Prometheus metrics on ``/metrics`` (`ServerMetrics`), to the system token.
+        metrics_public: serve them to anyone.
     """
 
     def __init__(
@@ -90,6 +93,8 @@ class KeepServer:
         scrub_interval: float | None = None,
         scrub_rate: float | None = 8 << 20,
         clock: Callable[[], float] = time.time,
+        metrics: bool = True,
+        metrics_public: bool = False,
     ) -> None:
         if not volumes:
             raise ConfigError("keep serve needs at least one --volume")
@@ -123,6 +128,8 @@ class KeepServer:
         self.admission = Admission(max_requests, max_connections or default_max_connections())
         policy = TrashPolicy(trash_lifetime, signing_ttl if trash_min_age is None else trash_min_age,
                              trash_check_interval)
+        self.metrics = ServerMetrics(self.volumes, lambda: self.admission.in_flight,
+                                     public=metrics_public) if metrics else None
         self.blocks = Blocks(self.volumes, policy, clock)
         self.trash_emptier = Periodic("keep-trash", self.blocks.empty_trash, policy.check_interval)
         stop_scrub = threading.Event()
@@ -192,7 +199,7 @@ class KeepServer:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         context = Context(self.blocks, self.permissions, self.admission, self.faults, self.requests,
-                          self.idle_timeout, self.min_rate, self.first_byte_timeout)
+                          self.idle_timeout, self.min_rate, self.first_byte_timeout, self.metrics)
         httpd = KeepHTTPServer((self.host, self.port), KeepHandler, context, family, self.tls)
         httpd.on_fd_exhausted = lambda: self.admission.evict_idle(16)
         self.port = httpd.server_address[1]

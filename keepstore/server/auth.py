@@ -20,6 +20,12 @@ class Permissions:
     *signing_key* signs PUT answers for the caller's token; with *require_signatures* a GET or
     HEAD needs a valid ``+A`` signature for the token it sends. *system_token* may read
     ``/index``. The key and token never appear in the repr.
+
+    Args:
+        signing_key: Signs PUT answers for the caller's token (never shown in the repr).
+        signing_ttl: Signature lifetime in seconds; part of the signed message.
+        require_signatures: A GET or HEAD needs a valid ``+A`` signature for the token it sends.
+        system_token: The token that may read ``/index`` (never shown in the repr).
     """
 
     signing_key: bytes | None = dataclasses.field(default=None, repr=False)

@@ -43,7 +43,12 @@ class Found(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Stored:
-    """A PUT's block is on these volumes."""
+    """A PUT's block is on these volumes.
+
+    Args:
+        locator: The block stored.
+        volumes: The volumes that hold it now.
+    """
 
     locator: Locator
     volumes: tuple[Volume, ...]

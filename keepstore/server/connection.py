@@ -21,7 +21,15 @@ log = logging.getLogger("keepstore.server")
 
 
 class KeepHTTPServer(http.server.ThreadingHTTPServer):
-    """A threading HTTP server that carries the request handlers' *context* and TLS."""
+    """A threading HTTP server that carries the request handlers' *context* and TLS.
+
+    Args:
+        address: ``(host, port)`` to listen on.
+        handler: The request handler class.
+        context: What the handlers share (the server's `Context`).
+        family: The socket address family.
+        tls: A TLS context to wrap connections in, or None for plain HTTP.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -64,7 +72,12 @@ class KeepHTTPServer(http.server.ThreadingHTTPServer):
 class DeadlineReader(io.RawIOBase):
     """The connection's reads, each bounded by the idle timeout and, while a request's line and
     headers (or its body) are being read, by one overall deadline: a client dripping a byte at
-    a time (slowloris) must not hold a thread for longer than the deadline allows."""
+    a time (slowloris) must not hold a thread for longer than the deadline allows.
+
+    Args:
+        sock: The connection's socket.
+        idle: The idle timeout of each read, in seconds.
+    """
 
     def __init__(self, sock: socket.socket, idle: float) -> None:
         super().__init__()
@@ -87,7 +100,15 @@ class DeadlineReader(io.RawIOBase):
 class Body:
     """A request body of *length* bytes, read in chunks under one deadline: it must average
     *min_rate* bytes/s after one idle timeout of grace, or the read ends in `TimeoutError`
-    (a client dripping a byte per idle timeout would otherwise hold a thread for days)."""
+    (a client dripping a byte per idle timeout would otherwise hold a thread for days).
+
+    Args:
+        rfile: The buffered connection the body is read from.
+        reader: The connection's `DeadlineReader`, whose deadline bounds the whole body.
+        length: The body's length in bytes.
+        min_rate: The average rate, in bytes/s, the client must keep up after one idle timeout.
+        chunk: Bytes read at a time.
+    """
 
     def __init__(self, rfile: io.BufferedReader[DeadlineReader], reader: DeadlineReader, length: int, min_rate: float,
                  chunk: int = 1 << 20) -> None:

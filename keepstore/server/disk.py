@@ -53,7 +53,14 @@ class VolumeWriter:
     """Stream one block into a locked temp file beside its final name; `commit()` checks the
     md5 and makes the block durable in this order: the new prefix directory's entry (its
     parent synced), the file's data (fsync), the rename, the prefix directory (fsync). Only
-    then may the PUT be acknowledged. Leaving without a commit removes the temp file."""
+    then may the PUT be acknowledged. Leaving without a commit removes the temp file.
+
+    Args:
+        root: The volume's directory.
+        md5: The md5 the block must have.
+        fsync: Make the block durable before `commit` returns.
+        ops: The file-system layer writes go through.
+    """
 
     def __init__(self, root: Path, md5: str, *, fsync: bool = True, ops: FileOps | None = None) -> None:
         self.ops = ops or FileOps()

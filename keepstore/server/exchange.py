@@ -31,6 +31,15 @@ class RequestRecord:
     A record is added to `KeepServer.requests` just before the response's headers are sent
     (or when the request ends without a response), so a client that has its answer can count
     on finding the record; ``bytes_out`` and ``seconds`` are final once the request ends.
+
+    Args:
+        method: The request method.
+        path: The path, without signatures or query.
+        status: The status answered.
+        bytes_out: Response body bytes sent.
+        seconds: How long the request took.
+        request_id: The ``X-Request-Id`` sent or made.
+        fault: The fault applied, if any.
     """
 
     method: str
@@ -51,7 +60,14 @@ class BodyAction(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Refusal:
-    """An answer given instead of handling the request."""
+    """An answer given instead of handling the request.
+
+    Args:
+        status: The status code.
+        reason: The reason text, sent as the body.
+        body: What to do with the request's body (drain it or close the connection).
+        headers: Extra response headers.
+    """
 
     status: int
     reason: str
@@ -64,7 +80,22 @@ BUSY = Refusal(503, "too many requests in flight", BodyAction.DRAIN, (("Retry-Af
 
 @dataclasses.dataclass
 class Exchange:
-    """What one request asked and what has been done about it so far."""
+    """What one request asked and what has been done about it so far.
+
+    Args:
+        method: The request method.
+        target: The request target as sent (path and query).
+        headers: The request headers.
+        start: When the request arrived (monotonic seconds).
+        status: The status answered so far (0: none yet).
+        bytes_out: Response body bytes sent.
+        fault: The fault applied to the request, if any.
+        headers_sent: True once the response headers are out.
+        record: The request's `RequestRecord`, once made.
+        admitted: Holds an admission slot, released when the request ends.
+        send_size: The response body's length.
+        send_deadline: When the response body must be out (set by its first write).
+    """
 
     method: str
     target: str  # the request target as sent (path and query)

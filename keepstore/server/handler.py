@@ -37,6 +37,7 @@ from .exchange import (
     unmodified_since,
 )
 from .faults import Fault, FaultKind, FaultPlan
+from .metrics import ServerMetrics
 from .shaping import Before, before, shape_body
 from .trash import Outcome
 
@@ -58,7 +59,19 @@ _SOCKET_PIECE = 64 << 10  # sent this much per socket write
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What the handlers of one server share: its parts, handed over by `KeepServer`."""
+    """What the handlers of one server share: its parts, handed over by `KeepServer`.
+
+    Args:
+        blocks: The volumes, without HTTP.
+        permissions: The signing policy.
+        admission: The request slots and connection cap.
+        faults: The fault plan applied to requests.
+        requests: Where each request's record goes.
+        idle_timeout: Seconds a connection may stay idle.
+        min_rate: The minimum average body rate, in bytes/s.
+        first_byte_timeout: A new connection's wait for its first request, in seconds.
+        metrics: The server's Prometheus metrics (``/metrics``), or None.
+    """
 
     blocks: Blocks
     permissions: Permissions
@@ -68,6 +81,7 @@ class Context:
     idle_timeout: float
     min_rate: float = MIN_BODY_RATE
     first_byte_timeout: float = 10.0  # a new connection's wait for its first request
+    metrics: ServerMetrics | None = None  # /metrics (keepstore.server.metrics)
 
 
 class _Abort(Exception):
@@ -179,7 +193,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         # Admission happens before "100 Continue", so a refused PUT costs the client no body.
         if not hasattr(self, "do_" + self.command):
-            return super().handle_expect_100()  # the stdlib answers 501 next: nothing to admit
+            return True  # the stdlib answers 501 next, as the only answer: no "100 Continue" first
         ex = self._exchange()
         refusal = self._before_body(ex)
         if refusal is not None:  # the client keeps its body: this connection cannot go on
@@ -260,12 +274,17 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         record.fault = ex.fault.value if ex.fault else None
         access_log.info('%s "%s %s" %s %d %.1fms %s', self.client_address[0], ex.method, record.path, ex.status,
                         record.bytes_out, seconds * 1000, record.request_id or "-")
+        if self.ctx.metrics is not None:
+            stored = ex.length or 0 if ex.method == "PUT" and ex.status == 200 else 0
+            self.ctx.metrics.observe(ex.method or "?", ex.status, seconds, stored, ex.bytes_out)
 
     def _route(self, ex: Exchange) -> None:
         method = ex.method
         index = _INDEX_PATH.match(ex.path)
         if index and method in ("GET", "HEAD"):
             return self._index(ex, index.group(1) or "")
+        if ex.path == "/metrics" and method == "GET" and self.ctx.metrics is not None:
+            return self._respond(ex, *self.ctx.metrics.answer(ex.token, self.ctx.permissions))
         untrash = _UNTRASH_PATH.match(ex.path)
         if method == "DELETE" or (untrash and method == "PUT"):
             if ex.has_body:  # none is expected, and one we do not read would be the next request

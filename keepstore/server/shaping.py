@@ -31,6 +31,8 @@ def before(fault: Fault, method: str, sleep: Sleep = time.sleep) -> Before:
         return Before.ANSWER
     elif fault.kind is FaultKind.STALL and method in ("HEAD", "PUT"):  # a GET stalls after its headers
         sleep(fault.value)
+    elif fault.kind is FaultKind.HOLD and fault.gate is not None:
+        fault.gate.pass_through(fault.value or None)
     return Before.PROCEED
 
 

@@ -107,10 +107,14 @@ def trash_file(path: Path, md5: str, policy: TrashPolicy, now: float, *, fsync: 
 def untrash_block(root: Path, md5: str, *, fsync: bool) -> bool:
     """Put the most recently trashed copy of *md5* on the volume at *root* back under its
     name (one rename) and touch it, so the next gc's grace period counts from now; True
-    when one was restored."""
+    when one was restored. When the block was written again since, that copy stays (touched)."""
     copies = sorted((t for t in list_trash(root, md5[:3]) if t.md5 == md5), key=lambda t: t.deadline)
+    final = root / md5[:3] / md5
+    if copies and os.path.isfile(final):  # written again since: keep that copy (the trashed one may have rotted)
+        with contextlib.suppress(FileNotFoundError):  # trashed again meanwhile: restored all the same below
+            os.utime(final)
+            return True
     for trashed in reversed(copies):
-        final = root / md5[:3] / md5
         try:
             os.rename(trashed.path, final)
         except FileNotFoundError:  # emptied meanwhile: try an older copy

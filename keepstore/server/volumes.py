@@ -48,6 +48,15 @@ class Volume:
     Space is reserved for a write before its body is read (`reserve`) and given back when it
     ends (`release`), so concurrent writes never promise together more than the disk has:
     rather one 507 at once than several writes that all run out of space half-way.
+
+    Args:
+        path: The volume's directory.
+        classes: The storage classes the volume confirms.
+        capacity: The most bytes of blocks it will hold (None: no cap).
+        fsync: Make writes durable before they are acknowledged.
+        used: Bytes of blocks held (measured by a scan at start).
+        pending: Bytes reserved by writes in progress.
+        ops: The file-system layer writes go through (tests replace it).
     """
 
     path: Path
@@ -174,8 +183,12 @@ class Volume:
                 self._sizes[md5] = size
 
 
-def parse_volume(text: str) -> Volume:
-    """``DIR`` or ``DIR:class[,class...]`` -> `Volume` (`ConfigError` on a bad spec)."""
+def parse_volume(text: str, *, create: bool = True) -> Volume:
+    """``DIR`` or ``DIR:class[,class...]`` -> `Volume` (`ConfigError` on a bad spec).
+
+    A missing directory is made, unless *create* is false: then it is a `ConfigError` (a typo
+    in ``keep serve --volume`` must not start an empty server that answers 404 to everything).
+    """
     path: str = text
     classes: tuple[str, ...] = ("default",)
     head, sep, tail = text.rpartition(":")
@@ -185,6 +198,9 @@ def parse_volume(text: str) -> Volume:
         raise ConfigError(f"volume {text!r}: empty storage class list after ':'")
     if not path:
         raise ConfigError(f"volume {text!r}: no directory")
+    if not create and not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"volume {path!r} {what}; create it first, or pass --create to have keep serve make it")
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

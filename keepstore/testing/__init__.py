@@ -10,7 +10,8 @@ project that has keepstore these fixtures are available without imports:
 
 Each server has a ``faults`` plan (`FaultPlan`): fail with a status N times, delay, throttle,
 stall, corrupt or truncate bodies, drop connections, behave full; ``stop()`` and ``start()``
-take it down and bring it back on the same port. See ``docs/testing.md``.
+take it down and bring it back on the same port; ``hold(gate)`` keeps requests at a `Gate`
+until the test opens it. `wait_until` polls a condition against a deadline. See ``docs/testing.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .cluster import DEFAULT_SYSTEM_TOKEN, DEFAULT_TOKEN, KeepCluster
+from .waiting import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..local import LocalStore
@@ -31,21 +33,24 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_SYSTEM_TOKEN",
     "DEFAULT_TOKEN",
+    "Gate",
     "KeepCluster",
     "keep_cluster",
     "keep_cluster_factory",
     "keep_local_store",
     "keep_server",
+    "wait_until",
 ]
 
-# Test doubles live in keepstore.testing.doubles; they are offered here too, imported on first use
-# so that loading the plugin does not import the whole client.
-_DOUBLES = ("VerifierTransport", "KeepClientMock", "mock_client")
+# Test doubles live in keepstore.testing.doubles and Gate beside FaultPlan; they are offered here
+# too, imported on first use so that loading the plugin does not import the whole client.
+_LAZY = {"VerifierTransport": "keepstore.testing.doubles", "KeepClientMock": "keepstore.testing.doubles",
+         "mock_client": "keepstore.testing.doubles", "Gate": "keepstore.server.faults"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _DOUBLES:
-        return getattr(importlib.import_module("keepstore.testing.doubles"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'keepstore.testing' has no attribute {name!r}")
 
 

@@ -24,6 +24,13 @@ class KeepCluster:
 
     Extra keyword arguments go to every `KeepServer` (``signing_key``, ``require_signatures``,
     ``max_requests``...). Writes skip fsync unless ``fsync=True``: test clusters favour speed.
+
+    Args:
+        n: How many servers.
+        base_dir: Where their volumes go (default: a temporary directory removed by `stop`).
+        token: The token `client()` and `env()` use.
+        system_token: The servers' system token (for ``/index``).
+        fsync: Make the servers' writes durable (off by default: tests favour speed).
     """
 
     def __init__(self, n: int = 3, base_dir: str | os.PathLike[str] | None = None, *,

@@ -6,6 +6,7 @@ import abc
 import dataclasses
 import datetime
 import email.utils
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -26,7 +27,11 @@ ERROR_BODY_LIMIT = 4096
 
 
 class Headers(Mapping[str, str]):
-    """An immutable, case-insensitive mapping of HTTP header names to values."""
+    """An immutable, case-insensitive mapping of HTTP header names to values.
+
+    Args:
+        items: Header names and values (names are matched without regard to case).
+    """
 
     __slots__ = ("_items",)
 
@@ -79,6 +84,8 @@ class Request:
         expected_size: The exact size of a GET's 2xx body (a block's size), or None.
         timeout: The `Timeout` for this request.
         body_limit: Most bytes of a non-block answer body to read (0: `DEFAULT_BODY_LIMIT`).
+        cancel: An event that, once set, aborts the request (also while it waits to connect or
+            for a stalled server): the transport raises `TransportError` with ``cancelled``.
     """
 
     method: str
@@ -88,6 +95,12 @@ class Request:
     expected_size: int | None = None
     timeout: Timeout = dataclasses.field(default_factory=Timeout)
     body_limit: int = 0  # 0: DEFAULT_BODY_LIMIT
+    cancel: threading.Event | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the request's cancel event is set."""
+        return self.cancel is not None and self.cancel.is_set()
 
     def limit_for(self, status: int) -> int | None:
         """Bytes of an answer body with *status* worth reading (None: exactly ``expected_size``)."""
@@ -158,17 +171,19 @@ class TransportError(KeepError):
     """A request got no usable HTTP answer: connect failure, timeout, TLS, reset, bad length.
 
     ``reason`` is short and never holds a token; ``connect`` is True when no connection was
-    made (so the service list may be stale); ``timeout`` when a time limit expired.
+    made (so the service list may be stale); ``timeout`` when a time limit expired;
+    ``cancelled`` when the request's cancel event stopped it.
     """
 
     def __init__(self, reason: str, *, url: str = "", connect: bool = False, timeout: bool = False,
-                 code: int | None = None) -> None:
+                 code: int | None = None, cancelled: bool = False) -> None:
         super().__init__(f"{reason} ({url})" if url else reason)
         self.reason = reason
         self.url = url
         self.connect = connect
         self.timeout = timeout
         self.code = code
+        self.cancelled = cancelled
 
 
 class Transport(abc.ABC):

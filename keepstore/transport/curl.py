@@ -78,8 +78,16 @@ class _Exchange:
         self.too_long = False
         self.truncated = False
         self.headers_too_long = False
+        self.cancelled = False
         self._limit: int | None = 0
         self._last_header: str | None = None
+
+    def on_progress(self, *_counts: int) -> int:
+        """libcurl's progress callback: non-zero (abort) once the request is cancelled."""
+        if self.request.cancelled:
+            self.cancelled = True
+            return 1
+        return 0
 
     def on_header(self, raw: bytes) -> int | None:
         self.header_bytes += len(raw)
@@ -192,6 +200,8 @@ class CurlTransport(Transport):
     def request(self, request: Request) -> Response:
         if self._closed.is_set():
             raise TransportError("transport is closed", url=request.url)
+        if request.cancelled:
+            raise TransportError(f"{request.method} cancelled", url=_strip_query(request.url), cancelled=True)
         curl = self._checkout()
         exchange = _Exchange(request)
         healthy = False
@@ -255,6 +265,11 @@ class CurlTransport(Transport):
         curl.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(timeout.read)))
         # ... and in any case after the request's overall deadline, however fast bytes trickle.
         curl.setopt(pycurl.TIMEOUT_MS, max(1, int(request.deadline() * 1000)))
+        # libcurl calls this many times a second, also while it waits to connect or for a stalled
+        # server: a set cancel event aborts the transfer there, and on the main thread Python
+        # gets to run its signal handlers (Ctrl-C) instead of waiting for libcurl to return.
+        curl.setopt(pycurl.NOPROGRESS, 0)
+        curl.setopt(pycurl.XFERINFOFUNCTION, exchange.on_progress)
         curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, exchange.on_body)
         headers = [f"{name}: {value}" for name, value in request.headers.items()]
@@ -297,20 +312,23 @@ def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange:
     # connect itself timed out.
     connected = exchange.status != 0 or _connected(curl)
     timed_out = code == pycurl.E_OPERATION_TIMEDOUT
+    if exchange.cancelled:
+        return TransportError(f"{request.method} cancelled", url=_strip_query(request.url), connect=False,
+                              code=code, cancelled=True)
     if exchange.too_long:
         reason = f"body longer than the expected {exchange.expected_size} bytes"
     elif exchange.headers_too_long:
         reason = f"headers longer than {_HEADER_LIMIT} bytes"
     elif timed_out:
         if not connected:
-            reason = f"connect timed out after {request.timeout.connect:g}s"
+            reason = f"connect timed out after {_secs(request.timeout.connect)}s"
         elif exchange.status == 0:
-            reason = f"no response within {request.timeout.read:g}s"
+            reason = f"no response within {_secs(request.timeout.read)}s"
         elif "too slow" in message:  # libcurl's LOW_SPEED message ("Operation too slow. Less than ...")
             reason = (f"transfer slower than {request.timeout.min_bandwidth} B/s "
-                      f"for {request.timeout.read:g}s")
+                      f"for {_secs(request.timeout.read)}s")
         else:
-            reason = f"no complete answer within the {request.deadline():g}s deadline"
+            reason = f"no complete answer within the {_secs(request.deadline())}s deadline"
     return TransportError(
         f"{request.method} {reason}",
         url=_strip_query(request.url),
@@ -318,6 +336,11 @@ def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange:
         timeout=timed_out,
         code=code,
     )
+
+
+def _secs(seconds: float) -> str:
+    """Seconds for a message: 3 (not 2.99995), 0.05, 2048."""
+    return f"{seconds:.3g}" if seconds < 1000 else f"{seconds:.0f}"
 
 
 def _connected(curl: pycurl.Curl) -> bool:

@@ -13,7 +13,9 @@ __all__ = ["MockTransport"]
 class MockTransport(Transport):
     """Calls ``handler(request) -> Response`` for every request and records the requests.
 
-    The handler may raise `TransportError` to simulate a connection failure. Bodies larger
+    The handler may raise `TransportError` to simulate a connection failure. A request whose
+    cancel event is set fails with a cancelled `TransportError` before the handler sees it
+    (and after, when the handler set it). Bodies larger
     than a GET's ``expected_size`` are rejected, and other bodies over the request's limit
     truncated, as `CurlTransport` does.
 
@@ -33,9 +35,13 @@ class MockTransport(Transport):
     def request(self, request: Request) -> Response:
         if self.closed:
             raise TransportError("transport is closed", url=request.url)
+        if request.cancelled:
+            raise TransportError(f"{request.method} cancelled", url=request.url, cancelled=True)
         with self._lock:
             self.requests.append(request)
         response = self.handler(request)
+        if request.cancelled:  # cancelled while the handler ran, as a transfer in flight is
+            raise TransportError(f"{request.method} cancelled", url=request.url, cancelled=True)
         if not isinstance(response, Response):
             raise TypeError(f"MockTransport handler returned {type(response).__name__}, not Response")
         if (request.method == "GET" and 200 <= response.status <= 299 and request.expected_size is not None

@@ -15,6 +15,7 @@ import arvados.keep
 import pytest
 
 from keepstore.datasets import DatasetReader
+from keepstore.testing import wait_until
 
 TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
 MiB = 1 << 20
@@ -147,7 +148,6 @@ def test_keep_put_storage_classes_reach_the_server_and_come_back_in_the_receipt(
 
 
 def test_sequential_reader_prefetches_the_next_blocks_into_the_cache(keep_cluster):
-    import time
 
     from keepstore import MemoryBlockCache
     from keepstore.datasets import DatasetWriter
@@ -162,10 +162,8 @@ def test_sequential_reader_prefetches_the_next_blocks_into_the_cache(keep_cluste
         blocks = [seg.locator for seg in reader.stat("f.bin").segments]
         with reader.open("f.bin") as f:
             assert f.read(100) == data[:100]  # block 0: blocks 1 and 2 are asked for in the background
-            deadline = time.monotonic() + 10
-            while cache.get(blocks[1]) is None or cache.get(blocks[2]) is None:
-                assert time.monotonic() < deadline, "read-ahead never fetched blocks 1 and 2"
-                time.sleep(0.02)
+            wait_until(lambda: cache.get(blocks[1]) is not None and cache.get(blocks[2]) is not None,
+                       what="read-ahead of blocks 1 and 2")
             assert all(cache.get(b) is None for b in blocks[3:]), "read-ahead stays within its window"
             for server in keep_cluster.servers:
                 server.stop()

@@ -10,6 +10,7 @@ import pytest
 
 from keepstore import BlockNotFound, KeepClient, Locator
 from keepstore.aio import AsyncKeepClient
+from keepstore.server.faults import Gate
 from keepstore.testing import KeepCluster
 
 MISSING = "d41d8cd98f00b204e9800998ecf8427f+1"
@@ -82,31 +83,35 @@ def test_two_loops_in_two_threads_share_one_client(keep_cluster: KeepCluster) ->
 def test_the_loop_keeps_running_while_a_get_waits_on_the_network(keep_cluster: KeepCluster) -> None:
     with keep_cluster.client() as kc:
         loc = kc.put(b"slow to read")
+        gate = Gate()
         for server in keep_cluster.servers:
-            server.faults.delay(0.5, methods="GET", times=None)
+            server.faults.hold(gate, methods="GET", times=None, timeout=5)
 
-        async def main() -> int:
-            ticks = 0
+        async def main() -> bytes:
             get = asyncio.ensure_future(AsyncKeepClient(kc).get(loc))
-            while not get.done():
-                await asyncio.sleep(0.02)
-                ticks += 1
-            assert await get == b"slow to read"
-            return ticks
+            # This coroutine runs on while the GET is held at its server; were the loop blocked
+            # in the get, it would only get here after the hold's 5 s, and nothing would wait.
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait_for, 1)
+            assert not get.done()
+            gate.open()
+            return await get
 
-        assert asyncio.run(main()) >= 10
+        assert asyncio.run(main()) == b"slow to read"
 
 
 def test_cancelling_a_task_cancels_an_operation_not_yet_started(keep_cluster: KeepCluster) -> None:
+    gate = Gate()
     for server in keep_cluster.servers:
-        server.faults.delay(0.5, methods="PUT", times=None)
+        server.faults.hold(gate, methods="PUT", times=None)
 
     async def main() -> None:
         async with AsyncKeepClient(services=keep_cluster.urls, token=keep_cluster.token, threads=1) as akc:
             first = asyncio.ensure_future(akc.put(b"running"))
             queued = asyncio.ensure_future(akc.put(b"never started"))
-            await asyncio.sleep(0.1)
+            # the first put holds the only thread (its PUT waits at a server), the second is queued
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait_for, 1)
             queued.cancel()
+            gate.open()
             with pytest.raises(asyncio.CancelledError):
                 await queued
             await first

@@ -15,6 +15,7 @@ import pytest
 from keepstore import ConfigError, Locator, LocatorError, ReadError
 from keepstore.cache import BlockCache, DiskBlockCache, MemoryBlockCache, TieredBlockCache, cache_key
 from keepstore.cache.filelock import block_lock
+from keepstore.testing import wait_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -462,16 +463,6 @@ def test_full_disk_still_lets_gets_succeed_and_keeps_serving_what_is_cached(tmp_
         assert not any(p.stat().st_size < MiB and p.stat().st_size != 256 * KiB for p in val_files(path))
         assert_degraded_but_serving(cache, caplog)
         cache.close()
-
-
-def wait_until(predicate, seconds: float = 5.0) -> bool:
-    """Whether *predicate()* came true within *seconds* (checked every 2 ms)."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.002)
-    return True
 
 
 def run_threads(target, count: int) -> list:

@@ -185,3 +185,9 @@ def test_a_fifo_inside_a_directory_is_left_out_rather_than_read(env, tmp_path):
     os.mkfifo(src / "pipe")
     put = keep(env, "put", str(src))  # reading the fifo would block until the timeout
     assert "pipe" not in stored_paths(env, put) and "1 special file" in put.stderr
+
+
+def test_filters_with_blocks_are_refused_rather_than_ignored(env, tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    put = keep(env, "put", "--blocks", "--exclude", "f", str(tmp_path / "f"))
+    assert put.returncode == 1 and "--blocks stores only the files named" in put.stderr and put.stdout == ""

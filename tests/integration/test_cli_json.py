@@ -149,3 +149,20 @@ def test_put_json_receipt_names_the_dataset(env, tmp_path):
     receipt = keep_json(env, "put", "--json", str(make_tree(tmp_path / "src")))
     assert (receipt["files"], receipt["bytes"], len(receipt["blocks"])) == (2, 5006, 1)
     assert keep(env, "ls", receipt["locator"]).stdout.decode().splitlines() == ["a.txt", "d/b.bin", "d/empty/"]
+
+
+def test_get_dry_run_of_one_file_to_stdout_writes_no_data(env, tmp_path):
+    loc = keep(env, "put", str(make_tree(tmp_path / "src"))).stdout.decode().strip()
+    result = keep(env, "get", "--dry-run", f"{loc}/a.txt")
+    assert result.returncode == 0
+    assert result.stdout.decode().splitlines() == ["           6 -",
+                                                   "would write 1 file, 6 B (6 bytes), to stdout; nothing written"]
+
+
+def test_put_dry_run_with_update_says_which_dataset_it_builds_on(env, tmp_path):
+    base = keep(env, "put", str(make_tree(tmp_path / "src"))).stdout.decode().strip()
+    (tmp_path / "new.txt").write_bytes(b"new")
+    plan = keep_json(env, "put", "-n", "--json", "--update", base, "--remove", "a.txt", str(tmp_path / "new.txt"))
+    assert (plan["update"], plan["remove"], plan["files"], plan["bytes"]) == (base, ["a.txt"], 1, 3)
+    text = keep(env, "put", "-n", "--update", base, "--remove", "a.txt", str(tmp_path / "new.txt"))
+    assert text.stdout.decode().splitlines()[-1].endswith(f"on top of the files of {base} less 1 removed; nothing sent")

@@ -158,10 +158,11 @@ def keep(env: dict[str, str], *args: str, stdin: bytes = b"") -> subprocess.Comp
                           capture_output=True, timeout=120)
 
 
-def on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, bytes, str]:
+def on_a_terminal(env: dict[str, str], *args: str, columns: int = 120) -> tuple[int, bytes, str]:
     """Run keep with stderr on a pty; return (exit code, stdout, what the terminal was sent)."""
     leader, follower = os.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 x 0
+    if columns:  # a new pty is 0 x 0
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     try:
         proc = subprocess.Popen([sys.executable, "-m", "keepstore", *args], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=follower)
@@ -215,7 +216,7 @@ def test_put_bar_moves_within_one_block_and_leaves_a_summary_line(tty_env, tmp_p
     assert any(0 < p < 20 for p in positions), shown[-800:]  # a position inside the block
     assert positions == sorted(positions) and max(positions) == 20
     assert "MB/s" not in shown and "MiB/s" in shown
-    assert re.fullmatch(r"put: 1 file, 20\.0 MiB in [\d.]+ s \([\d.]+ [KMG]iB/s\), 0 B skipped", last_line(shown))
+    assert re.fullmatch(r"put: 1 file, 20\.0 MiB in [\d.]+ s \([\d.]+ (?:[KMGT]i)?B/s\), 0 B skipped", last_line(shown))
 
 
 def test_get_bar_moves_within_one_block_and_leaves_a_summary_line(tty_env, tmp_path):
@@ -227,6 +228,21 @@ def test_get_bar_moves_within_one_block_and_leaves_a_summary_line(tty_env, tmp_p
     assert code == 0 and (tmp_path / "out" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
     assert any(0 < p < 20 for p in bar_positions(shown)), shown[-800:]
     assert re.fullmatch(r"get: 1 file, 20\.0 MiB in .* 0 B skipped", last_line(shown))
+
+
+def test_get_of_one_file_moves_the_bar_as_it_streams(tty_env, tmp_path):
+    (tmp_path / "big.bin").write_bytes(os.urandom(20 * MiB))
+    loc = keep(tty_env, "put", str(tmp_path / "big.bin")).stdout.decode().strip()
+    code, _out, shown = on_a_terminal(tty_env, "get", f"{loc}/big.bin", str(tmp_path / "copy"))
+    assert code == 0 and (tmp_path / "copy").read_bytes() == (tmp_path / "big.bin").read_bytes()
+    assert any(0 < p < 20 for p in bar_positions(shown)), shown[-800:]
+    assert last_line(shown).startswith("get: 1 file, 20.0 MiB in ")
+
+
+def test_a_terminal_that_reports_no_width_still_gets_a_bar(tty_env, tmp_path):
+    (tmp_path / "f").write_bytes(os.urandom(10 * MiB))
+    code, _out, shown = on_a_terminal(tty_env, "put", str(tmp_path / "f"), columns=0)
+    assert code == 0 and any(0 < p < 10 for p in bar_positions(shown)), shown[-800:]
 
 
 def test_no_progress_still_means_nothing_on_the_terminal(tty_env, tmp_path):
@@ -315,3 +331,36 @@ def test_a_wait_is_drawn_on_the_bar_at_once():
         lines.announce("keep: retrying: GET x: 503", 2.0)
         assert "waiting 2.0 s to retry" in out.getvalue()
         assert "keep: retrying: GET x: 503" in out.getvalue()
+
+
+def test_get_skip_existing_counts_the_kept_files_as_skipped_bytes(env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a" * 3000)
+    (src / "b").write_bytes(b"b" * 5000)
+    loc = keep(env, "put", str(src)).stdout.decode().strip()
+    out = tmp_path / "out"
+    assert keep(env, "get", loc, str(out)).returncode == 0
+    (out / "b").unlink()
+    again = keep(env, "get", "--skip-existing", "--progress=json", loc, str(out))
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stderr.decode().splitlines()[-1])
+    assert (done["event"], done["files"], done["bytes"], done["skipped_bytes"]) == ("done", 2, 8000, 3000)
+    one = keep(env, "get", "--skip-existing", "--progress=summary", f"{loc}/a", str(out / "a"))
+    assert one.returncode == 0 and one.stderr.decode().endswith("2.93 KiB skipped\n"), one.stderr
+
+
+def test_with_json_progress_retry_lines_are_json_for_the_whole_command():
+    import argparse
+
+    from keepstore.cli.progress import json_notices
+
+    out, lines = io.StringIO(), RetryLines()
+    json_notices(argparse.Namespace(progress="json", on_retry=lines), out)
+    lines.announce("keep: retrying: GET http://127.0.0.1:1/: connection refused", 1.0)  # e.g. the manifest
+    assert json.loads(out.getvalue()) == {"event": "notice",
+                                          "message": "retrying: GET http://127.0.0.1:1/: connection refused"}
+    plain = RetryLines()
+    json_notices(argparse.Namespace(progress="auto", on_retry=plain))
+    plain.announce("keep: retrying: x", 1.0)
+    assert plain.written == ["keep: retrying: x"]

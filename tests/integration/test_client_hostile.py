@@ -6,11 +6,12 @@ import resource
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from keepstub import KeepStub
 
 from keepstore import KeepClient, Locator, Service, Timeout, WriteError, probe_order
+from keepstore.server import KeepServer
 from keepstore.transport import CurlTransport, Request
 
 MiB = 1 << 20
@@ -103,10 +104,9 @@ def hostile() -> Iterator[Callable[[Behaviour], Hostile]]:
 
 
 @pytest.fixture
-def healthy() -> Iterator[KeepStub]:
-    stub = KeepStub()
-    yield stub
-    stub.stop()
+def healthy(tmp_path: Path) -> Iterator[KeepServer]:
+    with KeepServer([tmp_path / "healthy"], fsync=False) as server:
+        yield server
 
 
 def put_answered_with_a_gib(server: Hostile, conn: socket.socket, method: str) -> None:
@@ -157,18 +157,18 @@ def test_the_transport_keeps_only_the_start_of_an_oversized_put_answer(hostile) 
     assert response.status == 200 and response.truncated and len(response.body) == 4096
 
 
-def test_an_endless_500_body_fails_over_to_the_healthy_replica(hostile, healthy: KeepStub) -> None:
+def test_an_endless_500_body_fails_over_to_the_healthy_replica(hostile, healthy: KeepServer) -> None:
     server = hostile(endless_500_at_40kb_s)
     data = _data_ranked_first(server.url, healthy.url)
     loc = Locator.for_data(data)
-    healthy.blocks[loc.md5] = data
+    healthy.blocks.store(loc.md5, loc.size, [data], ())
     with KeepClient([server.url, healthy.url], retries=0) as kc:
         assert kc.get(loc) == data
     assert server.requests == ["GET"]
     assert server.sent < 64 << 10  # the error body was dropped after its first 4 KiB
 
 
-def test_an_endless_error_body_on_put_fails_over_too(hostile, healthy: KeepStub) -> None:
+def test_an_endless_error_body_on_put_fails_over_too(hostile, healthy: KeepServer) -> None:
     server = hostile(endless_500_at_40kb_s)
     data = _data_ranked_first(server.url, healthy.url)
     with KeepClient([server.url, healthy.url], retries=0) as kc:
@@ -177,14 +177,14 @@ def test_an_endless_error_body_on_put_fails_over_too(hostile, healthy: KeepStub)
     assert server.sent < 64 << 10
 
 
-def test_a_drip_above_the_minimum_rate_is_cut_off_at_the_deadline(hostile, healthy: KeepStub) -> None:
+def test_a_drip_above_the_minimum_rate_is_cut_off_at_the_deadline(hostile, healthy: KeepServer) -> None:
     server = hostile(drip_forever)
     data = b"y" * 4000
     services = [Service.from_url(server.url, 0), Service.from_url(healthy.url, 1)]
     loc = Locator.for_data(data)
     if probe_order(loc, services)[0].root != server.url:
         services.reverse()  # the dripping server must be asked first
-    healthy.blocks[loc.md5] = data
+    healthy.blocks.store(loc.md5, loc.size, [data], ())
     timeout = Timeout(connect=1, read=5, min_bandwidth=1, total=0.5)
     with KeepClient(services, retries=0, timeout=timeout) as kc:
         assert kc.get(loc) == data

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from keepstub import KeepStub
 from pytest_httpserver import HTTPServer
 
 from keepstore import KeepClient, Locator, ReadError, Service, sign_locator
 from keepstore.client.wire import Status, classify
+from keepstore.server import KeepServer
 
 DATA = b"status codes"
 LOC = Locator.for_data(DATA)
@@ -69,35 +70,34 @@ def test_a_201_put_with_the_locator_is_stored(httpserver: HTTPServer) -> None:
 
 
 @pytest.fixture
-def plain_stub() -> Iterator[KeepStub]:
-    """Answers a refreshing HEAD without X-Keep-Locator, as real keepstore does for a non-+R locator."""
-    stub = KeepStub()
-    stub.blocks[LOC.md5] = DATA
-    yield stub
-    stub.stop()
+def plain_server(tmp_path: Path) -> Iterator[KeepServer]:
+    """Answers a refreshing HEAD without X-Keep-Locator, as keepstore does for a non-+R locator."""
+    with KeepServer([tmp_path / "volume"], fsync=False) as server:
+        server.blocks.store(LOC.md5, LOC.size, [DATA], ())
+        yield server
 
 
 def _signed(expires: datetime.datetime) -> Locator:
     return Locator.parse(str(sign_locator(LOC, key=KEY, token=TOKEN, expires_at=expires)))
 
 
-def test_refresh_of_a_valid_a_signature_without_x_keep_locator_returns_it(plain_stub: KeepStub) -> None:
+def test_refresh_of_a_valid_a_signature_without_x_keep_locator_returns_it(plain_server: KeepServer) -> None:
     signed = _signed(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=14))
-    with KeepClient([plain_stub.url], token=TOKEN, retries=0) as kc:
+    with KeepClient([plain_server.url], token=TOKEN, retries=0) as kc:
         assert kc.refresh_signature(signed) == signed
-    assert plain_stub.count("HEAD") == 1
+    assert [(r.method, r.status) for r in plain_server.requests] == [("HEAD", 200)]
 
 
-def test_refresh_of_an_expired_signature_without_x_keep_locator_fails(plain_stub: KeepStub) -> None:
+def test_refresh_of_an_expired_signature_without_x_keep_locator_fails(plain_server: KeepServer) -> None:
     expired = _signed(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1))
-    with KeepClient([plain_stub.url], token=TOKEN, retries=0) as kc, \
+    with KeepClient([plain_server.url], token=TOKEN, retries=0) as kc, \
             pytest.raises(ReadError, match="without a valid X-Keep-Locator"):
         kc.refresh_signature(expired)
 
 
-def test_the_arvados_sdk_does_not_fail_there_either(plain_stub: KeepStub) -> None:
+def test_the_arvados_sdk_does_not_fail_there_either(plain_server: KeepServer) -> None:
     import arvados.keep
 
     signed = _signed(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=14))
-    arv = arvados.keep.KeepClient(proxy=plain_stub.url, api_token=TOKEN, local_store="", num_retries=0)
+    arv = arvados.keep.KeepClient(proxy=plain_server.url, api_token=TOKEN, local_store="", num_retries=0)
     assert arv.refresh_signature(str(signed)) is True  # keepstore returns the locator itself

@@ -195,7 +195,7 @@ def test_keep_client_destination_over_keep_serve_processes(local, tmp_path, monk
     procs, urls = [], []
     try:
         for i in range(2):
-            proc = subprocess.Popen([sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0",
+            proc = subprocess.Popen([sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0",
                                      "--volume", str(tmp_path / f"serve{i}"), "--quiet", "--no-fsync"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             procs.append(proc)

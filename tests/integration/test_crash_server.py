@@ -49,7 +49,7 @@ def _block_files(root: Path) -> list[Path]:
 
 def _start_serve(volume: Path, port: int = 0) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", f"127.0.0.1:{port}", "--volume", str(volume),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", f"127.0.0.1:{port}", "--volume", str(volume),
          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -106,7 +106,7 @@ def test_sigkilled_server_never_serves_a_torn_block_and_keeps_every_acknowledged
 
         thread = threading.Thread(target=writer)
         thread.start()
-        time.sleep(rng.uniform(0.2, 1.2))
+        time.sleep(rng.uniform(0.2, 1.2))  # a random moment to kill at (the crash under test)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         stop.set()
@@ -186,7 +186,7 @@ def test_sigkilled_cache_writer_leaves_nothing_torn_to_read(tmp_path: Path, veri
         try:
             assert child.stdout is not None
             assert child.stdout.readline() == b"ready\n", child.stderr.read() if child.stderr else b""
-            time.sleep(rng.uniform(0.1, 0.8))
+            time.sleep(rng.uniform(0.1, 0.8))  # a random moment to kill at (the crash under test)
             child.send_signal(signal.SIGKILL)
         finally:
             child.kill()
@@ -226,7 +226,7 @@ def test_rejected_put_has_removed_its_temp_file_by_the_time_it_is_answered(
     abort = BlockWriter.abort
 
     def slow_abort(self: BlockWriter) -> None:
-        time.sleep(0.2)  # widen the window between the answer and the clean-up
+        time.sleep(0.2)  # a slow clean-up (fault injection): widens the window between answer and clean-up
         abort(self)
 
     monkeypatch.setattr(BlockWriter, "abort", slow_abort)

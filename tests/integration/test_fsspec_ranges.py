@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import fsspec.parquet
 import numpy as np
@@ -20,6 +24,7 @@ from keepstore.datasets import DatasetWriter
 from keepstore.locator import LocatorLike
 from keepstore.testing import KeepCluster
 
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench_fsspec"
 BLOCK = 128 * 1024
 ROWS = 20_000
 COLUMNS = [f"c{i}" for i in range(24)]
@@ -240,3 +245,17 @@ def test_a_seeking_reader_gets_no_read_ahead(fs: KeepFileSystem, keep_cluster: K
     assert fs.blocks.wait_idle(timeout=30)
     assert sorted(block_gets(keep_cluster)) == sorted(blocks_under(
         fs, f"keep://{loc}/big.bin", [(len(big) - 10, len(big)), (3 * BLOCK, 4 * BLOCK + 10)]))
+
+
+def test_bench_fsspec_runs_small_and_reports_blocks(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--size-mib", "6", "--block-mib", "1", "--reps", "1",
+                           "--json", str(out), "--tmp", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert {"meta", "results"} <= results.keys() and results["meta"]["blocks_in_file"] >= 6
+    whole = results["results"]["whole"]
+    for case in ("adjacent/pandas", "adjacent/ranges", "spread/pandas", "spread/ranges"):
+        got = results["results"][case]
+        assert got["only_needed"] is True and got["bytes"] < whole["bytes"], case
+    assert results["results"]["adjacent/ranges"]["gets"] <= results["results"]["adjacent/ranges"]["blocks_needed"] + 1

@@ -227,6 +227,7 @@ def test_mount_over_a_keep_serve_cluster_reads_back_and_fills_the_disk_cache(
         cache.close()
 
 
+@pytest.mark.wall_clock  # "promptly" is the behaviour: a read must fail, not hang on a lost store
 def test_reads_fail_with_eio_promptly_when_services_are_gone(cluster_env, keep_cluster, source, tmp_path) -> None:
     loc = keep_put(cluster_env, source / "a")
     mnt = tmp_path / "mnt"

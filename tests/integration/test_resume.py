@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,7 +146,8 @@ def test_kill_9_half_way_then_rerun_sends_only_the_missing_blocks_with_the_same_
     proc = subprocess.run([sys.executable, "-c", KILLER, cluster.services, cluster.token, str(src),
                            str(total // 2), str(BLOCK)], capture_output=True, timeout=300, env=os.environ)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    before = set(keep_cli.put_md5s())
+    puts = keep_cli.put_md5s()
+    before = {md5 for md5 in puts if puts.count(md5) >= 2}  # stored with both copies before the kill
     assert before
     keep_cli.forget()
     with cluster.client() as client:
@@ -153,7 +155,7 @@ def test_kill_9_half_way_then_rerun_sends_only_the_missing_blocks_with_the_same_
         resent = set(keep_cli.put_md5s()) - {Locator.parse(resumed.locator).md5}
         assert read_back(client, resumed.locator, tmp_path / "out") == snapshot(src)
     data_blocks = {Locator.parse(b.locator).md5 for b in resumed.blocks}
-    assert resent | before >= data_blocks
+    assert resent | set(puts) >= data_blocks
     if not cluster.servers[0].require_signatures:
         assert not resent & before  # what was stored is found (journal, or a HEAD) and not sent again
     else:
@@ -172,3 +174,52 @@ def keep_cluster_put_fresh(keep_cli: Keep, src: Path, tmp_path: Path):
 
     with KeepCluster(3, tmp_path / "fresh-cluster") as other, other.client() as client:
         return put(client, src, resume=False)
+
+
+def test_the_shell_examples_in_docs_datasets_md_run(keep_cluster, tmp_path):
+    text = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
+    blocks = re.findall(r"```sh\n(# (?:re-runs of keep put|datasets from datasets).*?)```", text, re.S)
+    assert len(blocks) == 2
+    write_tree(tmp_path / "results", {"a.txt": b"a\n", "old.log": b"log\n", "sub/b.bin": os.urandom(3000)})
+    write_tree(tmp_path / "extra", {"c.txt": b"c\n"})
+    env = {**os.environ, **keep_cluster.env(), "PATH": os.path.dirname(sys.executable) + os.pathsep
+           + os.environ["PATH"]}
+    runs = [subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300) for block in blocks[:1]]
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert snapshot(tmp_path / "work") == snapshot(tmp_path / "results")
+    assert not (Path(os.environ["XDG_CACHE_HOME"]) / "keepstore" / "resume").exists()  # the rm -rf
+    second = subprocess.run(["bash", "-euo", "pipefail", "-c", blocks[1]], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith("A\tc.txt\nD\told.log\n{")
+
+
+def test_a_file_added_in_the_middle_keeps_the_blocks_before_it(keep_cli, tmp_path):
+    src = make_source(tmp_path / "src")
+    with keep_cli.cluster.client() as client:
+        first = put(client, src)
+        (src / "d1" / "e-new.bin").write_bytes(os.urandom(BLOCK // 2))  # sorts into the middle of the tree
+        again = put(client, src)
+        assert read_back(client, again.locator, tmp_path / "out") == snapshot(src)
+    offset = 0
+    for e in inventory([str(src)]).files:
+        if e.path == "d1/e-new.bin":
+            break
+        offset += e.size
+    untouched = offset // BLOCK  # blocks wholly before the new file
+    assert untouched >= 2
+    assert [b.locator for b in again.blocks[:untouched]] == [b.locator for b in first.blocks[:untouched]]
+    assert not any(b.sent for b in again.blocks[:untouched])
+
+
+def test_tools_bench_resume_runs_and_reports_every_case(tmp_path):
+    out = tmp_path / "bench.json"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench_resume"
+    done = subprocess.run([sys.executable, str(tool), "--size-mib", "32", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["reput"]["again_bytes_sent"] == 0 and result["reput"]["same_locator"]
+    assert result["update"]["data_bytes_sent"] == 1 << 20
+    assert result["kill"]["same_locator_as_uninterrupted"] and result["kill"]["rerun_share"] <= 0.55

@@ -112,7 +112,7 @@ def test_keep_serve_scrub_interval_quarantines_a_damaged_copy(tmp_path):
         loc = kc.put(b"damaged before the server starts")
         flip_a_byte(s, loc)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume", str(volume),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--volume", str(volume),
          "--scrub-interval", "3600", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(120, proc.kill)  # a scrub that never logs must fail the test, not hang it
     watchdog.start()

@@ -8,6 +8,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,8 @@ import pytest
 from keepstore import Locator, sign_locator
 from keepstore.errors import ConfigError
 from keepstore.server import KeepServer, Volume, parse_volume
+from keepstore.server.faults import Gate
+from keepstore.testing import wait_until
 
 KEY = "testkey0123456789"
 VECTOR_TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
@@ -252,9 +255,10 @@ def test_x_keep_signature_local_signs_a_remote_locator_afresh_only_where_signatu
         status, headers, _ = request(s, "HEAD", remote, headers={**auth, "X-Keep-Signature": "local, 2026-12-01T08:00:00Z"})
         assert status == 200
         refreshed = Locator.parse(headers["x-keep-locator"])
-        assert refreshed.bare() == Locator.parse(f"{FOO_MD5}+3") and refreshed.signature is not None
+        hint = refreshed.permission_hint
+        assert refreshed.bare() == Locator.parse(f"{FOO_MD5}+3") and refreshed.signature is not None and hint
         assert refreshed == sign_locator(f"{FOO_MD5}+3", key=KEY, token=VECTOR_TOKEN,
-                                         expires_at=int(refreshed.permission_hint[-8:], 16))
+                                         expires_at=int(hint[-8:], 16))
         assert "x-keep-locator" not in request(s, "HEAD", remote, headers=auth)[1]
         assert "x-keep-locator" not in request(s, "HEAD", remote, headers={**auth, "X-Keep-Signature": "remote"})[1]
         # A +R alone cannot be checked here: refused, and nothing signed.
@@ -334,13 +338,12 @@ def test_64_concurrent_clients_get_only_200_or_503_and_nothing_is_lost(tmp_path)
 
 def test_a_busy_server_answers_503_before_the_body_is_sent(tmp_path):
     with KeepServer([tmp_path / "v"], max_requests=1, fsync=False) as s:
-        s.faults.delay(2.0, methods="GET")
+        gate = Gate()
+        s.faults.hold(gate, methods="GET")
         t = threading.Thread(target=request, args=(s, "GET", f"/{FOO_MD5}+3"))
         t.start()
-        deadline = time.monotonic() + 5
-        while s.in_flight < 1:  # the GET holds the only slot before the PUT asks for one
-            assert time.monotonic() < deadline, "the GET never reached the server"
-            time.sleep(0.01)
+        gate.wait_for(1)  # the GET holds the only slot before the PUT asks for one
+        assert s.in_flight == 1
         conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
         conn.putrequest("PUT", "/" + FOO_MD5)
         conn.putheader("Content-Length", "3")
@@ -350,6 +353,7 @@ def test_a_busy_server_answers_503_before_the_body_is_sent(tmp_path):
         assert resp.status == 503
         assert resp.getheader("Retry-After") == "1"
         conn.close()
+        gate.open()
         t.join()
 
 
@@ -399,7 +403,7 @@ def test_requests_are_recorded_without_signatures(signing_server):
 
 
 def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -434,13 +438,21 @@ def test_keep_serve_prints_its_url_logs_requests_without_tokens_and_stops_on_sig
 
 
 def test_keep_serve_reports_bad_arguments_clearly(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "keepstore", "serve", "--listen", "nonsense",
+    out = subprocess.run([sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "nonsense",
                           "--volume", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "HOST:PORT" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0",
+    out = subprocess.run([sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0",
                           "--volume", str(tmp_path), "--require-signatures"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 1 and "signing key" in out.stderr
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def test_sigterm_during_a_slow_upload_leaves_nothing_partial(tmp_path):
@@ -453,9 +465,10 @@ def test_sigterm_during_a_slow_upload_leaves_nothing_partial(tmp_path):
     conn.putheader("Content-Length", str(len(data)))
     conn.endheaders()
     conn.send(data[: 1 << 20])  # a quarter of the body, then the server is told to stop
-    time.sleep(0.2)
+    volume = tmp_path / "v"
+    wait_until(lambda: any(p.name.startswith(".tmp-") for p in volume.rglob("*")), what="the server's writer beginning")
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+    wait_until(lambda: _refused(port), what="the server to stop listening")  # it has the SIGTERM
     conn.close()  # the client gives up mid-body
     proc.communicate(timeout=30)
     assert proc.returncode == 0
@@ -483,7 +496,7 @@ def test_a_slow_but_steady_reader_gets_the_whole_block(tmp_path):
                 if not chunk:
                     break
                 got += chunk
-                time.sleep(0.012)
+                time.sleep(0.012)  # a slow reader's pace (the behaviour under test)
         head, _, body = bytes(got).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and body == data
 
@@ -493,7 +506,9 @@ def test_a_put_over_a_damaged_copy_writes_a_good_one(tmp_path):
     truncated: the client counted a replica that could not be read."""
     with KeepServer([tmp_path / "v"], fsync=False) as s:
         assert put(s, b"precious")[0] == 200
-        path = s.find(hashlib.md5(b"precious").hexdigest(), 8)[1]
+        found = s.find(hashlib.md5(b"precious").hexdigest(), 8)
+        assert found is not None
+        path = found[1]
         path.write_bytes(b"prec1ous")  # same size, one byte changed
         assert put(s, b"precious")[0] == 200
         assert request(s, "GET", f"/{hashlib.md5(b'precious').hexdigest()}+8")[2] == b"precious"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from keepstore.server import KeepServer
+from keepstore.testing import wait_until
 
 
 def _get(server: KeepServer, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -26,16 +27,6 @@ def _get(server: KeepServer, path: str, headers: dict[str, str] | None = None) -
         return resp.status, resp.read()
     finally:
         conn.close()
-
-
-def _wait_for(condition, seconds: float = 20.0) -> bool:
-    """Poll a condition of the server under test (its counters have no event to wait on)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class _SlowReader(threading.Thread):
@@ -57,7 +48,7 @@ class _SlowReader(threading.Thread):
             try:
                 while chunk := sock.recv(16 << 10):
                     self.received += len(chunk)
-                    time.sleep(0.05)  # pacing the attacker, not synchronisation
+                    time.sleep(0.05)  # the attacker's pace (the behaviour under test), not synchronisation
             except ConnectionResetError:
                 pass
             self.closed_by_server.set()
@@ -66,8 +57,9 @@ class _SlowReader(threading.Thread):
 def test_slow_readers_are_cut_off_at_the_minimum_rate_and_other_clients_are_served_again(tmp_path: Path) -> None:
     data = os.urandom(16 << 20)
     path = f"/{hashlib.md5(data).hexdigest()}+{len(data)}"
-    # 16 MiB at 8 MiB/s after 0.5 s of grace: each response must be out within 2.5 s.
-    with KeepServer([tmp_path / "v"], max_requests=2, idle_timeout=0.5, min_rate=8 << 20, fsync=False) as s:
+    # 16 MiB at 8 MiB/s after 1.5 s of grace: each response must be out within 3.5 s. (The idle
+    # timeout leaves room for a reader thread that a busy machine does not schedule for a while.)
+    with KeepServer([tmp_path / "v"], max_requests=2, idle_timeout=1.5, min_rate=8 << 20, fsync=False) as s:
         conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
         conn.request("PUT", path.split("+")[0], body=data)
         assert conn.getresponse().status == 200
@@ -75,18 +67,19 @@ def test_slow_readers_are_cut_off_at_the_minimum_rate_and_other_clients_are_serv
         readers = [_SlowReader(s.port, path) for _ in range(2)]
         for reader in readers:
             reader.start()
-        assert _wait_for(lambda: s.in_flight == 2)
+        wait_until(lambda: s.in_flight == 2, 20, what="both slow readers admitted")
         assert _get(s, path)[0] == 503  # the attack holds every slot...
         for reader in readers:  # ...until the deadline cuts each slow reader off
             assert reader.closed_by_server.wait(30)
             reader.join(5)
         # Each took several 64 KiB pieces (so the idle timeout did not cut it) but not the block.
         assert all(256 << 10 < r.received < len(data) for r in readers), [r.received for r in readers]
-        assert _wait_for(lambda: s.in_flight == 0)
-        status, body = _get(s, path)
-        assert status == 200 and body == data
+        wait_until(lambda: s.in_flight == 0, 20, what="both slots given back")
+        # Counted before the next GET: its own record exists before its body is out (bytes_out 0).
         slow = [r for r in s.requests if r.method == "GET" and r.status == 200 and r.bytes_out < len(data)]
         assert len(slow) == 2  # both were answered 200 and cut off part-way, not served to the end
+        status, body = _get(s, path)
+        assert status == 200 and body == data
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -102,7 +95,7 @@ def test_an_idle_connection_flood_under_a_low_fd_limit_does_not_lock_out_clients
     args = [] if cap == "default" else ["--max-connections", "1000"]
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
          "--no-fsync", "--quiet", *args],
         stdout=subprocess.PIPE, stderr=log, text=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))

@@ -18,6 +18,7 @@ import pytest
 
 from keepstore.server import KeepServer, Volume
 from keepstore.server.disk import FileOps
+from keepstore.testing import wait_until
 
 SYSTEM = "sys-token"
 
@@ -34,7 +35,7 @@ def _request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 def _serve(*args: str, as_unprivileged: bool = False, stderr=None) -> tuple[subprocess.Popen[str], int]:
-    cmd = [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--no-fsync", *args]
+    cmd = [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--no-fsync", *args]
     if as_unprivileged and os.geteuid() == 0:  # root reads anything: drop the capabilities that allow it
         cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr or subprocess.DEVNULL, text=True)
@@ -127,10 +128,7 @@ def test_a_put_killed_mid_body_leaves_no_temp_file_after_a_restart(tmp_path: Pat
         sock.sendall(f"PUT /{md5} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                      + data[: len(data) // 2])
         temps = volume / md5[:3]
-        deadline = time.monotonic() + 20
-        while not (temps.is_dir() and list(temps.glob(".tmp-*"))):  # the server's writer has begun
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: temps.is_dir() and list(temps.glob(".tmp-*")), 20, what="the server's writer beginning")
         proc.send_signal(signal.SIGKILL)
         proc.wait(20)
     finally:

@@ -94,3 +94,17 @@ def test_the_writer_skips_on_a_local_store_too(keep_local_store):
     second.add_bytes("x", b"x" * 100)
     r2 = second.finish()
     assert r2.locator == r1.locator and r2.bytes_sent == 0 and r2.bytes_skipped == r1.bytes_sent
+
+
+@pytest.mark.filterwarnings("ignore:LocalStore.*keeps one copy")  # the first put's ReplicationWarning
+def test_a_local_store_resumes_and_skips_whatever_copies_are_asked_for(tmp_path, monkeypatch, capsys):
+    from keepstore.cli import main
+
+    monkeypatch.setenv("KEEP_LOCAL_STORE", str(tmp_path / "store"))
+    src = write_tree(tmp_path / "src", FILES)
+    assert main(["put", "--json", "--copies", "2", str(src)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["put", "--json", "--copies", "2", str(src)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["locator"] == first["locator"] and again["bytes_sent"] == 0
+    assert all(b["replicas"] == 1 and not b["sent"] for b in again["blocks"])

@@ -8,15 +8,18 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
-from keepstub import KeepStub
 from pytest_httpserver import HTTPServer
 from werkzeug import Request as WRequest
 from werkzeug import Response as WResponse
 
 from keepstore import Timeout
+from keepstore.server import KeepServer
+from keepstore.server.faults import Gate
 from keepstore.transport import CurlTransport, Headers, MockTransport, Request, Response, TransportError
 from keepstore.transport.curl import default_ca_file
 
@@ -31,64 +34,78 @@ def transport() -> Iterator[CurlTransport]:
 
 
 @pytest.fixture
-def stub() -> Iterator[KeepStub]:
-    s = KeepStub()
-    yield s
-    s.stop()
+def server(tmp_path: Path) -> Iterator[KeepServer]:
+    with KeepServer([tmp_path / "volume"], fsync=False) as s:
+        yield s
 
 
-def _put(stub: KeepStub, data: bytes) -> str:
+def _put(server: KeepServer, data: bytes) -> str:
+    """Store *data* on *server* directly (not through the transport under test); its URL."""
     md5 = hashlib.md5(data).hexdigest()
-    stub.blocks[md5] = data
-    return f"{stub.url}{md5}+{len(data)}"
+    server.blocks.store(md5, len(data), [data], ())
+    return f"{server.url}{md5}+{len(data)}"
 
 
-def test_get_returns_body_and_its_md5(transport: CurlTransport, stub: KeepStub) -> None:
+def _client_ports(server: KeepServer) -> set[int]:
+    """This process's local ports of its open TCP connections to *server* (from the OS)."""
+    return {c.laddr.port for c in psutil.Process().net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == server.port and c.status == psutil.CONN_ESTABLISHED}
+
+
+def test_get_returns_body_and_its_md5(transport: CurlTransport, server: KeepServer) -> None:
     data = bytes(range(256)) * 4096
-    response = transport.request(Request("GET", _put(stub, data), expected_size=len(data)))
+    response = transport.request(Request("GET", _put(server, data), expected_size=len(data)))
     assert response.status == 200 and response.body == data
     assert response.body_md5 == hashlib.md5(data).hexdigest()
     assert isinstance(response.body, bytes)
 
 
-def test_get_of_a_longer_body_than_expected_is_rejected(transport: CurlTransport, stub: KeepStub) -> None:
-    url = _put(stub, b"x" * 1000)
+def test_get_of_a_longer_body_than_expected_is_rejected(transport: CurlTransport, server: KeepServer) -> None:
+    url = _put(server, b"x" * 1000)
     with pytest.raises(TransportError, match="longer than the expected 10 bytes"):
         transport.request(Request("GET", url, expected_size=10))
 
 
-def test_error_status_is_a_response_not_an_exception(transport: CurlTransport, stub: KeepStub) -> None:
-    response = transport.request(Request("GET", stub.url + "acbd18db4cc2f85cedef654fccc4a4d8+3", expected_size=3))
+def test_error_status_is_a_response_not_an_exception(transport: CurlTransport, server: KeepServer) -> None:
+    response = transport.request(Request("GET", server.url + "acbd18db4cc2f85cedef654fccc4a4d8+3", expected_size=3))
     assert response.status == 404 and response.body_md5 is None
 
 
-def test_put_sends_memoryview_body_without_expect_continue(transport: CurlTransport, stub: KeepStub) -> None:
+def test_put_sends_memoryview_body_without_expect_continue(transport: CurlTransport, server: KeepServer,
+                                                           httpserver: HTTPServer) -> None:
     data = bytearray(b"abc" * 500_000)
     md5 = hashlib.md5(data).hexdigest()
     headers = Headers({"Authorization": f"Bearer {TOKEN}", "X-Request-Id": "req-0123456789abcdefghij"})
-    response = transport.request(Request("PUT", stub.url + md5, headers, memoryview(data)[:]))
+    response = transport.request(Request("PUT", server.url + md5, headers, memoryview(data)[:]))
     assert response.status == 200 and response.body.startswith(md5.encode())
-    assert stub.blocks[md5] == data
-    sent = stub.requests[-1][3]
-    assert "Expect" not in sent and sent["Authorization"] == f"Bearer {TOKEN}"
-    assert sent["Content-Length"] == str(len(data))
+    found = server.find(md5, len(data))
+    assert found is not None and found.path.read_bytes() == data
+    # The raw request, as a plain HTTP server saw it:
+    httpserver.expect_request(f"/{md5}", method="PUT").respond_with_data(f"{md5}+{len(data)}\n")
+    transport.request(Request("PUT", httpserver.url_for(f"/{md5}"), headers, memoryview(data)[:]))
+    ((request, _),) = httpserver.log
+    assert "Expect" not in request.headers and request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["Content-Length"] == str(len(data)) and request.get_data() == data
 
 
-def test_response_headers_are_case_insensitive(transport: CurlTransport, stub: KeepStub) -> None:
+def test_response_headers_are_case_insensitive(transport: CurlTransport, server: KeepServer) -> None:
     md5 = hashlib.md5(b"foo").hexdigest()
-    response = transport.request(Request("PUT", stub.url + md5, body=memoryview(b"foo")))
+    response = transport.request(Request("PUT", server.url + md5, body=memoryview(b"foo")))
     assert response.headers["x-keep-replicas-stored"] == response.headers["X-KEEP-REPLICAS-STORED"] == "1"
 
 
-def test_handles_are_reused_across_requests(transport: CurlTransport, stub: KeepStub) -> None:
-    url = _put(stub, b"foo")
+def test_handles_are_reused_across_requests(transport: CurlTransport, server: KeepServer) -> None:
+    url = _put(server, b"foo")
+    ports = set()
     for _ in range(5):
         assert transport.request(Request("GET", url, expected_size=3)).status == 200
-    assert len(set(stub.peers)) == 1, "keep-alive: all five requests on one connection"
+        ports |= _client_ports(server)
+    assert len(ports) == 1, "keep-alive: all five requests on one connection"
+    assert [r.status for r in server.requests] == [200] * 5
 
 
-def test_head_reads_no_body(transport: CurlTransport, stub: KeepStub) -> None:
-    url = _put(stub, b"foo")
+def test_head_reads_no_body(transport: CurlTransport, server: KeepServer) -> None:
+    url = _put(server, b"foo")
     response = transport.request(Request("HEAD", url))
     assert response.status == 200 and response.body == b""
 
@@ -108,9 +125,9 @@ def test_connection_refused_is_a_connect_error_without_the_token(transport: Curl
 
 
 @pytest.mark.wall_clock  # a timeout's bound is the behaviour under test
-def test_stalled_head_times_out_in_bounded_time(transport: CurlTransport, stub: KeepStub) -> None:
-    url = _put(stub, b"foo")
-    stub.fail("stall", 5, methods="HEAD")
+def test_stalled_head_times_out_in_bounded_time(transport: CurlTransport, server: KeepServer) -> None:
+    url = _put(server, b"foo")
+    server.faults.stall(3, methods="HEAD")  # three times the read timeout
     start = time.monotonic()
     with pytest.raises(TransportError) as info:
         transport.request(Request("HEAD", url, timeout=FAST))
@@ -119,10 +136,10 @@ def test_stalled_head_times_out_in_bounded_time(transport: CurlTransport, stub: 
 
 
 @pytest.mark.wall_clock  # a timeout's bound is the behaviour under test
-def test_drip_below_min_bandwidth_fails_in_bounded_time(transport: CurlTransport, stub: KeepStub) -> None:
+def test_drip_below_min_bandwidth_fails_in_bounded_time(transport: CurlTransport, server: KeepServer) -> None:
     data = b"d" * 200_000
-    url = _put(stub, data)
-    stub.fail("drip", 10_000, methods="GET")  # 10 kB/s against a 100 kB/s floor
+    url = _put(server, data)
+    server.faults.throttle(10_000, methods="GET")  # 10 kB/s against a 100 kB/s floor
     start = time.monotonic()
     with pytest.raises(TransportError, match="slower than 100000 B/s") as info:
         transport.request(Request("GET", url, expected_size=len(data), timeout=FAST))
@@ -130,9 +147,9 @@ def test_drip_below_min_bandwidth_fails_in_bounded_time(transport: CurlTransport
     assert time.monotonic() - start < 3.5
 
 
-def test_truncated_body_is_a_transport_error(transport: CurlTransport, stub: KeepStub) -> None:
-    url = _put(stub, b"t" * 10_000)
-    stub.fail("truncate", methods="GET")
+def test_truncated_body_is_a_transport_error(transport: CurlTransport, server: KeepServer) -> None:
+    url = _put(server, b"t" * 10_000)
+    server.faults.truncate()
     with pytest.raises(TransportError, match="truncated"):
         transport.request(Request("GET", url, expected_size=10_000))
 
@@ -141,7 +158,7 @@ def test_slow_but_adequate_stream_succeeds(transport: CurlTransport, httpserver:
     def slow(request: WRequest) -> WResponse:
         def chunks() -> Iterator[bytes]:
             for _ in range(4):
-                time.sleep(0.2)
+                time.sleep(0.2)  # a slow peer (the behaviour under test), not synchronisation
                 yield b"z" * 50_000
 
         return WResponse(chunks(), headers={"Content-Length": "200000"})
@@ -187,11 +204,11 @@ def test_https_with_the_server_ca_and_rejected_without(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_closed_transport_refuses_requests(stub: KeepStub) -> None:
+def test_closed_transport_refuses_requests(server: KeepServer) -> None:
     t = CurlTransport()
     t.close()
     with pytest.raises(TransportError, match="closed"):
-        t.request(Request("GET", stub.url))
+        t.request(Request("GET", server.url))
 
 
 def test_request_repr_hides_the_authorization_header() -> None:
@@ -264,14 +281,21 @@ def test_a_connect_timeout_is_reported_as_a_connect_failure(transport: CurlTrans
     assert "connect timed out" in caught.value.reason
 
 
-def test_a_stall_on_a_reused_connection_is_not_a_connect_failure(transport: CurlTransport, stub: KeepStub) -> None:
-    url = _put(stub, b"reused")
+def test_a_stall_on_a_reused_connection_is_not_a_connect_failure(transport: CurlTransport, server: KeepServer) -> None:
+    url = _put(server, b"reused")
     assert transport.request(Request("HEAD", url, timeout=FAST)).status == 200
-    stub.fail("stall", 3, methods="HEAD")
-    with pytest.raises(TransportError) as caught:
-        transport.request(Request("HEAD", url, timeout=FAST))
+    first = _client_ports(server)
+    assert len(first) == 1  # one kept-alive connection
+    gate = Gate()
+    server.faults.hold(gate, methods="HEAD", timeout=3)  # longer than the 1 s read timeout
+    with ThreadPoolExecutor(1) as pool:
+        head = pool.submit(transport.request, Request("HEAD", url, timeout=FAST))
+        gate.wait_for(1)
+        assert _client_ports(server) == first, "the second HEAD went over the first one's connection"
+        with pytest.raises(TransportError) as caught:
+            head.result(timeout=10)
+        gate.open()
     assert caught.value.timeout and not caught.value.connect
-    assert len(set(stub.peers)) == 1  # the second HEAD did go over the first one's connection
 
 
 def test_an_error_body_is_cut_at_its_limit(transport: CurlTransport, httpserver: HTTPServer) -> None:

@@ -277,7 +277,7 @@ def test_keep_serve_process_trashes_and_untrashes(tmp_path):
     token_file = tmp_path / "system-token"
     token_file.write_text(SYSTEM + "\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--volume", str(tmp_path / "v"),
          "--system-token-file", str(token_file), "--trash-min-age", "0", "--trash-lifetime", "3600", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -295,3 +295,55 @@ def test_keep_serve_process_trashes_and_untrashes(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_untrash_keeps_a_copy_written_since_the_delete(server, client):
+    loc = client.put(b"written again")
+    assert request(server, "DELETE", f"/{loc}")[0] == 200
+    assert client.put(b"written again") == loc
+    fresh = block_file(server, loc).stat().st_ino
+    assert request(server, "PUT", f"/untrash/{loc}")[0] == 200
+    assert block_file(server, loc).stat().st_ino == fresh
+
+
+def test_a_server_killed_during_deletes_leaves_each_block_whole_in_place_or_in_the_trash(tmp_path):
+    """kill -9 while DELETEs stream in: every block is afterwards exactly one whole file, under
+    its name or under its trash name, never torn and never lost (a rename is atomic)."""
+    volume = tmp_path / "v"
+    token_file = tmp_path / "system-token"
+    token_file.write_text(SYSTEM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keepstore", "serve", "--create", "--listen", "127.0.0.1:0", "--volume", str(volume),
+         "--system-token-file", str(token_file), "--trash-min-age", "0", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        with KeepClient([url], copies=1) as kc:
+            blocks = {kc.put(f"block {i} ".encode() * 100): f"block {i} ".encode() * 100 for i in range(200)}
+        deleted = threading.Event()
+
+        def deleter() -> None:
+            for n, loc in enumerate(blocks):
+                try:
+                    request(url, "DELETE", f"/{loc}")
+                except OSError:  # the server is gone
+                    return
+                if n == 50:
+                    deleted.set()
+
+        thread = threading.Thread(target=deleter)
+        thread.start()
+        assert deleted.wait(60)
+        proc.kill()
+        thread.join(60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    for loc, data in blocks.items():
+        names = [p for p in (volume / loc.md5[:3]).iterdir() if p.name.startswith(loc.md5)]
+        assert len(names) == 1, names
+        assert names[0].name == loc.md5 or names[0].name.startswith(f"{loc.md5}.trash.")
+        assert names[0].read_bytes() == data
+    trashed = [loc for loc in blocks if (volume / loc.md5[:3] / loc.md5).exists() is False]
+    assert 50 < len(trashed) <= 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from transfer_helpers import SIGNING, Keep, make_keep, snapshot, write_tree
@@ -112,3 +113,29 @@ def test_update_replaces_a_directory_with_a_file_and_keeps_paths_unique(keep_cli
     dest = tmp_path / "out"
     keep_cli.ok("get", "--no-progress", new, str(dest))
     assert snapshot(dest)["gone"] == b"now a file\n"
+
+
+def test_the_python_example_in_docs_datasets_md_runs(keep_cluster):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "add_dataset" in b]
+    assert len(blocks) == 1
+    with keep_cluster.client() as kc:
+        w = DatasetWriter(kc)
+        w.add_bytes("a/x.txt", b"x")
+        w.add_bytes("b.txt", b"b")
+        first = w.finish()
+        scope = {"kc": kc, "first": first}
+        exec(compile(blocks[0], "docs/datasets.md", "exec"), scope)
+        with DatasetReader(kc, scope["second"].locator) as r:
+            assert sorted(f.path for f in r.files()) == ["alpha/x.txt", "notes.txt", "v1/a/x.txt"]
+
+
+def test_an_update_re_run_sends_nothing(keep_cli, tmp_path):
+    old = keep_cli.ok("put", "--no-progress", str(write_tree(tmp_path / "old", OLD))).strip()
+    add = write_tree(tmp_path / "add", {"sub/new.bin": os.urandom(50_000)})
+    first = keep_cli.ok("put", "--no-progress", "--update", old, str(add)).strip()
+    keep_cli.forget()
+    again = keep_cli.ok("put", "--no-progress", "--update", old, str(add)).strip()
+    assert again == first and keep_cli.put_md5s() == []

@@ -57,7 +57,7 @@ def slow_get_or_fetch(path: str, log: str, start, delay: float) -> dict:
     def fetch() -> bytes:
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
-        time.sleep(delay)
+        time.sleep(delay)  # a slow download (the behaviour under test): the others must wait for it
         return data
 
     start.wait()
@@ -121,7 +121,7 @@ def hold_lock_and_die(path: str, log: str, started) -> None:
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
         started.set()
-        time.sleep(600)
+        time.sleep(600)  # a download that never ends: the test kills this process
         raise AssertionError("unreachable")
 
     cache.get_or_fetch(loc, fetch)

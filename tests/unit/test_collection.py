@@ -30,7 +30,7 @@ def make_tree(root):
 
 
 def tree_contents(root):
-    out = {}
+    out: dict[str, bytes | None] = {}
     for dirpath, _dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         out[rel + "/"] = None
@@ -114,7 +114,7 @@ def test_no_more_than_max_in_flight_uploads(tmp_path):
                 self.active += 1
                 self.peak = max(self.peak, self.active)
             try:
-                threading.Event().wait(0.02)
+                threading.Event().wait(0.02)  # a slow store (the behaviour under test), so puts overlap
                 return super().put(data, **kw)
             finally:
                 with self.lock:
@@ -205,7 +205,7 @@ def test_a_stream_with_only_read_is_accepted(store):
 
     data = os.urandom(10_000)
     with DatasetWriter(store, block_size=4096) as w:
-        assert w.add_stream("f", OnlyRead(data)) == len(data)
+        assert w.add_stream("f", OnlyRead(data)) == len(data)  # type: ignore[arg-type]  # read() only, on purpose
         receipt = w.finish()
     assert DatasetReader(store, receipt.locator).read_bytes("f") == data
 
@@ -228,7 +228,7 @@ def test_after_an_add_fails_part_way_the_writer_gives_no_receipt(store):
     w = DatasetWriter(store)
     w.add_bytes("fine", b"fine")
     with pytest.raises(OSError, match="Input/output"):
-        w.add_stream("broken", Breaks())
+        w.add_stream("broken", Breaks())  # type: ignore[arg-type]  # a raw stream, on purpose
     with pytest.raises(KeepError, match="failed add"):
         w.finish()  # a receipt now would name a 200-byte "broken" that was longer
     with pytest.raises(KeepError, match="failed add"):

@@ -88,7 +88,7 @@ def test_sigkilled_writers_leave_no_readable_partial_block_and_no_trap_for_put(t
         try:
             assert child.stdout is not None
             assert child.stdout.readline() == b"ready\n", child.stderr.read() if child.stderr else b""
-            time.sleep(rng.uniform(0.0, 0.4))
+            time.sleep(rng.uniform(0.0, 0.4))  # a random moment to kill at (the crash under test)
             child.send_signal(signal.SIGKILL)
         finally:
             child.kill()

@@ -123,7 +123,8 @@ class FailingStore:
     """A LocalStore that says one block is missing (and counts the gets)."""
 
     def __init__(self, inner: LocalStore, missing: str) -> None:
-        self.inner, self.missing, self.gets = inner, missing, collections.Counter()
+        self.inner, self.missing = inner, missing
+        self.gets: collections.Counter[str] = collections.Counter()
 
     def get(self, locator, **kw):
         md5 = str(locator).split("+")[0]
@@ -153,7 +154,7 @@ def test_extract_memory_is_bounded_by_blocks_in_flight_and_the_cache(tmp_path):
             w.add_bytes(f"d{i % 10}/f{i:05}", rng.randbytes(2560))
         receipt = w.finish()
     copying = CopyingStore(store, [b.locator for b in receipt.blocks] + [receipt.locator])
-    reader = DatasetReader(copying, receipt.locator, cache=MemoryBlockCache(2 * block), threads=2)
+    reader = DatasetReader(copying, receipt.locator, cache=MemoryBlockCache(2 * block), threads=2)  # type: ignore[arg-type]
     tracemalloc.start()
     try:
         reader.extract(tmp_path / "out", max_open=8)
@@ -195,7 +196,7 @@ def test_a_failing_block_leaves_only_finished_files(tmp_path):
         receipt = w.finish()
     third = receipt.blocks[2].locator.split("+")[0]
     failing = FailingStore(store, third)
-    reader = DatasetReader(failing, receipt.locator, threads=1)
+    reader = DatasetReader(failing, receipt.locator, threads=1)  # type: ignore[arg-type]
     with pytest.raises(BlockNotFound):
         reader.extract(tmp_path / "out")
     left = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}

@@ -20,6 +20,7 @@ from keepstore.datasets.manifest import Manifest, ManifestError
 from keepstore.errors import ConfigError, LocatorError
 from keepstore.locator import Locator
 from keepstore.server import KeepServer
+from keepstore.testing import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -237,18 +238,13 @@ def _check_responses(data: bytes, raw: bytes) -> None:
 def test_server_answers_any_request_sanely_and_stays_up(fuzz_server: tuple[KeepServer, _Errors],
                                                        raw: bytes) -> None:
     server, errors = fuzz_server
-    started = time.monotonic()
-    data = _exchange(server.port, raw)
-    assert time.monotonic() - started < 5
+    data = _exchange(server.port, raw)  # fails if the server keeps the connection open past 5 s
     _check_responses(data, raw)
     assert not errors.records, [r.getMessage() for r in errors.records]
     # Still up, and every admission slot came back.
     assert _exchange(server.port, b"GET /d41d8cd98f00b204e9800998ecf8427e+0 HTTP/1.1\r\nHost: x\r\n\r\n").startswith(
         b"HTTP/1.1 200")
-    deadline = time.monotonic() + 2
-    while server.in_flight and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.in_flight == 0
+    wait_until(lambda: server.in_flight == 0, what="every admission slot's return")
 
 
 @pytest.mark.parametrize("raw", [b"\x00", b"garbage\r\n\r\n", b"GET\r\n\r\n", b"BREW /pot\r\n\r\n"])

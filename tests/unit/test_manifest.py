@@ -113,7 +113,7 @@ _blocks = st.lists(
 # other Unicode spaces that escaping leaves as they are, so it cannot read such names (the Go SDK and
 # keepstore can; tests/test_fuzz.py checks that we do). Names for the comparison avoid them.
 _names = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00\n"), min_size=1, max_size=8
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="/\x00\n"), min_size=1, max_size=8
 ).filter(lambda n: n not in (".", "..") and not re.search(r"\s", escape_name(n)))
 
 

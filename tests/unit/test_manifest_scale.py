@@ -6,6 +6,7 @@ import hashlib
 import sys
 import tracemalloc
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,11 +25,12 @@ def arvados_collection(text: str):
     keep = arvados.keep.KeepClient(proxy="http://127.0.0.1:9/", api_token="unused", num_retries=0)
     return arvados.collection.Collection(text, api_client=None, keep_client=keep, replication_desired=1)
 
+T = TypeVar("T")
 FOO = "acbd18db4cc2f85cedef654fccc4a4d8+3"
 BAR = "37b51d194a7513e45b56f6524f2d51f2+3"
 
 
-def peak_bytes(func: Callable[[], object]) -> tuple[object, int]:
+def peak_bytes(func: Callable[[], T]) -> tuple[T, int]:
     """What *func* returns, and the most memory it had allocated at once (its input not counted)."""
     tracemalloc.start()
     try:
@@ -96,7 +98,7 @@ def test_normalising_touches_each_block_once_per_stream_however_many_files_span_
     manifest = Manifest.parse(text)
     calls = []
     real = ManifestIndex.locator_text
-    monkeypatch.setattr(ManifestIndex, "locator_text", lambda self, b, **kw: calls.append(b) or real(self, b, **kw))
+    monkeypatch.setattr(ManifestIndex, "locator_text", lambda self, b, **kw: calls.append(b) or real(self, b, **kw))  # type: ignore[func-returns-value]
     normal = manifest.normalized_text()
     # The first (one-byte) block holds nothing the files use, so the normal form drops it.
     assert normal.endswith(f" 0:{total - 2}:f99\n") and normal.count("+") == 499
@@ -164,7 +166,7 @@ def test_file_segments_behave_like_a_tuple_of_segments():
     assert segs[-1] == Segment(b, 0, 2) and segs[0:1] == (Segment(a, 1, 2),)
     assert hash(manifest.file("x")) == hash(manifest.file("x"))
     with pytest.raises(IndexError):
-        segs[2]
+        segs[2]  # type: ignore[misc]  # out of range on purpose
 
 
 @settings(max_examples=200, deadline=None)
