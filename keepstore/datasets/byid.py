@@ -11,6 +11,7 @@ from ..errors import BlockNotFound, LocatorError
 from ..locator import Locator
 from ..store import BlockStore
 from .manifest import ManifestError
+from .reader import BlockSource
 from .tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, Attr, ReadPath, normalize_path
 
 __all__ = ["ByIdTree"]
@@ -24,8 +25,8 @@ class ByIdTree:
 
     A name that is not a locator, or names no block, or a block that is not a manifest, is
     `FileNotFoundError` (the kernel's ENOENT); other store failures are raised as they are.
-    Every opened dataset shares one block *cache*, so the mount's memory stays bounded
-    however many datasets are opened.
+    Every opened dataset reads through one `BlockSource` (one *cache*, one pool of fetch
+    threads), so the mount's memory and threads stay bounded however many datasets are opened.
     """
 
     def __init__(self, store: BlockStore, *, cache: BlockCache | None = None,
@@ -33,6 +34,7 @@ class ByIdTree:
                  mtime: float | None = None) -> None:
         self.store = store
         self.cache = cache if cache is not None else MemoryBlockCache(memory_bytes)
+        self.blocks = BlockSource(store, cache=self.cache)
         self.readahead = readahead
         self.mtime = time.time() if mtime is None else mtime
         self._trees: dict[str, ReadPath] = {}
@@ -69,7 +71,7 @@ class ByIdTree:
 
     def _open(self, name: str, locator: Locator) -> ReadPath:
         try:
-            return ReadPath(self.store, locator, cache=self.cache, readahead=self.readahead, mtime=self.mtime)
+            return ReadPath(self.store, locator, blocks=self.blocks, readahead=self.readahead, mtime=self.mtime)
         except BlockNotFound:
             raise FileNotFoundError(name) from None
         except ManifestError as exc:  # a block, but not a dataset's manifest
@@ -107,6 +109,7 @@ class ByIdTree:
             trees, self._trees = list(self._trees.values()), {}
         for tree in trees:
             tree.close()
+        self.blocks.close()
 
     def __enter__(self) -> "ByIdTree":
         return self

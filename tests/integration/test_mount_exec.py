@@ -114,6 +114,16 @@ def test_by_id_opens_each_dataset_once_for_concurrent_lookups(store) -> None:
         assert sum(manifest_block in g for g in store.gets) == 1
 
 
+def test_by_id_datasets_share_one_block_cache(store) -> None:
+    data = bytes(range(256)) * 64
+    first, second = put_dataset(store, {"f": data}), put_dataset(store, {"renamed": data})
+    with ByIdTree(store) as tree:
+        assert tree.read(f"{first}/f", 0, len(data)) == data
+        assert tree.read(f"{second}/renamed", 0, len(data)) == data
+    block = Locator.for_data(data).md5
+    assert sum(block in g for g in store.gets) == 1  # the second dataset's read was a cache hit
+
+
 # -- mount point checks ---------------------------------------------------------------------------
 
 
