@@ -19,9 +19,10 @@ from .auth import Permissions
 from .background import Periodic
 from .blocks import Blocks, Found
 from .connection import KeepHTTPServer
+from .context import MIN_BODY_RATE, Context
 from .exchange import RequestRecord
 from .faults import FaultPlan
-from .handler import MIN_BODY_RATE, Context, KeepHandler
+from .handler import KeepHandler
 from .metrics import ServerMetrics
 from .scrub import Scrubber, ScrubReport
 from .trash import DEFAULT_TRASH_LIFETIME, TrashPolicy

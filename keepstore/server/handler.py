@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
 import http.server
 import io
 import logging
@@ -18,10 +16,9 @@ from typing import Any
 from .._version import __version__
 from ..errors import LocatorError, scrub
 from ..locator import EMPTY_BLOCK, MAX_BLOCK_SIZE, Locator
-from .admission import Admission
-from .auth import Permissions
-from .blocks import BlockDamaged, Blocks, Found, verified_chunks
+from .blocks import BlockDamaged, Found, verified_chunks
 from .connection import Body, DeadlineReader, KeepHTTPServer
+from .context import MIN_BODY_RATE, Context
 from .exchange import (
     BUSY,
     MD5_PATH,
@@ -36,8 +33,7 @@ from .exchange import (
     put_refusal,
     unmodified_since,
 )
-from .faults import Fault, FaultKind, FaultPlan
-from .metrics import ServerMetrics
+from .faults import Fault, FaultKind
 from .shaping import Before, before, shape_body
 from .trash import Outcome
 
@@ -51,37 +47,7 @@ _SIZELESS = re.compile(r"/([0-9a-f]{32})((?:\+[A-Z][A-Za-z0-9@_-]*)*)\Z")
 _INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
 _UNTRASH_PATH = re.compile(r"/untrash(/.*)\Z")
 _QUERY = re.compile(r"\?[^\s'\"]*")
-# A request body must average at least this rate (after one idle_timeout of grace): a client
-# dripping a byte per idle_timeout would otherwise hold a thread and an admission slot for days.
-MIN_BODY_RATE = 32 * 1024
 _SOCKET_PIECE = 64 << 10  # sent this much per socket write
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """What the handlers of one server share: its parts, handed over by `KeepServer`.
-
-    Args:
-        blocks: The volumes, without HTTP.
-        permissions: The signing policy.
-        admission: The request slots and connection cap.
-        faults: The fault plan applied to requests.
-        requests: Where each request's record goes.
-        idle_timeout: Seconds a connection may stay idle.
-        min_rate: The minimum average body rate, in bytes/s.
-        first_byte_timeout: A new connection's wait for its first request, in seconds.
-        metrics: The server's Prometheus metrics (``/metrics``), or None.
-    """
-
-    blocks: Blocks
-    permissions: Permissions
-    admission: Admission
-    faults: FaultPlan
-    requests: collections.deque[RequestRecord]
-    idle_timeout: float
-    min_rate: float = MIN_BODY_RATE
-    first_byte_timeout: float = 10.0  # a new connection's wait for its first request
-    metrics: ServerMetrics | None = None  # /metrics (keepstore.server.metrics)
 
 
 class _Abort(Exception):
