@@ -450,7 +450,7 @@ def test_keep_serve_reports_bad_arguments_clearly(tmp_path):
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):  # reset: the listener closed under us
         return True
     return False
 
