@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -149,6 +150,9 @@ def _fail(args: Any, exc: BaseException, code: int) -> int:
         message = f"{exc.filename}: {exc.strerror}"
     elif isinstance(exc, OSError) and exc.errno is None and len(exc.args) == 1 and isinstance(exc.args[0], str):
         message = _dataset_path_message(args, type(exc), exc.args[0])
+    if getattr(args, "progress", None) == "json":  # --progress=json: stderr stays one JSON object a line
+        print(json.dumps({"event": "error", "message": message, "exit_code": code}), file=sys.stderr)
+        return code
     print(f"keep: error: {message}", file=sys.stderr)
     return code
 

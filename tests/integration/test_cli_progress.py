@@ -364,3 +364,15 @@ def test_with_json_progress_retry_lines_are_json_for_the_whole_command():
     json_notices(argparse.Namespace(progress="auto", on_retry=plain))
     plain.announce("keep: retrying: x", 1.0)
     assert plain.written == ["keep: retrying: x"]
+
+
+def test_with_json_progress_an_error_is_a_json_line_too(env, tmp_path):
+    from keepstore.locator import Locator
+
+    absent = str(Locator.for_data(b"never stored"))
+    result = keep(env, "get", "--progress=json", absent, str(tmp_path / "out"))
+    assert result.returncode == 3
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1
+    error = json.loads(lines[0])
+    assert error["event"] == "error" and error["exit_code"] == 3 and absent.split("+")[0] in error["message"]
