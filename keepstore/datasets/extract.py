@@ -181,7 +181,7 @@ class _Outputs:
     def discard(self) -> None:
         """Commit the complete files if that still works; close and remove every unfinished one."""
         for write in self._writes:  # let every writer finish (or fail) before cleaning up
-            with contextlib.suppress(OSError):  # the failure that brought us here, or one like it
+            with contextlib.suppress(Exception):  # we are failing already: the first failure propagates
                 write.result()
         self._writes.clear()
         with contextlib.suppress(OSError):  # a commit failure: we are failing already
