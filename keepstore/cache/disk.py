@@ -10,10 +10,11 @@ import os
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import diskcache
+import xxhash
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from ..errors import ConfigError
@@ -29,7 +30,20 @@ log = logging.getLogger(__name__)
 DEFAULT_DISK_BYTES = 4 * 1024**3
 # Blocks below this size live inside the SQLite database; larger ones are files of their own.
 INLINE_LIMIT = 64 * 1024
-VERIFY_METHODS = ("auto", "crc32", "md5")
+VERIFY_METHODS = ("auto", "xxh3", "crc32", "md5")
+
+
+def _crc32_hex(data: bytes | memoryview) -> str:
+    return f"{zlib.crc32(data):08x}"
+
+
+# Checksums recorded with an entry when it is stored (the data was md5-verified then): XXH3-128
+# (about 9 GB/s on the development machine) for new entries, CRC-32 (about 3 GB/s) for entries
+# written before XXH3 and with verify="crc32".
+_CHECKSUMS: dict[str, Callable[[bytes | memoryview], str]] = {
+    "xxh3": xxhash.xxh3_128_hexdigest,
+    "crc32": _crc32_hex,
+}
 
 # What a broken cache directory raises: SQLite errors (damaged or read-only database, disk
 # full), OSError (files), and diskcache.Timeout (another process held the database too long).
@@ -80,17 +94,19 @@ class DiskBlockCache(BlockCache):
     database in WAL mode (diskcache), blocks of 64 KiB and more are files of their own, and a
     per-block lock file lets processes wait for one download of a block (*lock_timeout*).
 
-    Every hit is verified before it is returned: *verify* ``"crc32"`` checks a CRC-32 recorded
-    with the entry when it was stored (the data was md5-verified then) together with the
-    entry's md5+size; ``"md5"`` re-hashes the block. A failed check drops the entry. CRC-32
-    catches accidents, not forgery, so ``"auto"`` (default) uses it only where nobody but this
-    user could have written the entry: a `private` directory (see ``docs/cache.md``) and,
-    for a block file, a file owned by this user that nobody else may write; md5 otherwise.
+    Every hit is verified before it is returned: *verify* ``"xxh3"`` checks an XXH3-128
+    checksum recorded with the entry when it was stored (the data was md5-verified then)
+    together with the entry's md5+size; ``"crc32"`` does the same with a CRC-32 (slower, kept
+    for entries written before xxh3); ``"md5"`` re-hashes the block. A failed check drops the
+    entry. A recorded checksum catches accidents, not forgery, so ``"auto"`` (default) trusts
+    one (XXH3 for new entries, CRC-32 for old ones) only where nobody but this user could have
+    written the entry: a `private` directory (see ``docs/cache.md``) and, for a block file, a
+    file owned by this user that nobody else may write; md5 otherwise.
 
     Args:
         path: The cache directory (made if missing).
         max_bytes: Bound on what the directory holds; least recently used blocks go first.
-        verify: ``"auto"``, ``"crc32"`` or ``"md5"``, as above.
+        verify: ``"auto"``, ``"xxh3"``, ``"crc32"`` or ``"md5"``, as above.
         lock_timeout: Seconds to wait for another process's download of a block (0: never).
         db_timeout: Seconds to wait for the SQLite index when another process holds it.
 
@@ -146,7 +162,7 @@ class DiskBlockCache(BlockCache):
         else:
             self._readable = self._writable = True
         #: Nobody but this user (or root) could have written the directory, its index, or
-        #: swapped it: with verify="auto", hits are then checked by CRC-32 (else md5).
+        #: swapped it: with verify="auto", hits are then checked by XXH3 (else md5).
         self.private = is_private_directory(self.path, _INDEX_FILES)
         if verify == "auto" and not self.private:
             log.info("block cache %s may be written by other users: every hit is checked by md5", self.path)
@@ -182,8 +198,8 @@ class DiskBlockCache(BlockCache):
     # -- verification -----------------------------------------------------------------------
 
     def _tag(self, locator: Locator, data: memoryview) -> str:
-        method = "md5" if self.verify == "md5" else "crc32"
-        checksum = f"{zlib.crc32(data):08x}" if method == "crc32" else ""
+        method = self.verify if self.verify in ("md5", "crc32") else "xxh3"
+        checksum = _CHECKSUMS[method](data) if method in _CHECKSUMS else ""
         return f"{method}:{checksum}:{locator}"
 
     def _check(self, locator: Locator, data: bytes, tag: object, trusted: bool) -> bool:
@@ -195,12 +211,11 @@ class DiskBlockCache(BlockCache):
             return False
         # The tag is written by whoever filled the entry (another process, maybe another
         # setting): with verify="md5" every hit is checked by md5, whatever the tag says, and
-        # so is a hit whose entry someone else could have forged (CRC-32 is no defence then).
+        # so is a hit whose entry someone else could have forged (XXH3 or CRC-32 is no defence then).
         if method == "md5" or self.verify == "md5" or (self.verify == "auto" and not trusted):
             return hashlib.md5(data, usedforsecurity=False).hexdigest() == locator.md5
-        if method == "crc32":
-            return checksum == f"{zlib.crc32(data):08x}"
-        return False
+        compute = _CHECKSUMS.get(method)
+        return compute is not None and checksum == compute(data)
 
     # -- BlockCache -------------------------------------------------------------------------
 

@@ -126,15 +126,16 @@ def test_a_group_writable_block_file_is_md5_checked(tmp_path: Path) -> None:
 def test_verify_crc32_trusts_the_directory_as_documented(tmp_path: Path) -> None:
     """The threat model (docs/cache.md): crc32 catches accidents only; a same-user forger wins."""
     path = tmp_path / "private"
-    loc, data, victim = _cached_block(path)
+    loc, data, victim = _cached_block(path, verify="crc32")
     _forge(victim, data)
     assert DiskBlockCache(path, verify="crc32").get(loc) not in (None, data)
 
 
 def test_hits_in_a_private_directory_keep_the_crc32_path(tmp_path: Path) -> None:
-    """Hit rate: a private directory's hits are checked by CRC-32, as before (no md5 per hit)."""
+    """Hit rate: a private directory's hits are checked by the recorded checksum (CRC-32 for an
+    entry written with verify="crc32"), not md5."""
     path = tmp_path / "private"
-    loc, data, victim = _cached_block(path)
+    loc, data, victim = _cached_block(path, verify="crc32")
     cache = DiskBlockCache(path)
     assert cache.private and cache.get(loc) == data and cache.stats().hits == 1
     _forge(victim, data)  # only a same-user writer can do this, and it could rewrite us anyway
