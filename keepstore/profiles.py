@@ -56,6 +56,9 @@ class Profile:
         if self.local_store is not None:
             from .local import LocalStore
 
+            if token is not None:
+                raise ConfigError(f"{self.where}: a local_store profile takes no token (a token file was given)")
+
             return LocalStore(os.path.expanduser(self.local_store))
         from .client import KeepClient
 
@@ -87,7 +90,7 @@ def load_profiles(environ: Mapping[str, str] | None = None,
         ConfigError: a profile that is not valid, naming the file, the line and the key (and
             never quoting a token).
     """
-    return _load(environ, config_path)[1]
+    return _load(environ, config_path)[2]
 
 
 def profile(name: str, environ: Mapping[str, str] | None = None,
@@ -97,31 +100,29 @@ def profile(name: str, environ: Mapping[str, str] | None = None,
     Raises:
         ConfigError: no such profile (listing the known ones), or an invalid profiles section.
     """
-    path, found = _load(environ, config_path)
+    path, exists, found = _load(environ, config_path)
     if name in found:
         return found[name]
-    if path is None:
-        where = load_config_file(environ, config_path)[0]
-        raise ConfigError(f"no profile {name!r}: config file {where} does not exist (profiles are set in its "
+    if not exists:
+        raise ConfigError(f"no profile {name!r}: config file {path} does not exist (profiles are set in its "
                           "profiles: mapping)")
     known = f"known: {', '.join(sorted(found))}" if found else "it has no profiles: mapping"
     raise ConfigError(f"no profile {name!r} in config file {path} ({known})")
 
 
 def _load(environ: Mapping[str, str] | None,
-          config_path: str | os.PathLike[str] | None) -> tuple[Path | None, Mapping[str, Profile]]:
-    """The config file read (None when absent) and its profiles."""
+          config_path: str | os.PathLike[str] | None) -> tuple[Path, bool, Mapping[str, Profile]]:
+    """The config file, whether it exists, and its profiles."""
     path, data = load_config_file(environ, config_path)
-    if data is None:
-        return None, types.MappingProxyType({})
-    section = data.get("profiles")
+    section = None if data is None else data.get("profiles")
     if section is None:
-        return path, types.MappingProxyType({})
-    tokens = [data.get("token")]
+        return path, data is not None, types.MappingProxyType({})
+    env = os.environ if environ is None else environ
+    tokens = [data.get("token"), env.get("KEEP_TOKEN"), env.get("ARVADOS_API_TOKEN")]
     if isinstance(section, Mapping):
         tokens += [body.get("token") for body in section.values() if isinstance(body, Mapping)]
     try:
-        return path, types.MappingProxyType(_profiles(section, path, data))
+        return path, True, types.MappingProxyType(_profiles(section, path, data))
     except ConfigError as exc:
         clean = redact(str(exc), *(t.strip() for t in tokens if isinstance(t, str)))
         if clean == str(exc):

@@ -85,6 +85,22 @@ def test_copy_to_a_profile_naming_a_two_server_cluster_reads_back_by_the_printed
         other.get(locator)  # the signature is the profile token's: the token file was what was sent
 
 
+def test_copies_and_to_token_file_on_the_command_line_beat_the_profile(local, archive, tmp_path, capsys):
+    source = write(local)
+    token_file = tmp_path / "given.token"
+    token_file.write_text(PROFILE_TOKEN)
+    config(f"profiles:\n  archive:\n    services: {archive.services}\n    copies: 2\n")  # no token in it
+
+    code, out, err = run(capsys, "copy", source.locator, "--to", "archive", "--copies", "1",
+                         "--to-token-file", str(token_file), "--json")
+
+    assert code == 0, err
+    locator = json.loads(out)["locator"]
+    with KeepClient(services=archive.urls, token=PROFILE_TOKEN, copies=1) as kc:
+        assert open_dataset(kc, locator).read_bytes("a.txt") == FILES["a.txt"]
+        assert {len(archive.holders(b)) for b in Manifest.parse(kc.get(locator)).blocks()} == {1}
+
+
 def test_a_local_store_profile_receives_the_dataset(local, tmp_path, capsys):
     source = write(local)
     scratch = tmp_path / "scratch-blocks"
@@ -100,6 +116,9 @@ def test_a_local_store_profile_receives_the_dataset(local, tmp_path, capsys):
     assert {name: reader.read_bytes(name) for name in FILES} == FILES
     code, out, err = run(capsys, "copy", source.locator, "--to", "scratch", "--json")
     assert code == 0 and json.loads(out)["sent"] == 0  # a re-run sends nothing
+    (tmp_path / "t").write_text(PROFILE_TOKEN)
+    code, out, err = run(capsys, "copy", source.locator, "--to", "scratch", "--to-token-file", str(tmp_path / "t"))
+    assert code == 1 and "profile 'scratch': a local_store profile takes no token" in err
 
 
 def test_an_unknown_profile_lists_the_known_ones_and_sends_nothing(local, tmp_path, capsys):
