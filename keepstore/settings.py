@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 from .config import Timeout
 from .errors import ConfigError, mask_url_credentials, redact
 
-__all__ = ["MIN_TOKEN_LENGTH", "Mode", "Origin", "Settings", "Source", "default_config_path", "service_urls"]
+__all__ = ["MIN_TOKEN_LENGTH", "Mode", "Origin", "Settings", "Source", "default_config_path", "load_config_file",
+           "service_urls"]
 
 MIN_TOKEN_LENGTH = 8  # Arvados tokens are 32+ characters; anything this short is a mistake, not a secret
 
@@ -60,6 +61,23 @@ class Mode(str, enum.Enum):
 def default_config_path(environ: Mapping[str, str]) -> Path:
     """``$XDG_CONFIG_HOME/keepstore/config.yml`` (``~/.config`` when unset)."""
     return _xdg(environ, "XDG_CONFIG_HOME", ".config") / "keepstore" / "config.yml"
+
+
+def load_config_file(environ: Mapping[str, str] | None = None,
+                     config_path: str | os.PathLike[str] | None = None) -> tuple[Path, Any]:
+    """The config file `Settings.from_env` reads (*config_path*, ``KEEP_CONFIG``, else the default,
+    which may be absent) and its top-level mapping: ruamel's, with ``lc`` line numbers; None if absent.
+
+    For the modules that read the file's sections other than settings (``profiles:``).
+    """
+    path, required = _config_file(os.environ if environ is None else environ, config_path)
+    return path, _load_file(path, required=required, secrets=[])
+
+
+def _config_file(env: Mapping[str, str], config_path: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    explicit = config_path is not None or bool(env.get("KEEP_CONFIG"))
+    path = config_path if config_path is not None else env.get("KEEP_CONFIG") or default_config_path(env)
+    return Path(path), explicit
 
 
 def _xdg(environ: Mapping[str, str], name: str, fallback: str) -> Path:
@@ -215,7 +233,8 @@ _KEYS: dict[str, _Key] = {
     "config_path": _Key(),
     "default_local_store": _Key(),
 }
-_FILE_KEYS = sorted(name for name, key in _KEYS.items() if key.from_file is not None)
+_SECTIONS = ("profiles",)  # top-level keys of the file that are not settings; keepstore.profiles reads them
+_FILE_KEYS = sorted([name for name, key in _KEYS.items() if key.from_file is not None] + list(_SECTIONS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,8 +335,7 @@ class Settings:
     @classmethod
     def _resolve(cls, env: dict[str, str], config_path: str | os.PathLike[str] | None,
                  overrides: dict[str, Any], secrets: list[Any]) -> "Settings":
-        explicit_file = config_path is not None or bool(env.get("KEEP_CONFIG"))
-        path = Path(config_path if config_path is not None else env.get("KEEP_CONFIG") or default_config_path(env))
+        path, explicit_file = _config_file(env, config_path)
         layers: list[tuple[Origin, dict[str, Any]]] = []
         data = _load_file(path, required=explicit_file, secrets=secrets)
         if data is not None:
@@ -388,6 +406,8 @@ def _file_layer(data: Any, path: Path) -> dict[str, Any]:
         except (AttributeError, KeyError, TypeError):  # not ruamel's round-trip mapping, or an odd key
             line_no = 0
         where = f"config file {path} line {line_no}, key {key!r}"
+        if key in _SECTIONS:
+            continue
         convert = _KEYS[key].from_file if isinstance(key, str) and key in _KEYS else None
         if convert is None:
             raise ConfigError(f"{where}: unknown setting (known: {', '.join(_FILE_KEYS)})")

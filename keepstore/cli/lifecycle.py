@@ -96,10 +96,14 @@ def register(sub: Any) -> None:
     to = copy.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-services", nargs="+", metavar="URL", help="the destination's Keep service roots")
     to.add_argument("--to-local", type=Path, metavar="DIR", help="a local store directory as the destination")
+    to.add_argument("--to", dest="to_profile", metavar="NAME",
+                    help="a profile of the config file's profiles: mapping (services, token or token_file, "
+                         "copies; or local_store) as the destination")
     copy.add_argument("--to-token-file", type=Path, metavar="FILE",
-                      help="the token for the destination services (default: the configured token)")
+                      help="the token for the destination services (default: the profile's, else the "
+                           "configured token)")
     copy.add_argument("--copies", type=_count, default=None,
-                      help="copies at the destination (default: the configured copies)")
+                      help="copies at the destination (default: the profile's, else the configured copies)")
     copy.add_argument("--threads", type=_count, default=8, help="blocks in flight (default 8)")
     copy.add_argument("--json", action="store_true", help="print the report as JSON")
     copy.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -244,9 +248,18 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     from ..open import open_store
 
     copies = args.copies
+    named = None
+    if args.to_profile is not None:  # a bad or unknown profile is reported before anything is opened
+        from ..profiles import profile
+
+        named = profile(args.to_profile)
     with open_store(args) as source:
-        if args.to_local is not None:
-            dest: Any = LocalStore(args.to_local)
+        dest: Any
+        if named is not None:
+            token = _read_secret(args.to_token_file, "destination token") if args.to_token_file else None
+            dest = named.open(copies=copies, token=token)
+        elif args.to_local is not None:
+            dest = LocalStore(args.to_local)
         else:
             from ..client import KeepClient
 
