@@ -72,7 +72,19 @@ class ProgressMode(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """The counts of one transfer at one moment (what a progress line shows)."""
+    """The counts of one transfer at one moment (what a progress line shows).
+
+    Args:
+        op: ``"put"`` or ``"get"``.
+        bytes: Bytes moved so far: read in (put) or written out (get), skipped bytes included.
+        total_bytes: Bytes to move, if known.
+        files: Files done.
+        total_files: Files to move, if known.
+        stored_bytes: Put: bytes in blocks the store has confirmed.
+        skipped_bytes: Bytes not sent or written because they were there already.
+        elapsed: Seconds since the transfer started.
+        state: A waiting state shown, e.g. a retry being waited for.
+    """
 
     op: str
     bytes: int  # moved so far: read in (put) or written out (get), skipped bytes included
@@ -92,7 +104,16 @@ class Snapshot:
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """The end of a transfer: files, bytes, time, rate and skipped bytes."""
+    """The end of a transfer: files, bytes, time, rate and skipped bytes.
+
+    Args:
+        op: ``"put"`` or ``"get"``.
+        files: Files moved.
+        bytes: Bytes moved.
+        stored_bytes: Put: bytes the store confirmed.
+        skipped_bytes: Bytes that needed no transfer.
+        elapsed: Seconds the transfer took.
+    """
 
     op: str
     files: int
@@ -253,6 +274,13 @@ class Progress:
     Use as a context manager: `finish` shows the summary; leaving on an error only clears the bar.
     ``advance`` counts bytes moved (read in for put, written out for get), ``stored`` bytes the
     store confirmed, ``skipped`` bytes that needed no transfer (they count as moved, too).
+
+    Args:
+        op: ``"put"`` or ``"get"``.
+        total_bytes: Bytes to move, if known.
+        total_files: Files to move, if known.
+        view: Where the counts are shown (bar, JSON lines or nothing).
+        clock: The monotonic clock rates are measured with.
     """
 
     def __init__(self, op: str, *, total_bytes: int | None = None, total_files: int | None = None,

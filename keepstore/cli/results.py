@@ -69,7 +69,13 @@ def print_block_plan(paths: list[str], locators: list[Locator], *, as_json: bool
 
 @dataclasses.dataclass(frozen=True)
 class Planned:
-    """One file ``keep get`` writes: its path in the dataset, where it goes (``-``: stdout), its size."""
+    """One file ``keep get`` writes: its path in the dataset, where it goes (``-``: stdout), its size.
+
+    Args:
+        path: The file's path in the dataset.
+        dest: Where it goes (``-``: stdout).
+        size: Its size in bytes, if known.
+    """
 
     path: str
     dest: str

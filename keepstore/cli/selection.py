@@ -56,6 +56,9 @@ class Filter:
     A path no rule matches is stored, unless the first rule is an ``--include`` (a list of what
     to store): then files no rule matches are left out, and directories are still searched.
     A directory an ``--exclude`` decides on is not searched, so nothing under it can be included.
+
+    Args:
+        rules: The ``--exclude``/``--include`` rules, in command-line order.
     """
 
     rules: tuple[Rule, ...] = ()
@@ -95,7 +98,14 @@ class Filter:
 
 @dataclasses.dataclass(frozen=True, slots=True)  # slots: a plan holds one per file
 class Entry:
-    """One thing put stores: a file (from *source*, ``-`` for stdin) or a directory, at dataset *path*."""
+    """One thing put stores: a file (from *source*, ``-`` for stdin) or a directory, at dataset *path*.
+
+    Args:
+        path: Where it goes in the dataset.
+        source: The local path (``-``: stdin; None for a directory).
+        size: Its size in bytes (None for stdin and directories).
+        kind: ``"file"`` or ``"directory"``.
+    """
 
     path: str
     source: str | None
@@ -108,7 +118,15 @@ class Entry:
 
 @dataclasses.dataclass
 class Plan:
-    """What a put would store, and what it leaves out (symbolic links, loops, special files)."""
+    """What a put would store, and what it leaves out (symbolic links, loops, special files).
+
+    Args:
+        entries: What is stored, in order.
+        links: Symbolic links not followed.
+        loops: Symbolic links back to a directory above them.
+        special: Fifos, sockets and devices left out.
+        excluded: Files and directories a rule left out.
+    """
 
     entries: list[Entry] = dataclasses.field(default_factory=list)
     links: list[str] = dataclasses.field(default_factory=list)  # symlinks not followed

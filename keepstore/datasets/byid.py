@@ -27,6 +27,13 @@ class ByIdTree:
     `FileNotFoundError` (the kernel's ENOENT); other store failures are raised as they are.
     Every opened dataset reads through one `BlockSource` (one *cache*, one pool of fetch
     threads), so the mount's memory and threads stay bounded however many datasets are opened.
+
+    Args:
+        store: The store the datasets are read from.
+        cache: The block cache every opened dataset shares.
+        memory_bytes: The size of the memory LRU made when there is no *cache*.
+        readahead: Blocks fetched ahead of a sequential reader.
+        mtime: The modification time every path shows (default: now).
     """
 
     def __init__(self, store: BlockStore, *, cache: BlockCache | None = None,

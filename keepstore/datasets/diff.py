@@ -32,7 +32,13 @@ def content_key(segments: Iterable[Segment]) -> ContentKey:
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """A file present in both datasets with different content."""
+    """A file present in both datasets with different content.
+
+    Args:
+        path: The file's path.
+        old_size: Its size in A.
+        new_size: Its size in B.
+    """
 
     path: str
     old_size: int
@@ -46,6 +52,13 @@ class DatasetDiff:
     ``moved`` pairs ``(old path, new path)`` for non-empty files whose content is in B under
     another name only. Content is judged by segments: the same bytes stored in differently
     packed blocks count as changed unless `diff_manifests` was given a *digest* to read them.
+
+    Args:
+        added: ``(path, size)`` of files only in B.
+        removed: ``(path, size)`` of files only in A.
+        changed: Files in both with different content.
+        moved: ``(old path, new path)`` of content B holds under another name only.
+        unchanged: Files the same in both.
     """
 
     added: tuple[tuple[str, int], ...]  # (path, size)

@@ -14,7 +14,16 @@ __all__ = ["Entry", "Inventory", "dataset_path", "inventory", "walk_tree"]
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One local file to store: where it is, where it goes, and its stat when listed."""
+    """One local file to store: where it is, where it goes, and its stat when listed.
+
+    Args:
+        source: The local path, absolute (``-``: stdin).
+        path: Where it goes in the dataset.
+        size: Its size in bytes when listed (-1: stdin).
+        mtime_ns: Its modification time, in nanoseconds.
+        dev: Its device number.
+        ino: Its inode number.
+    """
 
     source: str  # absolute
     path: str  # inside the dataset
@@ -41,7 +50,12 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class Inventory:
-    """Files (in the order they are written, so block packing follows it) and directories."""
+    """Files (in the order they are written, so block packing follows it) and directories.
+
+    Args:
+        files: The files, in the order they are written (block packing follows it).
+        directories: The directories.
+    """
 
     files: tuple[Entry, ...]
     directories: tuple[str, ...]

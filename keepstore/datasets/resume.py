@@ -93,6 +93,10 @@ class ResumeJournal:
     block its bytes fall in is recorded. Each line is written (and flushed to the kernel) as its
     block is stored, so a kill, even ``kill -9``, loses at most the blocks in flight; the file is
     replaced atomically when a run starts. A torn last line is ignored.
+
+    Args:
+        path: The state file.
+        block_size: The size of a full block of the put.
     """
 
     def __init__(self, path: str | os.PathLike[str], block_size: int = MAX_BLOCK_SIZE) -> None:

@@ -63,6 +63,13 @@ class StagingTree(Namespace):
     straight to local files. Writes that would leave less than *reserve* bytes free on the
     staging disk fail with `StagingFullError` (ENOSPC). `commit` stores the tree as a new dataset.
     All methods are thread-safe; paths are ``"a/b"`` (leading/trailing slashes ignored).
+
+    Args:
+        directory: Where the staging tree is kept.
+        base: The dataset it starts from (a `ReadPath`), or None for an empty tree.
+        reserve: Bytes of free space writes must leave on the staging disk.
+        free_bytes: How free space is measured (``disk_free``; tests replace it).
+        clock: The clock file times come from, in nanoseconds.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, base: ReadPath | None = None,

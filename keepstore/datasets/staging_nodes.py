@@ -29,7 +29,18 @@ class _Loader(Protocol):
 
 @dataclasses.dataclass(eq=False)
 class File:
-    """A file: base content (``base_path`` of ``base_size`` bytes) until copied up to local object ``obj``."""
+    """A file: base content (``base_path`` of ``base_size`` bytes) until copied up to local object ``obj``.
+
+    Args:
+        mode: Its permission bits.
+        mtime_ns: Its modification time, in nanoseconds.
+        obj: The number of its local object, once copied up.
+        base_path: Its path in the base dataset, if its content is still there.
+        base_size: The size of that base content.
+        fd: The local object, open while any handle is.
+        opens: Handles open on it.
+        unlinked: True once removed from the tree (open handles keep it).
+    """
 
     mode: int
     mtime_ns: int
@@ -43,7 +54,14 @@ class File:
 
 @dataclasses.dataclass(eq=False)
 class Dir:
-    """A directory; a base directory's entries are loaded from the base dataset on first use."""
+    """A directory; a base directory's entries are loaded from the base dataset on first use.
+
+    Args:
+        mode: Its permission bits.
+        mtime_ns: Its modification time, in nanoseconds.
+        base_path: Its path in the base dataset, if it came from there.
+        children: Its entries, once loaded.
+    """
 
     mode: int
     mtime_ns: int
@@ -58,7 +76,12 @@ class Dir:
 
 @dataclasses.dataclass(eq=False)
 class Handle:
-    """One open file: the node (followed across renames and unlinks) and whether it may write."""
+    """One open file: the node (followed across renames and unlinks) and whether it may write.
+
+    Args:
+        node: The file (followed across renames and unlinks).
+        writable: Whether it may write.
+    """
 
     node: File
     writable: bool
@@ -66,7 +89,15 @@ class Handle:
 
 @dataclasses.dataclass(frozen=True)
 class StagingAttr:
-    """What ``stat`` says about a staged path (times in nanoseconds)."""
+    """What ``stat`` says about a staged path (times in nanoseconds).
+
+    Args:
+        path: The staged path.
+        is_dir: True for a directory.
+        size: Its size in bytes.
+        mtime_ns: Its modification time, in nanoseconds.
+        mode: Its mode bits.
+    """
 
     path: str
     is_dir: bool

@@ -39,6 +39,15 @@ class StoredCheck:
     locators are not tried again: only still validly signed ones can skip a block (any other
     unexpected status to a bare HEAD counts as such a refusal). With
     storage classes wanted nothing is skipped (a HEAD does not confirm classes).
+
+    Args:
+        store: The store asked.
+        copies: Replicas that must be confirmed (default: the store's).
+        storage_classes: Storage classes wanted: with any, nothing is skipped.
+        signed: Signed locators known for blocks (by md5).
+        margin: A signature must stay valid at least this long to be used.
+        threads: HEADs in flight at most.
+        now: The clock signature expiries are compared with.
     """
 
     def __init__(self, store: BlockStore, *, copies: int | None = None,

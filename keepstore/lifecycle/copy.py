@@ -21,7 +21,13 @@ _LOCATOR_TOKEN = re.compile(r"(?<![^ ])[0-9a-f]{32}\+[0-9]+(?:\+[A-Z][A-Za-z0-9@
 
 @dataclasses.dataclass(frozen=True)
 class BlockCopy:
-    """One block of the dataset: its locator at the destination and whether it was sent."""
+    """One block of the dataset: its locator at the destination and whether it was sent.
+
+    Args:
+        source: The block's locator at the source.
+        destination: Its locator at the destination.
+        sent: False when the destination had it already.
+    """
 
     source: Locator
     destination: Locator
@@ -30,7 +36,14 @@ class BlockCopy:
 
 @dataclasses.dataclass(frozen=True)
 class CopyReport:
-    """What `copy_dataset` did; ``locator`` is the dataset's locator at the destination."""
+    """What `copy_dataset` did; ``locator`` is the dataset's locator at the destination.
+
+    Args:
+        source: The dataset's locator at the source.
+        locator: Its locator at the destination.
+        portable_data_hash: Its portable data hash (the same at both ends).
+        blocks: Each block, and whether it was sent.
+    """
 
     source: str
     locator: str

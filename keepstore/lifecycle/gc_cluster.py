@@ -26,7 +26,13 @@ _EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
 
 @dataclasses.dataclass(frozen=True)
 class IndexEntry:
-    """One ``/index`` line: a block a service holds, and its file's time."""
+    """One ``/index`` line: a block a service holds, and its file's time.
+
+    Args:
+        md5: The block's md5.
+        size: Its size in bytes.
+        mtime_ns: Its file's modification time, in nanoseconds.
+    """
 
     md5: str
     size: int
@@ -42,6 +48,14 @@ class ClusterCandidate:
     keepstore), ``kept-young`` (the service kept it: younger than its own ``--trash-min-age``),
     ``kept-modified`` (written or touched since the listing: 412), ``gone`` (404) or
     ``failed`` (with *note*).
+
+    Args:
+        service: The service's root.
+        md5: The block's md5.
+        size: Its size in bytes.
+        mtime: When the service's copy was last written.
+        outcome: What became of it (see above).
+        note: Why, when it failed.
     """
 
     service: str

@@ -18,6 +18,12 @@ class Periodic:
     wait on it instead of sleeping). A run that raises is logged, and the next one runs on
     time. `stop()` sets *stop* (an event the job may wait on, or check, to end early) and so
     interrupts the wait between runs.
+
+    Args:
+        name: The thread's name (and the log's).
+        job: What to run.
+        interval: Seconds between runs.
+        stop: The event `stop()` sets (default: a new one).
     """
 
     def __init__(self, name: str, job: Callable[[], object], interval: float,

@@ -19,7 +19,14 @@ log = logging.getLogger("keepstore.server")
 
 @dataclasses.dataclass(frozen=True)
 class ScrubReport:
-    """One pass over every volume."""
+    """One pass over every volume.
+
+    Args:
+        blocks: Copies read.
+        bytes: Bytes read.
+        quarantined: ``(volume path, md5)`` of each copy moved aside.
+        unreadable: Copies that could not be opened or read (left alone, logged).
+    """
 
     blocks: int  # copies read
     bytes: int

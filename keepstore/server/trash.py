@@ -66,7 +66,14 @@ class Outcome(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Trashed:
-    """One trashed copy on a volume."""
+    """One trashed copy on a volume.
+
+    Args:
+        md5: The block's md5.
+        size: Its size in bytes.
+        deadline: Unix seconds after which the trash emptier removes it.
+        path: The trashed file.
+    """
 
     md5: str
     size: int
