@@ -17,6 +17,7 @@ from ..errors import BlockNotFound, Cancelled, KeepError
 from ..open import open_store
 from .notices import RetryNotices, interruptible, leave_within
 from .options import add_progress
+from .types import positive_int, positive_seconds, storage_classes
 
 __all__ = ["build_parser", "config_report", "main", "open_store"]
 
@@ -41,31 +42,10 @@ exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 under-replicated and 5 missin
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _storage_classes(text: str) -> list[str]:
-    classes = [c.strip() for c in text.split(",") if c.strip()]
-    if not classes:
-        raise argparse.ArgumentTypeError("need at least one storage class name")
-    return classes
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
 
 
 _DEADLINE_HELP = ("give up a block operation that is still failing after SECONDS of retries "
@@ -73,8 +53,8 @@ _DEADLINE_HELP = ("give up a block operation that is still failing after SECONDS
 
 
 def _transfer_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--copies", type=_positive_int, default=None, help="replicas wanted (default 2)")
-    parser.add_argument("--storage-classes", type=_storage_classes, default=None, metavar="A,B",
+    parser.add_argument("--copies", type=positive_int, default=None, help="replicas wanted (default 2)")
+    parser.add_argument("--storage-classes", type=storage_classes, default=None, metavar="A,B",
                         help="storage classes wanted, comma-separated")
     add_progress(parser)
 
@@ -91,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"keepstore {__version__}")
     parser.add_argument("--debug", action="store_true", help="log requests and show tracebacks on errors")
-    parser.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS", help=_DEADLINE_HELP)
+    parser.add_argument("--deadline", type=positive_seconds, default=None, metavar="SECONDS", help=_DEADLINE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -104,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in sub.choices.items():  # also after the command: `keep get --deadline 5 ...`
         if name not in ("serve", "config"):
             with contextlib.suppress(argparse.ArgumentError):  # the command has its own --deadline
-                command.add_argument("--deadline", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
+                command.add_argument("--deadline", type=positive_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
                                      help=_DEADLINE_HELP)
     completion.register(sub, parser)
     return parser

@@ -21,6 +21,7 @@ from ..lifecycle.check import (
     expand_locators,
 )
 from ..lifecycle.repair import RepairReport, repair_blocks
+from .types import positive_int, read_secret
 
 __all__ = ["register"]
 
@@ -39,20 +40,16 @@ def _percent(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number, at least 1")
-    return int(text)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("locators", nargs="+", metavar="LOCATOR", help="dataset or block locators")
-    parser.add_argument("--copies", type=_count, default=None,
+    parser.add_argument("--copies", type=positive_int, default=None,
                         help="good copies wanted (default: the configured copies)")
     parser.add_argument("--read-data", type=_percent, nargs="?", const=100.0, default=0.0, metavar="PERCENT",
                         help="read back this share of the blocks (default all) from every service and verify "
                              "size and md5, instead of only asking (HEAD)")
-    parser.add_argument("--threads", type=_count, default=8, help="requests in flight (default 8)")
+    parser.add_argument("--threads", type=positive_int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -82,7 +79,7 @@ def register(sub: Any) -> None:
     gc.add_argument("--dry-run", action="store_true", help="list what would go, and how many bytes; delete nothing")
     gc.add_argument("--system-token-file", type=Path, metavar="FILE",
                     help="the services' system token (Keep services only: /index and DELETE need it)")
-    gc.add_argument("--threads", type=_count, default=8, help="DELETE requests in flight (default 8)")
+    gc.add_argument("--threads", type=positive_int, default=8, help="DELETE requests in flight (default 8)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     gc.set_defaults(func=_cmd_gc)
@@ -102,9 +99,9 @@ def register(sub: Any) -> None:
     copy.add_argument("--to-token-file", type=Path, metavar="FILE",
                       help="the token for the destination services (default: the profile's, else the "
                            "configured token)")
-    copy.add_argument("--copies", type=_count, default=None,
+    copy.add_argument("--copies", type=positive_int, default=None,
                       help="copies at the destination (default: the profile's, else the configured copies)")
-    copy.add_argument("--threads", type=_count, default=8, help="blocks in flight (default 8)")
+    copy.add_argument("--threads", type=positive_int, default=8, help="blocks in flight (default 8)")
     copy.add_argument("--json", action="store_true", help="print the report as JSON")
     copy.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     copy.set_defaults(func=_cmd_copy)
@@ -224,7 +221,7 @@ def _cluster_gc(args: argparse.Namespace, store: Any, live: set[str], cutoff: da
     if args.system_token_file is None:
         raise ConfigError("keep gc on Keep services needs --system-token-file (the token that may list and "
                           "DELETE blocks)")
-    token = _read_secret(args.system_token_file, "system token")
+    token = read_secret(args.system_token_file, "system token")
     with _progress(args, None, "gc") as progress:
         report = collect_cluster(store, live, cutoff, system_token=token, dry_run=args.dry_run,
                                  threads=args.threads, progress=progress)
@@ -256,7 +253,7 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     with open_store(args) as source:
         dest: Any
         if named is not None:
-            token = _read_secret(args.to_token_file, "destination token") if args.to_token_file else None
+            token = read_secret(args.to_token_file, "destination token") if args.to_token_file else None
             dest = named.open(copies=copies, token=token)
         elif args.to_local is not None:
             dest = LocalStore(args.to_local)
@@ -265,7 +262,7 @@ def _cmd_copy(args: argparse.Namespace) -> int:
 
             overrides: dict[str, Any] = {"services": tuple(args.to_services)}
             if args.to_token_file is not None:
-                overrides["token"] = _read_secret(args.to_token_file, "destination token")
+                overrides["token"] = read_secret(args.to_token_file, "destination token")
             if copies is not None:
                 overrides["copies"] = copies
             dest = KeepClient.from_env(**overrides)
@@ -280,12 +277,3 @@ def _cmd_copy(args: argparse.Namespace) -> int:
         print(report.locator)
     return EXIT_HEALTHY
 
-
-def _read_secret(path: Path, what: str) -> str:
-    try:
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
-    if not text:
-        raise ConfigError(f"the {what} file {path} is empty")
-    return text

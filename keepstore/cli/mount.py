@@ -27,6 +27,7 @@ from ..datasets.tree import DEFAULT_MEMORY_BYTES, DEFAULT_READAHEAD, ReadPath
 from ..store import BlockStore
 from .mount_exec import die_with_parent, run_command, stop_server, wait_until_mounted
 from .mount_write import commit_mounted, commit_staging, serve_write
+from .types import non_negative_int, positive_int, storage_classes
 
 __all__ = ["cmd_mount", "register"]
 
@@ -178,25 +179,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return _serve(args, mode, mountpoint, on_init=None if args.foreground else _detach_stdio)
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
 
 
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
-def _classes(text: str) -> list[str]:
-    classes = [c.strip() for c in text.split(",") if c.strip()]
-    if not classes:
-        raise argparse.ArgumentTypeError("need at least one storage class name")
-    return classes
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -218,23 +204,23 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     w.add_argument("--staging", metavar="DIR",
                    help="where changes are kept until committed (default $XDG_CACHE_HOME/keepstore/staging/<id>); "
                         "an existing staging directory is reopened as it was left")
-    w.add_argument("--staging-reserve", type=_non_negative, default=DEFAULT_RESERVE >> 20, metavar="MIB",
+    w.add_argument("--staging-reserve", type=non_negative_int, default=DEFAULT_RESERVE >> 20, metavar="MIB",
                    help=f"writes fail with ENOSPC rather than leave less free (default {DEFAULT_RESERVE >> 20} MiB)")
     w.add_argument("--commit", action="store_true",
                    help="commit now: keep mount --commit MOUNTPOINT (a running --write mount), or "
                         "--commit --staging DIR (a staging directory left behind)")
     w.add_argument("--locator-file", metavar="FILE", help="also write the committed dataset's locator to FILE")
-    w.add_argument("--copies", type=_positive, default=None, help="replicas wanted (default: the configured copies)")
-    w.add_argument("--storage-classes", type=_classes, default=None, metavar="A,B",
+    w.add_argument("--copies", type=positive_int, default=None, help="replicas wanted (default: the configured copies)")
+    w.add_argument("--storage-classes", type=storage_classes, default=None, metavar="A,B",
                    help="storage classes wanted, comma-separated")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground until unmounted or interrupted (Ctrl-C unmounts)")
-    p.add_argument("--readahead", type=_non_negative, default=DEFAULT_READAHEAD, metavar="BLOCKS",
+    p.add_argument("--readahead", type=non_negative_int, default=DEFAULT_READAHEAD, metavar="BLOCKS",
                    help=f"blocks fetched ahead of sequential readers (default {DEFAULT_READAHEAD})")
-    p.add_argument("--memory-cache", type=_non_negative, default=DEFAULT_MEMORY_BYTES >> 20, metavar="MIB",
+    p.add_argument("--memory-cache", type=non_negative_int, default=DEFAULT_MEMORY_BYTES >> 20, metavar="MIB",
                    help=f"in-memory block cache (default {DEFAULT_MEMORY_BYTES >> 20} MiB)")
     p.add_argument("--no-disk-cache", action="store_true", help="do not use the shared disk block cache")
-    p.add_argument("--retries", type=_non_negative, default=MOUNT_RETRIES,
+    p.add_argument("--retries", type=non_negative_int, default=MOUNT_RETRIES,
                    help=f"retry rounds before a read fails with EIO (default {MOUNT_RETRIES})")
     p.add_argument("--connect-timeout", type=float, default=MOUNT_TIMEOUT.connect, metavar="SECONDS",
                    help=f"connection timeout (default {MOUNT_TIMEOUT.connect:g})")

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..locator import DEFAULT_SIGNING_TTL
+from .types import non_negative_seconds, positive_seconds, read_secret
 
 __all__ = ["parse_listen", "register", "run"]
 
@@ -37,17 +38,17 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="refuse GET/HEAD of locators without a valid signature")
     p.add_argument("--system-token-file", type=Path, metavar="FILE",
                    help="the token that may read /index, DELETE blocks (to the trash) and untrash them")
-    p.add_argument("--trash-lifetime", type=_seconds, default=14 * 86400, metavar="SECONDS",
+    p.add_argument("--trash-lifetime", type=non_negative_seconds, default=14 * 86400, metavar="SECONDS",
                    help="how long a deleted block stays in the trash, recoverable with PUT /untrash/<locator>; "
                         "0 deletes at once (default %(default)s, two weeks)")
-    p.add_argument("--trash-min-age", type=_seconds, default=None, metavar="SECONDS",
+    p.add_argument("--trash-min-age", type=non_negative_seconds, default=None, metavar="SECONDS",
                    help="DELETE keeps blocks written or touched more recently than this (default: the signing TTL)")
-    p.add_argument("--trash-check-interval", type=_positive, default=3600.0, metavar="SECONDS",
+    p.add_argument("--trash-check-interval", type=positive_seconds, default=3600.0, metavar="SECONDS",
                    help="how often expired trash is emptied (default %(default)s)")
-    p.add_argument("--scrub-interval", type=_positive, default=None, metavar="SECONDS",
+    p.add_argument("--scrub-interval", type=positive_seconds, default=None, metavar="SECONDS",
                    help="read and verify every block in the background, a pass every SECONDS; damaged "
                         "copies are quarantined (default: no scrub)")
-    p.add_argument("--scrub-rate", type=_positive, default=8 << 20, metavar="BYTES_PER_SECOND",
+    p.add_argument("--scrub-rate", type=positive_seconds, default=8 << 20, metavar="BYTES_PER_SECOND",
                    help="a scrub pass reads at most this much per second on average (default %(default)s)")
     p.add_argument("--max-requests", type=int, default=128, metavar="N",
                    help="answer 503 beyond N requests in flight (default %(default)s)")
@@ -67,33 +68,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.set_defaults(func=run)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
 
 
-def _positive(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
 
 
-def _secret(path: Path | None, what: str) -> str | None:
-    if path is None:
-        return None
-    try:
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
-    if not text:
-        raise ConfigError(f"the {what} file {path} is empty")
-    return text
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -112,11 +90,13 @@ def run(args: argparse.Namespace) -> int:
 
     host, port = parse_listen(args.listen)
     volumes = [parse_volume(spec, create=args.create) for spec in args.volume]
+    key = read_secret(args.signing_key_file, "signing key") if args.signing_key_file else None
+    system_token = read_secret(args.system_token_file, "system token") if args.system_token_file else None
     server = KeepServer(
         volumes, host=host, port=port,
-        signing_key=_secret(args.signing_key_file, "signing key"), signing_ttl=args.signing_ttl,
+        signing_key=key, signing_ttl=args.signing_ttl,
         require_signatures=args.require_signatures,
-        system_token=_secret(args.system_token_file, "system token"),
+        system_token=system_token,
         max_requests=args.max_requests, idle_timeout=args.idle_timeout, min_rate=args.min_rate,
         max_connections=args.max_connections, metrics_public=args.metrics_public,
         tls_cert=args.tls_cert, tls_key=args.tls_key, fsync=not args.no_fsync,

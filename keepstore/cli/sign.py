@@ -11,6 +11,7 @@ from ..lifecycle.sign import resign_dataset
 from ..locator import DEFAULT_SIGNING_TTL, Locator, sign_locator
 from ..open import open_store
 from ..settings import Mode, Settings
+from .types import positive_int, read_secret
 
 __all__ = ["register"]
 
@@ -24,32 +25,16 @@ content and its portable data hash do not change. The locator may be expired, or
 """
 
 
-def _read_secret(path: Path, what: str) -> str:
-    try:
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
-    if not text:
-        raise ConfigError(f"the {what} file {path} is empty")
-    return text
 
 
-def _ttl(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 second")
-    return value
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
-    key = _read_secret(args.signing_key_file, "signing key")
+    key = read_secret(args.signing_key_file, "signing key")
     loc = Locator.parse(args.locator)
     settings = Settings.from_env()
     if args.block:
-        token = _read_secret(args.token_file, "token") if args.token_file else settings.token
+        token = read_secret(args.token_file, "token") if args.token_file else settings.token
         if not token:
             raise ConfigError("keep sign needs the token the signature is for: set KEEP_TOKEN or --token-file")
         print(sign_locator(loc.stripped(), key=key, token=token, ttl=args.ttl))
@@ -73,7 +58,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("locator", metavar="LOCATOR", help="the dataset's locator (signed, expired or bare md5+size)")
     p.add_argument("--signing-key-file", type=Path, required=True, metavar="FILE",
                    help="the blob signing key the servers use (keep serve --signing-key-file)")
-    p.add_argument("--ttl", type=_ttl, default=DEFAULT_SIGNING_TTL, metavar="SECONDS",
+    p.add_argument("--ttl", type=positive_int, default=DEFAULT_SIGNING_TTL, metavar="SECONDS",
                    help=f"the servers' --signing-ttl (default {DEFAULT_SIGNING_TTL}); part of the signature")
     p.add_argument("--block", action="store_true",
                    help="sign LOCATOR itself as a block, offline (no manifest is fetched or stored)")

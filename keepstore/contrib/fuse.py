@@ -64,52 +64,12 @@ def stat_for(attr: Attr) -> dict[str, Any]:
     return st
 
 
-class KeepOperations:
-    """The FUSE callbacks (mfusepy's duck-typed ``Operations``) for one `ReadPath`, read-only."""
+class _ReadOnlyOperations:
+    """The FUSE callbacks (mfusepy's duck-typed ``Operations``) every read-only tree shares."""
 
     use_ns = True  # st_*time in integer nanoseconds (mfusepy's non-deprecated convention)
 
-    def __init__(self, tree: ReadPath, *, on_init: Callable[[], Any] | None = None) -> None:
-        self.tree = tree
-        self._on_init = on_init
-
-    def init(self, path: str) -> None:
-        if self._on_init is not None:
-            self._on_init()
-
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        with as_fuse_errors("getattr", path):
-            return stat_for(self.tree.lookup(path))
-
-    def readdir(self, path: str, fh: int) -> list[str]:
-        with as_fuse_errors("readdir", path):
-            return [".", "..", *self.tree.readdir(path)]
-
-    def open(self, path: str, flags: int) -> int:
-        if flags & os.O_ACCMODE != os.O_RDONLY:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        with as_fuse_errors("open", path):
-            if self.tree.lookup(path).is_dir:
-                raise IsADirectoryError(path)
-        return 0
-
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        with as_fuse_errors("read", path):
-            return self.tree.read(path, offset, size)
-
-    def statfs(self, path: str) -> dict[str, int]:
-        total = self.tree.manifest.total_size
-        return {"f_bsize": 1 << 16, "f_frsize": 1 << 16, "f_blocks": (total + 65535) >> 16,
-                "f_bfree": 0, "f_bavail": 0, "f_files": len(self.tree.manifest.files), "f_ffree": 0,
-                "f_namemax": 255}
-
-
-class ByIdOperations:
-    """Read-only FUSE callbacks for a `ByIdTree`: ``/<locator>/path`` opens datasets on lookup."""
-
-    use_ns = True
-
-    def __init__(self, tree: ByIdTree, *, on_init: Callable[[], Any] | None = None) -> None:
+    def __init__(self, tree: ReadPath | ByIdTree, *, on_init: Callable[[], Any] | None = None) -> None:
         self.tree = tree
         self._on_init = on_init
 
@@ -139,6 +99,26 @@ class ByIdOperations:
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 1 << 16, "f_frsize": 1 << 16, "f_namemax": 255}
+
+
+class KeepOperations(_ReadOnlyOperations):
+    """The FUSE callbacks for one `ReadPath`, read-only; ``statfs`` shows the dataset's size."""
+
+    def __init__(self, tree: ReadPath, *, on_init: Callable[[], Any] | None = None) -> None:
+        super().__init__(tree, on_init=on_init)
+        self.tree: ReadPath = tree
+
+    def statfs(self, path: str) -> dict[str, int]:
+        total = self.tree.manifest.total_size
+        return {**super().statfs(path), "f_blocks": (total + 65535) >> 16, "f_bfree": 0, "f_bavail": 0,
+                "f_files": len(self.tree.manifest.files), "f_ffree": 0}
+
+
+class ByIdOperations(_ReadOnlyOperations):
+    """Read-only FUSE callbacks for a `ByIdTree`: ``/<locator>/path`` opens datasets on lookup."""
+
+    def __init__(self, tree: ByIdTree, *, on_init: Callable[[], Any] | None = None) -> None:
+        super().__init__(tree, on_init=on_init)
 
 
 def load_mfusepy() -> Any:
