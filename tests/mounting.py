@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cli_processes import private_env
 
 MOUNT_WAIT = 30.0
 
@@ -33,12 +34,8 @@ def fuse_missing() -> str | None:
 
 def keep_env(tmp_path: Path) -> dict[str, str]:
     """An environment with its own home, caches and local store under *tmp_path*."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KEEP_", "ARVADOS_"))}
-    base.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"),
-                XDG_DATA_HOME=str(tmp_path / "data"), XDG_CACHE_HOME=str(tmp_path / "cache"),
-                KEEP_LOCAL_STORE=str(tmp_path / "store"), FUSE_LIBRARY_NAME="fuse3",
-                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return base
+    return private_env(tmp_path, KEEP_LOCAL_STORE=str(tmp_path / "store"), FUSE_LIBRARY_NAME="fuse3",
+                       PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 def keep(env: dict[str, str], *args: str, timeout: float = 120,

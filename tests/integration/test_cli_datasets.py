@@ -9,14 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_processes import private_env
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KEEP_", "ARVADOS_"))}
-    base.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"),
-                XDG_DATA_HOME=str(tmp_path / "data"), KEEP_LOCAL_STORE=str(tmp_path / "store"))
-    return base
+    return private_env(tmp_path, KEEP_LOCAL_STORE=str(tmp_path / "store"))
 
 
 def keep(env, *args, stdin=b""):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes.util
 import errno
 import hashlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,25 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounting import fuse_missing
 
 from keepstore.cache import DiskBlockCache
 from keepstore.datasets import open_dataset
 from keepstore.testing import KeepCluster
 
-
-def _fuse_missing() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is absent (no FUSE in this kernel or container)"
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        return "/dev/fuse is not usable by this user"
-    if ctypes.util.find_library("fuse3") is None:
-        return "libfuse3 is not installed (Debian: apt-get install fuse3)"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed (Debian: apt-get install fuse3)"
-    return None
-
-
-_MISSING = _fuse_missing()
+_MISSING = fuse_missing()
 pytestmark = [pytest.mark.fuse, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
 
 MOUNT_WAIT = 30.0
