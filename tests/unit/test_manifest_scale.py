@@ -12,19 +12,11 @@ from typing import TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_manifest import assert_normal_form_matches_arvados
 
 from keepstore.datasets.manifest import FileSegments, Manifest, ManifestError, ManifestFile, Segment
 from keepstore.datasets.manifest_index import ManifestIndex
 from keepstore.locator import EMPTY_BLOCK, Locator
-
-
-def arvados_collection(text: str):
-    """The Arvados SDK's own reading of *text* (no API server; its Keep client is never used)."""
-    import arvados.collection
-    import arvados.keep
-
-    keep = arvados.keep.KeepClient(proxy="http://127.0.0.1:9/", api_token="unused", num_retries=0)
-    return arvados.collection.Collection(text, api_client=None, keep_client=keep, replication_desired=1)
 
 T = TypeVar("T")
 FOO = "acbd18db4cc2f85cedef654fccc4a4d8+3"
@@ -241,15 +233,7 @@ def reused_block_manifests(draw):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(reused_block_manifests())
 def test_normal_form_with_reused_blocks_equals_the_arvados_sdk(text):
-    try:
-        ours = Manifest.parse(text)
-    except ManifestError:
-        with pytest.raises(Exception):  # noqa: B017 - the SDK raises its own error types
-            arvados_collection(text).manifest_text(normalize=True)
-        return
-    theirs = arvados_collection(text)
-    assert ours.normalized_text() == theirs.manifest_text(normalize=True)
-    assert ours.portable_data_hash() == theirs.portable_data_hash()
+    assert_normal_form_matches_arvados(text)
 
 
 @pytest.mark.parametrize("text", [
