@@ -3,10 +3,13 @@ refuse, and a server that accepts connections and never answers."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,3 +93,29 @@ class SilentServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+def on_a_terminal(env: dict[str, str], *args: str, columns: int = 120) -> tuple[int, bytes, str]:
+    """Run keep with stderr on a pty; return (exit code, stdout, what the terminal was sent)."""
+    leader, follower = os.openpty()
+    if columns:  # a new pty is 0 x 0
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "keepstore", *args], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=follower)
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        out = proc.stdout.read() if proc.stdout else b""
+        return proc.wait(timeout=120), out, shown.decode()
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_processes import private_env
+from cli_processes import on_a_terminal, private_env
 
 
 @pytest.fixture
@@ -114,45 +114,15 @@ def test_no_progress_output_when_stderr_is_not_a_terminal(env, tmp_path):
     assert result.stderr == b""
 
 
-def _put_with_stderr_on_a_terminal(env, *args: str) -> tuple[int, bytes, bytes]:
-    """Run ``keep put`` with stderr on a pseudo-terminal; return (exit code, stdout, terminal output)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    # a new pty is 0 x 0, and tqdm fits its bar into 0 columns: give it a terminal's size
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "keepstore", "put", *args], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower)
-        os.close(follower)
-        follower = -1
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
-        out = proc.stdout.read() if proc.stdout else b""
-        return proc.wait(timeout=120), out, shown
-    finally:
-        if follower >= 0:
-            os.close(follower)
-        os.close(leader)
 
 
 def test_progress_bar_on_a_terminal_and_silenced_by_no_progress(env, tmp_path):
     src = make_tree(tmp_path / "src")
-    code, out, shown = _put_with_stderr_on_a_terminal(env, str(src))
+    code, out, shown = on_a_terminal(env, "put", str(src), columns=100)
     assert code == 0 and out.strip()
-    assert b"put:" in shown and b"B/s" in shown, shown[-500:]  # a tqdm bar, sized to the input
-    code, out, shown = _put_with_stderr_on_a_terminal(env, "--no-progress", str(src))
-    assert code == 0 and out.strip() and shown == b""
+    assert "put:" in shown and "B/s" in shown, shown[-500:]  # a tqdm bar, sized to the input
+    code, out, shown = on_a_terminal(env, "put", "--no-progress", str(src), columns=100)
+    assert code == 0 and out.strip() and shown == ""
 
 
 def test_user_errors_from_the_dataset_writer_are_one_line_not_a_traceback(env, tmp_path):
