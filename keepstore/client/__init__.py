@@ -21,7 +21,7 @@ from ..locator import EMPTY_BLOCK, Locator, LocatorLike
 from ..services import Service, ServiceDirectory, ServiceLike, discover, parse_services
 from ..store import BlockStore, Data, PutResult, as_view
 from ..transport import Headers, Request, Transport, TransportError
-from . import direct
+from . import direct, stream
 from .envcache import CacheChoice, cache_from_settings
 from .read import SIGNATURE_HEADER, read_block
 from .rounds import RetryNotice, RoundPolicy
@@ -281,6 +281,10 @@ class KeepClient(BlockStore):
             self._counters.add(cache_hits=1)
         return data
 
+    def get_into(self, locator: LocatorLike, write: stream.Write, *, request_id: str | None = None) -> None:
+        """`get`, the bytes handed to ``write(offset, piece)`` as they come (`stream.stream_block`); no cache."""
+        stream.stream_block(self._link(), self._locator(locator), write, request_id or new_request_id())
+
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
         """True when a service has the block; `BlockNotFound` when none has it."""
         self._check_open()
@@ -335,10 +339,8 @@ class KeepClient(BlockStore):
     def _one_request_timeout(self) -> Timeout:
         """The timeout of a one-service call: the retry deadline bounds its connect and stall times too."""
         limit = self.retry.deadline
-        if limit is None:
-            return self.timeout
-        return dataclasses.replace(self.timeout, connect=min(self.timeout.connect, limit),
-                                   read=min(self.timeout.read, limit))
+        return self.timeout if limit is None else dataclasses.replace(
+            self.timeout, connect=min(self.timeout.connect, limit), read=min(self.timeout.read, limit))
 
     # -- concurrency: futures, batches, fan-out (see docs/concurrency.md) -----------------
 

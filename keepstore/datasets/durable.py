@@ -58,7 +58,7 @@ def syncfs_device(directory: str) -> int | None:
 
 
 def fsync_path(path: str) -> None:
-    """fsync the file at *path* (reopened read-only: its writer has closed it)."""
+    """fsync the file (or directory) at *path*, reopened read-only: its writer has closed it."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -125,6 +125,21 @@ class Durability:
             self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="keep-fsync")
         for _ in self._pool.map(self._fsync, one_by_one):
             pass
+
+    def sync_directories(self, directories: Sequence[str]) -> None:
+        """Make the entries renamed into *directories* durable: one syncfs(2) per filesystem
+        that `syncfs_device` trusts, else an fsync of each directory."""
+        done: set[int] = set()
+        for directory in directories:
+            try:
+                device = self._devices[directory]
+            except KeyError:  # not seen by sync (no file of a batch was in it)
+                device = self._devices[directory] = self._device_of(directory)
+            if device is None:
+                self._fsync(directory)
+            elif device not in done:
+                self._syncfs(directory)
+                done.add(device)
 
     def close(self) -> None:
         """Stop the fsync threads (started only when needed)."""

@@ -1,11 +1,9 @@
-"""Extract a dataset by block: each block fetched once, in parallel, and written out as it arrives."""
+"""Extract a dataset by block: each block fetched once, in parallel, its bytes written out as they arrive."""
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import contextlib
-import dataclasses
 import os
 import threading
 from collections.abc import Callable, Collection
@@ -21,107 +19,79 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_OPEN", "extract"]
 
-DEFAULT_MAX_OPEN = 64  # temp files held open at once; others are closed and reopened when needed
-_WRITERS = 8  # threads writing whole small files: creating a file waits on the journal, so overlap
-_MAX_WRITES = 64  # whole-file writes queued (each holds a view of its block) before the reader waits
+DEFAULT_MAX_OPEN = 64  # part-written temp files one block's writer holds open; others are closed and reopened
 _MAX_WAITING = 4096  # complete files waiting for a busy committer before the writers wait too
-_PROGRESS_CHUNK = 8 << 20  # bytes written between two progress calls (bars move within a block)
+_PIECE = 8 << 20  # a block handed over whole (from a cache) is written this much at a time (progress moves)
+
+Piece = tuple[int, int, int, int]  # (offset in the block, file number, offset in the file, length)
 
 
-@dataclasses.dataclass(slots=True)
-class _Output:
-    """One file being written: where it goes, its temp file once started, and bytes still to come."""
-
-    target: str
-    left: int
-    temp: str | None = None
+class _Stopped(Exception):
+    """Raised inside a block's writer once the extract is failing: ends that block's transfer."""
 
 
-class _Outputs:
-    """The temp files of an extract, at most *max_open* of them open (least recently written closed).
+class _Files:
+    """The files of one extract: their targets, temp files, the pieces still to come, and the commit.
 
-    A file that one block holds whole (the usual small file) is created, written and closed by
-    one of a few writer threads: creating and growing a file each wait for the filesystem's
-    journal, and several threads wait at once. Other files are written in place, piece by piece,
-    by the thread reading the blocks. A complete file is queued; a committer thread makes the
-    queued files durable as a batch (`Durability`: one syncfs(2) where that is reliable, else an
-    fsync per file) and only then renames them into place. So no file is visible under its name
-    before its content is durable, and a batch costs one journal commit instead of one per file;
-    a batch is whatever completed while the one before was committed.
+    A file is written to a uniquely named temp file beside its target, piece by piece, as the
+    blocks holding it stream in. Once every block it has a piece in has arrived whole and
+    matched its md5, the file is complete and queued; a committer thread makes the queued files
+    durable as one batch (`Durability`: one syncfs(2) where that is reliable, else an fsync per
+    file) and only then renames them into place. So no file is visible under its name before
+    its content is complete, verified and durable; a batch is whatever completed while the one
+    before was committed. `drain` also makes the renames durable before it returns.
     """
 
-    def __init__(self, max_open: int, durability: Durability) -> None:
-        self.max_open = max(1, max_open)
-        self.files: list[_Output] = []
-        self._open: collections.OrderedDict[int, int] = collections.OrderedDict()  # file number -> fd
+    def __init__(self, durability: Durability) -> None:
+        self.targets: list[str] = []
+        self.temps: list[str | None] = []
+        self.left: list[int] = []  # blocks still to arrive, per file
+        self.stopped = False  # set when the extract fails: writers stop at their next piece
         self._durability = durability
-        self._writes: collections.deque[cf.Future[None]] = collections.deque()
-        self._writer: cf.ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()  # guards _complete and _commit (writers queue files too)
-        self._complete: list[int] = []  # closed, waiting for the committer
+        self._lock = threading.Lock()  # guards temps, left, _complete, _commit
+        self._complete: list[int] = []  # written and verified, waiting for the committer
         self._commit: cf.Future[None] | None = None
         self._committer: cf.ThreadPoolExecutor | None = None
+        self._renamed_in: set[str] = set()  # directories a rename went into (made durable at the end)
 
-    def fd(self, n: int) -> int:
-        fd = self._open.get(n)
-        if fd is not None:
-            self._open.move_to_end(n)
-            return fd
-        out = self.files[n]
-        while len(self._open) >= self.max_open:
-            os.close(self._open.popitem(last=False)[1])
-        if out.temp is None:
-            fd, out.temp = new_temp(out.target)
-        else:
-            fd = os.open(out.temp, os.O_WRONLY | os.O_CLOEXEC)
-        self._open[n] = fd
-        return fd
+    def add(self, target: str, blocks: int) -> int:
+        self.targets.append(target)
+        self.temps.append(None)
+        self.left.append(blocks)
+        return len(self.targets) - 1
 
-    def write(self, n: int, at: int, data: memoryview) -> None:
-        """Write a piece of file *n*; queue the file for commit once its last byte is written."""
-        out = self.files[n]
-        if out.temp is None and len(data) == out.left and n not in self._open:  # the whole file
-            out.left = 0
-            self._write_whole(n, data)
-            return
-        _pwrite_all(self.fd(n), data, at)
-        out.left -= len(data)
-        if out.left == 0:
-            os.close(self._open.pop(n))
-            self._queue(n)
+    def open(self, n: int) -> int:
+        """An fd writing file *n*'s temp file (created on first use)."""
+        with self._lock:
+            if self.stopped:
+                raise _Stopped
+            temp = self.temps[n]
+            if temp is None:
+                fd, self.temps[n] = new_temp(self.targets[n])
+                return fd
+        return os.open(temp, os.O_WRONLY | os.O_CLOEXEC)
 
     def empty(self, target: str) -> None:
         """Create the empty file *target* (committed like the others)."""
-        self.files.append(_Output(target, 0))
-        self._write_whole(len(self.files) - 1, memoryview(b""))
+        n = self.add(target, 0)
+        os.close(self.open(n))
+        self._queue([n])
 
-    def _write_whole(self, n: int, data: memoryview) -> None:
-        writes = self._writes
-        while writes and (writes[0].done() or len(writes) >= _MAX_WRITES):
-            writes.popleft().result()
-        if self._writer is None:
-            self._writer = cf.ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="keep-write")
-        writes.append(self._writer.submit(self._create, n, data))
-
-    def _create(self, n: int, data: memoryview) -> None:
-        """(A writer thread) write file *n* whole to a new temp file, and queue it."""
-        out = self.files[n]
-        fd, temp = new_temp(out.target)
-        try:
-            try:
-                _pwrite_all(fd, data, 0)
-            finally:
-                os.close(fd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        out.temp = temp
-        self._queue(n)
-
-    def _queue(self, n: int) -> None:
+    def arrived(self, files: Collection[int]) -> None:
+        """Every piece of a block, held by *files*, is written and verified."""
         with self._lock:
-            self._complete.append(n)
+            done = []
+            for n in files:
+                self.left[n] -= 1
+                if self.left[n] == 0:
+                    done.append(n)
+        self._queue(done)
+
+    def _queue(self, files: list[int]) -> None:
+        if not files:
+            return
+        with self._lock:
+            self._complete.extend(files)
             commit = self._commit
             if commit is None or commit.done():
                 self._hand_over()
@@ -139,62 +109,121 @@ class _Outputs:
         if batch:
             if self._committer is None:
                 self._committer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="keep-commit")
-            self._commit = self._committer.submit(self._commit_batch, [self.files[n] for n in batch])
+            self._commit = self._committer.submit(self._commit_batch, batch)
 
-    def _commit_batch(self, batch: list[_Output]) -> None:
+    def _commit_batch(self, batch: list[int]) -> None:
         """Make *batch* durable, then rename each file into place; on failure remove its temp files."""
+        temps, targets = self.temps, self.targets
         try:
-            self._durability.sync([(out.temp, os.path.dirname(out.target)) for out in batch if out.temp])
-            for out in batch:
-                assert out.temp is not None  # set when written, cleared here only
-                os.replace(out.temp, out.target)
-                out.temp = None
+            self._durability.sync([(temps[n], os.path.dirname(targets[n])) for n in batch])  # type: ignore[misc]
+            for n in batch:
+                os.replace(temps[n], targets[n])  # type: ignore[arg-type]  # set when queued
+                temps[n] = None
+                self._renamed_in.add(os.path.dirname(targets[n]))
         except BaseException:
-            for out in batch:
-                if out.temp is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(out.temp)
-                    out.temp = None
+            for n in batch:
+                self._remove(n)
             raise
 
+    def _remove(self, n: int) -> None:
+        temp, self.temps[n] = self.temps[n], None
+        if temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
     def drain(self) -> None:
-        """Finish every write, commit every complete file and wait for it; raise the first failure."""
+        """Commit every complete file and wait for it, then make the renames durable (so a
+        finished extract survives a crash); raise the first failure."""
         try:
-            while self._writes:
-                self._writes.popleft().result()
             with self._lock:
                 self._hand_over()
                 commit = self._commit
             if commit is not None:
                 commit.result()
                 self._commit = None
+            self._durability.sync_directories(sorted(self._renamed_in))
         finally:
-            self._stop()
-
-    def _stop(self) -> None:
-        for pool in (self._writer, self._committer):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._writer = self._committer = None
-        self._durability.close()
+            if self._committer is not None:
+                self._committer.shutdown(wait=True)
+                self._committer = None
+            self._durability.close()
 
     def discard(self) -> None:
-        """Commit the complete files if that still works; close and remove every unfinished one."""
-        for write in self._writes:  # let every writer finish (or fail) before cleaning up
-            with contextlib.suppress(Exception):  # we are failing already: the first failure propagates
-                write.result()
-        self._writes.clear()
+        """Commit the complete files if that still works; remove every unfinished temp file."""
         with contextlib.suppress(OSError):  # a commit failure: we are failing already
             self.drain()
-        for fd in self._open.values():
-            with contextlib.suppress(OSError):  # closing is best effort while failing anyway
+        for n in range(len(self.temps)):
+            self._remove(n)
+
+
+class _BlockWriter:
+    """``write(offset, piece)`` for one block: writes the bytes of every file piece the block holds.
+
+    Called by the thread fetching the block as its bytes stream in, or once with the whole
+    block (from a cache, or a store that cannot stream). Bytes are written at their place in
+    each file, so when a replica fails part-way and the next one starts again at offset 0, the
+    same places are simply written again. Only after the whole block has matched its md5 does
+    `_Files.arrived` count the block for its files: nothing unverified is ever renamed.
+    """
+
+    def __init__(self, files: _Files, pieces: list[Piece], max_open: int,
+                 progress: Callable[[int], Any] | None) -> None:
+        self.files = files
+        self.pieces = sorted(pieces)
+        self.max_open = max(1, max_open)
+        self.progress = progress
+        self.next = 0  # pieces before this one are written whole (in this pass over the block)
+        self.fds: dict[int, int] = {}  # part-written files -> fd, least recently written first
+        self.reported = 0  # bytes of the block told to progress (a second pass tells nothing new)
+        self.position = 0  # where the next write should start
+
+    def __call__(self, offset: int, data: bytes) -> None:
+        if self.files.stopped:
+            raise _Stopped
+        if offset < self.position:  # another replica, from the start
+            self.close()
+            self.next = 0
+        with memoryview(data) as view:
+            for start in range(0, len(view), _PIECE):
+                part = view[start:start + _PIECE]
+                self.write(offset + start, part)
+                if self.progress is not None and offset + start + len(part) > self.reported:
+                    self.progress(offset + start + len(part) - max(self.reported, offset + start))
+                    self.reported = offset + start + len(part)
+        self.position = offset + len(data)
+
+    def write(self, offset: int, view: memoryview) -> None:
+        end = offset + len(view)
+        pieces, fds = self.pieces, self.fds
+        i = self.next
+        while i < len(pieces) and pieces[i][0] < end:
+            at_block, n, at_file, length = pieces[i]
+            stop = at_block + length
+            if stop > offset:
+                first, last = max(at_block, offset), min(stop, end)
+                fd = fds.pop(n, None)
+                if fd is None:
+                    fd = self.files.open(n)
+                try:
+                    _pwrite_all(fd, view[first - offset:last - offset], at_file + first - at_block)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if last == stop:
+                    os.close(fd)
+                else:
+                    fds[n] = fd  # re-inserted: most recently written last
+                    while len(fds) > self.max_open:
+                        os.close(fds.pop(next(iter(fds))))
+            if stop <= end and i == self.next:
+                self.next = i + 1
+            i += 1
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):  # closing is best effort: the bytes are verified later
                 os.close(fd)
-        self._open.clear()
-        for out in self.files:
-            if out.temp is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(out.temp)
-                out.temp = None
+        self.fds.clear()
 
 
 def _pwrite_all(fd: int, data: memoryview, at: int) -> None:
@@ -228,45 +257,67 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
 
     for d in sorted(manifest.directories):
         makedirs(inside(d))
-    outputs = _Outputs(max_open, Durability())
+    files = _Files(Durability())
     order: list[Locator] = []  # distinct blocks, in the order the files (sorted by path) use them
-    pieces: dict[str, list[tuple[int, int, int, int]]] = {}  # block -> (file, file offset, offset, length)
-    for mf in manifest.walk_files():
-        if mf.path in skip:
-            continue
-        target = inside(mf.path)
-        makedirs(os.path.dirname(target))
-        size = mf.size
-        if size == 0:
-            outputs.empty(target)
-            continue
-        n = len(outputs.files)
-        outputs.files.append(_Output(target, size))
-        len(mf.segments)  # loads a parsed file's ranges: FileSegments.overlapping assumes they are loaded
-        for _i, at, seg in mf.segments_in(0, size):
-            if seg.length == 0:
+    pieces: dict[str, list[Piece]] = {}
+    try:
+        for mf in manifest.walk_files():
+            if mf.path in skip:
                 continue
-            key = f"{seg.locator.md5}+{seg.locator.size}"
-            wanted = pieces.get(key)
-            if wanted is None:
-                wanted = pieces[key] = []
-                order.append(seg.locator)
-            wanted.append((n, at, seg.offset, seg.length))
-    return _fetch_and_write(order, pieces, outputs, blocks, progress)
+            target = inside(mf.path)
+            makedirs(os.path.dirname(target))
+            size = mf.size
+            if size == 0:
+                files.empty(target)
+                continue
+            n = files.add(target, 0)
+            len(mf.segments)  # loads a parsed file's ranges: FileSegments.overlapping assumes they are loaded
+            held: set[str] = set()
+            for _i, at, seg in mf.segments_in(0, size):
+                if seg.length == 0:
+                    continue
+                key = f"{seg.locator.md5}+{seg.locator.size}"
+                wanted = pieces.get(key)
+                if wanted is None:
+                    wanted = pieces[key] = []
+                    order.append(seg.locator)
+                wanted.append((seg.offset, n, at, seg.length))
+                held.add(key)
+            files.left[n] = len(held)
+    except BaseException:
+        files.discard()
+        raise
+    return _fetch_and_write(order, pieces, files, blocks, max_open, progress)
 
 
-def _fetch_and_write(order: list[Locator], pieces: dict[str, list[tuple[int, int, int, int]]],
-                     outputs: _Outputs, blocks: "BlockSource", progress: Callable[[int], Any] | None) -> int:
-    """Fetch *order* with ``blocks.threads`` in flight, writing each block's pieces as it comes
-    (in the order the blocks arrive: a small block is written while a large one downloads)."""
+def _fetch_and_write(order: list[Locator], pieces: dict[str, list[Piece]], files: _Files,
+                     blocks: "BlockSource", max_open: int, progress: Callable[[int], Any] | None) -> int:
+    """Stream *order* with ``blocks.threads`` in flight, each block's bytes written as they come."""
     executor = blocks.executor()
-    window: dict[cf.Future[bytes], Locator] = {}
+    window: set[cf.Future[int]] = set()
     queue = iter(order)
+    lock = threading.Lock()  # progress may be called from several fetching threads
+
+    def told(n: int) -> None:
+        with lock:
+            assert progress is not None
+            progress(n)
+
+    def one(loc: Locator) -> int:
+        key = f"{loc.md5}+{loc.size}"
+        wanted = pieces[key]
+        writer = _BlockWriter(files, wanted, max_open, told if progress is not None else None)
+        try:
+            blocks.stream(loc, writer)
+        finally:
+            writer.close()
+        files.arrived({n for _b, n, _a, _l in wanted})
+        return sum(length for _b, _n, _a, length in wanted)
 
     def submit() -> None:
         loc = next(queue, None)
         if loc is not None:
-            window[executor.submit(blocks.block, loc)] = loc
+            window.add(executor.submit(one, loc))
 
     total = 0
     try:
@@ -274,26 +325,16 @@ def _fetch_and_write(order: list[Locator], pieces: dict[str, list[tuple[int, int
             submit()
         while window:
             done, _pending = cf.wait(window, return_when=cf.FIRST_COMPLETED)
-            for future in sorted(done, key=list(window).index):  # several at once: in manifest order
-                loc = window.pop(future)
-                data = future.result()
+            for future in done:
+                window.discard(future)
+                total += future.result()
                 submit()
-                with memoryview(data) as view:
-                    for n, at, offset, length in pieces.pop(f"{loc.md5}+{loc.size}"):
-                        # A piece of at most one chunk goes in one write (a whole small file takes
-                        # the fast path); a longer one in chunks, so that progress moves as it is written.
-                        step = length if length <= _PROGRESS_CHUNK else _PROGRESS_CHUNK
-                        for start in range(0, length, step) if length else (0,):
-                            part = min(step, length - start)
-                            outputs.write(n, at + start, view[offset + start:offset + start + part])
-                            if progress is not None:
-                                progress(part)
-                        total += length
-                del data
-        outputs.drain()
+        files.drain()
     except BaseException:
+        files.stopped = True  # the writers still streaming stop at their next piece
         for pending in window:
             pending.cancel()
-        outputs.discard()
+        cf.wait(window)  # none may write after the clean-up
+        files.discard()
         raise
     return total

@@ -63,6 +63,24 @@ class BlockSource:
         """The block *locator* names: from the cache, or fetched (once, however many ask)."""
         return self.cache.get_or_fetch(locator, lambda: self.store.get(locator), verified=True)
 
+    def stream(self, locator: Locator, write: Callable[[int, bytes], object]) -> None:
+        """Hand the block's verified bytes to ``write(offset, piece)``: from the cache when it
+        holds the block; else, from a store that can (`KeepClient.get_into`) and has no cache
+        of its own, streamed as they arrive and not cached (after a failed replica the next
+        one is written again from offset 0; the bytes are verified once `stream` returns);
+        else fetched through `block` and handed over whole."""
+        if locator.size == 0:
+            return
+        cached = self.cache.get(locator)
+        if cached is not None:
+            write(0, cached)
+            return
+        get_into = getattr(self.store, "get_into", None)
+        if get_into is None or getattr(self.store, "cache", None) is not None:
+            write(0, self.block(locator))  # a disk cache under the store is read (and filled) as usual
+            return
+        get_into(locator, write)
+
     def executor(self) -> cf.ThreadPoolExecutor:
         """The pool fetching this source's blocks (started on first use, so after a fork)."""
         with self._lock:

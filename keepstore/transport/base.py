@@ -8,7 +8,7 @@ import datetime
 import email.utils
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -86,6 +86,10 @@ class Request:
         body_limit: Most bytes of a non-block answer body to read (0: `DEFAULT_BODY_LIMIT`).
         cancel: An event that, once set, aborts the request (also while it waits to connect or
             for a stalled server): the transport raises `TransportError` with ``cancelled``.
+        sink: (with *expected_size*) called as ``sink(offset, piece)`` with each piece of a 2xx
+            body as it arrives, instead of keeping it: the answer's body is then empty and its
+            ``body_size``/``body_md5`` say what came; a sink returning 0 aborts the transfer.
+            A transport that ignores it answers the body as usual.
     """
 
     method: str
@@ -96,6 +100,7 @@ class Request:
     timeout: Timeout = dataclasses.field(default_factory=Timeout)
     body_limit: int = 0  # 0: DEFAULT_BODY_LIMIT
     cancel: threading.Event | None = dataclasses.field(default=None, repr=False, compare=False)
+    sink: Callable[[int, bytes], int | None] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def cancelled(self) -> bool:
@@ -133,6 +138,7 @@ class Response:
         body_md5: Hex md5 of *body* when the transport hashed it while receiving (so callers
             need not hash again), else None.
         truncated: The body went on past the request's limit; *body* is its start.
+        body_size: Bytes of the body received, when a request's ``sink`` took them.
     """
 
     status: int
@@ -140,6 +146,7 @@ class Response:
     body: bytes = dataclasses.field(default=b"", repr=False)
     body_md5: str | None = None
     truncated: bool = False
+    body_size: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, Headers):

@@ -102,7 +102,7 @@ class _Exchange:
             self.headers = {}
             self._last_header = None
             self._limit = self.request.limit_for(self.status)
-            if self._limit is None and self.expected_size:
+            if self._limit is None and self.expected_size and self.request.sink is None:
                 # Preallocate once; BytesIO.getvalue() then hands the buffer over without a copy.
                 self.body.seek(self.expected_size - 1)
                 self.body.write(b"\0")
@@ -131,9 +131,12 @@ class _Exchange:
         if self.received + size > self.expected_size:
             self.too_long = True
             return 0  # makes libcurl abort with E_WRITE_ERROR, long before the body ends
-        self.body.write(chunk)
         assert self.md5 is not None
         self.md5.update(chunk)
+        if self.request.sink is not None:  # the caller writes the pieces where they belong
+            self.received += size
+            return self.request.sink(self.received - size, chunk)
+        self.body.write(chunk)
         self.received += size
         return None
 
@@ -142,7 +145,8 @@ class _Exchange:
             value = self.body.getvalue()
             body = value if self.received == len(value) else value[: self.received]
             md5 = self.md5.hexdigest() if self.md5 is not None else None
-            return Response(self.status, Headers(self.headers), body, md5)
+            size = self.received if self.request.sink is not None else None
+            return Response(self.status, Headers(self.headers), body, md5, body_size=size)
         return Response(self.status, Headers(self.headers), self.body.getvalue(), truncated=self.truncated)
 
 
