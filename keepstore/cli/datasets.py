@@ -205,7 +205,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         dirs = len(sub.manifest.directories)
         if args.dry_run:
             return report(planned, directories=dirs)
-        keep = plan_extract(sub.manifest, dest, policy, sub.blocks)  # every conflict found before writing
+        # Every conflict found before writing (a directory not there yet has none).
+        keep = plan_extract(sub.manifest, dest, policy, sub.blocks) if os.path.lexists(dest) else frozenset()
         with (open_progress(args.progress, "get", total_bytes=sub.manifest.total_size,
                             total_files=len(planned)) as progress,
               showing_retries(progress, getattr(args, "on_retry", None))):

@@ -329,12 +329,13 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
     root = os.path.abspath(os.fspath(dest))
     os.makedirs(root, exist_ok=True)
     made = {root}
+    under = os.path.join(root, "")  # root and a separator
 
     def inside(rel: str) -> str:
         # Manifest paths are checked when parsed or built (no "..", no absolute names);
         # this is the last line of defence before writing.
-        target = os.path.abspath(os.path.join(root, rel))
-        if os.path.commonpath([root, target]) != root:
+        target = os.path.normpath(os.path.join(root, rel))
+        if not target.startswith(under):
             raise DatasetError(f"dataset path {rel!r} would be written outside {dest}")
         return target
 
@@ -359,18 +360,18 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
                 files.empty(target)
                 continue
             n = files.add(target, 0)
-            len(mf.segments)  # loads a parsed file's ranges: FileSegments.overlapping assumes they are loaded
             held: set[str] = set()
-            for _i, at, seg in mf.segments_in(0, size):
-                if seg.length == 0:
-                    continue
-                key = f"{seg.locator.md5}+{seg.locator.size}"
-                wanted = pieces.get(key)
-                if wanted is None:
-                    wanted = pieces[key] = []
-                    order.append(seg.locator)
-                wanted.append((seg.offset, n, at, seg.length))
-                held.add(key)
+            at = 0
+            for seg in mf.segments:
+                if seg.length:
+                    key = f"{seg.locator.md5}+{seg.locator.size}"
+                    wanted = pieces.get(key)
+                    if wanted is None:
+                        wanted = pieces[key] = []
+                        order.append(seg.locator)
+                    wanted.append((seg.offset, n, at, seg.length))
+                    held.add(key)
+                    at += seg.length
             files.left[n] = len(held)
     except BaseException:
         files.discard()
