@@ -93,9 +93,9 @@ def test_a_block_corrupted_on_every_get_leaves_no_file_of_it_and_no_temp_file(ke
     files = mixed_files(3)
     locator, blocks = store_files(keep_server, files)
     keep_server.faults.corrupt(times=None, block=blocks[1])  # the small files and the start of spans.bin
-    with client(keep_server, retries=2) as kc, DatasetReader(kc, locator, threads=1) as reader:
-        with pytest.raises(ReadError, match="checksum mismatch"):
-            reader.extract(tmp_path / "out")
+    with (client(keep_server, retries=2) as kc, DatasetReader(kc, locator, threads=1) as reader,
+          pytest.raises(ReadError, match="checksum mismatch")):
+        reader.extract(tmp_path / "out")
     assert gets(keep_server)[blocks[1]] == 3  # every round streamed the whole (corrupted) body
     left = tree(tmp_path / "out")
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".keep-")]
@@ -113,9 +113,9 @@ def test_a_large_block_streamed_with_a_wrong_md5_fails_cleanly(keep_server, tmp_
     keep_server.faults.corrupt(times=None, block=blocks[0])
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "large.bin").write_bytes(b"what was here before")
-    with client(keep_server, retries=1) as kc, DatasetReader(kc, locator) as reader:
-        with pytest.raises(ReadError, match="checksum mismatch") as failure:
-            reader.extract(tmp_path / "out")
+    with (client(keep_server, retries=1) as kc, DatasetReader(kc, locator) as reader,
+          pytest.raises(ReadError, match="checksum mismatch") as failure):
+        reader.extract(tmp_path / "out")
     assert DEFAULT_SYSTEM_TOKEN not in str(failure.value)
     # The 24 MiB went to a temp file (straight to disk, in 4 MiB stages) and was never renamed
     # over the existing file; the temp file is gone.
