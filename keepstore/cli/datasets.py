@@ -273,8 +273,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common:
         "get", help="fetch a dataset (tree), a file in one, or a plain block",
         description="Write a dataset, a directory or file inside it (LOCATOR/path), or a plain block to "
                     "DEST (a file or directory; a single file or block may go to stdout). Every file is "
-                    "written to a temporary name and renamed when complete, so no half-written file is "
-                    "left behind.")
+                    "written to a temporary name and renamed when complete, verified and synced, so no "
+                    "half-written file is left behind; when keep get returns, the files are on disk.")
     get.add_argument("target", metavar="LOCATOR[/path]")
     completes_paths(get.add_argument("dest", nargs="?", default=None,
                                      help="file or directory to write (default stdout: -)"))

@@ -287,10 +287,12 @@ class DatasetReader:
                 max_open: int | None = None) -> int:
         """Write every file and directory under *dest*; return the bytes written.
 
-        Blocks are fetched in manifest order, ``threads`` at once, each once; every file (and
-        part of a file) a block holds is written as it arrives. Each file goes to a temp name,
-        is fsynced and renamed when complete; on failure no temp file is left behind, only
-        finished files. At most *max_open* temp files are held open at once.
+        Blocks are fetched in manifest order, ``threads`` at once, each once, and streamed:
+        every file (and part of a file) a block holds is written as its bytes arrive (see
+        `BlockSource.stream`). Each file goes to a temp name and is renamed when every block
+        it has bytes in has matched its md5 and a sync covering it returned; the renames are
+        synced too before this returns. On failure no temp file is left behind, only finished
+        files. Each block's writer holds at most *max_open* part-written temp files open.
         """
         return extract(self.manifest, self.blocks, dest, progress=progress,
                        max_open=DEFAULT_MAX_OPEN if max_open is None else max_open)
