@@ -281,9 +281,10 @@ class KeepClient(BlockStore):
             self._counters.add(cache_hits=1)
         return data
 
-    def get_into(self, locator: LocatorLike, write: stream.Write, *, request_id: str | None = None) -> None:
+    def get_into(self, locator: LocatorLike, write: stream.Write, *, request_id: str | None = None,
+                 spread: stream.Spread | None = None) -> None:
         """`get`, the bytes handed to ``write(offset, piece)`` as they come (`stream.stream_block`); no cache."""
-        stream.stream_block(self._link(), self._locator(locator), write, request_id or new_request_id())
+        stream.stream_block(self._link(), self._locator(locator), write, request_id or new_request_id(), spread)
 
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
         """True when a service has the block; `BlockNotFound` when none has it."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from ..config import Timeout
 from ..errors import BlockNotFound, KeepError, NoServicesError, ReadError
@@ -14,7 +17,7 @@ from ..transport import Headers, Request, TransportError
 from .rounds import GiveUp, RoundResult, run_rounds
 from .wire import Link, Status, classify
 
-__all__ = ["Write", "stream_block"]
+__all__ = ["Spread", "Write", "stream_block"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,34 @@ log = logging.getLogger(__name__)
 #: one starts again at offset 0, so what was written must be taken as unverified until
 #: `stream_block` returns.
 Write = Callable[[int, bytes], object]
+
+
+class Spread:
+    """Spreads concurrent streamed reads over the replicas: of the first *holders* services in
+    a block's probe order (where its copies most likely are), the one with the fewest streams
+    in flight goes first. Without it, two 64 MiB blocks whose probe orders start with the same
+    server both come from that server while the other idles. One per group of reads that run
+    together (a `BlockSource` has one)."""
+
+    def __init__(self, holders: int = 2) -> None:
+        self.holders = holders
+        self._lock = threading.Lock()
+        self._busy: collections.Counter[str] = collections.Counter()
+
+    def order(self, services: list[Service]) -> list[Service]:
+        with self._lock:
+            head = sorted(services[:self.holders], key=lambda s: self._busy[s.root])  # stable: probe order on ties
+        return head + services[self.holders:]
+
+    @contextlib.contextmanager
+    def busy(self, service: Service) -> Iterator[None]:
+        with self._lock:
+            self._busy[service.root] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy[service.root] -= 1
 
 
 class _Sink:
@@ -45,8 +76,9 @@ class _Stream:
 
     operation = "GET"
 
-    def __init__(self, link: Link, loc: Locator, write: Write, request_id: str) -> None:
+    def __init__(self, link: Link, loc: Locator, write: Write, request_id: str, spread: Spread | None) -> None:
         self.link = link
+        self.spread = spread
         self.loc = loc
         self.write = write
         self.request_id = request_id
@@ -57,6 +89,8 @@ class _Stream:
 
     def run_round(self, number: int, timeout: Timeout) -> RoundResult[None]:
         order = probe_order(self.loc, self.link.wire.services())
+        if self.spread is not None:
+            order = self.spread.order(order)
         if not order:
             raise NoServicesError(f"[{self.request_id}] no Keep services to read {self.loc} from")
         failures: dict[str, str] = {}
@@ -88,7 +122,8 @@ class _Stream:
         request = Request("GET", service.root + str(self.loc), Headers(headers), expected_size=self.loc.size,
                           timeout=timeout, cancel=self.link.rounds.cancel, sink=sink)
         try:
-            response = self.link.wire.send(service, request)
+            with self.spread.busy(service) if self.spread is not None else contextlib.nullcontext():
+                response = self.link.wire.send(service, request)
         except TransportError as exc:
             if sink.error is not None:
                 raise sink.error from None
@@ -123,11 +158,12 @@ class _Stream:
                          locator=str(self.loc), request_id=self.request_id, attempts=dict(self.notes))
 
 
-def stream_block(link: Link, loc: Locator, write: Write, request_id: str) -> None:
+def stream_block(link: Link, loc: Locator, write: Write, request_id: str, spread: Spread | None = None) -> None:
     """GET *loc*, handing its bytes to *write* as they arrive; return once they all came and
     their size and md5 match, or raise as a read would (`BlockNotFound`, `ReadError`). A
     replica that fails part-way is followed by the next, written again from offset 0. An error
-    *write* raises ends the read at once and is raised as it is."""
+    *write* raises ends the read at once and is raised as it is. *spread* (shared by reads
+    running together) starts each at the least busy of the block's likely holders."""
     if link.rounds.is_closed():
         raise KeepError("this KeepClient is closed")
-    run_rounds(_Stream(link, loc, write, request_id), link.rounds)
+    run_rounds(_Stream(link, loc, write, request_id, spread), link.rounds)

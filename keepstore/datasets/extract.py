@@ -98,8 +98,8 @@ class _Files:
 
     def _release_stages(self) -> None:
         for buffer, view in self._stages:
-            view.release()
             with contextlib.suppress(BufferError):  # a slice still held (by a traceback): freed when it goes
+                view.release()
                 buffer.close()
         self._stages.clear()
         self._free.clear()
@@ -214,7 +214,8 @@ class _BlockWriter:
         self.next = 0  # pieces before this one are written whole (in this pass over the block)
         self.fds: dict[int, int] = {}  # part-written files -> fd, least recently written first
         self.direct: dict[int, int] = {}  # part-written files -> O_DIRECT fd
-        self.reported = 0  # bytes of the block told to progress (a second pass tells nothing new)
+        self.written = 0  # bytes of file pieces written in this pass over the block
+        self.reported = 0  # of those, told to progress (a second pass tells nothing new)
         self.position = 0  # where the next write should start
         self.stage: memoryview | None = None
         self.staged = 0  # bytes in the stage, from block offset position - staged
@@ -224,12 +225,13 @@ class _BlockWriter:
             raise _Stopped
         if offset < self.position:  # another replica, from the start
             self.close()
-            self.next = self.staged = 0
+            self.next = self.staged = self.written = 0
         size = len(data)
         if self.staged == 0 and (size >= _STAGE or offset % _STAGE):  # whole (or odd) pieces: as they are
             with memoryview(data) as view:
                 for start in range(0, size, _PIECE):
                     self.write(offset + start, view[start:start + _PIECE], aligned=False)
+                    self.told()  # a bar moves within a block
         else:
             if self.stage is None:
                 self.stage = self.files.take_stage()
@@ -243,9 +245,13 @@ class _BlockWriter:
                     self.write(offset + done - self.staged, stage[:self.staged], aligned=True)
                     self.staged = 0
         self.position = offset + size
-        if self.progress is not None and self.position > self.reported:
-            self.progress(self.position - max(self.reported, offset))
-            self.reported = self.position
+        self.told()
+
+    def told(self) -> None:
+        """Tell progress of the file bytes written and not told before (a second pass tells nothing)."""
+        if self.progress is not None and self.written > self.reported:
+            self.progress(self.written - self.reported)
+            self.reported = self.written
 
     def write(self, offset: int, view: memoryview, *, aligned: bool) -> None:
         """Write the block's bytes *view* (from block offset *offset*) into their files;
@@ -258,6 +264,7 @@ class _BlockWriter:
             stop = at_block + length
             if stop > offset:
                 first, last = max(at_block, offset), min(stop, end)
+                self.written += last - first
                 place = at_file + first - at_block
                 if aligned and length >= _DIRECT_MIN and at_block % _ALIGN == 0 == at_file % _ALIGN:
                     first += self.write_direct(n, view[first - offset:last - offset], place)

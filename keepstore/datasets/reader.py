@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..cache import BlockCache, MemoryBlockCache
+from ..client.stream import Spread
 from ..errors import ConfigError, KeepError
 from ..locator import MAX_BLOCK_SIZE, Locator, LocatorLike
 from ..store import BlockStore
@@ -50,6 +51,7 @@ class BlockSource:
         self._pending: set[str] = set()
         self._executor: cf.ThreadPoolExecutor | None = None
         self._closed = False
+        self._spread = Spread()  # this source's streams start at the least busy replica
 
     def __repr__(self) -> str:
         return f"BlockSource({self.cache!r}, threads={self.threads})"
@@ -79,7 +81,7 @@ class BlockSource:
         if get_into is None or getattr(self.store, "cache", None) is not None:
             write(0, self.block(locator))  # a disk cache under the store is read (and filled) as usual
             return
-        get_into(locator, write)
+        get_into(locator, write, spread=self._spread)
 
     def executor(self) -> cf.ThreadPoolExecutor:
         """The pool fetching this source's blocks (started on first use, so after a fork)."""
