@@ -180,3 +180,22 @@ def test_keep_get_of_large_blocks_holds_no_block_in_memory(keep_server, tmp_path
     assert tree(tmp_path / "got") == files
     # Both blocks stream at once through a 4 MiB stage each; holding either block would add 32-64 MiB.
     assert getting - listing < 24 * MiB, (getting, listing)
+
+
+def test_get_into_raises_the_writers_own_error_at_once_without_trying_again(keep_server):
+    import errno
+
+    with client(keep_server) as kc:
+        loc = kc.put(random.Random(7).randbytes(3 * MiB), copies=1)
+        keep_server.requests.clear()
+        calls = []
+
+        def write(offset: int, piece: bytes) -> None:
+            calls.append(offset)
+            raise OSError(errno.ENOSPC, "No space left on device (test)")
+
+        with pytest.raises(OSError, match="No space left") as failure:
+            kc.get_into(loc, write)
+    assert failure.value.errno == errno.ENOSPC
+    assert calls == [0]  # the transfer stopped at the first piece
+    assert gets(keep_server)[loc.md5] == 1  # a disk error is not the replica's fault: no second GET
