@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from ..locator import Locator
-from .durable import Durability
+from .durable import Durability, syncfs_device
 from .manifest import Manifest
 from .receipt import DatasetError, new_temp
 
@@ -58,7 +58,7 @@ class _Files:
         self._commit: cf.Future[None] | None = None
         self._committer: cf.ThreadPoolExecutor | None = None
         self._renamed_in: set[str] = set()  # directories a rename went into (made durable at the end)
-        self.direct_ok = hasattr(os, "O_DIRECT")  # cleared when a filesystem refuses it
+        self.direct_ok = False  # O_DIRECT for long aligned pieces: set by extract, cleared when refused
         self._stages: list[tuple[mmap.mmap, memoryview]] = []  # staging buffers, reused across blocks
         self._free: list[memoryview] = []
 
@@ -354,6 +354,9 @@ def extract(manifest: Manifest, blocks: "BlockSource", dest: str | os.PathLike[s
     for d in sorted(manifest.directories):
         makedirs(inside(d))
     files = _Files(Durability())
+    # Direct writes only where they are known to behave like buffered ones but cheaper: the local
+    # filesystems whose syncfs is trusted (on NFS or FUSE each would be a synchronous round trip).
+    files.direct_ok = hasattr(os, "O_DIRECT") and syncfs_device(root) is not None
     order: list[Locator] = []  # distinct blocks, in the order the files (sorted by path) use them
     pieces: dict[str, list[Piece]] = {}
     try:
