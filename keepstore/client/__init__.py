@@ -23,13 +23,15 @@ from ..store import BlockStore, Data, PutResult, as_view
 from ..transport import Headers, Request, Transport, TransportError
 from . import direct
 from .envcache import CacheChoice, cache_from_settings
+from .health import HedgePolicy
 from .read import SIGNATURE_HEADER, read_block
 from .rounds import RetryNotice, RoundPolicy
 from .stats import ClientStats, Counters, ServiceStats
 from .wire import Link, Wire, clean_token, new_request_id
 from .write import ReplicaMemory, write_block
 
-__all__ = ["BlockCacheLike", "ClientStats", "KeepClient", "RetryNotice", "ServiceStats", "new_request_id"]
+__all__ = ["BlockCacheLike", "ClientStats", "HedgePolicy", "KeepClient", "RetryNotice", "ServiceStats",
+           "new_request_id"]
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,13 @@ class KeepClient(BlockStore):
         sleep: What waits between retry rounds (tests pass one that does not sleep); default
             a wait that `cancel` ends at once.
         refresh_interval: Seconds between refreshes of a discovered service list.
-        clock: Monotonic seconds for those refreshes, retry deadlines and latencies (tests
-            pass their own).
+        clock: Monotonic seconds for refreshes, retry deadlines, latencies and failure scores (tests pass theirs).
         cancel_event: An event that cancels every operation of this client once set (`cancel`
             sets it): transfers in flight abort, backoff waits end, and the operations raise
             `Cancelled`. Default a new one per client; ``keep`` shares one with its Ctrl-C handler.
         on_retry: Called with a `RetryNotice` each time an operation backs off to retry
             (``keep`` prints it); also logged at INFO on ``keepstore.client``.
+        hedge: A `HedgePolicy` for hedged GETs and the order failed services are tried in (``docs/client.md``).
 
     Raises:
         ConfigError: *copies*, *threads* or *prefetch_threads* below 1, a token that cannot
@@ -115,6 +117,7 @@ class KeepClient(BlockStore):
         clock: Callable[[], float] = time.monotonic,
         cancel_event: threading.Event | None = None,
         on_retry: Callable[[RetryNotice], None] | None = None,
+        hedge: HedgePolicy | None = None,
     ) -> None:
         if copies < 1 or threads < 1 or prefetch_threads < 1:
             raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, "
@@ -147,7 +150,7 @@ class KeepClient(BlockStore):
         else:
             raise NoServicesError("KeepClient needs services= or api_host= (or use KeepClient.from_env())")
         self._counters = Counters()
-        self._wire = Wire(transport, token, self._directory, self._counters, clock, self._cancel)
+        self._wire = Wire(transport, token, self._directory, self._counters, clock, self._cancel, hedge)
         self._replicas = ReplicaMemory()
         self._pool: ThreadPoolExecutor | None = None  # replica fan-out inside one put
         self._tasks: ThreadPoolExecutor | None = None  # whole operations: *_async, batches, aio

@@ -1,18 +1,21 @@
-"""Verified block reads: GET and HEAD in probe order, round by round, with failover between replicas."""
+"""Verified block reads: GET and HEAD in probe order, round by round, with failover and hedging between replicas."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
 
 from ..config import Timeout
 from ..errors import BlockNotFound, KeepError, LocatorError, NoServicesError, ReadError
 from ..locator import Locator
 from ..services import Service, probe_order
 from ..transport import Headers, Request, Response, TransportError
+from .health import ServiceHealth
 from .rounds import GiveUp, RoundResult, run_rounds
 from .wire import Link, Status, classify
 
@@ -33,6 +36,31 @@ class _Attempt:
     permanent: bool = False
     retry_after: float | None = None
     cancelled: bool = False
+    unhealthy: bool = False  # counts against the service's health (not a 404, not a cancel)
+
+
+@dataclasses.dataclass
+class _Try:
+    """One request of a hedged GET: when it started and how long its first byte took."""
+
+    service: Service
+    health: ServiceHealth
+    started: float | None = None
+    first_byte: float | None = None
+    ended: bool = False
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def answered(self, status: int) -> None:
+        """The first-byte signal (on the transport's thread, which is the reading one)."""
+        if self.started is not None:
+            self.first_byte = time.perf_counter() - self.started
+            self.health.first_byte(self.first_byte)
+
+
+# Attempts as they end: the service and what it gave.
+_Outcomes = Generator[tuple[Service, _Attempt], None, None]
 
 
 class _Read:
@@ -57,22 +85,31 @@ class _Read:
         self.order = probe_order(self.loc, self.link.wire.services())
         if not self.order:
             raise NoServicesError(f"[{self.request_id}] no Keep services to read {self.loc} from")
+        health = self.link.wire.health
+        candidates = [s for s in health.order(self.order) if s.root not in self.retired]
+        outcomes: _Outcomes
+        if health.policy.enabled and self.method == "GET" and len(candidates) > 1:
+            outcomes = self.raced(candidates, timeout, health)
+        else:
+            outcomes = self.one_by_one(candidates, timeout)
         retry_after: float | None = None
         failures: dict[str, str] = {}
-        for service in self.order:
-            if service.root in self.retired:
-                continue
-            result = self.attempt(service, timeout)
-            if result.data is not None:
-                return RoundResult(done=True, value=result.data)
-            if result.cancelled:
-                return RoundResult(hopeful=False)  # the loop sees the cancel and says so
-            self.last[service.root] = result
-            failures[service.root] = result.note
-            if result.permanent:
-                self.retired.add(service.root)
-            if result.retry_after is not None:
-                retry_after = max(retry_after or 0.0, result.retry_after)
+        with contextlib.closing(outcomes):  # closing a race abandons what still runs
+            for service, result in outcomes:
+                if result.unhealthy:
+                    health.failed(service.root)
+                if result.data is not None:
+                    return RoundResult(done=True, value=result.data)
+                if result.cancelled:
+                    if self.link.rounds.cancel.is_set():
+                        return RoundResult(hopeful=False)  # the loop sees the cancel and says so
+                    continue  # a hedged request abandoned for a faster replica: not an answer
+                self.last[service.root] = result
+                failures[service.root] = result.note
+                if result.permanent:
+                    self.retired.add(service.root)
+                if result.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, result.retry_after)
         if all(classify(self.last.get(s.root, _Attempt()).status or 0) is Status.NOT_FOUND for s in self.order):
             # 403 and 410 count as "not here" too; what those servers said is worth showing.
             said = "; ".join(f"{root}: {a.note}" for root, a in self.last.items() if a.status != 404)
@@ -81,6 +118,31 @@ class _Read:
                                 locator=str(self.loc), request_id=self.request_id, attempts=self.attempts())
         hopeful = not all(s.root in self.retired for s in self.order)
         return RoundResult(hopeful=hopeful, retry_after=retry_after, failures=failures)
+
+    def one_by_one(self, candidates: Sequence[Service], timeout: Timeout) -> _Outcomes:
+        """Each candidate in turn (HEAD, one candidate, or hedging off)."""
+        for service in candidates:
+            yield service, self.attempt(service, timeout)
+
+    def raced(self, candidates: Sequence[Service], timeout: Timeout, health: ServiceHealth) -> _Outcomes:
+        """The candidates in order through the transport's race: the next one is asked when the
+        one running fails, or has had no first byte within the hedge delay (then two run, never
+        more). A service that had no first byte by the time another answered scores a failure."""
+        tries = [_Try(service, health) for service in candidates]
+        requests = [self.request(t.service, timeout, t.answered) for t in tries]
+        race = self.link.wire.race(candidates, requests, health.hedge_delay(), lambda index: tries[index].start())
+        try:
+            for index, outcome in race:
+                tries[index].ended = not (isinstance(outcome, TransportError) and outcome.cancelled)
+                yield candidates[index], self.judge(candidates[index], outcome)
+        finally:
+            race.close()
+            if not self.link.rounds.cancel.is_set():
+                for t in tries:
+                    if t.started is not None and not t.ended and t.first_byte is None:
+                        log.debug("GET %s: no first byte from %s before another service answered",
+                                  self.loc.bare(), t.service.root)
+                        health.failed(t.service.root)
 
     def attempts(self) -> dict[str, str]:
         return {root: r.note for root, r in self.last.items()}
@@ -97,17 +159,27 @@ class _Read:
         return ReadError(f"[{self.request_id}] failed to read {self.loc} {when}: {detail}",
                          locator=str(self.loc), request_id=self.request_id, attempts=attempts)
 
-    def attempt(self, service: Service, timeout: Timeout) -> _Attempt:
+    def request(self, service: Service, timeout: Timeout, on_first_byte: Callable[[int], None] | None = None
+                ) -> Request:
         headers = self.link.wire.headers(self.request_id)
         headers["Accept"] = "application/octet-stream"
         headers.update(self.extra)
-        request = Request(self.method, service.root + str(self.loc), Headers(headers),
-                          expected_size=self.loc.size if self.method == "GET" else None, timeout=timeout,
-                          cancel=self.link.rounds.cancel)
+        return Request(self.method, service.root + str(self.loc), Headers(headers),
+                       expected_size=self.loc.size if self.method == "GET" else None, timeout=timeout,
+                       cancel=self.link.rounds.cancel, on_first_byte=on_first_byte)
+
+    def attempt(self, service: Service, timeout: Timeout) -> _Attempt:
         try:
-            response = self.link.wire.send(service, request)
+            outcome: Response | TransportError = self.link.wire.send(service, self.request(service, timeout))
         except TransportError as exc:
-            return _Attempt(note=exc.reason, cancelled=exc.cancelled)
+            outcome = exc
+        return self.judge(service, outcome)
+
+    def judge(self, service: Service, outcome: Response | TransportError) -> _Attempt:
+        """What one service's answer (or failure) means for this read."""
+        if isinstance(outcome, TransportError):
+            return _Attempt(note=outcome.reason, cancelled=outcome.cancelled, unhealthy=not outcome.cancelled)
+        response = outcome
         status = response.status
         kind = classify(status)
         note = self.link.wire.describe(response)
@@ -116,7 +188,7 @@ class _Read:
                 return self.returned_locator(response) if self.refreshing else _Attempt(data=b"", status=status)
             return self.verify(service, response)
         if kind is Status.TRANSIENT:
-            return _Attempt(status=status, note=note, retry_after=response.retry_after())
+            return _Attempt(status=status, note=note, retry_after=response.retry_after(), unhealthy=True)
         return _Attempt(status=status, note=note, permanent=True)
 
     def returned_locator(self, response: Response) -> _Attempt:
@@ -147,12 +219,12 @@ class _Read:
         body, loc, status = response.body, self.loc, response.status
         if len(body) != loc.size or response.truncated:
             self.link.wire.counters.fail(service.root)
-            return _Attempt(status=status, note=f"{status} with {len(body)} of {loc.size} bytes")
+            return _Attempt(status=status, note=f"{status} with {len(body)} of {loc.size} bytes", unhealthy=True)
         digest = response.body_md5 or hashlib.md5(body, usedforsecurity=False).hexdigest()
         if digest != loc.md5:
             self.link.wire.counters.fail(service.root)
             log.warning("checksum mismatch reading %s from %s", loc.bare(), service.root)
-            return _Attempt(status=status, note=f"{status} with a checksum mismatch")
+            return _Attempt(status=status, note=f"{status} with a checksum mismatch", unhealthy=True)
         return _Attempt(data=bytes(body), status=status)
 
 

@@ -10,12 +10,13 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 
 from ..config import Timeout
 from ..errors import ConfigError, redact, scrub
 from ..services import Service, ServiceDirectory
 from ..transport import Request, Response, Transport, TransportError
+from .health import HedgePolicy, ServiceHealth
 from .rounds import RoundPolicy
 from .stats import Counters
 
@@ -115,12 +116,15 @@ class Wire:
         counters: Where traffic and failures are counted.
         clock: The monotonic clock request latencies are measured with.
         cancel: Set to cancel: requests in flight are aborted.
+        hedge: The `HedgePolicy` of the services' `health` (hedged GETs, the order failed
+            services are tried in; its scores decay on *clock*).
     """
 
     def __init__(self, transport: Transport, token: str | None, directory: ServiceDirectory,
                  counters: Counters, clock: Callable[[], float] = time.monotonic,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, hedge: HedgePolicy | None = None) -> None:
         self.transport = transport
+        self.health = ServiceHealth(hedge, clock)
         self._token = token
         self.directory = directory
         self.counters = counters
@@ -151,26 +155,66 @@ class Wire:
         """Send one request, counting traffic and latency per service; connection failures mark
         the service list stale. A cancelled request counts as neither success nor failure.
         Every request carries the client's cancel event (one-service calls included)."""
-        if request.cancel is None and self.cancel is not None:
-            request = dataclasses.replace(request, cancel=self.cancel)
+        request = self._with_cancel(request)
         self.counters.add(requests=1, bytes_up=request.body.nbytes if request.body is not None else 0)
         started = self.clock()
         try:
             response = self.transport.request(request)
         except TransportError as exc:
-            if not exc.cancelled:
-                self.counters.fail(service.root)
-                self.counters.observe(service.root, self.clock() - started)
-            if exc.connect:
-                self.directory.mark_stale()
-            log.debug("%s %s: %s", request.method, service.root, exc.reason)
+            self._failed(service, request, exc, started)
             raise
+        self._answered(service, request, response, started)
+        return response
+
+    def race(self, services: Sequence[Service], requests: Sequence[Request], hedge_after: float,
+             on_start: Callable[[int], None] | None = None
+             ) -> Generator[tuple[int, Response | TransportError], None, None]:
+        """`Transport.race` of *requests* (``requests[i]`` to ``services[i]``), counted as `send`
+        counts: yields each request's index and its response or error as it ends. Close it
+        when done: that abandons what still runs."""
+        requests = [self._with_cancel(r) for r in requests]
+        started: dict[int, float] = {}
+
+        def start(index: int) -> None:
+            self.counters.add(requests=1)
+            started[index] = self.clock()
+            if on_start is not None:
+                on_start(index)
+
+        race = self.transport.race(requests, hedge_after, start)
+        try:
+            for finished in race:
+                index = finished.index
+                if finished.response is not None:
+                    self._answered(services[index], requests[index], finished.response, started[index])
+                    yield index, finished.response
+                else:
+                    assert finished.error is not None  # a Finished holds one or the other
+                    self._failed(services[index], requests[index], finished.error, started.get(index))
+                    yield index, finished.error
+        finally:
+            race.close()
+
+    def _with_cancel(self, request: Request) -> Request:
+        if request.cancel is None and self.cancel is not None:
+            return dataclasses.replace(request, cancel=self.cancel)
+        return request
+
+    def _failed(self, service: Service, request: Request, exc: TransportError, started: float | None) -> None:
+        if not exc.cancelled:
+            self.counters.fail(service.root)
+            if started is not None:
+                self.counters.observe(service.root, self.clock() - started)
+        if exc.connect:
+            self.directory.mark_stale()
+        log.debug("%s %s: %s", request.method, service.root, exc.reason)
+
+    def _answered(self, service: Service, request: Request, response: Response, started: float) -> None:
         self.counters.add(bytes_down=len(response.body))
         if classify(response.status) not in (Status.OK, Status.NOT_FOUND):
             self.counters.fail(service.root)
         self.counters.observe(service.root, self.clock() - started)
         log.debug("%s %s -> %s", request.method, service.root, response.status)
-        return response
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,14 +8,15 @@ import datetime
 import email.utils
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
 from ..config import Timeout
 from ..errors import KeepError
 
-__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "Headers", "Request", "Response", "Transport", "TransportError"]
+__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "Finished", "Headers", "Request", "Response", "Transport",
+           "TransportError"]
 
 _T = TypeVar("_T", bound="Transport")
 _SECRET_HEADERS = frozenset({"authorization"})
@@ -86,6 +87,9 @@ class Request:
         body_limit: Most bytes of a non-block answer body to read (0: `DEFAULT_BODY_LIMIT`).
         cancel: An event that, once set, aborts the request (also while it waits to connect or
             for a stalled server): the transport raises `TransportError` with ``cancelled``.
+        on_first_byte: Called with the status once the answer's status line and headers are in,
+            before any of its body (the first-byte signal hedged reads time and wait on); it
+            runs on the transport's thread and must not raise.
     """
 
     method: str
@@ -96,6 +100,7 @@ class Request:
     timeout: Timeout = dataclasses.field(default_factory=Timeout)
     body_limit: int = 0  # 0: DEFAULT_BODY_LIMIT
     cancel: threading.Event | None = dataclasses.field(default=None, repr=False, compare=False)
+    on_first_byte: Callable[[int], None] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def cancelled(self) -> bool:
@@ -186,6 +191,22 @@ class TransportError(KeepError):
         self.cancelled = cancelled
 
 
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """One request of a `Transport.race` that ended: its index in the race, and its response
+    or the error it failed with (exactly one of the two is set).
+
+    Args:
+        index: The request's position in the sequence handed to `Transport.race`.
+        response: The answer (any HTTP status), when there was one.
+        error: Why there was none (``cancelled`` also when the race abandoned it).
+    """
+
+    index: int
+    response: Response | None = None
+    error: TransportError | None = None
+
+
 class Transport(abc.ABC):
     """Sends a `Request`, returns a `Response` for any HTTP status, raises `TransportError`
     when there is no HTTP answer. Implementations must be safe to call from many threads."""
@@ -193,6 +214,28 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def request(self, request: Request) -> Response:
         """Perform *request*."""
+
+    def race(self, requests: Sequence[Request], hedge_after: float,
+             on_start: Callable[[int], None] | None = None) -> Generator[Finished, None, None]:
+        """Perform *requests* (the same thing asked of different services, best first), yielding
+        each as it ends, until the caller has what it wants and closes the generator.
+
+        A transport that can overlap requests starts the next one when the one running has
+        failed, or when it has had no first byte (status and headers) within *hedge_after*
+        seconds; never more than two are in flight, and one whose answer has started streaming
+        is never doubled. Closing the generator abandons the requests still running (their
+        connections are closed, not pooled). *on_start* is called with each request's index as
+        it starts. This default runs them one at a time, in order, on `request`.
+        """
+        for index, request in enumerate(requests):
+            if on_start is not None:
+                on_start(index)
+            try:
+                response = self.request(request)
+            except TransportError as exc:
+                yield Finished(index, error=exc)
+            else:
+                yield Finished(index, response=response)
 
     def close(self) -> None:  # noqa: B027  (optional: stateless transports need nothing)
         """Release pooled connections."""
