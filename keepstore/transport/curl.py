@@ -123,7 +123,7 @@ class CurlTransport(Transport):
         except queue.Empty:
             slot = Slot()
         try:
-            yield from run_race(slot, requests, hedge_after, on_start, self._configure, _map_error)
+            yield from run_race(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed)
         finally:
             self._checkin_slot(slot)
 

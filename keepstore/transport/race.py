@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 
@@ -66,10 +67,11 @@ class _Running:
 
 
 def run_race(slot: Slot, requests: Sequence[Request], hedge_after: float, on_start: Callable[[int], None] | None,
-             configure: Configure, map_error: MapError,
+             configure: Configure, map_error: MapError, closed: threading.Event,
              clock: Callable[[], float] = time.monotonic) -> Generator[Finished, None, None]:
     """`Transport.race` on *slot*: *configure* sets up an easy handle for a request, *map_error*
-    turns a failed transfer into a `TransportError` (both `CurlTransport`'s own)."""
+    turns a failed transfer into a `TransportError` (both `CurlTransport`'s own); once *closed*
+    is set, requests not yet started fail as a closed transport's do."""
     multi = slot.multi
     waiting = collections.deque(range(len(requests)))
     running: dict[int, _Running] = {}  # id(easy) -> the request it runs
@@ -92,6 +94,9 @@ def run_race(slot: Slot, requests: Sequence[Request], hedge_after: float, on_sta
             if waiting and due(now):
                 index = waiting.popleft()
                 request = requests[index]
+                if closed.is_set():
+                    yield Finished(index, error=TransportError("transport is closed", url=request.url))
+                    continue
                 if request.cancelled:
                     yield Finished(index, error=TransportError(f"{request.method} cancelled",
                                                                url=request.url.split("?", 1)[0], cancelled=True))
