@@ -14,6 +14,9 @@ from ..services import Service
 
 __all__ = ["HedgePolicy", "ServiceHealth"]
 
+# The delay is recomputed (a sort of the window) after this many new first bytes, not each one.
+_RECOMPUTE_EVERY = 8
+
 
 @dataclasses.dataclass(frozen=True)
 class HedgePolicy:
@@ -82,6 +85,7 @@ class ServiceHealth:
         self._scores: dict[str, tuple[float, float]] = {}  # root -> (score, when it was last raised)
         self._first_bytes: collections.deque[float] = collections.deque(maxlen=self.policy.window)
         self._delay: float | None = None  # computed from _first_bytes when asked; None: stale
+        self._fresh = 0  # first bytes added since _delay was computed
 
     def __repr__(self) -> str:
         with self._lock:
@@ -102,7 +106,9 @@ class ServiceHealth:
         """A service's status and headers came *seconds* after its request started."""
         with self._lock:
             self._first_bytes.append(seconds)
-            self._delay = None
+            self._fresh += 1
+            if self._fresh >= _RECOMPUTE_EVERY or len(self._first_bytes) <= self.policy.min_samples:
+                self._delay, self._fresh = None, 0
 
     def score(self, root: str) -> float:
         """*root*'s failure score now (0: no recent failure)."""

@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import logging
 import time
+import typing
 from collections.abc import Callable, Generator, Mapping, Sequence
 
 from ..config import Timeout
@@ -57,6 +58,31 @@ class _Try:
         if self.started is not None:
             self.first_byte = time.perf_counter() - self.started
             self.health.first_byte(self.first_byte)
+
+
+class _Built(Sequence[Request]):
+    """A hedged GET's requests, each built when the transport first needs it (mostly only the first)."""
+
+    def __init__(self, count: int, make: Callable[[int], Request]) -> None:
+        self._made: list[Request | None] = [None] * count
+        self._make = make
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    @typing.overload
+    def __getitem__(self, index: int) -> Request: ...
+
+    @typing.overload
+    def __getitem__(self, index: slice) -> Sequence[Request]: ...
+
+    def __getitem__(self, index: int | slice) -> Request | Sequence[Request]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        made = self._made[index]
+        if made is None:
+            made = self._made[index] = self._make(index)
+        return made
 
 
 # Attempts as they end: the service and what it gave.
@@ -129,7 +155,8 @@ class _Read:
         one running fails, or has had no first byte within the hedge delay (then two run, never
         more). A service that had no first byte by the time another answered scores a failure."""
         tries = [_Try(service, health) for service in candidates]
-        requests = [self.request(t.service, timeout, t.answered) for t in tries]
+        requests = _Built(len(candidates), lambda index: self.request(candidates[index], timeout,
+                                                                      tries[index].answered))
         race = self.link.wire.race(candidates, requests, health.hedge_delay(), lambda index: tries[index].start())
         try:
             for index, outcome in race:
@@ -182,11 +209,11 @@ class _Read:
         response = outcome
         status = response.status
         kind = classify(status)
-        note = self.link.wire.describe(response)
         if kind is Status.OK:
             if self.method == "HEAD":
                 return self.returned_locator(response) if self.refreshing else _Attempt(data=b"", status=status)
             return self.verify(service, response)
+        note = self.link.wire.describe(response)
         if kind is Status.TRANSIENT:
             return _Attempt(status=status, note=note, retry_after=response.retry_after(), unhealthy=True)
         return _Attempt(status=status, note=note, permanent=True)

@@ -169,10 +169,9 @@ class Wire:
     def race(self, services: Sequence[Service], requests: Sequence[Request], hedge_after: float,
              on_start: Callable[[int], None] | None = None
              ) -> Generator[tuple[int, Response | TransportError], None, None]:
-        """`Transport.race` of *requests* (``requests[i]`` to ``services[i]``), counted as `send`
-        counts: yields each request's index and its response or error as it ends. Close it
-        when done: that abandons what still runs."""
-        requests = [self._with_cancel(r) for r in requests]
+        """`Transport.race` of *requests* (``requests[i]`` to ``services[i]``; each should carry
+        the client's cancel event), counted as `send` counts: yields each request's index and
+        its response or error as it ends. Close it when done: that abandons what still runs."""
         started: dict[int, float] = {}
 
         def start(index: int) -> None:

@@ -87,7 +87,8 @@ class CurlTransport(Transport):
         self.pool_size = pool_size
         self.user_agent = user_agent or _default_user_agent()
         self._pool: queue.LifoQueue[pycurl.Curl] = queue.LifoQueue(maxsize=pool_size)
-        self._slots: queue.LifoQueue[Slot] = queue.LifoQueue(maxsize=max(1, pool_size // 2))
+        self._slots: list[Slot] = []  # idle multi handles for races, most recently used last
+        self._slots_lock = threading.Lock()
         self._closed = threading.Event()
 
     def __repr__(self) -> str:
@@ -118,14 +119,10 @@ class CurlTransport(Transport):
              on_start: Callable[[int], None] | None = None) -> Generator[Finished, None, None]:
         if self._closed.is_set():
             raise TransportError("transport is closed", url=requests[0].url if requests else "")
-        try:
-            slot = self._slots.get_nowait()
-        except queue.Empty:
-            slot = Slot()
-        try:
-            yield from run_race(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed)
-        finally:
-            self._checkin_slot(slot)
+        with self._slots_lock:
+            slot = self._slots.pop() if self._slots else Slot()
+        return run_race(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed,
+                        done=self._checkin_slot)
 
     def close(self) -> None:
         self._closed.set()
@@ -134,23 +131,17 @@ class CurlTransport(Transport):
                 self._pool.get_nowait().close()
             except queue.Empty:
                 break
-        while True:
-            try:
-                self._slots.get_nowait().close()
-            except queue.Empty:
-                return
+        with self._slots_lock:
+            slots, self._slots = self._slots, []
+        for slot in slots:
+            slot.close()
 
     def _checkin_slot(self, slot: Slot) -> None:
-        if self._closed.is_set():
-            slot.close()
-            return
-        try:
-            self._slots.put_nowait(slot)
-        except queue.Full:
-            slot.close()
-            return
-        if self._closed.is_set():  # close() ran between our check and the put: empty the pools again
-            self.close()
+        with self._slots_lock:
+            if not self._closed.is_set() and len(self._slots) < max(1, self.pool_size // 2):
+                self._slots.append(slot)
+                return
+        slot.close()  # closed (close() empties the list under the same lock), or enough idle already
 
     def _checkout(self) -> pycurl.Curl:
         try:

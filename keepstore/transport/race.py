@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -54,34 +53,35 @@ class Slot:
         self.multi.close()
 
 
-@dataclasses.dataclass
 class _Running:
-    index: int
-    easy: pycurl.Curl
-    exchange: Exchange
-    started: float
+    """One request in flight: its index, easy handle, exchange and start time."""
 
-    def waiting_for_first_byte(self, now: float, hedge_after: float) -> bool:
-        """Still without status and headers, *hedge_after* seconds after it started."""
-        return not self.exchange.answered and now - self.started >= hedge_after
+    __slots__ = ("easy", "exchange", "index", "started")
+
+    def __init__(self, index: int, easy: pycurl.Curl, exchange: Exchange, started: float) -> None:
+        self.index = index
+        self.easy = easy
+        self.exchange = exchange
+        self.started = started
 
 
 def run_race(slot: Slot, requests: Sequence[Request], hedge_after: float, on_start: Callable[[int], None] | None,
              configure: Configure, map_error: MapError, closed: threading.Event,
-             clock: Callable[[], float] = time.monotonic) -> Generator[Finished, None, None]:
+             clock: Callable[[], float] = time.monotonic,
+             done: Callable[[Slot], None] | None = None) -> Generator[Finished, None, None]:
     """`Transport.race` on *slot*: *configure* sets up an easy handle for a request, *map_error*
     turns a failed transfer into a `TransportError` (both `CurlTransport`'s own); once *closed*
-    is set, requests not yet started fail as a closed transport's do."""
+    is set, requests not yet started fail as a closed transport's do. *done* gets the slot back
+    at the end (the transport's pool).
+
+    The next request starts when nothing runs, or when the one running has had no first byte
+    within *hedge_after* (never a third, never beside a streaming answer); one without a first
+    byte is abandoned once another answer has started streaming.
+    """
     multi = slot.multi
     waiting = collections.deque(range(len(requests)))
     running: dict[int, _Running] = {}  # id(easy) -> the request it runs
-
-    def due(now: float) -> bool:
-        """Whether to start the next request now: nothing runs, or the one running has had no
-        first byte within the hedge delay (never a third, never beside a streaming answer)."""
-        if not running:
-            return True
-        return len(running) == 1 and next(iter(running.values())).waiting_for_first_byte(now, hedge_after)
+    alone: _Running | None = None  # the one request running, when only one is
 
     def drop(run: _Running) -> None:
         # Removing a transfer that has not ended halts it; libcurl closes its connection.
@@ -90,16 +90,14 @@ def run_race(slot: Slot, requests: Sequence[Request], hedge_after: float, on_sta
 
     try:
         while waiting or running:
-            now = clock()
-            if waiting and due(now):
+            if waiting and (not running or (alone is not None and not alone.exchange.answered
+                                            and clock() - alone.started >= hedge_after)):
                 index = waiting.popleft()
                 request = requests[index]
-                if closed.is_set():
-                    yield Finished(index, error=TransportError("transport is closed", url=request.url))
-                    continue
-                if request.cancelled:
-                    yield Finished(index, error=TransportError(f"{request.method} cancelled",
-                                                               url=request.url.split("?", 1)[0], cancelled=True))
+                if closed.is_set() or request.cancelled:
+                    reason = "transport is closed" if closed.is_set() else f"{request.method} cancelled"
+                    yield Finished(index, error=TransportError(reason, url=request.url.split("?", 1)[0],
+                                                               cancelled=not closed.is_set()))
                     continue
                 easy = slot.easy()
                 exchange = Exchange(request)
@@ -107,12 +105,15 @@ def run_race(slot: Slot, requests: Sequence[Request], hedge_after: float, on_sta
                 if on_start is not None:
                     on_start(index)
                 multi.add_handle(easy)
-                running[id(easy)] = _Running(index, easy, exchange, now)
+                running[id(easy)] = _Running(index, easy, exchange, clock())
             while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
                 pass
-            yield from _ended(multi, running, map_error, drop)
-            # An answer has started streaming: one that has not, beside it, only doubles the bytes.
-            if any(r.exchange.answered and 200 <= r.exchange.status <= 299 for r in running.values()):
+            messages = multi.info_read()
+            if messages[0] or messages[1] or messages[2]:
+                yield from _ended(multi, running, map_error, drop, messages)
+            if len(running) > 1 and any(r.exchange.answered and 200 <= r.exchange.status <= 299
+                                        for r in running.values()):
+                # An answer has started streaming: one that has not, beside it, only doubles the bytes.
                 for key, run in list(running.items()):
                     if not run.exchange.answered:
                         del running[key]
@@ -121,20 +122,24 @@ def run_race(slot: Slot, requests: Sequence[Request], hedge_after: float, on_sta
                         yield Finished(run.index, error=TransportError(
                             f"{request.method} abandoned: another service answered first",
                             url=request.url.split("?", 1)[0], cancelled=True))
-            if running and not (waiting and due(clock())):
-                _wait(multi, running, bool(waiting), hedge_after, clock)
+            alone = next(iter(running.values())) if len(running) == 1 else None
+            if running:
+                _wait(multi, alone if waiting else None, hedge_after, clock)
     finally:
         for run in running.values():
             drop(run)
         running.clear()
+        if done is not None:
+            done(slot)
 
 
 def _ended(multi: pycurl.CurlMulti, running: dict[int, _Running], map_error: MapError,
-           drop: Callable[[_Running], None]) -> list[Finished]:
-    """The transfers libcurl has finished since last asked, taken off the multi handle."""
+           drop: Callable[[_Running], None],
+           messages: tuple[int, list[pycurl.Curl], list[tuple[pycurl.Curl, int, str]]]) -> list[Finished]:
+    """The transfers libcurl has finished (*messages*: its first ``info_read``), taken off the multi handle."""
     ended: list[Finished] = []
     while True:
-        queued, ok, failed = multi.info_read()
+        queued, ok, failed = messages
         for easy in ok:
             run = running.pop(id(easy))
             ended.append(Finished(run.index, response=run.exchange.response()))
@@ -150,21 +155,18 @@ def _ended(multi: pycurl.CurlMulti, running: dict[int, _Running], map_error: Map
             drop(run)
         if not queued:
             return ended
+        messages = multi.info_read()
 
 
-def _wait(multi: pycurl.CurlMulti, running: dict[int, _Running], more: bool, hedge_after: float,
-          clock: Callable[[], float]) -> None:
-    """Wait for socket activity, libcurl's next timer, or the moment to hedge, whichever is first."""
+def _wait(multi: pycurl.CurlMulti, hedged: _Running | None, hedge_after: float, clock: Callable[[], float]) -> None:
+    """Wait for socket activity, libcurl's next timer, or the moment *hedged* (the one request
+    running, when another waits) is due a hedge, whichever is first."""
     timeout_ms = multi.timeout()
     wait = _LONGEST_WAIT if timeout_ms < 0 else min(_LONGEST_WAIT, timeout_ms / 1000)
-    if more and len(running) == 1:
-        run = next(iter(running.values()))
-        if not run.exchange.answered:
-            wait = min(wait, max(0.0, run.started + hedge_after - clock()))
+    if hedged is not None and not hedged.exchange.answered:
+        wait = min(wait, hedged.started + hedge_after - clock())
     if wait <= 0:
         return
-    readable, writable, exceptional = multi.fdset()
-    if not (readable or writable or exceptional):
-        time.sleep(min(wait, _NO_SOCKET_WAIT))  # libcurl's advice when it gives no socket (see above)
-        return
-    multi.select(wait)
+    if multi.select(wait) == 0 and not any(multi.fdset()):
+        # No socket to wait on (select returned at once): libcurl's advice is to wait a little.
+        time.sleep(min(wait, _NO_SOCKET_WAIT))
