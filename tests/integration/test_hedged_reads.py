@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from keepstore import Locator, Timeout
-from keepstore.client import HedgePolicy
+from keepstore.client import HedgePolicy, KeepClient
 from keepstore.datasets import DatasetReader, DatasetWriter, Receipt
 from keepstore.errors import Cancelled
 from keepstore.server import KeepServer
@@ -78,6 +78,67 @@ def test_the_abandoned_request_leaves_no_connection_open(keep_cluster_factory: C
         assert kc.get(loc) == data
         gate.open()  # the held request is answered into a socket the client has closed
         wait_until(lambda: best.open_connections == 0, what="the loser's connection to close")
+
+
+def test_the_first_byte_signal_comes_with_the_headers_before_the_body(keep_server: KeepServer) -> None:
+    from keepstore.transport import CurlTransport, Request
+
+    data = os.urandom(64 * KiB)
+    with keep_server_client(keep_server) as kc:
+        loc = kc.put(data, copies=1)
+    keep_server.faults.stall(30.0, methods="GET")  # headers now, the body only after 30 s
+    statuses: list[int] = []
+    answered, cancel = threading.Event(), threading.Event()
+
+    def first_byte(status: int) -> None:
+        statuses.append(status)
+        answered.set()
+
+    request = Request("GET", keep_server.url + str(loc), expected_size=loc.size, cancel=cancel,
+                      on_first_byte=first_byte)
+    failures: list[BaseException] = []
+    with CurlTransport() as transport:
+        getter = threading.Thread(target=lambda: failures.append(_raises(lambda: transport.request(request))))
+        getter.start()
+        assert answered.wait(30)
+        assert getter.is_alive() and statuses == [200]  # signalled while the body is still to come
+        cancel.set()
+        getter.join(30)
+    assert not getter.is_alive() and len(failures) == 1 and getattr(failures[0], "cancelled", False)
+
+
+def _raises(call: Callable[[], object]) -> BaseException | None:
+    try:
+        call()
+    except BaseException as exc:  # handed to the test thread, which checks what it was
+        return exc
+    return None
+
+
+def keep_server_client(server: KeepServer) -> KeepClient:
+    from keepstore.testing import DEFAULT_TOKEN
+
+    return KeepClient([server.url], token=DEFAULT_TOKEN)
+
+
+def test_repeated_hedges_leave_no_connections_or_waiting_requests_behind(
+        keep_cluster_factory: Callable[..., KeepCluster]) -> None:
+    """Fail-back off, so every read asks the held replica first and hedges: each abandoned
+    request is let go, not waited for, and its connection is closed."""
+    cluster = keep_cluster_factory(2)
+    loc, data, (best, second) = stored_on_all(cluster)
+    gate = Gate()
+    best.faults.hold(gate, methods="GET", times=None, timeout=60.0)
+    try:
+        with cluster.client(hedge=HedgePolicy(initial=0.02, floor=0.02, cap=0.02, threshold=1e9)) as kc:
+            for _ in range(10):
+                assert kc.get(loc) == data
+            assert gate.arrived == 10 and gets(second) == 10
+            gate.open()
+            wait_until(lambda: best.open_connections == 0, what="the abandoned connections to close")
+            assert kc.get(loc) == data  # the best answers again, on a new connection
+    finally:
+        gate.open()
 
 
 def test_a_transfer_whose_headers_arrived_is_never_hedged(keep_cluster_factory: Callable[..., KeepCluster]) -> None:
