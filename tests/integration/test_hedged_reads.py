@@ -96,7 +96,7 @@ def test_the_first_byte_signal_comes_with_the_headers_before_the_body(keep_serve
 
     request = Request("GET", keep_server.url + str(loc), expected_size=loc.size, cancel=cancel,
                       on_first_byte=first_byte)
-    failures: list[BaseException] = []
+    failures: list[BaseException | None] = []
     with CurlTransport() as transport:
         getter = threading.Thread(target=lambda: failures.append(_raises(lambda: transport.request(request))))
         getter.start()
