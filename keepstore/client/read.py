@@ -48,7 +48,8 @@ class _Try:
     health: ServiceHealth
     started: float | None = None
     first_byte: float | None = None
-    ended: bool = False
+    stopped: float | None = None  # when it was dropped for another service's answer
+    ended: bool = False  # it gave an answer or failed on its own
 
     def start(self) -> None:
         self.started = time.perf_counter()
@@ -153,22 +154,30 @@ class _Read:
     def raced(self, candidates: Sequence[Service], timeout: Timeout, health: ServiceHealth) -> _Outcomes:
         """The candidates in order through the transport's race: the next one is asked when the
         one running fails, or has had no first byte within the hedge delay (then two run, never
-        more). A service that had no first byte by the time another answered scores a failure."""
+        more). A service that had no first byte within the delay by the time another answered
+        scores a failure (one asked only just before the answer came does not)."""
         tries = [_Try(service, health) for service in candidates]
         requests = _Built(len(candidates), lambda index: self.request(candidates[index], timeout,
                                                                       tries[index].answered))
-        race = self.link.wire.race(candidates, requests, health.hedge_delay(), lambda index: tries[index].start())
+        delay = health.hedge_delay()
+        race = self.link.wire.race(candidates, requests, delay, lambda index: tries[index].start())
         try:
             for index, outcome in race:
-                tries[index].ended = not (isinstance(outcome, TransportError) and outcome.cancelled)
+                if isinstance(outcome, TransportError) and outcome.cancelled:
+                    tries[index].stopped = time.perf_counter()  # dropped (or cancelled): not an answer
+                else:
+                    tries[index].ended = True
                 yield candidates[index], self.judge(candidates[index], outcome)
         finally:
             race.close()
             if not self.link.rounds.cancel.is_set():
+                now = time.perf_counter()
                 for t in tries:
-                    if t.started is not None and not t.ended and t.first_byte is None:
-                        log.debug("GET %s: no first byte from %s before another service answered",
-                                  self.loc.bare(), t.service.root)
+                    if t.ended or t.first_byte is not None or t.started is None:
+                        continue
+                    if (t.stopped or now) - t.started >= delay:
+                        log.debug("GET %s: no first byte from %s within %.3f s; another service answered",
+                                  self.loc.bare(), t.service.root, delay)
                         health.failed(t.service.root)
 
     def attempts(self) -> dict[str, str]:
