@@ -183,7 +183,7 @@ class Wire:
         race = self.transport.race(requests, hedge_after, start)
         try:
             for finished in race:
-                index = finished.index
+                index = finished.position
                 if finished.response is not None:
                     self._answered(services[index], requests[index], finished.response, started[index])
                     yield index, finished.response

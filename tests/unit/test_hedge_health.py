@@ -105,10 +105,10 @@ def test_a_transport_that_cannot_overlap_races_one_request_at_a_time() -> None:
     outcomes: list[tuple[int, object]] = []
     for finished in race:
         if finished.response is not None:
-            outcomes.append((finished.index, finished.response.status))
+            outcomes.append((finished.position, finished.response.status))
         else:
             assert finished.error is not None
-            outcomes.append((finished.index, finished.error.reason))
+            outcomes.append((finished.position, finished.error.reason))
         if finished.response is not None and finished.response.status == 200:
             break
     race.close()
