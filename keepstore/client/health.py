@@ -22,22 +22,24 @@ _RECOMPUTE_EVERY = 8
 class HedgePolicy:
     """When a GET also asks the next replica, and how long a failure keeps a service at the back.
 
-    The hedge delay is ``multiplier`` times the ``percentile`` of the last ``window`` times to
-    first byte (status and headers), kept between ``floor`` and ``cap``; ``initial`` (also kept
-    between them) until ``min_samples`` have been timed. Only a first byte counts: a transfer
-    whose answer has started streaming is never doubled, however long its body takes.
+    The hedge delay is ``multiplier`` times the ``percentile`` of a service's last ``window``
+    times to first byte (status and headers), for the service where that is least (the
+    fastest: one slow replica must not teach the client to wait for it), kept between ``floor``
+    and ``cap``; ``initial`` (also kept between them) until some service has ``min_samples``.
+    Only a first byte counts: a transfer whose answer has started streaming is never doubled,
+    however long its body takes.
 
     Args:
         enabled: Hedge GETs at all (False: one replica at a time). Fail-back ordering stays on.
-        percentile: Of the recent first-byte times, the one the delay is a multiple of.
+        percentile: Of a service's recent first-byte times, the one the delay is a multiple of.
         multiplier: How many times that percentile a first byte may take before the next
             replica is asked too.
         floor: The shortest delay, in seconds: below it, scheduling noise on a busy machine
             would ask healthy servers twice.
         cap: The longest delay, in seconds.
         initial: The delay until ``min_samples`` first bytes have been timed, in seconds.
-        window: How many recent first-byte times are kept.
-        min_samples: First bytes timed before the percentile is trusted.
+        window: How many recent first-byte times are kept per service.
+        min_samples: First bytes timed from a service before its percentile is trusted.
         half_life: Seconds in which a service's failure score halves.
         threshold: A service whose score is at least this is tried after the healthy ones. A
             failure (no answer, a transient status, a damaged body, or no first byte within the
@@ -71,7 +73,7 @@ class HedgePolicy:
 
 
 class ServiceHealth:
-    """Decaying failure scores per service root, and a window of recent first-byte times (thread-safe).
+    """Decaying failure scores and windows of recent first-byte times, per service root (thread-safe).
 
     Args:
         policy: The `HedgePolicy`.
@@ -83,14 +85,14 @@ class ServiceHealth:
         self._clock = clock
         self._lock = threading.Lock()
         self._scores: dict[str, tuple[float, float]] = {}  # root -> (score, when it was last raised)
-        self._first_bytes: collections.deque[float] = collections.deque(maxlen=self.policy.window)
+        self._first_bytes: dict[str, collections.deque[float]] = {}  # root -> recent first-byte seconds
         self._delay: float | None = None  # computed from _first_bytes when asked; None: stale
         self._fresh = 0  # first bytes added since _delay was computed
 
     def __repr__(self) -> str:
         with self._lock:
             failed = sorted(self._scores)
-        return f"ServiceHealth(delay={self.hedge_delay():.3f}s, failed={failed})"
+        return f"ServiceHealth(delay={self.hedge_delay():.3f}s, failed={failed})"  # roots, never a token
 
     def _decayed(self, root: str, now: float) -> float:
         score, when = self._scores.get(root, (0.0, now))
@@ -102,12 +104,15 @@ class ServiceHealth:
             now = self._clock()
             self._scores[root] = (self._decayed(root, now) + weight, now)
 
-    def first_byte(self, seconds: float) -> None:
-        """A service's status and headers came *seconds* after its request started."""
+    def first_byte(self, root: str, seconds: float) -> None:
+        """*root*'s status and headers came *seconds* after the request started."""
         with self._lock:
-            self._first_bytes.append(seconds)
+            window = self._first_bytes.get(root)
+            if window is None:
+                window = self._first_bytes[root] = collections.deque(maxlen=self.policy.window)
+            window.append(seconds)
             self._fresh += 1
-            if self._fresh >= _RECOMPUTE_EVERY or len(self._first_bytes) <= self.policy.min_samples:
+            if self._fresh >= _RECOMPUTE_EVERY or len(window) <= self.policy.min_samples:
                 self._delay, self._fresh = None, 0
 
     def score(self, root: str) -> float:
@@ -133,10 +138,12 @@ class ServiceHealth:
         policy = self.policy
         with self._lock:
             if self._delay is None:
-                samples = sorted(self._first_bytes)
-                if len(samples) < policy.min_samples:
-                    learned = policy.initial
-                else:
-                    learned = policy.multiplier * samples[max(0, math.ceil(policy.percentile / 100 * len(samples)) - 1)]
-                self._delay = min(policy.cap, max(policy.floor, learned))
+                learned = [self._percentile(window) for window in self._first_bytes.values()
+                           if len(window) >= policy.min_samples]
+                delay = policy.multiplier * min(learned) if learned else policy.initial
+                self._delay = min(policy.cap, max(policy.floor, delay))
             return self._delay
+
+    def _percentile(self, window: collections.deque[float]) -> float:
+        samples = sorted(window)
+        return samples[max(0, math.ceil(self.policy.percentile / 100 * len(samples)) - 1)]

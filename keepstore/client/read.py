@@ -58,7 +58,7 @@ class _Try:
         """The first-byte signal (on the transport's thread, which is the reading one)."""
         if self.started is not None:
             self.first_byte = time.perf_counter() - self.started
-            self.health.first_byte(self.first_byte)
+            self.health.first_byte(self.service.root, self.first_byte)
 
 
 class _Built(Sequence[Request]):

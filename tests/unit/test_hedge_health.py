@@ -26,31 +26,39 @@ def services(n: int) -> list[Service]:
 
 def test_the_delay_is_the_initial_one_until_enough_first_bytes_were_timed() -> None:
     health = ServiceHealth(HedgePolicy(initial=0.2, min_samples=3, floor=0.001, multiplier=1))
-    health.first_byte(0.01)
-    health.first_byte(0.01)
+    health.first_byte("a", 0.01)
+    health.first_byte("a", 0.01)
     assert health.hedge_delay() == 0.2
-    health.first_byte(0.01)
+    health.first_byte("a", 0.01)
     assert health.hedge_delay() == 0.01
 
 
 def test_the_delay_is_a_multiple_of_the_percentile_between_floor_and_cap() -> None:
     health = ServiceHealth(HedgePolicy(percentile=90, multiplier=2, min_samples=1, floor=0.005, cap=0.5, window=10))
     for ms in range(1, 11):  # 1..10 ms
-        health.first_byte(ms / 1000)
+        health.first_byte("a", ms / 1000)
     assert health.hedge_delay() == pytest.approx(0.018)  # twice the 9th of 10
     for _ in range(10):  # the window forgets the old, slower samples
-        health.first_byte(0.001)
+        health.first_byte("a", 0.001)
     assert health.hedge_delay() == 0.005  # the floor
     for _ in range(10):
-        health.first_byte(2.0)
+        health.first_byte("a", 2.0)
     assert health.hedge_delay() == 0.5  # the cap
 
 
 def test_the_default_floor_keeps_fast_servers_from_being_asked_twice() -> None:
     health = ServiceHealth()
     for _ in range(64):
-        health.first_byte(0.0003)  # loopback: 0.3 ms
+        health.first_byte("a", 0.0003)  # loopback: 0.3 ms
     assert health.hedge_delay() == HedgePolicy().floor == 0.05
+
+
+def test_a_slow_replica_does_not_teach_the_client_to_wait_for_it() -> None:
+    health = ServiceHealth(HedgePolicy(min_samples=4, floor=0.001, multiplier=2))
+    for _ in range(8):
+        health.first_byte("fast", 0.002)
+        health.first_byte("late", 0.2)  # answered before its hedge could: still no reason to wait
+    assert health.hedge_delay() == 0.004  # twice the fast one's, not the late one's
 
 
 def test_a_failure_moves_a_service_back_until_it_decays() -> None:
