@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import hashlib
 import logging
 import time
 import typing
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..config import Timeout
 from ..errors import BlockNotFound, KeepError, LocatorError, NoServicesError, ReadError
@@ -86,8 +85,12 @@ class _Built(Sequence[Request]):
         return made
 
 
-# Attempts as they end: the service and what it gave.
-_Outcomes = Generator[tuple[Service, _Attempt], None, None]
+@dataclasses.dataclass
+class _Round:
+    """What one round of a read has gathered: failures by service, the largest Retry-After."""
+
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
+    retry_after: float | None = None
 
 
 class _Read:
@@ -114,29 +117,17 @@ class _Read:
             raise NoServicesError(f"[{self.request_id}] no Keep services to read {self.loc} from")
         health = self.link.wire.health
         candidates = [s for s in health.order(self.order) if s.root not in self.retired]
-        outcomes: _Outcomes
+        state = _Round()
         if health.policy.enabled and self.method == "GET" and len(candidates) > 1:
-            outcomes = self.raced(candidates, timeout, health)
+            done = self.raced(candidates, timeout, health, state)
         else:
-            outcomes = self.one_by_one(candidates, timeout)
-        retry_after: float | None = None
-        failures: dict[str, str] = {}
-        with contextlib.closing(outcomes):  # closing a race abandons what still runs
-            for service, result in outcomes:
-                if result.unhealthy:
-                    health.failed(service.root)
-                if result.data is not None:
-                    return RoundResult(done=True, value=result.data)
-                if result.cancelled:
-                    if self.link.rounds.cancel.is_set():
-                        return RoundResult(hopeful=False)  # the loop sees the cancel and says so
-                    continue  # a hedged request abandoned for a faster replica: not an answer
-                self.last[service.root] = result
-                failures[service.root] = result.note
-                if result.permanent:
-                    self.retired.add(service.root)
-                if result.retry_after is not None:
-                    retry_after = max(retry_after or 0.0, result.retry_after)
+            done = None
+            for service in candidates:
+                done = self.consider(service, self.attempt(service, timeout), state)
+                if done is not None:
+                    break
+        if done is not None:
+            return done
         if all(classify(self.last.get(s.root, _Attempt()).status or 0) is Status.NOT_FOUND for s in self.order):
             # 403 and 410 count as "not here" too; what those servers said is worth showing.
             said = "; ".join(f"{root}: {a.note}" for root, a in self.last.items() if a.status != 404)
@@ -144,14 +135,28 @@ class _Read:
                                 + (f" ({said})" if said else ""),
                                 locator=str(self.loc), request_id=self.request_id, attempts=self.attempts())
         hopeful = not all(s.root in self.retired for s in self.order)
-        return RoundResult(hopeful=hopeful, retry_after=retry_after, failures=failures)
+        return RoundResult(hopeful=hopeful, retry_after=state.retry_after, failures=state.failures)
 
-    def one_by_one(self, candidates: Sequence[Service], timeout: Timeout) -> _Outcomes:
-        """Each candidate in turn (HEAD, one candidate, or hedging off)."""
-        for service in candidates:
-            yield service, self.attempt(service, timeout)
+    def consider(self, service: Service, result: _Attempt, state: _Round) -> RoundResult[bytes] | None:
+        """What one attempt means for the round: its end (a value, or a cancel), or None to go on."""
+        if result.unhealthy:
+            self.link.wire.health.failed(service.root)
+        if result.data is not None:
+            return RoundResult(done=True, value=result.data)
+        if result.cancelled:
+            if self.link.rounds.cancel.is_set():
+                return RoundResult(hopeful=False)  # the loop sees the cancel and says so
+            return None  # a hedged request dropped for a faster replica: not an answer
+        self.last[service.root] = result
+        state.failures[service.root] = result.note
+        if result.permanent:
+            self.retired.add(service.root)
+        if result.retry_after is not None:
+            state.retry_after = max(state.retry_after or 0.0, result.retry_after)
+        return None
 
-    def raced(self, candidates: Sequence[Service], timeout: Timeout, health: ServiceHealth) -> _Outcomes:
+    def raced(self, candidates: Sequence[Service], timeout: Timeout, health: ServiceHealth,
+              state: _Round) -> RoundResult[bytes] | None:
         """The candidates in order through the transport's race: the next one is asked when the
         one running fails, or has had no first byte within the hedge delay (then two run, never
         more). A service that had no first byte within the delay by the time another answered
@@ -167,18 +172,25 @@ class _Read:
                     tries[index].stopped = time.perf_counter()  # dropped (or cancelled): not an answer
                 else:
                     tries[index].ended = True
-                yield candidates[index], self.judge(candidates[index], outcome)
+                done = self.consider(candidates[index], self.judge(candidates[index], outcome), state)
+                if done is not None:
+                    return done
+            return None
         finally:
             race.close()
-            if not self.link.rounds.cancel.is_set():
-                now = time.perf_counter()
-                for t in tries:
-                    if t.ended or t.first_byte is not None or t.started is None:
-                        continue
-                    if (t.stopped or now) - t.started >= delay:
-                        log.debug("GET %s: no first byte from %s within %.3f s; another service answered",
-                                  self.loc.bare(), t.service.root, delay)
-                        health.failed(t.service.root)
+            if len(tries) > 1 and not self.link.rounds.cancel.is_set():
+                self.score_slow(tries, delay, health)
+
+    def score_slow(self, tries: Sequence[_Try], delay: float, health: ServiceHealth) -> None:
+        """A failure for each request that had no first byte within *delay* before it was dropped."""
+        now = time.perf_counter()
+        for t in tries:
+            if t.ended or t.first_byte is not None or t.started is None:
+                continue
+            if (t.stopped or now) - t.started >= delay:
+                log.debug("GET %s: no first byte from %s within %.3f s; another service answered",
+                          self.loc.bare(), t.service.root, delay)
+                health.failed(t.service.root)
 
     def attempts(self) -> dict[str, str]:
         return {root: r.note for root, r in self.last.items()}

@@ -10,7 +10,7 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..config import Timeout
 from ..errors import ConfigError, redact, scrub
@@ -161,45 +161,24 @@ class Wire:
         try:
             response = self.transport.request(request)
         except TransportError as exc:
-            self._failed(service, request, exc, started)
+            self.failed(service, request, exc, started)
             raise
-        self._answered(service, request, response, started)
+        self.answered(service, request, response, started)
         return response
 
     def race(self, services: Sequence[Service], requests: Sequence[Request], hedge_after: float,
-             on_start: Callable[[int], None] | None = None
-             ) -> Generator[tuple[int, Response | TransportError], None, None]:
+             on_start: Callable[[int], None] | None = None) -> "CountedRace":
         """`Transport.race` of *requests* (``requests[i]`` to ``services[i]``; each should carry
-        the client's cancel event), counted as `send` counts: yields each request's index and
-        its response or error as it ends. Close it when done: that abandons what still runs."""
-        started: dict[int, float] = {}
-
-        def start(index: int) -> None:
-            self.counters.add(requests=1)
-            started[index] = self.clock()
-            if on_start is not None:
-                on_start(index)
-
-        race = self.transport.race(requests, hedge_after, start)
-        try:
-            for finished in race:
-                index = finished.position
-                if finished.response is not None:
-                    self._answered(services[index], requests[index], finished.response, started[index])
-                    yield index, finished.response
-                else:
-                    assert finished.error is not None  # a Finished holds one or the other
-                    self._failed(services[index], requests[index], finished.error, started.get(index))
-                    yield index, finished.error
-        finally:
-            race.close()
+        the client's cancel event), counted as `send` counts (see `CountedRace`)."""
+        return CountedRace(self, services, requests, hedge_after, on_start)
 
     def _with_cancel(self, request: Request) -> Request:
         if request.cancel is None and self.cancel is not None:
             return dataclasses.replace(request, cancel=self.cancel)
         return request
 
-    def _failed(self, service: Service, request: Request, exc: TransportError, started: float | None) -> None:
+    def failed(self, service: Service, request: Request, exc: TransportError, started: float | None) -> None:
+        """Count a request that got no answer (a cancelled one neither succeeded nor failed)."""
         if not exc.cancelled:
             self.counters.fail(service.root)
             if started is not None:
@@ -208,12 +187,46 @@ class Wire:
             self.directory.mark_stale()
         log.debug("%s %s: %s", request.method, service.root, exc.reason)
 
-    def _answered(self, service: Service, request: Request, response: Response, started: float) -> None:
+    def answered(self, service: Service, request: Request, response: Response, started: float) -> None:
+        """Count an answer: its bytes, its latency, and a failure for a status worth retrying."""
         self.counters.add(bytes_down=len(response.body))
         if classify(response.status) not in (Status.OK, Status.NOT_FOUND):
             self.counters.fail(service.root)
         self.counters.observe(service.root, self.clock() - started)
         log.debug("%s %s -> %s", request.method, service.root, response.status)
+
+
+class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
+    """A `Wire`'s race: each request's index and its response or error as it ends, counted as
+    `Wire.send` counts. `close` it when done: that abandons what still runs."""
+
+    def __init__(self, wire: Wire, services: Sequence[Service], requests: Sequence[Request], hedge_after: float,
+                 on_start: Callable[[int], None] | None) -> None:
+        self._wire = wire
+        self._services = services
+        self._requests = requests
+        self._on_start = on_start
+        self._started: dict[int, float] = {}
+        self._race = wire.transport.race(requests, hedge_after, self._start)
+
+    def _start(self, index: int) -> None:
+        self._wire.counters.add(requests=1)
+        self._started[index] = self._wire.clock()
+        if self._on_start is not None:
+            self._on_start(index)
+
+    def __next__(self) -> tuple[int, Response | TransportError]:
+        finished = next(self._race)
+        index = finished.position
+        if finished.response is not None:
+            self._wire.answered(self._services[index], self._requests[index], finished.response, self._started[index])
+            return index, finished.response
+        assert finished.error is not None  # a Finished holds one or the other
+        self._wire.failed(self._services[index], self._requests[index], finished.error, self._started.get(index))
+        return index, finished.error
+
+    def close(self) -> None:
+        self._race.close()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,13 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from ..config import Timeout
 from ..errors import KeepError
 
-__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "Finished", "Headers", "Request", "Response", "Transport",
-           "TransportError"]
+__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "Finished", "Headers", "Race", "Request", "Response",
+           "Transport", "TransportError"]
 
 _T = TypeVar("_T", bound="Transport")
 _SECRET_HEADERS = frozenset({"authorization"})
@@ -207,6 +207,17 @@ class Finished(NamedTuple):
     error: TransportError | None = None
 
 
+class Race(Protocol):
+    """What `Transport.race` returns: the requests as they end, and `close` to drop the rest."""
+
+    def __iter__(self) -> Iterator[Finished]: ...
+
+    def __next__(self) -> Finished: ...
+
+    def close(self) -> None:
+        """Abandon the requests still running (their connections closed, not pooled)."""
+
+
 class Transport(abc.ABC):
     """Sends a `Request`, returns a `Response` for any HTTP status, raises `TransportError`
     when there is no HTTP answer. Implementations must be safe to call from many threads."""
@@ -216,17 +227,21 @@ class Transport(abc.ABC):
         """Perform *request*."""
 
     def race(self, requests: Sequence[Request], hedge_after: float,
-             on_start: Callable[[int], None] | None = None) -> Generator[Finished, None, None]:
-        """Perform *requests* (the same thing asked of different services, best first), yielding
-        each as it ends, until the caller has what it wants and closes the generator.
+             on_start: Callable[[int], None] | None = None) -> Race:
+        """Perform *requests* (the same thing asked of different services, best first), giving
+        each as it ends, until the caller has what it wants and closes the race.
 
         A transport that can overlap requests starts the next one when the one running has
         failed, or when it has had no first byte (status and headers) within *hedge_after*
         seconds; never more than two are in flight, and one whose answer has started streaming
-        is never doubled. Closing the generator abandons the requests still running (their
+        is never doubled. Closing the race abandons the requests still running (their
         connections are closed, not pooled). *on_start* is called with each request's index as
         it starts. This default runs them one at a time, in order, on `request`.
         """
+        return self._one_at_a_time(requests, on_start)
+
+    def _one_at_a_time(self, requests: Sequence[Request],
+                       on_start: Callable[[int], None] | None) -> Generator[Finished, None, None]:
         for index, request in enumerate(requests):
             if on_start is not None:
                 on_start(index)

@@ -8,13 +8,13 @@ import os
 import queue
 import threading
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 
 import pycurl
 
-from .base import Finished, Request, Response, Transport, TransportError
+from .base import Race, Request, Response, Transport, TransportError
 from .exchange import HEADER_LIMIT, BodyReader, Exchange
-from .race import Slot, run_race
+from .race import CurlRace, Slot
 
 __all__ = ["CurlTransport", "default_ca_file"]
 
@@ -116,12 +116,12 @@ class CurlTransport(Transport):
             self._checkin(curl, healthy)
 
     def race(self, requests: Sequence[Request], hedge_after: float,
-             on_start: Callable[[int], None] | None = None) -> Generator[Finished, None, None]:
+             on_start: Callable[[int], None] | None = None) -> Race:
         if self._closed.is_set():
             raise TransportError("transport is closed", url=requests[0].url if requests else "")
         with self._slots_lock:
             slot = self._slots.pop() if self._slots else Slot()
-        return run_race(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed,
+        return CurlRace(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed,
                         done=self._checkin_slot)
 
     def close(self) -> None:
