@@ -127,10 +127,11 @@ class CurlRace(Iterator[Finished]):
     def _step(self) -> None:
         """Start what is due, let libcurl move, collect what ended; wait when nothing did."""
         running, waiting, multi = self._running, self._waiting, self._multi
-        alone = self._alone()
-        if waiting and (not running or (alone is not None and not alone.exchange.answered
-                                        and self._clock() - alone.started >= self._hedge_after)):
-            self._start(waiting.popleft())
+        if waiting:
+            alone = self._alone()
+            if not running or (alone is not None and not alone.exchange.answered
+                               and self._clock() - alone.started >= self._hedge_after):
+                self._start(waiting.popleft())
         while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
             pass
         messages = multi.info_read()
@@ -152,9 +153,10 @@ class CurlRace(Iterator[Finished]):
         # Wait for socket activity, libcurl's next timer, or the moment to hedge.
         timeout_ms = multi.timeout()
         wait = _LONGEST_WAIT if timeout_ms < 0 else min(_LONGEST_WAIT, timeout_ms / 1000)
-        alone = self._alone()
-        if waiting and alone is not None and not alone.exchange.answered:
-            wait = min(wait, alone.started + self._hedge_after - self._clock())
+        if waiting:
+            alone = self._alone()
+            if alone is not None and not alone.exchange.answered:
+                wait = min(wait, alone.started + self._hedge_after - self._clock())
         if wait > 0 and multi.select(wait) == 0 and not any(multi.fdset()):
             # No socket to wait on (select returned at once): libcurl's advice is to wait a little.
             time.sleep(min(wait, _NO_SOCKET_WAIT))
