@@ -372,3 +372,22 @@ def test_one_server_slow_to_first_byte_costs_at_most_two_gets_a_block(pair_with_
     total = gets_per_block(cluster)
     assert set(total) == blocks | {big.md5}
     assert total[big.md5] <= 2 and all(total[md5] <= 4 for md5 in blocks)  # twice per read at most
+
+
+def test_bench_hedge_runs_and_counts_one_get_per_healthy_read(tmp_path: Path) -> None:
+    import json
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench"
+    out = tmp_path / "hedge.json"
+    done = subprocess.run([sys.executable, str(tool), "hedge", "--count", "20", "--big", "0", "--rounds", "1",
+                           "--late", "0.1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {row["case"]: row for row in json.loads(out.read_text())}
+    assert rows["healthy, 4 KiB, hedging on (round 1)"]["requests_per_get"] == 1.0
+    assert rows["healthy, 4 KiB, hedging off (round 1)"]["requests_per_get"] == 1.0
+    assert rows["one late, 4 KiB, hedging off"]["requests_per_get"] == 1.0
+    # Fail-back off: each read whose best replica is the late one asks the other too.
+    assert 1.0 < rows["one late, 4 KiB, hedge alone (no fail-back)"]["requests_per_get"] <= 2.0
+    assert rows["one late, 4 KiB, hedge alone (no fail-back)"]["server_gets_per_get"] == \
+        rows["one late, 4 KiB, hedge alone (no fail-back)"]["requests_per_get"]
+    assert "load average before" in done.stdout
