@@ -106,14 +106,16 @@ class ServiceHealth:
 
     def first_byte(self, root: str, seconds: float) -> None:
         """*root*'s status and headers came *seconds* after the request started."""
-        with self._lock:
-            window = self._first_bytes.get(root)
-            if window is None:
-                window = self._first_bytes[root] = collections.deque(maxlen=self.policy.window)
-            window.append(seconds)
-            self._fresh += 1
-            if self._fresh >= _RECOMPUTE_EVERY or len(window) <= self.policy.min_samples:
-                self._delay, self._fresh = None, 0
+        window = self._first_bytes.get(root)
+        if window is None:
+            with self._lock:
+                window = self._first_bytes.setdefault(root, collections.deque(maxlen=self.policy.window))
+        # Lock-free on every GET: a deque's append is atomic, and a count lost between threads
+        # only delays the next recomputation of the delay by one sample.
+        window.append(seconds)
+        self._fresh += 1
+        if self._fresh >= _RECOMPUTE_EVERY or len(window) <= self.policy.min_samples:
+            self._delay, self._fresh = None, 0
 
     def score(self, root: str) -> float:
         """*root*'s failure score now (0: no recent failure)."""
@@ -135,15 +137,18 @@ class ServiceHealth:
 
     def hedge_delay(self) -> float:
         """Seconds a GET waits for its first byte before the next replica is asked too."""
+        delay = self._delay
+        if delay is not None:  # fresh: one attribute read needs no lock
+            return delay
         policy = self.policy
         with self._lock:
             if self._delay is None:
-                learned = [self._percentile(window) for window in self._first_bytes.values()
+                learned = [self._percentile(window) for window in list(self._first_bytes.values())
                            if len(window) >= policy.min_samples]
                 delay = policy.multiplier * min(learned) if learned else policy.initial
                 self._delay = min(policy.cap, max(policy.floor, delay))
             return self._delay
 
     def _percentile(self, window: collections.deque[float]) -> float:
-        samples = sorted(window)
+        samples = sorted(list(window))  # a copy first: another thread may append meanwhile
         return samples[max(0, math.ceil(self.policy.percentile / 100 * len(samples)) - 1)]

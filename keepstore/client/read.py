@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from ..config import Timeout
 from ..errors import BlockNotFound, KeepError, LocatorError, NoServicesError, ReadError
@@ -161,11 +161,15 @@ class _Read:
         one running fails, or has had no first byte within the hedge delay (then two run, never
         more). A service that had no first byte within the delay by the time another answered
         scores a failure (one asked only just before the answer came does not)."""
-        tries = [_Try(service, health) for service in candidates]
-        requests = _Built(len(candidates), lambda index: self.request(candidates[index], timeout,
-                                                                      tries[index].answered))
+        tries: dict[int, _Try] = {}  # made with their requests, when the race first needs them
+
+        def make(index: int) -> Request:
+            tried = tries[index] = _Try(candidates[index], health)
+            return self.request(candidates[index], timeout, tried.answered)
+
         delay = health.hedge_delay()
-        race = self.link.wire.race(candidates, requests, delay, lambda index: tries[index].start())
+        race = self.link.wire.race(candidates, _Built(len(candidates), make), delay,
+                                   lambda index: tries[index].start())
         try:
             for index, outcome in race:
                 if isinstance(outcome, TransportError) and outcome.cancelled:
@@ -179,9 +183,9 @@ class _Read:
         finally:
             race.close()
             if len(tries) > 1 and not self.link.rounds.cancel.is_set():
-                self.score_slow(tries, delay, health)
+                self.score_slow(tries.values(), delay, health)
 
-    def score_slow(self, tries: Sequence[_Try], delay: float, health: ServiceHealth) -> None:
+    def score_slow(self, tries: Iterable[_Try], delay: float, health: ServiceHealth) -> None:
         """A failure for each request that had no first byte within *delay* before it was dropped."""
         now = time.perf_counter()
         for t in tries:
