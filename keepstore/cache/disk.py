@@ -372,7 +372,11 @@ class DiskBlockCache(BlockCache):
         if cache is None or not self._readable:
             return
         try:
-            cache.delete(str(locator))
+            # By our index, not diskcache's delete: a forged row's filename could name a file
+            # outside the directory, which diskcache would remove.
+            _, filename = self._index.remove(str(locator))
+            if filename:
+                cache.disk.remove(filename)
         except _FAILURES as exc:
             self._failed(exc, "discarding")
 

@@ -104,15 +104,24 @@ class BlockIndex:
         unpickled to name it. The file is the caller's to remove, after the commit, as diskcache
         does: a reader may still hold it open (or mapped), which unlinking does not disturb.
         """
-        def oldest(con: sqlite3.Connection) -> Removed:
-            row = con.execute("SELECT rowid, filename FROM Cache ORDER BY access_time LIMIT 1").fetchone()
-            if row is None:
-                return False, None
-            con.execute("DELETE FROM Cache WHERE rowid = ?", (row[0],))
-            return True, row[1]
-
         with self._lock:
-            return self._transaction(oldest)
+            return self._transaction(lambda con: self._delete(
+                con, con.execute("SELECT rowid, filename FROM Cache ORDER BY access_time LIMIT 1").fetchone()))
+
+    def remove(self, key: str) -> Removed:
+        """Delete the entry stored under text *key*, as `remove_oldest` does."""
+        with self._lock:
+            return self._transaction(lambda con: self._delete(
+                con, con.execute("SELECT rowid, filename FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()))
+
+    @staticmethod
+    def _delete(con: sqlite3.Connection, row: tuple[int, object] | None) -> Removed:
+        """Delete *row* (rowid, filename); its file's path when diskcache could have named it so."""
+        if row is None:
+            return False, None
+        con.execute("DELETE FROM Cache WHERE rowid = ?", (row[0],))
+        filename = row[1]
+        return True, filename if isinstance(filename, str) and _FILENAME.fullmatch(filename) else None
 
     def _transaction(self, work: Callable[[sqlite3.Connection], Removed | None]) -> Removed:
         """Write the remembered touches, then *work*, in one write transaction; lock held."""
