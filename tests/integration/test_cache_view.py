@@ -43,7 +43,8 @@ def test_a_disk_hit_is_served_as_a_mapping_without_the_network(keep_cluster_fact
 def test_a_damaged_cache_file_is_read_from_the_network_again(keep_cluster: KeepCluster, tmp_path: Path) -> None:
     data = os.urandom(2 * MiB)
     path = tmp_path / "cache"
-    with keep_cluster.client(cache=DiskBlockCache(path), retries=0) as kc:
+    cache = DiskBlockCache(path)
+    with keep_cluster.client(cache=cache, retries=0) as kc:
         loc = kc.put(data)
         assert kc.get_view(loc) == data
         (victim,) = sorted(path.rglob("*.val"))
@@ -53,8 +54,9 @@ def test_a_damaged_cache_file_is_read_from_the_network_again(keep_cluster: KeepC
         view = kc.get_view(loc)
         assert view == data  # never the damaged bytes
         assert _gets(keep_cluster, loc) == 2
-        assert kc.cache is not None and kc.cache.stats().corrupt == 1  # type: ignore[union-attr]
+        assert cache.stats().corrupt == 1
         assert kc.get_view(loc) == data and _gets(keep_cluster, loc) == 2  # cached again, good this time
+    cache.close()
 
 
 def test_without_a_cache_a_view_is_of_the_verified_bytes(keep_cluster: KeepCluster) -> None:
