@@ -57,9 +57,13 @@ class BlockIndex:
         self._con: sqlite3.Connection | None = None
         self._touches: dict[str, float] = {}  # key -> access time not yet written
         self._since: float | None = None  # when the oldest of them was remembered
+        self._closed = False
 
     def _connection(self) -> sqlite3.Connection:
         """The connection (made on first use); call with the lock held."""
+        if self._closed:
+            # A call racing close() in another thread: a miss, as for a closed cache.
+            raise diskcache.Timeout("the block index is closed")
         if self._con is None:
             self._con = sqlite3.connect(os.path.join(self.directory, diskcache.core.DBNAME), timeout=self._timeout,
                                         isolation_level=None, check_same_thread=False)
@@ -154,6 +158,7 @@ class BlockIndex:
             except (sqlite3.Error, diskcache.Timeout):
                 pass  # access times are a hint: losing the last second of them only blurs the LRU order
             finally:
+                self._closed = True
                 con, self._con = self._con, None
                 if con is not None:
                     con.close()
