@@ -7,6 +7,8 @@ import mmap
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pytest
 
 from keepstore import DiskBlockCache, Locator
 from keepstore.cache import BlockCache, MemoryBlockCache, TieredBlockCache
+from keepstore.cache.index import BlockIndex
+from keepstore.testing import wait_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -314,3 +318,74 @@ def test_with_no_delay_every_hit_is_written_at_once(tmp_path: Path) -> None:
         other.put(*third)
         assert other.get(second[0]) is None and other.get(first[0]) == first[1]
     reader.close()
+
+
+def test_a_view_survives_eviction_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    loc, data = _block(70, MiB)
+    cache = DiskBlockCache(path, 2 * MiB + 512 * KiB)
+    cache.put(loc, data)
+    view = cache.get_view(loc)
+    assert view is not None and isinstance(view.obj, mmap.mmap)
+    other = (
+        "import os, sys\n"
+        "from keepstore import DiskBlockCache, Locator\n"
+        "cache = DiskBlockCache(sys.argv[1], 2 * 2**20 + 512 * 2**10)\n"
+        "for n in range(4):\n"
+        "    data = os.urandom(2**20)\n"
+        "    cache.put(Locator.for_data(data), data)\n"
+        "print(cache.stats().evictions)\n"
+        "cache.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", other, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 2
+    assert cache.get(loc) is None  # evicted (and its file unlinked) by the other process
+    assert view == data
+    cache.close()
+
+
+def test_threads_viewing_one_missing_block_share_one_fetch(tmp_path: Path) -> None:
+    cache = DiskBlockCache(tmp_path / "c", 16 * MiB)
+    loc, data = _block(71, MiB)
+    calls: list[int] = []
+    start = threading.Barrier(4)
+    views: list[memoryview] = []
+
+    def fetch() -> bytes:
+        calls.append(1)
+        wait_until(lambda: cache.stats().joined == 3)  # hold the flight until the others wait on it
+        return data
+
+    def reader() -> None:
+        start.wait()
+        views.append(cache.get_or_fetch_view(loc, fetch))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and len(views) == 4 and all(v == data and v.readonly for v in views)
+    cache.close()
+
+
+def test_block_index_writes_remembered_hits_once_they_are_old_enough(tmp_path: Path) -> None:
+    now = [1000.0]
+    path = tmp_path / "c"
+    loc, data = _block(72, MiB)
+    with DiskBlockCache(path, 16 * MiB) as cache:
+        cache.put(loc, data)
+    index = BlockIndex(str(path), 5.0, touch_delay=2.0, clock=lambda: now[0])
+    assert index.find(str(loc)) is not None and index.find("0" * 32 + "+1") is None
+    assert index.touch(str(loc)) is False
+    now[0] += 1.0
+    assert index.touch(str(loc)) is False
+    now[0] += 1.0
+    assert index.touch(str(loc)) is True  # the oldest remembered hit is now touch_delay old
+    index.flush()
+    with sqlite3.connect(path / "cache.db") as db:
+        (when,) = db.execute("SELECT access_time FROM Cache WHERE key = ?", (str(loc),)).fetchone()
+    assert when == 1002.0
+    assert index.touch(str(loc)) is False  # a new batch starts
+    index.close()
