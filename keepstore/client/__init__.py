@@ -261,24 +261,27 @@ class KeepClient(BlockStore):
 
     def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         """The block's bytes, verified against the locator's md5 and size."""
+        return self._read(locator, request_id, "get_or_fetch", bytes)  # bytes(b) is b: no copy
+
+    def get_view(self, locator: LocatorLike, *, request_id: str | None = None) -> memoryview:
+        """`get` as a read-only `memoryview`; a `DiskBlockCache` hit maps the verified file, uncopied."""
+        return self._read(locator, request_id, "get_or_fetch_view", memoryview)
+
+    def _read(self, locator: LocatorLike, rid: str | None, lookup: str, wrap: Callable[[bytes], T]) -> T:
         self._check_open()
         loc = self._locator(locator)
         if str(loc.bare()) == EMPTY_BLOCK:
-            return b""
-        rid = request_id or new_request_id()
-        if self._cache_front is None:
-            return read_block(self._link(), loc, "GET", rid)
-        fetched = []
+            return wrap(b"")
+        rid, fetched = rid or new_request_id(), []
 
         def fetch() -> bytes:
             fetched.append(True)
             return read_block(self._link(), loc, "GET", rid)
 
-        # Concurrent readers of one block share one download (and, for a directory cache,
-        # other processes wait for it too).
-        data = self._cache_front.get_or_fetch(loc, fetch, verified=True, origin=self)
-        if not fetched:
-            self._counters.add(cache_hits=1)
+        if self._cache_front is None:
+            return wrap(fetch())
+        data: T = getattr(self._cache_front, lookup)(loc, fetch, verified=True, origin=self)  # single-flight misses
+        self._counters.add(cache_hits=0 if fetched else 1)
         return data
 
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
