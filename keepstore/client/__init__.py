@@ -57,8 +57,7 @@ class KeepClient(BlockStore):
         token: The API token, sent as ``Authorization: Bearer``; surrounding whitespace is
             dropped. It never appears in a repr, log line or error.
         api_host: ``host[:port]`` (HTTPS) or an ``http(s)://`` URL of an Arvados API server
-            whose ``keep_services/accessible`` list is used (and refreshed) when *services*
-            is not given.
+            whose ``keep_services/accessible`` list is used (and refreshed) when *services* is not given.
         timeout: A `Timeout`, a number of seconds (connect and read), or a
             ``(connect, read, min_bandwidth)`` tuple; default ``Timeout()``.
         retries: A `Retry` policy or a number of retry rounds (default 10).
@@ -70,8 +69,7 @@ class KeepClient(BlockStore):
             ``get(locator)`` and ``put(locator, data)`` (wrapped in a `ForeignCache`, whose
             hits are md5-checked and whose failures never fail a read).
         cache_writes: Also cache blocks this client puts.
-        close_cache: Close *cache* when the client closes (``from_env`` sets it for a cache
-            it made).
+        close_cache: Close *cache* when the client closes (``from_env`` sets it for a cache it made).
         prefetch_threads: Threads that fill the cache for `prefetch`.
         transport: The `Transport` to send requests with; default a `CurlTransport` built
             from *insecure* and *ca_file*.
@@ -232,9 +230,8 @@ class KeepClient(BlockStore):
 
     def _link(self) -> Link:
         """What a read or write needs of this client, with the policies as they are now."""
-        notify = self._on_retry or (lambda notice: None)
         rounds = RoundPolicy(self.retry, self._sleep, lambda: self._closed, lambda: self._counters.add(retries=1),
-                             self.timeout, self._cancel, self._clock, notify)
+                             self.timeout, self._cancel, self._clock, self._on_retry or (lambda notice: None))
         return Link(self._wire, rounds, self.timeout)
 
     # -- writes ---------------------------------------------------------------------------
@@ -264,24 +261,27 @@ class KeepClient(BlockStore):
 
     def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         """The block's bytes, verified against the locator's md5 and size."""
+        return self._read(locator, request_id, "get_or_fetch", bytes)  # bytes(b) is b: no copy
+
+    def get_view(self, locator: LocatorLike, *, request_id: str | None = None) -> memoryview:
+        """`get` as a read-only `memoryview`; a `DiskBlockCache` hit maps the verified file, uncopied."""
+        return self._read(locator, request_id, "get_or_fetch_view", memoryview)
+
+    def _read(self, locator: LocatorLike, rid: str | None, lookup: str, wrap: Callable[[bytes], T]) -> T:
         self._check_open()
         loc = self._locator(locator)
         if str(loc.bare()) == EMPTY_BLOCK:
-            return b""
-        rid = request_id or new_request_id()
-        if self._cache_front is None:
-            return read_block(self._link(), loc, "GET", rid)
-        fetched = []
+            return wrap(b"")
+        rid, fetched = rid or new_request_id(), []
 
         def fetch() -> bytes:
             fetched.append(True)
             return read_block(self._link(), loc, "GET", rid)
 
-        # Concurrent readers of one block share one download (and, for a directory cache,
-        # other processes wait for it too).
-        data = self._cache_front.get_or_fetch(loc, fetch, verified=True, origin=self)
-        if not fetched:
-            self._counters.add(cache_hits=1)
+        if self._cache_front is None:
+            return wrap(fetch())
+        data: T = getattr(self._cache_front, lookup)(loc, fetch, verified=True, origin=self)  # single-flight misses
+        self._counters.add(cache_hits=0 if fetched else 1)
         return data
 
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
