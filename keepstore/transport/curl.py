@@ -117,8 +117,7 @@ class CurlTransport(Transport):
 
     def race(self, requests: Sequence[Request], hedge_after: float,
              on_start: Callable[[int], None] | None = None) -> Race:
-        if self._closed.is_set():
-            raise TransportError("transport is closed", url=requests[0].url if requests else "")
+        # A closed transport raises nothing here: each request fails as `request` would fail it.
         with self._slots_lock:
             slot = self._slots.pop() if self._slots else Slot()
         return CurlRace(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed,

@@ -391,3 +391,16 @@ def test_bench_hedge_runs_and_counts_one_get_per_healthy_read(tmp_path: Path) ->
     assert rows["one late, 4 KiB, hedge alone (no fail-back)"]["server_gets_per_get"] == \
         rows["one late, 4 KiB, hedge alone (no fail-back)"]["requests_per_get"]
     assert "load average before" in done.stdout
+
+
+def test_a_closed_transport_fails_each_raced_request_as_a_request_would(keep_server: KeepServer) -> None:
+    from keepstore.transport import CurlTransport, Request
+
+    transport = CurlTransport()
+    transport.close()
+    race = transport.race([Request("GET", keep_server.url + "x"), Request("GET", keep_server.url + "y")], 0.01)
+    errors = [finished.error for finished in race]
+    race.close()
+    assert [e.reason if e else None for e in errors] == ["transport is closed"] * 2
+    assert not any(e.cancelled for e in errors if e)
+    assert len(keep_server.requests) == 0
