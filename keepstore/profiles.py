@@ -30,9 +30,11 @@ class Profile:
         where: ``config file PATH line N, profile 'NAME'``, for error messages.
         services: The Keep service roots (empty for a local store).
         token: The token for *services*; None: *token_file*'s, else the configured one.
-        token_file: A file holding the token (read by `open`).
+        token_file: A file holding the token (read by `open`); relative paths in the config file
+            are taken beside it.
         copies: Replicas wanted at *services*; None: the configured copies.
-        local_store: A `LocalStore` directory (``~`` expanded), instead of services.
+        local_store: A `LocalStore` directory (``~`` expanded; relative paths in the config file
+            are taken beside it), instead of services.
         config_path: The config file the profile is in (`open` reads the other settings there).
     """
 
@@ -170,7 +172,7 @@ def _profile(name: str, body: Mapping[Any, Any], path: Path, where: str) -> Prof
         elif not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{at}: expected a path, got {plain_kind(value)}")
         else:
-            values[key] = value
+            values[key] = _beside(path, value)
     if ("services" in values) == ("local_store" in values):
         raise ConfigError(f"{where}: set one of services (Keep services) or local_store (a directory)")
     if "token" in values and "token_file" in values:
@@ -181,6 +183,13 @@ def _profile(name: str, body: Mapping[Any, Any], path: Path, where: str) -> Prof
     if not values.get("services", True):
         raise ConfigError(f"{where}, key 'services': the list is empty")
     return Profile(name=name, where=where, config_path=str(path), **values)
+
+
+def _beside(config: Path, value: str) -> str:
+    """*value* (``~`` expanded) as a path; a relative one is taken beside the config file, as
+    the file's author meant it, not against whatever directory a command runs in."""
+    expanded = os.path.expanduser(value.strip())
+    return expanded if os.path.isabs(expanded) else str(config.parent / expanded)
 
 
 def _check_token(value: Any, where: str) -> str:

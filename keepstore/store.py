@@ -75,6 +75,10 @@ class BlockStore(abc.ABC):
     def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         """Return the block's bytes, verified against the locator's md5 and size."""
 
+    def get_view(self, locator: LocatorLike, *, request_id: str | None = None) -> memoryview:
+        """The block as a read-only `memoryview`, verified as `get` verifies (here: a view of its bytes)."""
+        return memoryview(self.get(locator, request_id=request_id))
+
     @abc.abstractmethod
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
         """Return True when the block is stored; raise `BlockNotFound` when it is not."""

@@ -125,6 +125,12 @@ class BlockCache(abc.ABC):
     def _current_bytes(self) -> int:
         return 0
 
+    def _get_view(self, locator: Locator) -> memoryview | None:
+        """A verified hit as a read-only view (default: of what `_get` returns); caches that
+        can hand out their storage without a copy override it."""
+        data = self._get(locator)
+        return None if data is None else memoryview(data)
+
     def fetch_lock(self, key: str) -> contextlib.AbstractContextManager[object]:
         """Held while fetching *key* (a `cache_key`), so other processes sharing the cache can
         wait for us; a cache of one process needs none (this default)."""
@@ -141,6 +147,20 @@ class BlockCache(abc.ABC):
         else:
             self._counters.add(hits=1, bytes_read=len(data))
         return data
+
+    def get_view(self, locator: LocatorLike) -> memoryview | None:
+        """The cached block as a read-only `memoryview`, verified against *locator*, or None.
+
+        Verified as `get` verifies; a `DiskBlockCache` maps the block file instead of copying
+        it (see ``docs/cache.md``), other caches return a view of the `bytes` `get` would.
+        """
+        loc = _parse(locator).bare()
+        view = self._get_view(loc)
+        if view is None:
+            self._counters.add(misses=1)
+        else:
+            self._counters.add(hits=1, bytes_read=view.nbytes)
+        return view
 
     def put(self, locator: LocatorLike, data: Data, *, verified: bool = False) -> None:
         """Cache *data* as the block *locator* names.
@@ -175,10 +195,20 @@ class BlockCache(abc.ABC):
         says ``fetch`` already checks (as `KeepClient`'s does).
         """
         full = _parse(locator)
+        data = self.get(full)
+        return data if data is not None else self._fetch_shared(full, fetch, verified, origin)
+
+    def get_or_fetch_view(self, locator: LocatorLike, fetch: Callable[[], bytes], *, verified: bool = False,
+                          origin: object = None) -> memoryview:
+        """Like `get_or_fetch`, as a read-only view: a hit from `get_view` (no copy where the
+        cache can avoid one), a miss a view of what ``fetch()`` returned."""
+        full = _parse(locator)
+        view = self.get_view(full)
+        return view if view is not None else memoryview(self._fetch_shared(full, fetch, verified, origin))
+
+    def _fetch_shared(self, full: Locator, fetch: Callable[[], bytes], verified: bool, origin: object) -> bytes:
+        """The single-flight miss path of `get_or_fetch`: one ``fetch()`` for concurrent callers."""
         loc = full.bare()
-        data = self.get(loc)
-        if data is not None:
-            return data
         key = f"{loc.md5}+{loc.size}"
         asker = (str(full), origin)
         mine: set[str] = self._leading.__dict__.setdefault("keys", set())

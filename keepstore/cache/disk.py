@@ -6,12 +6,14 @@ import contextlib
 import errno
 import hashlib
 import logging
+import mmap
 import os
 import sqlite3
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import diskcache
 import xxhash
@@ -21,6 +23,7 @@ from ..errors import ConfigError
 from ..locator import Locator
 from .base import BlockCache, check_max_bytes
 from .filelock import block_lock
+from .index import BlockIndex
 from .trust import file_is_private, is_private_directory
 
 __all__ = ["DEFAULT_DISK_BYTES", "DiskBlockCache"]
@@ -52,6 +55,18 @@ _FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # diskcache's index and its SQLite companions: inline blocks live in them.
 _INDEX_FILES = (diskcache.core.DBNAME, diskcache.core.DBNAME + "-wal", diskcache.core.DBNAME + "-shm")
+
+
+def _mapped(file: BinaryIO, st: os.stat_result, size: int) -> memoryview:
+    """*file* as a read-only view: mapped when only this user can change it, else read."""
+    if st.st_size == size > 0 and st.st_nlink == 1 and file_is_private(st):
+        try:
+            # The view holds the only reference to the mapping: releasing it (or its garbage
+            # collection) unmaps it and closes the mapping's own descriptor.
+            return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+        except OSError:  # a filesystem that cannot map files: read it instead
+            pass
+    return memoryview(file.read())
 
 
 class _BlockDisk(diskcache.Disk):
@@ -109,6 +124,11 @@ class DiskBlockCache(BlockCache):
         verify: ``"auto"``, ``"xxh3"``, ``"crc32"`` or ``"md5"``, as above.
         lock_timeout: Seconds to wait for another process's download of a block (0: never).
         db_timeout: Seconds to wait for the SQLite index when another process holds it.
+        touch_delay: Seconds a hit's access time may wait to be written to the index, batched
+            with other hits (this object's own evictions always see every hit first).
+
+    `get_view` returns a hit without copying it: a block file owned by this user and writable
+    by nobody else is memory-mapped and verified in place (see ``docs/cache.md``).
 
     A failing directory (read-only, full, damaged database) never raises from a get or put:
     the cache logs one warning and behaves as empty. Invalid arguments raise `ConfigError`.
@@ -122,14 +142,16 @@ class DiskBlockCache(BlockCache):
         verify: str = "auto",
         lock_timeout: float = 60.0,
         db_timeout: float = 10.0,
+        touch_delay: float = 1.0,
     ) -> None:
         super().__init__()
         self.path = os.path.abspath(os.fspath(path))
         self.max_bytes = check_max_bytes(max_bytes)
         if verify not in VERIFY_METHODS:
             raise ConfigError(f"cache verify must be one of {', '.join(VERIFY_METHODS)}, got {verify!r}")
-        if not lock_timeout >= 0 or not db_timeout > 0:
-            raise ConfigError(f"cache timeouts must be positive, got {lock_timeout!r} and {db_timeout!r}")
+        if not lock_timeout >= 0 or not db_timeout > 0 or not touch_delay >= 0:
+            raise ConfigError(f"cache timeouts must be positive, got {lock_timeout!r}, {db_timeout!r} "
+                              f"and {touch_delay!r}")
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ConfigError(f"cache path {self.path} exists and is not a directory")
         self.verify = verify
@@ -139,9 +161,12 @@ class DiskBlockCache(BlockCache):
         self._readable = self._writable = False
         self._locks_dir = os.path.join(self.path, "locks")
         self._db_timeout = float(db_timeout)
-        self._lru_lock = threading.Lock()
-        self._lru: sqlite3.Connection | None = None  # eviction's own connection (see _evict_one)
         self._cache: diskcache.Cache | None = None
+        # Hit lookups, batched access-time updates and eviction, on a connection of its own.
+        self._index = BlockIndex(self.path, self._db_timeout, touch_delay=touch_delay)
+        # Hits remembered but not yet written reach the index when this object is closed or
+        # collected, or at interpreter exit (the finalizer holds the index, not this object).
+        self._finalizer = weakref.finalize(self, self._index.close)
         try:
             self._cache = diskcache.Cache(
                 self.path,
@@ -202,7 +227,7 @@ class DiskBlockCache(BlockCache):
         checksum = _CHECKSUMS[method](data) if method in _CHECKSUMS else ""
         return f"{method}:{checksum}:{locator}"
 
-    def _check(self, locator: Locator, data: bytes, tag: object, trusted: bool) -> bool:
+    def _check(self, locator: Locator, data: bytes | memoryview, tag: object, trusted: bool) -> bool:
         if not isinstance(tag, str) or len(data) != locator.size:
             return False
         method, _, rest = tag.partition(":")
@@ -219,15 +244,36 @@ class DiskBlockCache(BlockCache):
 
     # -- BlockCache -------------------------------------------------------------------------
 
-    def _get(self, locator: Locator) -> bytes | None:
-        cache = self._cache
-        if cache is None or not self._readable:
+    def _lookup(self, locator: Locator) -> tuple[object, bytes | BinaryIO] | None:
+        """The entry's tag and its inline bytes or open block file; None when there is none."""
+        if self._cache is None or not self._readable:
             return None
         key = str(locator)
+        entry = self._index.find(key)
+        if entry is None:
+            return None
+        tag, inline, path = entry
+        if inline is not None:
+            found: bytes | BinaryIO = inline
+        else:
+            assert path is not None
+            try:
+                found = open(path, "rb")  # noqa: SIM115 - the caller closes it
+            except FileNotFoundError:
+                return None  # evicted by another process between the lookup and the open
+        if self._index.touch(key):
+            try:
+                self._index.flush()
+            except _FAILURES as exc:
+                self._failed(exc, "recording hits")
+        return tag, found
+
+    def _get(self, locator: Locator) -> bytes | None:
         try:
-            value, tag = cache.get(key, default=None, read=True, tag=True)
-            if value is None:
+            found = self._lookup(locator)
+            if found is None:
                 return None
+            tag, value = found
             if isinstance(value, bytes):
                 data, trusted = value, self.private
             else:
@@ -238,12 +284,46 @@ class DiskBlockCache(BlockCache):
         except _FAILURES as exc:
             self._failed(exc, "reading")
             return None
+        return data if self._verified(locator, data, tag, trusted) else None
+
+    def _get_view(self, locator: Locator) -> memoryview | None:
+        """A verified hit without a copy: a read-only view of the block file mapped in memory.
+
+        Only a file that nobody but this user (or root) can change is mapped: owned by us,
+        writable by nobody else, one link. Nothing of keepstore or diskcache writes an existing
+        block file (each is created once, under a new random name, before its index row
+        commits; a replaced or evicted entry's file is unlinked, which leaves a mapping intact),
+        so the bytes verified here are the bytes the view shows for as long as it lives. Any
+        other file is read into memory as `get` does.
+        """
+        try:
+            found = self._lookup(locator)
+            if found is None:
+                return None
+            tag, value = found
+            if isinstance(value, bytes):
+                view, trusted = memoryview(value), self.private
+            else:
+                with value:
+                    st = os.fstat(value.fileno())
+                    trusted = self.private and file_is_private(st)
+                    view = _mapped(value, st, locator.size)
+        except _FAILURES as exc:
+            self._failed(exc, "reading")
+            return None
+        if self._verified(locator, view, tag, trusted):
+            return view
+        view.release()  # unmaps it (the view holds the only reference to the mapping)
+        return None
+
+    def _verified(self, locator: Locator, data: bytes | memoryview, tag: object, trusted: bool) -> bool:
+        """Check a hit; drop (and count) an entry that fails."""
         if self._check(locator, data, tag, trusted):
-            return data
+            return True
         log.warning("block cache %s: entry for %s failed verification; dropped", self.path, locator)
         self._counters.add(corrupt=1)
         self._discard(locator)
-        return None
+        return False
 
     def _put(self, locator: Locator, data: memoryview) -> None:
         cache = self._cache
@@ -278,38 +358,25 @@ class DiskBlockCache(BlockCache):
 
         diskcache has no public call for this (its ``cull()`` drops ten entries at a time: 640
         MiB of 64 MiB blocks when one would do, and an eviction count we could not report), so
-        this reads diskcache's documented SQLite table ``Cache`` on a connection of our own and
-        removes the file with the public ``Disk.remove``. The table's triggers keep diskcache's
-        size and count right. Tied to diskcache's schema: setup.cfg pins diskcache to 5.6.x and
-        tests/integration/test_cache.py pins the behaviour. The row goes by rowid, so a foreign entry in a
-        shared directory (a pickled key) is never unpickled to name it.
+        `BlockIndex` deletes the row from diskcache's documented SQLite table ``Cache`` (its
+        triggers keep diskcache's size and count right) and the file goes by the public
+        ``Disk.remove``.
         """
-        with self._lru_lock:
-            if self._lru is None:
-                self._lru = sqlite3.connect(os.path.join(self.path, diskcache.core.DBNAME), timeout=self._db_timeout,
-                                            isolation_level=None, check_same_thread=False)
-            con = self._lru
-            con.execute("BEGIN IMMEDIATE")  # one writer at a time, as diskcache's own transactions
-            try:
-                row = con.execute("SELECT rowid, filename FROM Cache ORDER BY access_time LIMIT 1").fetchone()
-                if row is not None:
-                    con.execute("DELETE FROM Cache WHERE rowid = ?", (row[0],))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        if row is None:
-            return False
-        if row[1]:
-            cache.disk.remove(row[1])  # after the commit, as diskcache does: a reader may still hold it open
-        return True
+        deleted, filename = self._index.remove_oldest()
+        if filename:
+            cache.disk.remove(filename)  # after the commit, as diskcache does: a reader may still hold it open
+        return deleted
 
     def _discard(self, locator: Locator) -> None:
         cache = self._cache
         if cache is None or not self._readable:
             return
         try:
-            cache.delete(str(locator))
+            # By our index, not diskcache's delete: a forged row's filename could name a file
+            # outside the directory, which diskcache would remove.
+            _, filename = self._index.remove(str(locator))
+            if filename:
+                cache.disk.remove(filename)
         except _FAILURES as exc:
             self._failed(exc, "discarding")
 
@@ -359,9 +426,6 @@ class DiskBlockCache(BlockCache):
     def close(self) -> None:
         with self._state_lock:
             self._readable = self._writable = False
-        with self._lru_lock:
-            lru, self._lru = self._lru, None
-        if lru is not None:
-            lru.close()
+        self._finalizer()  # writes the hits not yet recorded, closes the index connection
         if self._cache is not None:
             self._cache.close()

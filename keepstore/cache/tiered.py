@@ -11,7 +11,8 @@ __all__ = ["TieredBlockCache"]
 
 
 class TieredBlockCache(BlockCache):
-    """Looks in *memory* first, then *disk*; a disk hit is copied into *memory*.
+    """Looks in *memory* first, then *disk*; a disk hit is copied into *memory* (`get_view`
+    still returns the disk tier's view of it).
 
     Puts go to both tiers. `stats()` counts this object's own hits and misses; each tier
     keeps its own counters too (``.memory.stats()``, ``.disk.stats()``). Closing closes both.
@@ -37,6 +38,15 @@ class TieredBlockCache(BlockCache):
         if data is not None:
             self.memory.put(locator, data, verified=True)  # the disk tier has just verified it
         return data
+
+    def _get_view(self, locator: Locator) -> memoryview | None:
+        view = self.memory.get_view(locator)
+        if view is not None:
+            return view
+        view = self.disk.get_view(locator)  # the disk tier's mapping, not the copy promoted
+        if view is not None:
+            self.memory.put(locator, view, verified=True)
+        return view
 
     def _put(self, locator: Locator, data: memoryview) -> None:
         self.memory.put(locator, data, verified=True)

@@ -23,13 +23,15 @@ from ..store import BlockStore, Data, PutResult, as_view
 from ..transport import Headers, Request, Transport, TransportError
 from . import direct, stream
 from .envcache import CacheChoice, cache_from_settings
+from .health import HedgePolicy
 from .read import SIGNATURE_HEADER, read_block
 from .rounds import RetryNotice, RoundPolicy
 from .stats import ClientStats, Counters, ServiceStats
 from .wire import Link, Wire, clean_token, new_request_id
 from .write import ReplicaMemory, write_block
 
-__all__ = ["BlockCacheLike", "ClientStats", "KeepClient", "RetryNotice", "ServiceStats", "new_request_id"]
+__all__ = ["BlockCacheLike", "ClientStats", "HedgePolicy", "KeepClient", "RetryNotice", "ServiceStats",
+           "new_request_id"]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,7 @@ class KeepClient(BlockStore):
         token: The API token, sent as ``Authorization: Bearer``; surrounding whitespace is
             dropped. It never appears in a repr, log line or error.
         api_host: ``host[:port]`` (HTTPS) or an ``http(s)://`` URL of an Arvados API server
-            whose ``keep_services/accessible`` list is used (and refreshed) when *services*
-            is not given.
+            whose ``keep_services/accessible`` list is used (and refreshed) when *services* is not given.
         timeout: A `Timeout`, a number of seconds (connect and read), or a
             ``(connect, read, min_bandwidth)`` tuple; default ``Timeout()``.
         retries: A `Retry` policy or a number of retry rounds (default 10).
@@ -68,8 +69,7 @@ class KeepClient(BlockStore):
             ``get(locator)`` and ``put(locator, data)`` (wrapped in a `ForeignCache`, whose
             hits are md5-checked and whose failures never fail a read).
         cache_writes: Also cache blocks this client puts.
-        close_cache: Close *cache* when the client closes (``from_env`` sets it for a cache
-            it made).
+        close_cache: Close *cache* when the client closes (``from_env`` sets it for a cache it made).
         prefetch_threads: Threads that fill the cache for `prefetch`.
         transport: The `Transport` to send requests with; default a `CurlTransport` built
             from *insecure* and *ca_file*.
@@ -78,13 +78,13 @@ class KeepClient(BlockStore):
         sleep: What waits between retry rounds (tests pass one that does not sleep); default
             a wait that `cancel` ends at once.
         refresh_interval: Seconds between refreshes of a discovered service list.
-        clock: Monotonic seconds for those refreshes, retry deadlines and latencies (tests
-            pass their own).
+        clock: Monotonic seconds for refreshes, retry deadlines, latencies and failure scores (tests pass theirs).
         cancel_event: An event that cancels every operation of this client once set (`cancel`
             sets it): transfers in flight abort, backoff waits end, and the operations raise
             `Cancelled`. Default a new one per client; ``keep`` shares one with its Ctrl-C handler.
         on_retry: Called with a `RetryNotice` each time an operation backs off to retry
             (``keep`` prints it); also logged at INFO on ``keepstore.client``.
+        hedge: A `HedgePolicy` for hedged GETs and the order failed services are tried in (``docs/client.md``).
 
     Raises:
         ConfigError: *copies*, *threads* or *prefetch_threads* below 1, a token that cannot
@@ -115,6 +115,7 @@ class KeepClient(BlockStore):
         clock: Callable[[], float] = time.monotonic,
         cancel_event: threading.Event | None = None,
         on_retry: Callable[[RetryNotice], None] | None = None,
+        hedge: HedgePolicy | None = None,
     ) -> None:
         if copies < 1 or threads < 1 or prefetch_threads < 1:
             raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, "
@@ -147,7 +148,7 @@ class KeepClient(BlockStore):
         else:
             raise NoServicesError("KeepClient needs services= or api_host= (or use KeepClient.from_env())")
         self._counters = Counters()
-        self._wire = Wire(transport, token, self._directory, self._counters, clock, self._cancel)
+        self._wire = Wire(transport, token, self._directory, self._counters, clock, self._cancel, hedge)
         self._replicas = ReplicaMemory()
         self._pool: ThreadPoolExecutor | None = None  # replica fan-out inside one put
         self._tasks: ThreadPoolExecutor | None = None  # whole operations: *_async, batches, aio
@@ -192,8 +193,7 @@ class KeepClient(BlockStore):
             raise
 
     def __repr__(self) -> str:
-        where = " ".join(s.root for s in self._directory.services()) if self._directory.is_static else (
-            f"api_host={self.api_host}")
+        where = " ".join(s.root for s in self.services) if self._directory.is_static else f"api_host={self.api_host}"
         return f"KeepClient({where!r}, copies={self.copies}, retries={self.retry.total})"
 
     @property
@@ -229,9 +229,8 @@ class KeepClient(BlockStore):
 
     def _link(self) -> Link:
         """What a read or write needs of this client, with the policies as they are now."""
-        notify = self._on_retry or (lambda notice: None)
         rounds = RoundPolicy(self.retry, self._sleep, lambda: self._closed, lambda: self._counters.add(retries=1),
-                             self.timeout, self._cancel, self._clock, notify)
+                             self.timeout, self._cancel, self._clock, self._on_retry or (lambda notice: None))
         return Link(self._wire, rounds, self.timeout)
 
     # -- writes ---------------------------------------------------------------------------
@@ -261,30 +260,32 @@ class KeepClient(BlockStore):
 
     def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         """The block's bytes, verified against the locator's md5 and size."""
+        return self._read(locator, request_id, "get_or_fetch", bytes)  # bytes(b) is b: no copy
+
+    def get_view(self, locator: LocatorLike, *, request_id: str | None = None) -> memoryview:
+        """`get` as a read-only `memoryview`; a `DiskBlockCache` hit maps the verified file, uncopied."""
+        return self._read(locator, request_id, "get_or_fetch_view", memoryview)
+
+    def _read(self, locator: LocatorLike, rid: str | None, lookup: str, wrap: Callable[[bytes], T]) -> T:
         self._check_open()
         loc = self._locator(locator)
         if str(loc.bare()) == EMPTY_BLOCK:
-            return b""
-        rid = request_id or new_request_id()
-        if self._cache_front is None:
-            return read_block(self._link(), loc, "GET", rid)
-        fetched = []
+            return wrap(b"")
+        rid, fetched = rid or new_request_id(), []
 
         def fetch() -> bytes:
             fetched.append(True)
             return read_block(self._link(), loc, "GET", rid)
 
-        # Concurrent readers of one block share one download (and, for a directory cache,
-        # other processes wait for it too).
-        data = self._cache_front.get_or_fetch(loc, fetch, verified=True, origin=self)
-        if not fetched:
-            self._counters.add(cache_hits=1)
+        if self._cache_front is None:
+            return wrap(fetch())
+        data: T = getattr(self._cache_front, lookup)(loc, fetch, verified=True, origin=self)  # single-flight misses
+        self._counters.add(cache_hits=0 if fetched else 1)
         return data
 
-    def get_into(self, locator: LocatorLike, write: stream.Write, *, request_id: str | None = None,
-                 spread: stream.Spread | None = None) -> None:
-        """`get`, the bytes handed to ``write(offset, piece)`` as they come (`stream.stream_block`); no cache."""
-        stream.stream_block(self._link(), self._locator(locator), write, request_id or new_request_id(), spread)
+    def get_into(self, locator: LocatorLike, write: stream.Write, **options: Any) -> None:
+        """`get`, the bytes handed to ``write(offset, piece)`` as they come; no cache (`stream.stream_block`)."""
+        stream.stream_block(self._link(), self._locator(locator), write, **options)
 
     def head(self, locator: LocatorLike, *, request_id: str | None = None) -> bool:
         """True when a service has the block; `BlockNotFound` when none has it."""
@@ -339,8 +340,7 @@ class KeepClient(BlockStore):
 
     def _one_request_timeout(self) -> Timeout:
         """The timeout of a one-service call: the retry deadline bounds its connect and stall times too."""
-        limit = self.retry.deadline
-        return self.timeout if limit is None else dataclasses.replace(
+        return self.timeout if (limit := self.retry.deadline) is None else dataclasses.replace(
             self.timeout, connect=min(self.timeout.connect, limit), read=min(self.timeout.read, limit))
 
     # -- concurrency: futures, batches, fan-out (see docs/concurrency.md) -----------------

@@ -1,4 +1,4 @@
-"""Verified block reads: GET and HEAD in probe order, round by round, with failover between replicas."""
+"""Verified block reads: GET and HEAD in probe order, round by round, with failover and hedging between replicas."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import dataclasses
 import datetime
 import hashlib
 import logging
-from collections.abc import Mapping
+import time
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from ..config import Timeout
 from ..errors import BlockNotFound, KeepError, LocatorError, NoServicesError, ReadError
 from ..locator import Locator
 from ..services import Service, probe_order
 from ..transport import Headers, Request, Response, TransportError
+from .health import ServiceHealth
 from .rounds import GiveUp, RoundResult, run_rounds
 from .wire import Link, Status, classify
 
@@ -33,6 +36,61 @@ class _Attempt:
     permanent: bool = False
     retry_after: float | None = None
     cancelled: bool = False
+    unhealthy: bool = False  # counts against the service's health (not a 404, not a cancel)
+
+
+@dataclasses.dataclass
+class _Try:
+    """One request of a hedged GET: when it started and how long its first byte took."""
+
+    service: Service
+    health: ServiceHealth
+    started: float | None = None
+    first_byte: float | None = None
+    stopped: float | None = None  # when it was dropped for another service's answer
+    ended: bool = False  # it gave an answer or failed on its own
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def answered(self, status: int) -> None:
+        """The first-byte signal (on the transport's thread, which is the reading one)."""
+        if self.started is not None:
+            self.first_byte = time.perf_counter() - self.started
+            self.health.first_byte(self.service.root, self.first_byte)
+
+
+class _Built(Sequence[Request]):
+    """A hedged GET's requests, each built when the transport first needs it (mostly only the first)."""
+
+    def __init__(self, count: int, make: Callable[[int], Request]) -> None:
+        self._made: list[Request | None] = [None] * count
+        self._make = make
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    @typing.overload
+    def __getitem__(self, index: int) -> Request: ...
+
+    @typing.overload
+    def __getitem__(self, index: slice) -> Sequence[Request]: ...
+
+    def __getitem__(self, index: int | slice) -> Request | Sequence[Request]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        made = self._made[index]
+        if made is None:
+            made = self._made[index] = self._make(index)
+        return made
+
+
+@dataclasses.dataclass
+class _Round:
+    """What one round of a read has gathered: failures by service, the largest Retry-After."""
+
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
+    retry_after: float | None = None
 
 
 class _Read:
@@ -57,22 +115,19 @@ class _Read:
         self.order = probe_order(self.loc, self.link.wire.services())
         if not self.order:
             raise NoServicesError(f"[{self.request_id}] no Keep services to read {self.loc} from")
-        retry_after: float | None = None
-        failures: dict[str, str] = {}
-        for service in self.order:
-            if service.root in self.retired:
-                continue
-            result = self.attempt(service, timeout)
-            if result.data is not None:
-                return RoundResult(done=True, value=result.data)
-            if result.cancelled:
-                return RoundResult(hopeful=False)  # the loop sees the cancel and says so
-            self.last[service.root] = result
-            failures[service.root] = result.note
-            if result.permanent:
-                self.retired.add(service.root)
-            if result.retry_after is not None:
-                retry_after = max(retry_after or 0.0, result.retry_after)
+        health = self.link.wire.health
+        candidates = [s for s in health.order(self.order) if s.root not in self.retired]
+        state = _Round()
+        if health.policy.enabled and self.method == "GET" and len(candidates) > 1:
+            done = self.raced(candidates, timeout, health, state)
+        else:
+            done = None
+            for service in candidates:
+                done = self.consider(service, self.attempt(service, timeout), state)
+                if done is not None:
+                    break
+        if done is not None:
+            return done
         if all(classify(self.last.get(s.root, _Attempt()).status or 0) is Status.NOT_FOUND for s in self.order):
             # 403 and 410 count as "not here" too; what those servers said is worth showing.
             said = "; ".join(f"{root}: {a.note}" for root, a in self.last.items() if a.status != 404)
@@ -80,7 +135,66 @@ class _Read:
                                 + (f" ({said})" if said else ""),
                                 locator=str(self.loc), request_id=self.request_id, attempts=self.attempts())
         hopeful = not all(s.root in self.retired for s in self.order)
-        return RoundResult(hopeful=hopeful, retry_after=retry_after, failures=failures)
+        return RoundResult(hopeful=hopeful, retry_after=state.retry_after, failures=state.failures)
+
+    def consider(self, service: Service, result: _Attempt, state: _Round) -> RoundResult[bytes] | None:
+        """What one attempt means for the round: its end (a value, or a cancel), or None to go on."""
+        if result.unhealthy:
+            self.link.wire.health.failed(service.root)
+        if result.data is not None:
+            return RoundResult(done=True, value=result.data)
+        if result.cancelled:
+            if self.link.rounds.cancel.is_set():
+                return RoundResult(hopeful=False)  # the loop sees the cancel and says so
+            return None  # a hedged request dropped for a faster replica: not an answer
+        self.last[service.root] = result
+        state.failures[service.root] = result.note
+        if result.permanent:
+            self.retired.add(service.root)
+        if result.retry_after is not None:
+            state.retry_after = max(state.retry_after or 0.0, result.retry_after)
+        return None
+
+    def raced(self, candidates: Sequence[Service], timeout: Timeout, health: ServiceHealth,
+              state: _Round) -> RoundResult[bytes] | None:
+        """The candidates in order through the transport's race: the next one is asked when the
+        one running fails, or has had no first byte within the hedge delay (then two run, never
+        more). A service that had no first byte within the delay by the time another answered
+        scores a failure (one asked only just before the answer came does not)."""
+        tries: dict[int, _Try] = {}  # made with their requests, when the race first needs them
+
+        def make(index: int) -> Request:
+            tried = tries[index] = _Try(candidates[index], health)
+            return self.request(candidates[index], timeout, tried.answered)
+
+        delay = health.hedge_delay()
+        race = self.link.wire.race(candidates, _Built(len(candidates), make), delay,
+                                   lambda index: tries[index].start())
+        try:
+            for index, outcome in race:
+                if isinstance(outcome, TransportError) and outcome.cancelled:
+                    tries[index].stopped = time.perf_counter()  # dropped (or cancelled): not an answer
+                else:
+                    tries[index].ended = True
+                done = self.consider(candidates[index], self.judge(candidates[index], outcome), state)
+                if done is not None:
+                    return done
+            return None
+        finally:
+            race.close()
+            if len(tries) > 1 and not self.link.rounds.cancel.is_set():
+                self.score_slow(tries.values(), delay, health)
+
+    def score_slow(self, tries: Iterable[_Try], delay: float, health: ServiceHealth) -> None:
+        """A failure for each request that had no first byte within *delay* before it was dropped."""
+        now = time.perf_counter()
+        for t in tries:
+            if t.ended or t.first_byte is not None or t.started is None:
+                continue
+            if (t.stopped or now) - t.started >= delay:
+                log.debug("GET %s: no first byte from %s within %.3f s; another service answered",
+                          self.loc.bare(), t.service.root, delay)
+                health.failed(t.service.root)
 
     def attempts(self) -> dict[str, str]:
         return {root: r.note for root, r in self.last.items()}
@@ -97,26 +211,36 @@ class _Read:
         return ReadError(f"[{self.request_id}] failed to read {self.loc} {when}: {detail}",
                          locator=str(self.loc), request_id=self.request_id, attempts=attempts)
 
-    def attempt(self, service: Service, timeout: Timeout) -> _Attempt:
+    def request(self, service: Service, timeout: Timeout, on_first_byte: Callable[[int], None] | None = None
+                ) -> Request:
         headers = self.link.wire.headers(self.request_id)
         headers["Accept"] = "application/octet-stream"
         headers.update(self.extra)
-        request = Request(self.method, service.root + str(self.loc), Headers(headers),
-                          expected_size=self.loc.size if self.method == "GET" else None, timeout=timeout,
-                          cancel=self.link.rounds.cancel)
+        return Request(self.method, service.root + str(self.loc), Headers(headers),
+                       expected_size=self.loc.size if self.method == "GET" else None, timeout=timeout,
+                       cancel=self.link.rounds.cancel, on_first_byte=on_first_byte)
+
+    def attempt(self, service: Service, timeout: Timeout) -> _Attempt:
         try:
-            response = self.link.wire.send(service, request)
+            outcome: Response | TransportError = self.link.wire.send(service, self.request(service, timeout))
         except TransportError as exc:
-            return _Attempt(note=exc.reason, cancelled=exc.cancelled)
+            outcome = exc
+        return self.judge(service, outcome)
+
+    def judge(self, service: Service, outcome: Response | TransportError) -> _Attempt:
+        """What one service's answer (or failure) means for this read."""
+        if isinstance(outcome, TransportError):
+            return _Attempt(note=outcome.reason, cancelled=outcome.cancelled, unhealthy=not outcome.cancelled)
+        response = outcome
         status = response.status
         kind = classify(status)
-        note = self.link.wire.describe(response)
         if kind is Status.OK:
             if self.method == "HEAD":
                 return self.returned_locator(response) if self.refreshing else _Attempt(data=b"", status=status)
             return self.verify(service, response)
+        note = self.link.wire.describe(response)
         if kind is Status.TRANSIENT:
-            return _Attempt(status=status, note=note, retry_after=response.retry_after())
+            return _Attempt(status=status, note=note, retry_after=response.retry_after(), unhealthy=True)
         return _Attempt(status=status, note=note, permanent=True)
 
     def returned_locator(self, response: Response) -> _Attempt:
@@ -147,12 +271,12 @@ class _Read:
         body, loc, status = response.body, self.loc, response.status
         if len(body) != loc.size or response.truncated:
             self.link.wire.counters.fail(service.root)
-            return _Attempt(status=status, note=f"{status} with {len(body)} of {loc.size} bytes")
+            return _Attempt(status=status, note=f"{status} with {len(body)} of {loc.size} bytes", unhealthy=True)
         digest = response.body_md5 or hashlib.md5(body, usedforsecurity=False).hexdigest()
         if digest != loc.md5:
             self.link.wire.counters.fail(service.root)
             log.warning("checksum mismatch reading %s from %s", loc.bare(), service.root)
-            return _Attempt(status=status, note=f"{status} with a checksum mismatch")
+            return _Attempt(status=status, note=f"{status} with a checksum mismatch", unhealthy=True)
         return _Attempt(data=bytes(body), status=status)
 
 

@@ -15,7 +15,7 @@ from ..locator import Locator
 from ..services import Service, probe_order
 from ..transport import Headers, Request, TransportError
 from .rounds import GiveUp, RoundResult, run_rounds
-from .wire import Link, Status, classify
+from .wire import Link, Status, classify, new_request_id
 
 __all__ = ["Spread", "Write", "stream_block"]
 
@@ -158,7 +158,8 @@ class _Stream:
                          locator=str(self.loc), request_id=self.request_id, attempts=dict(self.notes))
 
 
-def stream_block(link: Link, loc: Locator, write: Write, request_id: str, spread: Spread | None = None) -> None:
+def stream_block(link: Link, loc: Locator, write: Write, *, request_id: str | None = None,
+                 spread: Spread | None = None) -> None:
     """GET *loc*, handing its bytes to *write* as they arrive; return once they all came and
     their size and md5 match, or raise as a read would (`BlockNotFound`, `ReadError`). A
     replica that fails part-way is followed by the next, written again from offset 0. An error
@@ -166,4 +167,4 @@ def stream_block(link: Link, loc: Locator, write: Write, request_id: str, spread
     running together) starts each at the least busy of the block's likely holders."""
     if link.rounds.is_closed():
         raise KeepError("this KeepClient is closed")
-    run_rounds(_Stream(link, loc, write, request_id, spread), link.rounds)
+    run_rounds(_Stream(link, loc, write, request_id or new_request_id(), spread), link.rounds)

@@ -10,12 +10,13 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from ..config import Timeout
 from ..errors import ConfigError, redact, scrub
 from ..services import Service, ServiceDirectory
 from ..transport import Request, Response, Transport, TransportError
+from .health import HedgePolicy, ServiceHealth
 from .rounds import RoundPolicy
 from .stats import Counters
 
@@ -115,12 +116,15 @@ class Wire:
         counters: Where traffic and failures are counted.
         clock: The monotonic clock request latencies are measured with.
         cancel: Set to cancel: requests in flight are aborted.
+        hedge: The `HedgePolicy` of the services' `health` (hedged GETs, the order failed
+            services are tried in; its scores decay on *clock*).
     """
 
     def __init__(self, transport: Transport, token: str | None, directory: ServiceDirectory,
                  counters: Counters, clock: Callable[[], float] = time.monotonic,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, hedge: HedgePolicy | None = None) -> None:
         self.transport = transport
+        self.health = ServiceHealth(hedge, clock)
         self._token = token
         self.directory = directory
         self.counters = counters
@@ -151,26 +155,78 @@ class Wire:
         """Send one request, counting traffic and latency per service; connection failures mark
         the service list stale. A cancelled request counts as neither success nor failure.
         Every request carries the client's cancel event (one-service calls included)."""
-        if request.cancel is None and self.cancel is not None:
-            request = dataclasses.replace(request, cancel=self.cancel)
+        request = self._with_cancel(request)
         self.counters.add(requests=1, bytes_up=request.body.nbytes if request.body is not None else 0)
         started = self.clock()
         try:
             response = self.transport.request(request)
         except TransportError as exc:
-            if not exc.cancelled:
-                self.counters.fail(service.root)
-                self.counters.observe(service.root, self.clock() - started)
-            if exc.connect:
-                self.directory.mark_stale()
-            log.debug("%s %s: %s", request.method, service.root, exc.reason)
+            self.failed(service, request, exc, started)
             raise
+        self.answered(service, request, response, started)
+        return response
+
+    def race(self, services: Sequence[Service], requests: Sequence[Request], hedge_after: float,
+             on_start: Callable[[int], None] | None = None) -> "CountedRace":
+        """`Transport.race` of *requests* (``requests[i]`` to ``services[i]``; each should carry
+        the client's cancel event), counted as `send` counts (see `CountedRace`)."""
+        return CountedRace(self, services, requests, hedge_after, on_start)
+
+    def _with_cancel(self, request: Request) -> Request:
+        if request.cancel is None and self.cancel is not None:
+            return dataclasses.replace(request, cancel=self.cancel)
+        return request
+
+    def failed(self, service: Service, request: Request, exc: TransportError, started: float | None) -> None:
+        """Count a request that got no answer (a cancelled one neither succeeded nor failed)."""
+        if not exc.cancelled:
+            self.counters.fail(service.root)
+            if started is not None:
+                self.counters.observe(service.root, self.clock() - started)
+        if exc.connect:
+            self.directory.mark_stale()
+        log.debug("%s %s: %s", request.method, service.root, exc.reason)
+
+    def answered(self, service: Service, request: Request, response: Response, started: float) -> None:
+        """Count an answer: its bytes, its latency, and a failure for a status worth retrying."""
         self.counters.add(bytes_down=len(response.body))
         if classify(response.status) not in (Status.OK, Status.NOT_FOUND):
             self.counters.fail(service.root)
         self.counters.observe(service.root, self.clock() - started)
         log.debug("%s %s -> %s", request.method, service.root, response.status)
-        return response
+
+
+class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
+    """A `Wire`'s race: each request's index and its response or error as it ends, counted as
+    `Wire.send` counts. `close` it when done: that abandons what still runs."""
+
+    def __init__(self, wire: Wire, services: Sequence[Service], requests: Sequence[Request], hedge_after: float,
+                 on_start: Callable[[int], None] | None) -> None:
+        self._wire = wire
+        self._services = services
+        self._requests = requests
+        self._on_start = on_start
+        self._started: dict[int, float] = {}
+        self._race = wire.transport.race(requests, hedge_after, self._start)
+
+    def _start(self, index: int) -> None:
+        self._wire.counters.add(requests=1)
+        self._started[index] = self._wire.clock()
+        if self._on_start is not None:
+            self._on_start(index)
+
+    def __next__(self) -> tuple[int, Response | TransportError]:
+        finished = next(self._race)
+        index = finished.position
+        if finished.response is not None:
+            self._wire.answered(self._services[index], self._requests[index], finished.response, self._started[index])
+            return index, finished.response
+        assert finished.error is not None  # a Finished holds one or the other
+        self._wire.failed(self._services[index], self._requests[index], finished.error, self._started.get(index))
+        return index, finished.error
+
+    def close(self) -> None:
+        self._race.close()
 
 
 @dataclasses.dataclass(frozen=True)

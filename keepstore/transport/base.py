@@ -8,14 +8,15 @@ import datetime
 import email.utils
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from ..config import Timeout
 from ..errors import KeepError
 
-__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "Headers", "Request", "Response", "Transport", "TransportError"]
+__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "Finished", "Headers", "Race", "Request", "Response",
+           "Transport", "TransportError"]
 
 _T = TypeVar("_T", bound="Transport")
 _SECRET_HEADERS = frozenset({"authorization"})
@@ -86,6 +87,9 @@ class Request:
         body_limit: Most bytes of a non-block answer body to read (0: `DEFAULT_BODY_LIMIT`).
         cancel: An event that, once set, aborts the request (also while it waits to connect or
             for a stalled server): the transport raises `TransportError` with ``cancelled``.
+        on_first_byte: Called with the status once the answer's status line and headers are in,
+            before any of its body (the first-byte signal hedged reads time and wait on); it
+            runs on the transport's thread and must not raise.
         sink: (with *expected_size*) called as ``sink(offset, piece)`` with each piece of a 2xx
             body as it arrives, instead of keeping it: the answer's body is then empty and its
             ``body_size``/``body_md5`` say what came; a sink returning 0 aborts the transfer.
@@ -100,6 +104,7 @@ class Request:
     timeout: Timeout = dataclasses.field(default_factory=Timeout)
     body_limit: int = 0  # 0: DEFAULT_BODY_LIMIT
     cancel: threading.Event | None = dataclasses.field(default=None, repr=False, compare=False)
+    on_first_byte: Callable[[int], None] | None = dataclasses.field(default=None, repr=False, compare=False)
     sink: Callable[[int, bytes], int | None] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -193,6 +198,33 @@ class TransportError(KeepError):
         self.cancelled = cancelled
 
 
+class Finished(NamedTuple):
+    """One request of a `Transport.race` that ended: its index in the race, and its response
+    or the error it failed with (exactly one of the two is set). A named tuple rather than a
+    frozen dataclass: one is made per request on the hot path of every hedged GET.
+
+    Args:
+        position: The request's index in the sequence handed to `Transport.race`.
+        response: The answer (any HTTP status), when there was one.
+        error: Why there was none (``cancelled`` also when the race abandoned it).
+    """
+
+    position: int
+    response: Response | None = None
+    error: TransportError | None = None
+
+
+class Race(Protocol):
+    """What `Transport.race` returns: the requests as they end, and `close` to drop the rest."""
+
+    def __iter__(self) -> Iterator[Finished]: ...
+
+    def __next__(self) -> Finished: ...
+
+    def close(self) -> None:
+        """Abandon the requests still running (their connections closed, not pooled)."""
+
+
 class Transport(abc.ABC):
     """Sends a `Request`, returns a `Response` for any HTTP status, raises `TransportError`
     when there is no HTTP answer. Implementations must be safe to call from many threads."""
@@ -200,6 +232,32 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def request(self, request: Request) -> Response:
         """Perform *request*."""
+
+    def race(self, requests: Sequence[Request], hedge_after: float,
+             on_start: Callable[[int], None] | None = None) -> Race:
+        """Perform *requests* (the same thing asked of different services, best first), giving
+        each as it ends, until the caller has what it wants and closes the race.
+
+        A transport that can overlap requests starts the next one when the one running has
+        failed, or when it has had no first byte (status and headers) within *hedge_after*
+        seconds; never more than two are in flight, and one whose answer has started streaming
+        is never doubled. Closing the race abandons the requests still running (their
+        connections are closed, not pooled). *on_start* is called with each request's index as
+        it starts. This default runs them one at a time, in order, on `request`.
+        """
+        return self._one_at_a_time(requests, on_start)
+
+    def _one_at_a_time(self, requests: Sequence[Request],
+                       on_start: Callable[[int], None] | None) -> Generator[Finished, None, None]:
+        for index, request in enumerate(requests):
+            if on_start is not None:
+                on_start(index)
+            try:
+                response = self.request(request)
+            except TransportError as exc:
+                yield Finished(index, error=exc)
+            else:
+                yield Finished(index, response=response)
 
     def close(self) -> None:  # noqa: B027  (optional: stateless transports need nothing)
         """Release pooled connections."""

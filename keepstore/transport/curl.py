@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import math
 import os
 import queue
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 
 import pycurl
 
-from .base import Headers, Request, Response, Transport, TransportError
+from .base import Race, Request, Response, Transport, TransportError
+from .exchange import HEADER_LIMIT, BodyReader, Exchange
+from .race import CurlRace, Slot
 
 __all__ = ["CurlTransport", "default_ca_file"]
 
@@ -24,7 +25,6 @@ _SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu
     "/etc/pki/tls/certs/ca-bundle.crt",  # Red Hat
 )
-_HEADER_LIMIT = 256 << 10  # all header lines of one exchange (1xx answers included)
 _UPLOAD_BUFFER = 1 << 20  # fewer read callbacks per PUT
 _RECEIVE_BUFFER = 512 << 10  # libcurl's default is 16 KiB: 32x the body callbacks on a 64 MiB GET
 
@@ -58,119 +58,6 @@ def default_ca_file(environ: dict[str, str] | None = None) -> str:
     return str(certifi.where())
 
 
-class _Exchange:
-    """The receiving side of one request: status, headers and a bounded, hashed body.
-
-    A block GET's 2xx body must be exactly ``expected_size`` bytes; any other body is kept up
-    to the request's limit, and reading stops there (``truncated``): a hostile or broken
-    server cannot grow our memory or hold us with an endless answer.
-    """
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.expected_size = request.expected_size if request.method.upper() == "GET" else None
-        self.body = io.BytesIO()
-        self.received = 0
-        self.header_bytes = 0
-        self.md5 = hashlib.md5(usedforsecurity=False) if self.expected_size is not None else None
-        self.too_long = False
-        self.truncated = False
-        self.headers_too_long = False
-        self.cancelled = False
-        self._limit: int | None = 0
-        self._last_header: str | None = None
-
-    def on_progress(self, *_counts: int) -> int:
-        """libcurl's progress callback: non-zero (abort) once the request is cancelled."""
-        if self.request.cancelled:
-            self.cancelled = True
-            return 1
-        return 0
-
-    def on_header(self, raw: bytes) -> int | None:
-        self.header_bytes += len(raw)
-        if self.header_bytes > _HEADER_LIMIT:
-            self.headers_too_long = True
-            return 0  # makes libcurl abort the transfer
-        line = raw.decode("iso-8859-1").rstrip("\r\n")
-        if line.startswith("HTTP/"):
-            # a new response (after 100 Continue or a redirect): start over
-            parts = line.split(None, 2)
-            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            self.headers = {}
-            self._last_header = None
-            self._limit = self.request.limit_for(self.status)
-            if self._limit is None and self.expected_size and self.request.sink is None:
-                # Preallocate once; BytesIO.getvalue() then hands the buffer over without a copy.
-                self.body.seek(self.expected_size - 1)
-                self.body.write(b"\0")
-                self.body.seek(0)
-        elif line[:1] in (" ", "\t") and self._last_header:
-            self.headers[self._last_header] += " " + line.strip()
-        elif ":" in line:
-            name, value = line.split(":", 1)
-            self._last_header = name.strip()
-            self.headers[self._last_header] = value.strip()
-        return None
-
-    def on_body(self, chunk: bytes) -> int | None:
-        size = len(chunk)
-        if self._limit is not None:
-            room = self._limit - self.received
-            if size > room:
-                self.body.write(chunk[:room])
-                self.received += room
-                self.truncated = True
-                return 0  # stop reading: libcurl aborts with E_WRITE_ERROR, and we answer what we have
-            self.body.write(chunk)
-            self.received += size
-            return None
-        assert self.expected_size is not None
-        if self.received + size > self.expected_size:
-            self.too_long = True
-            return 0  # makes libcurl abort with E_WRITE_ERROR, long before the body ends
-        assert self.md5 is not None
-        self.md5.update(chunk)
-        if self.request.sink is not None:  # the caller writes the pieces where they belong
-            self.received += size
-            return self.request.sink(self.received - size, chunk)
-        self.body.write(chunk)
-        self.received += size
-        return None
-
-    def response(self) -> Response:
-        if self._limit is None and self.expected_size is not None:
-            value = self.body.getvalue()
-            body = value if self.received == len(value) else value[: self.received]
-            md5 = self.md5.hexdigest() if self.md5 is not None else None
-            size = self.received if self.request.sink is not None else None
-            return Response(self.status, Headers(self.headers), body, md5, body_size=size)
-        return Response(self.status, Headers(self.headers), self.body.getvalue(), truncated=self.truncated)
-
-
-class _BodyReader:
-    """Feeds a PUT body to libcurl from a memoryview, one bounded slice at a time."""
-
-    def __init__(self, view: memoryview) -> None:
-        self.view = view
-        self.pos = 0
-
-    def read(self, size: int) -> bytes:
-        chunk = self.view[self.pos:self.pos + size]
-        self.pos += len(chunk)
-        return chunk.tobytes()
-
-    def seek(self, offset: int, origin: int) -> int:
-        """Rewind for libcurl, which resends a request whose kept-alive connection turned out
-        to be closed (without this it fails the PUT with "send failed since rewinding")."""
-        if origin != os.SEEK_SET or not 0 <= offset <= self.view.nbytes:
-            return pycurl.SEEKFUNC_CANTSEEK
-        self.pos = offset
-        return pycurl.SEEKFUNC_OK
-
-
 class CurlTransport(Transport):
     """A `Transport` on pycurl.
 
@@ -179,6 +66,10 @@ class CurlTransport(Transport):
     (*ca_file* or `default_ca_file()`); ``insecure=True`` turns off certificate checks and
     warns. TCP keepalive is on. Connect timeout, the low-speed limit and the overall deadline
     apply to GET, PUT and HEAD alike; answer bodies are bounded (see `Request`).
+
+    `race` (hedged GETs) runs its requests on one curl multi handle in the caller's thread, so
+    a loser is dropped at once and no thread waits for it; those multi handles (each with its
+    own kept-alive connections) are pooled too, at most half of *pool_size*.
 
     Args:
         ca_file: CA bundle to trust; default `default_ca_file()`.
@@ -196,6 +87,8 @@ class CurlTransport(Transport):
         self.pool_size = pool_size
         self.user_agent = user_agent or _default_user_agent()
         self._pool: queue.LifoQueue[pycurl.Curl] = queue.LifoQueue(maxsize=pool_size)
+        self._slots: list[Slot] = []  # idle multi handles for races, most recently used last
+        self._slots_lock = threading.Lock()
         self._closed = threading.Event()
 
     def __repr__(self) -> str:
@@ -207,7 +100,7 @@ class CurlTransport(Transport):
         if request.cancelled:
             raise TransportError(f"{request.method} cancelled", url=_strip_query(request.url), cancelled=True)
         curl = self._checkout()
-        exchange = _Exchange(request)
+        exchange = Exchange(request)
         healthy = False
         try:
             self._configure(curl, request, exchange)
@@ -222,13 +115,32 @@ class CurlTransport(Transport):
         finally:
             self._checkin(curl, healthy)
 
+    def race(self, requests: Sequence[Request], hedge_after: float,
+             on_start: Callable[[int], None] | None = None) -> Race:
+        # A closed transport raises nothing here: each request fails as `request` would fail it.
+        with self._slots_lock:
+            slot = self._slots.pop() if self._slots else Slot()
+        return CurlRace(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed,
+                        done=self._checkin_slot)
+
     def close(self) -> None:
         self._closed.set()
         while True:
             try:
                 self._pool.get_nowait().close()
             except queue.Empty:
+                break
+        with self._slots_lock:
+            slots, self._slots = self._slots, []
+        for slot in slots:
+            slot.close()
+
+    def _checkin_slot(self, slot: Slot) -> None:
+        with self._slots_lock:
+            if not self._closed.is_set() and len(self._slots) < max(1, self.pool_size // 2):
+                self._slots.append(slot)
                 return
+        slot.close()  # closed (close() empties the list under the same lock), or enough idle already
 
     def _checkout(self) -> pycurl.Curl:
         try:
@@ -249,7 +161,7 @@ class CurlTransport(Transport):
         if self._closed.is_set():  # close() ran between our check and the put: empty the pool again
             self.close()
 
-    def _configure(self, curl: pycurl.Curl, request: Request, exchange: _Exchange) -> None:
+    def _configure(self, curl: pycurl.Curl, request: Request, exchange: Exchange) -> None:
         timeout = request.timeout
         curl.setopt(pycurl.URL, request.url)
         curl.setopt(pycurl.NOSIGNAL, 1)
@@ -300,12 +212,12 @@ class CurlTransport(Transport):
         curl.setopt(pycurl.UPLOAD, 1)
         curl.setopt(pycurl.INFILESIZE_LARGE, body.nbytes)
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, _UPLOAD_BUFFER)
-        reader = _BodyReader(body)
+        reader = BodyReader(body)
         curl.setopt(pycurl.READFUNCTION, reader.read)
         curl.setopt(pycurl.SEEKFUNCTION, reader.seek)
 
 
-def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange: _Exchange) -> TransportError:
+def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange: Exchange) -> TransportError:
     """The one place pycurl errors become keepstore errors."""
     code = exc.args[0] if exc.args else -1
     message = str(exc.args[1]) if len(exc.args) > 1 else ""
@@ -322,7 +234,7 @@ def _map_error(exc: pycurl.error, curl: pycurl.Curl, request: Request, exchange:
     if exchange.too_long:
         reason = f"body longer than the expected {exchange.expected_size} bytes"
     elif exchange.headers_too_long:
-        reason = f"headers longer than {_HEADER_LIMIT} bytes"
+        reason = f"headers longer than {HEADER_LIMIT} bytes"
     elif timed_out:
         if not connected:
             reason = f"connect timed out after {_secs(request.timeout.connect)}s"

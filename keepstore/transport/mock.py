@@ -15,7 +15,8 @@ class MockTransport(Transport):
 
     The handler may raise `TransportError` to simulate a connection failure. A request whose
     cancel event is set fails with a cancelled `TransportError` before the handler sees it
-    (and after, when the handler set it). Bodies larger
+    (and after, when the handler set it). The request's ``on_first_byte`` is called once the
+    handler has answered. Bodies larger
     than a GET's ``expected_size`` are rejected, and other bodies over the request's limit
     truncated, as `CurlTransport` does.
 
@@ -44,6 +45,8 @@ class MockTransport(Transport):
             raise TransportError(f"{request.method} cancelled", url=request.url, cancelled=True)
         if not isinstance(response, Response):
             raise TypeError(f"MockTransport handler returned {type(response).__name__}, not Response")
+        if request.on_first_byte is not None:
+            request.on_first_byte(response.status)
         if (request.method == "GET" and 200 <= response.status <= 299 and request.expected_size is not None
                 and len(response.body) > request.expected_size):
             raise TransportError(f"GET body longer than the expected {request.expected_size} bytes",

@@ -203,3 +203,30 @@ def test_keep_config_on_a_fresh_machine_names_the_default_local_store(capsys: py
     out = capsys.readouterr().out
     assert "store: LocalStore at " in out and "keepstore/blocks" in out
     assert "token" in out and "(not set)" in out
+
+
+def test_keep_config_lists_the_profiles_without_their_tokens_and_reports_a_broken_section(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import os
+
+    from keepstore.cli import main
+
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "keepstore" / "config.yml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("profiles:\n  archive:\n    services: http://127.0.0.1:25107 http://127.0.0.1:25108\n"
+                      "    token: profileSecret0123456789\n    copies: 2\n  scratch:\n    local_store: blocks\n")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "profileSecret0123456789" not in out
+    assert "profile archive: http://127.0.0.1:25107 http://127.0.0.1:25108 (copies 2; token from the profile)" in out
+    assert f"profile scratch: LocalStore at {config.parent / 'blocks'}" in out
+    assert main(["config", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["profiles"]) == {"archive", "scratch"} and report["profiles"]["archive"]["copies"] == 2
+
+    config.write_text("profiles:\n  archive:\n    services: http://127.0.0.1:25107\n    copeis: 2\n")
+    assert main(["config"]) == 1
+    captured = capsys.readouterr()
+    assert "line 4, profile 'archive', key 'copeis': unknown profile setting" in captured.err
+    assert "store: " in captured.out  # the rest of the report is still shown

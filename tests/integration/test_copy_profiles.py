@@ -238,3 +238,24 @@ def test_the_configuration_md_profiles_example_is_a_valid_profiles_section(tmp_p
     assert set(found) == {"archive", "scratch"}
     assert found["archive"].copies == 2 and found["archive"].token_file == "/etc/keep/archive.token"
     assert found["scratch"].local_store == "/srv/scratch-blocks"
+
+
+def test_relative_profile_paths_are_beside_the_config_file_whatever_the_working_directory(
+        local, archive, tmp_path, capsys, monkeypatch):
+    source = write(local)
+    path = config(f"profiles:\n  archive:\n    services: [{archive.urls[0]}, {archive.urls[1]}]\n"
+                  "    token_file: archive.token\n    copies: 2\n  scratch:\n    local_store: scratch-blocks\n")
+    (path.parent / "archive.token").write_text(PROFILE_TOKEN + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "archive.token").write_text("a-wrong-token-in-the-working-directory\n")
+    monkeypatch.chdir(elsewhere)
+
+    assert profile("scratch").local_store == str(path.parent / "scratch-blocks")
+    code, out, err = run(capsys, "copy", source.locator, "--to", "archive", "--no-progress")
+    assert code == 0, err  # the token beside the config file was sent, not the working directory's
+    code, out, err = run(capsys, "copy", source.locator, "--to", "scratch", "--no-progress")
+    assert code == 0, err
+    copied = LocalStore(path.parent / "scratch-blocks")
+    assert Manifest.parse(copied.get(out.strip())).portable_data_hash() == source.portable_data_hash
+    assert not (elsewhere / "scratch-blocks").exists()

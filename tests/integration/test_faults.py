@@ -12,6 +12,7 @@ import time
 import pytest
 
 from keepstore import BlockNotFound, Locator, ReadError, Retry, Timeout, probe_order
+from keepstore.client import HedgePolicy
 from keepstore.server.faults import Fault, FaultKind
 from keepstore.testing import KeepCluster
 
@@ -44,7 +45,8 @@ def sleeps() -> Sleeps:
 @pytest.fixture
 def stored(keep_cluster, sleeps):
     """A client, a block stored with copies=2, and the probe order of the servers for it."""
-    kc = keep_cluster.client(timeout=FAST, retries=Retry(total=4), sleep=sleeps)
+    # One replica at a time: these tests time failover (hedged GETs: test_hedged_reads.py).
+    kc = keep_cluster.client(timeout=FAST, retries=Retry(total=4), sleep=sleeps, hedge=HedgePolicy(enabled=False))
     data = os.urandom(300_000)
     loc = kc.put(data, copies=2)
     order = ranked(keep_cluster, loc, kc)
