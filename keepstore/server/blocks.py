@@ -19,6 +19,7 @@ from ..locator import Locator
 from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
+from .verified import VerifiedFiles
 from .volumes import Volume, VolumeFull, rank_volumes
 
 __all__ = ["BlockDamaged", "Blocks", "Found", "Stored", "verified_chunks"]
@@ -79,6 +80,7 @@ class Blocks:
         self.trash_policy = trash or TrashPolicy()
         self.clock = clock
         self._locks = tuple(threading.Lock() for _ in range(256))
+        self.verified = VerifiedFiles()  # files that hashed to their names, sent unread while unchanged
 
     def lock(self, md5: str) -> threading.Lock:
         """The lock of block *md5* (striped: one of 256, by its first two hex digits)."""
@@ -197,6 +199,7 @@ class Blocks:
                 outcome = keep or trash_file(found.path, md5, policy, now, fsync=found.volume.fsync)
                 if outcome.removed:
                     found.volume.forget(md5)
+                    self.verified.forget(found.path)
                     log.info("volume %s: %s block %s", found.volume.path, outcome.value, md5)
                 outcomes.append(outcome)
             return outcomes
@@ -230,6 +233,7 @@ class Blocks:
             except FileNotFoundError:  # trashed or removed meanwhile
                 return False
             target = quarantine_file(found.path, md5, self.clock(), fsync=found.volume.fsync)
+            self.verified.forget(found.path)
         if target is None:
             return False
         found.volume.forget(md5)
@@ -334,9 +338,11 @@ def intact(path: Path, md5: str) -> bool:
     return digest.hexdigest() == md5
 
 
-def verified_chunks(f: BinaryIO, md5: str, size: int) -> Iterator[bytes]:
+def verified_chunks(f: BinaryIO, md5: str, size: int, on_verified: Callable[[], object] = lambda: None,
+                    ) -> Iterator[bytes]:
     """The file's chunks, the last held back until the whole file hashes to *md5* and has
-    *size* bytes: a damaged copy ends in `BlockDamaged` before its last byte is sent."""
+    *size* bytes: a damaged copy ends in `BlockDamaged` before its last byte is sent, a good
+    one calls *on_verified* before its last chunk is given out."""
     digest = hashlib.md5(usedforsecurity=False)
     held: bytes | None = None
     offset = 0
@@ -349,4 +355,5 @@ def verified_chunks(f: BinaryIO, md5: str, size: int) -> Iterator[bytes]:
     if held is not None:
         if offset != size or digest.hexdigest() != md5:
             raise BlockDamaged(f"block {md5} does not match its locator")
+        on_verified()
         yield held
