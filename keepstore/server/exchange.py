@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import enum
+import functools
 import re
 from email.message import Message
 from urllib.parse import urlsplit
@@ -114,7 +115,7 @@ class Exchange:
     send_size: int = 0  # the response body's length
     send_deadline: float | None = None  # when the response body must be out (set by its first write)
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         return urlsplit(self.target).path
 
@@ -122,7 +123,7 @@ class Exchange:
     def public_path(self) -> str:
         return public_path(self.path)
 
-    @property
+    @functools.cached_property
     def md5(self) -> str | None:
         """The block the path names, in any locator form (for fault matching)."""
         match = _BLOCK_OF_PATH.match(self.path)
@@ -136,7 +137,7 @@ class Exchange:
                 return auth[len(scheme):].strip() or None
         return None
 
-    @property
+    @functools.cached_property
     def length(self) -> int | None:
         """The Content-Length (None when absent or not a decimal number)."""
         return decimal(self.headers.get("Content-Length"))
@@ -240,6 +241,6 @@ def read_target(path: str, method: str) -> tuple[Locator, str, int | None] | Ref
         loc = Locator.parse(path[1:])
     except LocatorError:
         return Refusal(400, "bad locator")
-    if str(loc.bare()) == EMPTY_BLOCK:
+    if loc.md5 == _EMPTY_MD5 and loc.size == 0:
         return None
     return loc, loc.md5, loc.size

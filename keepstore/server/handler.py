@@ -12,6 +12,7 @@ import socket
 import ssl
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 from .._version import __version__
@@ -70,14 +71,12 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     _ex: Exchange | None = None  # the request being served (None between requests)
     _requests = 0  # requests seen on this connection
 
-    @property
-    def ctx(self) -> Context:
-        context: Context = self.server.context
-        return context
+    ctx: Context  # the server's, set by setup() (an attribute: read a dozen times per request)
 
     # -- connection -------------------------------------------------------------------------
 
     def setup(self) -> None:
+        self.ctx = self.server.context
         self.timeout = self.ctx.idle_timeout  # type: ignore[misc]  # per-server, read by setup()
         super().setup()
         if not self.ctx.admission.opened(self.connection):
@@ -382,19 +381,22 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         copy = open_copy(self.ctx.blocks.volumes, md5, size)
         if copy is None:
             return self._simple(ex, 404, "not found")
-        verified, key, path = self.ctx.blocks.verified, file_key(copy.st), str(copy.path)
+        verified, key, path = self.ctx.blocks.verified, file_key(copy.st), copy.path
         ex.send_size = size
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
-        with open(copy.fd, "rb", buffering=0) as f:
-            if fault is None and self.server.tls is None and verified.holds(path, key):
+        if fault is None and self.server.tls is None and verified.holds(path, key):
+            try:
                 return self._send_unread(ex, copy.fd, size, headers)
+            finally:
+                os.close(copy.fd)
+        with open(copy.fd, "rb", buffering=0) as f:
             self._head_only(ex, 200, headers)
             try:
                 for piece in shape_body(fault, verified_chunks(f, md5, size, lambda: verified.add(path, key)), size):
                     self._send(ex, piece)
             except BlockDamaged:
                 log.error("block %s at %s does not match its locator; truncating the response", md5, path)
-                self.ctx.blocks.quarantine(Found(copy.volume, copy.path, size), md5, copy.st.st_ino)
+                self.ctx.blocks.quarantine(Found(copy.volume, Path(path), size), md5, copy.st.st_ino)
                 raise _Abort() from None
             if ex.bytes_out < size:
                 raise _Abort()

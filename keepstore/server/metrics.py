@@ -47,6 +47,7 @@ class ServerMetrics:
         self.sent = Counter("keep_server_sent_bytes", "Bytes of answer bodies sent", registry=self.registry)
         self.latency = Histogram("keep_server_request_duration_seconds", "Seconds from request to last byte",
                                  ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # bounded: METHODS x statuses
         gauge = Gauge("keep_server_requests_in_flight", "Requests being served now", registry=self.registry)
         gauge.set_function(in_flight)
         self.registry.register(_VolumeUsage(volumes))
@@ -54,8 +55,12 @@ class ServerMetrics:
     def observe(self, method: str, status: int, seconds: float, received: int, sent: int) -> None:
         """Count one finished request."""
         name = method if method in METHODS else "other"
-        self.requests.labels(name, str(status)).inc()
-        self.latency.labels(name).observe(max(0.0, seconds))
+        children = self._children.get((name, status))
+        if children is None:  # labels() costs more than the counting: look each pair up once
+            children = self._children[name, status] = (self.requests.labels(name, str(status)),
+                                                       self.latency.labels(name))
+        children[0].inc()
+        children[1].observe(max(0.0, seconds))
         if received:
             self.received.inc(received)
         if sent:

@@ -11,7 +11,6 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 from .volumes import Volume
@@ -80,7 +79,7 @@ class OpenCopy(NamedTuple):
     """A block file opened for sending: its volume, path, descriptor and stat."""
 
     volume: Volume
-    path: Path
+    path: str
     fd: int
     st: os.stat_result
 
@@ -90,7 +89,8 @@ def open_copy(volumes: Sequence[Volume], md5: str, size: int) -> OpenCopy | None
     layout, then flat, as `Volume.find`), or None. A copy that cannot be opened is logged and
     passed over, as `Blocks.locate` does. The caller closes the descriptor."""
     for volume in volumes:
-        for path in (volume.path / md5[:3] / md5, volume.path / md5):
+        root = os.fspath(volume.path)  # strings, not Paths: this runs for every GET
+        for path in (f"{root}/{md5[:3]}/{md5}", f"{root}/{md5}"):
             try:  # O_NONBLOCK: a FIFO under a block's name must not hang the thread
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except (FileNotFoundError, NotADirectoryError):

@@ -27,17 +27,16 @@ class Headers:
     """Request header fields: case-insensitive names, the first value by `get`, all by
     `get_all` (as `email.message.Message`, which the standard library's parser makes)."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_first")
 
     def __init__(self, fields: list[tuple[str, str]]) -> None:
         self._fields = fields
+        self._first: dict[str, str] = {}
+        for key, value in fields:
+            self._first.setdefault(key.lower(), value)
 
     def get(self, name: str, default: Any = None) -> Any:  # Any, as Message.get: the default's type
-        lower = name.lower()
-        for key, value in self._fields:
-            if key.lower() == lower:
-                return value
-        return default
+        return self._first.get(name.lower(), default)
 
     def get_all(self, name: str, failobj: Any = None) -> Any:
         lower = name.lower()
@@ -45,7 +44,7 @@ class Headers:
         return values or failobj
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        return isinstance(name, str) and name.lower() in self._first
 
     def __repr__(self) -> str:  # names only: a value may be a token
         return f"Headers({[k for k, _ in self._fields]})"

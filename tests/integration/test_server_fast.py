@@ -191,7 +191,9 @@ def test_a_slow_reader_of_a_verified_copy_holds_one_slot_until_the_minimum_rate_
     data = os.urandom(16 << 20)
     with KeepServer([tmp_path / "v"], max_requests=1, idle_timeout=2, min_rate=8 << 20, fsync=False) as s:
         path = _put(s, data)
+        wait_until(lambda: s.in_flight == 0, 20, what="the PUT's slot given back")  # freed after its answer
         assert _get(s, path) == (200, data)  # verified: the slow reader gets sendfile
+        wait_until(lambda: s.in_flight == 0, 20, what="the GET's slot given back")
         hits = s.blocks.verified.hits
         reader = _SlowReader(s.port, path)
         reader.start()
