@@ -8,7 +8,6 @@ import errno
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..errors import WriteError
 from ..locator import Locator
 from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
+from .locks import BlockLock, BlockLocks
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
 from .verified import VerifiedFiles
 from .volumes import Volume, VolumeFull, rank_volumes
@@ -75,16 +75,16 @@ class Blocks:
     """
 
     def __init__(self, volumes: Sequence[Volume], trash: TrashPolicy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, shared_locks: Path | None = None) -> None:
         self.volumes = list(volumes)
         self.trash_policy = trash or TrashPolicy()
         self.clock = clock
-        self._locks = tuple(threading.Lock() for _ in range(256))
+        self._locks = BlockLocks(shared_locks)  # shared: worker processes exclude each other too
         self.verified = VerifiedFiles()  # files that hashed to their names, sent unread while unchanged
 
-    def lock(self, md5: str) -> threading.Lock:
+    def lock(self, md5: str) -> BlockLock:
         """The lock of block *md5* (striped: one of 256, by its first two hex digits)."""
-        return self._locks[int(md5[:2], 16)]
+        return self._locks(md5)
 
     def find(self, md5: str, size: int | None) -> Found | None:
         """The first volume holding *md5* (with *size*, when given)."""
@@ -272,7 +272,7 @@ class Blocks:
         return "".join(lines).encode()
 
 
-def _write(volumes: list[Volume], md5: str, body: Iterable[bytes], lock: threading.Lock) -> Stored | Refusal:
+def _write(volumes: list[Volume], md5: str, body: Iterable[bytes], lock: BlockLock) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
     to answer (nothing partial is left behind on any volume)."""
     with contextlib.ExitStack() as stack:

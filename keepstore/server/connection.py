@@ -37,16 +37,22 @@ class KeepHTTPServer(http.server.ThreadingHTTPServer):
     _backoff = 0.0
 
     def __init__(self, address: tuple[str, int], handler: type, context: Any, family: int,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, *, reuse_port: bool = False) -> None:
         self.address_family = family
         self.context = context
         self.tls = tls
+        self.reuse_port = reuse_port
         try:
             super().__init__(address, handler)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from exc
 
     on_fd_exhausted: Callable[[], object] | None = None  # frees descriptors (closes idle connections)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:  # several worker processes, each its own socket on one port: the kernel spreads connections
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[Any, Any]:
         try:

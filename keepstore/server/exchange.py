@@ -16,7 +16,8 @@ from .faults import FaultKind
 from .wire import Headers
 
 __all__ = ["BUSY", "BodyAction", "Exchange", "Refusal", "RequestRecord", "block_target", "decimal",
-           "framing_refusal", "public_path", "put_refusal", "read_target", "unmodified_since"]
+           "framing_refusal", "public_path", "put_refusal", "read_target", "unmodified_since",
+           "wants_local_signature"]
 
 MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
 _BLOCK_OF_PATH = re.compile(r"/([0-9a-f]{32})(?:\+|\Z)")
@@ -244,3 +245,8 @@ def read_target(path: str, method: str) -> tuple[Locator, str, int | None] | Ref
     if loc.md5 == _EMPTY_MD5 and loc.size == 0:
         return None
     return loc, loc.md5, loc.size
+
+
+def wants_local_signature(value: str | None) -> bool:
+    """``X-Keep-Signature: local, <UTC time>``: the client asks for a locally signed locator."""
+    return value is not None and value.split(",", 1)[0].strip() == "local"

@@ -35,6 +35,7 @@ from .exchange import (
     put_refusal,
     read_target,
     unmodified_since,
+    wants_local_signature,
 )
 from .faults import Fault, FaultKind
 from .shaping import Before, before, shape_body
@@ -366,7 +367,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
             return self._simple(ex, 404, "not found")
         found = copies[0]
         headers = {"Content-Length": str(found.size)}
-        if _wants_local_signature(ex.headers.get("X-Keep-Signature")):
+        if wants_local_signature(ex.headers.get("X-Keep-Signature")):
             local = permissions.local_signature(loc, found.size, ex.token)
             if local is not None:
                 headers["X-Keep-Locator"] = str(local)
@@ -492,9 +493,3 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
 
     def _simple(self, ex: Exchange, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         self._respond(ex, status, f"{status} {reason}\n".encode(), headers)
-
-
-def _wants_local_signature(value: str | None) -> bool:
-    """``X-Keep-Signature: local, <UTC time>``: the client asks for a locally signed locator."""
-    return value is not None and value.split(",", 1)[0].strip() == "local"
-
