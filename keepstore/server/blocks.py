@@ -148,7 +148,7 @@ class Blocks:
             return Refusal(507, "every volume is full")
         result: Stored | Refusal | None = None
         try:
-            result = _write(chosen, md5, body, self.lock(md5))
+            result = _write(chosen, md5, length, body, self.lock(md5))
         finally:
             done = result.volumes if isinstance(result, Stored) else ()
             for volume in chosen:
@@ -272,7 +272,7 @@ class Blocks:
         return "".join(lines).encode()
 
 
-def _write(volumes: list[Volume], md5: str, body: Iterable[bytes], lock: BlockLock) -> Stored | Refusal:
+def _write(volumes: list[Volume], md5: str, size: int, body: Iterable[bytes], lock: BlockLock) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
     to answer (nothing partial is left behind on any volume)."""
     with contextlib.ExitStack() as stack:
@@ -280,7 +280,7 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes], lock: BlockLo
         failed: list[tuple[Volume, OSError]] = []
         for volume in volumes:
             try:
-                writers.append((volume, stack.enter_context(volume.writer(md5))))
+                writers.append((volume, stack.enter_context(volume.writer(md5, size))))
             except OSError as exc:
                 failed.append((volume, exc))
         for chunk in body:
