@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Body", "DeadlineReader", "KeepHTTPServer"]
+__all__ = ["Body", "DeadlineReader", "KeepHTTPServer", "set_timeout"]
 
 log = logging.getLogger("keepstore.server")
 
@@ -73,6 +73,13 @@ class KeepHTTPServer(http.server.ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+def set_timeout(sock: socket.socket, seconds: float) -> None:
+    """``sock.settimeout(seconds)`` unless it has that timeout already: each call is a system
+    call (the socket's blocking mode is set again), and a request would make several."""
+    if sock.gettimeout() != seconds:
+        sock.settimeout(seconds)
 
 
 class DeadlineReader(io.RawIOBase):
@@ -136,7 +143,7 @@ class Body:
         finally:
             self.reader.deadline = None
             with contextlib.suppress(OSError):  # the connection is gone: the next read says so
-                self.reader.sock.settimeout(self.reader.idle)
+                set_timeout(self.reader.sock, self.reader.idle)
 
     def drain(self) -> None:
         """Read and discard what is left, so the connection can carry the next request."""

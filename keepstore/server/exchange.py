@@ -219,6 +219,8 @@ def unmodified_since(value: str | None) -> int | None:
 
 def public_path(path: str) -> str:
     """A path fit for logs: signatures replaced."""
+    if "+A" not in path and "+R" not in path:  # nothing to replace (most requests): skip the patterns
+        return path
     return _REMOTE_SIGNATURE.sub(r"+R\1-...", _SIGNATURE.sub("+A...", path))
 
 

@@ -19,7 +19,7 @@ from .._version import __version__
 from ..errors import scrub
 from ..locator import MAX_BLOCK_SIZE
 from .blocks import BlockDamaged, Found, verified_chunks
-from .connection import Body, DeadlineReader, KeepHTTPServer
+from .connection import Body, DeadlineReader, KeepHTTPServer, set_timeout
 from .context import MIN_BODY_RATE, Context
 from .exchange import (
     BUSY,
@@ -103,7 +103,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         admission.waiting(self.connection)
         wait = self.ctx.idle_timeout if self._requests else min(self.ctx.idle_timeout, self.ctx.first_byte_timeout)
         try:
-            self.connection.settimeout(wait)
+            set_timeout(self.connection, wait)
             first = self._buffered.peek(1)
         except (TimeoutError, OSError):
             first = b""
@@ -113,7 +113,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         admission.busy(self.connection)
         self._requests += 1
         with contextlib.suppress(OSError):  # gone: the next read says so
-            self.connection.settimeout(self.ctx.idle_timeout)
+            set_timeout(self.connection, self.ctx.idle_timeout)
         self._reader.deadline = time.monotonic() + self.ctx.idle_timeout
         if not self._lean_request():
             super().handle_one_request()
@@ -132,7 +132,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         self.headers = head.headers  # type: ignore[assignment]  # get/get_all/in: all Exchange uses
         self.close_connection = (head.headers.get("Connection") or "").lower() == "close"
         try:
-            self.connection.settimeout(self.ctx.idle_timeout)
+            set_timeout(self.connection, self.ctx.idle_timeout)
             if (head.headers.get("Expect") or "").lower() == "100-continue" and not self.handle_expect_100():
                 return True
             getattr(self, "do_" + head.command)()
@@ -147,7 +147,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         finally:  # headers are in (or failed): bodies and responses use the idle timeout
             self._reader.deadline = None
             with contextlib.suppress(OSError):  # the connection is gone: the next read says so
-                self.connection.settimeout(self.ctx.idle_timeout)
+                set_timeout(self.connection, self.ctx.idle_timeout)
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):  # the client is gone: nothing left to flush to

@@ -27,27 +27,26 @@ class Headers:
     """Request header fields: case-insensitive names, the first value by `get`, all by
     `get_all` (as `email.message.Message`, which the standard library's parser makes)."""
 
-    __slots__ = ("_fields", "_first")
+    __slots__ = ("_all", "_names")
 
     def __init__(self, fields: list[tuple[str, str]]) -> None:
-        self._fields = fields
-        self._first: dict[str, str] = {}
+        self._names = [k for k, _ in fields]
+        self._all: dict[str, list[str]] = {}
         for key, value in fields:
-            self._first.setdefault(key.lower(), value)
+            self._all.setdefault(key.lower(), []).append(value)
 
     def get(self, name: str, default: Any = None) -> Any:  # Any, as Message.get: the default's type
-        return self._first.get(name.lower(), default)
+        values = self._all.get(name.lower())
+        return values[0] if values else default
 
     def get_all(self, name: str, failobj: Any = None) -> Any:
-        lower = name.lower()
-        values = [v for k, v in self._fields if k.lower() == lower]
-        return values or failobj
+        return list(self._all.get(name.lower(), ())) or failobj
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._first
+        return isinstance(name, str) and name.lower() in self._all
 
     def __repr__(self) -> str:  # names only: a value may be a token
-        return f"Headers({[k for k, _ in self._fields]})"
+        return f"Headers({self._names})"
 
 
 @dataclasses.dataclass(frozen=True)
