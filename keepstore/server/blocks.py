@@ -15,7 +15,7 @@ from typing import BinaryIO, NamedTuple
 
 from ..errors import WriteError
 from ..locator import Locator
-from .disk import VolumeWriter
+from .disk import BACKGROUND_HASH_SIZE, BackgroundMd5, Digest, VolumeWriter
 from .exchange import BodyAction, Refusal
 from .locks import BlockLock, BlockLocks
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
@@ -342,18 +342,22 @@ def verified_chunks(f: BinaryIO, md5: str, size: int, on_verified: Callable[[], 
                     ) -> Iterator[bytes]:
     """The file's chunks, the last held back until the whole file hashes to *md5* and has
     *size* bytes: a damaged copy ends in `BlockDamaged` before its last byte is sent, a good
-    one calls *on_verified* before its last chunk is given out."""
-    digest = hashlib.md5(usedforsecurity=False)
+    one calls *on_verified* before its last chunk is given out. A big block is hashed on a
+    thread of its own (`BackgroundMd5`), so hashing overlaps sending."""
+    digest: Digest = BackgroundMd5() if size >= BACKGROUND_HASH_SIZE else hashlib.md5(usedforsecurity=False)
     held: bytes | None = None
     offset = 0
-    while chunk := f.read(READ_CHUNK):
-        digest.update(chunk)
-        offset += len(chunk)
+    try:
+        while chunk := f.read(READ_CHUNK):
+            digest.update(chunk)
+            offset += len(chunk)
+            if held is not None:
+                yield held
+            held = chunk
         if held is not None:
+            if offset != size or digest.hexdigest() != md5:
+                raise BlockDamaged(f"block {md5} does not match its locator")
+            on_verified()
             yield held
-        held = chunk
-    if held is not None:
-        if offset != size or digest.hexdigest() != md5:
-            raise BlockDamaged(f"block {md5} does not match its locator")
-        on_verified()
-        yield held
+    finally:
+        digest.hexdigest()  # a background hash's thread ends (the send may have stopped early)

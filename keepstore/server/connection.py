@@ -106,7 +106,7 @@ class DeadlineReader(io.RawIOBase):
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("request not received in time")
-            self.sock.settimeout(min(self.idle, remaining))
+            set_timeout(self.sock, min(self.idle, remaining))
         return self.sock.recv_into(buffer)
 
 

@@ -19,7 +19,8 @@ from ..errors import WriteError
 from ..local import FileSystem
 from ..locator import MAX_BLOCK_SIZE, Locator
 
-__all__ = ["BACKGROUND_HASH_SIZE", "TEMP_PREFIX", "BackgroundMd5", "FileOps", "VolumeWriter", "reclaim_temp_files"]
+__all__ = ["BACKGROUND_HASH_SIZE", "TEMP_PREFIX", "BackgroundMd5", "Digest", "FileOps", "VolumeWriter",
+           "reclaim_temp_files"]
 
 BACKGROUND_HASH_SIZE = 4 << 20  # blocks this big are hashed on a thread of their own while written
 

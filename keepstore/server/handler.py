@@ -423,19 +423,21 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     def _send(self, ex: Exchange, data: bytes) -> None:
         """Write in pieces, each bounded by the idle timeout and all by the response's deadline
         (`min_rate`, as for request bodies): a reader draining a little per idle timeout must
-        not hold a thread and a slot for hours. Small pieces: a reader at a steady `min_rate`
-        is never asked to take megabytes within one timeout."""
+        not hold a thread and a slot for hours. Pieces sized so a reader at a steady `min_rate`
+        takes each in a quarter of the idle timeout."""
         idle = self.ctx.idle_timeout
         if ex.send_deadline is None:
             ex.send_deadline = time.monotonic() + idle + ex.send_size / self.ctx.min_rate
+        # A reader at the minimum rate takes one piece in a quarter of the idle timeout.
+        step = max(_SOCKET_PIECE, min(1 << 20, int(self.ctx.min_rate * idle / 4)))
         with memoryview(data) as view:
             try:
-                for start in range(0, len(view), _SOCKET_PIECE):
+                for start in range(0, len(view), step):
                     remaining = ex.send_deadline - time.monotonic()
                     if remaining <= 0:
                         raise TimeoutError(f"reader below {self.ctx.min_rate:g} B/s: response cut off")
                     self.connection.settimeout(min(idle, remaining))
-                    piece = view[start:start + _SOCKET_PIECE]
+                    piece = view[start:start + step]
                     self.wfile.write(piece)
                     ex.bytes_out += len(piece)
             finally:
