@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,13 +17,26 @@ import pytest
 from keepstore.server import KeepServer
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+
+
+def _documented_command(volume: Path) -> list[str]:
+    """The ``keep serve --workers`` example of docs/server.md, on a free port and *volume*."""
+    line = next(x.strip() for x in DOCS.read_text().splitlines() if x.strip().startswith("keep serve")
+                and "--workers" in x)
+    words = shlex.split(line)[2:]
+    words[words.index("--listen") + 1] = "127.0.0.1:0"
+    words[words.index("--volume") + 1] = str(volume)
+    return [sys.executable, "-m", "keepstore", "serve", *words, "--no-fsync"]
+
+
 @pytest.fixture
 def workers(tmp_path: Path):
     volume = tmp_path / "v"
     volume.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "keepstore", "serve", "--listen", "127.0.0.1:0", "--volume",
-                             str(volume), "--quiet", "--no-fsync", "--workers", "2", "--max-requests", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = _documented_command(volume)
+    assert command[command.index("--workers") + 1] == "2"
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("listening on "), proc.stderr.read() if proc.stderr else line
