@@ -24,8 +24,8 @@ FileKey = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 def file_key(st: os.stat_result) -> FileKey:
     """What identifies one version of a file. The ctime changes with every write, truncate,
-    rename, chmod or utime, and no caller can set it back: a file changed since it was
-    hashed has another key even when its mtime was restored by hand."""
+    rename, chmod or utime, and no caller can set it back (short of the system clock): a file
+    changed since it was hashed has another key even when its mtime was restored by hand."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
