@@ -12,13 +12,12 @@ import socket
 import ssl
 import struct
 import time
-from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..errors import scrub
 from ..locator import MAX_BLOCK_SIZE
-from .blocks import BlockDamaged, Found, verified_chunks
+from .blocks import BlockDamaged, verified_chunks
 from .connection import Body, DeadlineReader, KeepHTTPServer, set_timeout
 from .context import MIN_BODY_RATE, Context
 from .exchange import (
@@ -378,7 +377,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         (`VerifiedFiles`), goes out unread (``sendfile``) unless a fault or TLS is in the way;
         any other is streamed while it is hashed, the last chunk held back until the hash
         checks, so a damaged copy reaches the client as a truncated body (as keepstore 3.x
-        does) and is quarantined. A copy that cannot be opened gives way to the next."""
+        does), every time. A copy that cannot be opened gives way to the next."""
         copy = open_copy(self.ctx.blocks.volumes, md5, size)
         if copy is None:
             return self._simple(ex, 404, "not found")
@@ -396,8 +395,10 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
                 for piece in shape_body(fault, verified_chunks(f, md5, size, lambda: verified.add(path, key)), size):
                     self._send(ex, piece)
             except BlockDamaged:
+                # Not quarantined here: `keep check` tells a damaged copy from a missing one by
+                # reading it; the scrubber moves it aside.
                 log.error("block %s at %s does not match its locator; truncating the response", md5, path)
-                self.ctx.blocks.quarantine(Found(copy.volume, Path(path), size), md5, copy.st.st_ino)
+                verified.forget(path)
                 raise _Abort() from None
             if ex.bytes_out < size:
                 raise _Abort()

@@ -16,7 +16,6 @@ import pytest
 
 from keepstore.server import KeepServer
 
-
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "server.md"
 
 
