@@ -15,7 +15,7 @@ from typing import BinaryIO, NamedTuple
 
 from ..errors import WriteError
 from ..locator import Locator
-from .disk import BACKGROUND_HASH_SIZE, BackgroundMd5, Digest, VolumeWriter
+from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
 from .locks import BlockLock, BlockLocks
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
@@ -121,7 +121,7 @@ class Blocks:
                 log.warning("block %s at %s does not match its name; rewriting it from the PUT", md5, path)
         return found
 
-    def store(self, md5: str, length: int, body: Iterable[bytes], classes: Sequence[str],
+    def store(self, md5: str, length: int, body: Iterable[bytes | memoryview], classes: Sequence[str],
               refuse_new: Callable[[], bool] = lambda: False) -> Stored | Refusal:
         """A PUT: one copy on a volume of each wanted class (any volume, preferring ``default``,
         when none is named), counting intact copies already stored. A class no volume has is
@@ -148,7 +148,7 @@ class Blocks:
             return Refusal(507, "every volume is full")
         result: Stored | Refusal | None = None
         try:
-            result = _write(chosen, md5, length, body, self.lock(md5))
+            result = _write(chosen, md5, body, self.lock(md5))
         finally:
             done = result.volumes if isinstance(result, Stored) else ()
             for volume in chosen:
@@ -158,7 +158,7 @@ class Blocks:
         _touch(existing)
         return Stored(result.locator, tuple(f.volume for f in existing) + result.volumes)
 
-    def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes]) -> Stored | Refusal:
+    def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes | memoryview]) -> Stored | Refusal:
         """Copies already stored: check the body against the name too, and touch them."""
         digest = hashlib.md5(usedforsecurity=False)
         for chunk in body:
@@ -272,7 +272,7 @@ class Blocks:
         return "".join(lines).encode()
 
 
-def _write(volumes: list[Volume], md5: str, size: int, body: Iterable[bytes], lock: BlockLock) -> Stored | Refusal:
+def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], lock: BlockLock) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
     to answer (nothing partial is left behind on any volume)."""
     with contextlib.ExitStack() as stack:
@@ -280,7 +280,7 @@ def _write(volumes: list[Volume], md5: str, size: int, body: Iterable[bytes], lo
         failed: list[tuple[Volume, OSError]] = []
         for volume in volumes:
             try:
-                writers.append((volume, stack.enter_context(volume.writer(md5, size))))
+                writers.append((volume, stack.enter_context(volume.writer(md5))))
             except OSError as exc:
                 failed.append((volume, exc))
         for chunk in body:
@@ -342,22 +342,19 @@ def verified_chunks(f: BinaryIO, md5: str, size: int, on_verified: Callable[[], 
                     ) -> Iterator[bytes]:
     """The file's chunks, the last held back until the whole file hashes to *md5* and has
     *size* bytes: a damaged copy ends in `BlockDamaged` before its last byte is sent, a good
-    one calls *on_verified* before its last chunk is given out. A big block is hashed on a
-    thread of its own (`BackgroundMd5`), so hashing overlaps sending."""
-    digest: Digest = BackgroundMd5() if size >= BACKGROUND_HASH_SIZE else hashlib.md5(usedforsecurity=False)
+    one calls *on_verified* before its last chunk is given out. (Hashing on a second thread,
+    to overlap sending, measured slower on two busy cores: see docs/performance.md.)"""
+    digest = hashlib.md5(usedforsecurity=False)
     held: bytes | None = None
     offset = 0
-    try:
-        while chunk := f.read(READ_CHUNK):
-            digest.update(chunk)
-            offset += len(chunk)
-            if held is not None:
-                yield held
-            held = chunk
+    while chunk := f.read(READ_CHUNK):
+        digest.update(chunk)
+        offset += len(chunk)
         if held is not None:
-            if offset != size or digest.hexdigest() != md5:
-                raise BlockDamaged(f"block {md5} does not match its locator")
-            on_verified()
             yield held
-    finally:
-        digest.hexdigest()  # a background hash's thread ends (the send may have stopped early)
+        held = chunk
+    if held is not None:
+        if offset != size or digest.hexdigest() != md5:
+            raise BlockDamaged(f"block {md5} does not match its locator")
+        on_verified()
+        yield held

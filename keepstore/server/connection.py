@@ -131,15 +131,18 @@ class Body:
         self.chunk = chunk
         self.deadline = time.monotonic() + reader.idle + length / min_rate
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[memoryview]:
+        """The body's chunks, each read into one buffer reused for the next (no allocation, no
+        fresh pages per chunk): a chunk is valid until the next is asked for."""
         self.reader.deadline = self.deadline
+        buffer = memoryview(bytearray(min(self.chunk, self.remaining)))
         try:
             while self.remaining:
-                chunk = self.rfile.read(min(self.chunk, self.remaining))
-                if not chunk:
+                count = self.rfile.readinto(buffer[:min(len(buffer), self.remaining)])
+                if not count:
                     raise ConnectionError(f"client sent {self.length - self.remaining} of {self.length} bytes")
-                self.remaining -= len(chunk)
-                yield chunk
+                self.remaining -= count
+                yield buffer[:count]
         finally:
             self.reader.deadline = None
             with contextlib.suppress(OSError):  # the connection is gone: the next read says so

@@ -7,22 +7,16 @@ import errno
 import fcntl
 import hashlib
 import os
-import queue
 import secrets
-import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 from ..errors import WriteError
 from ..local import FileSystem
 from ..locator import MAX_BLOCK_SIZE, Locator
 
-__all__ = ["BACKGROUND_HASH_SIZE", "TEMP_PREFIX", "BackgroundMd5", "Digest", "FileOps", "VolumeWriter",
-           "reclaim_temp_files"]
-
-BACKGROUND_HASH_SIZE = 4 << 20  # blocks this big are hashed on a thread of their own while written
+__all__ = ["TEMP_PREFIX", "FileOps", "VolumeWriter", "reclaim_temp_files"]
 
 TEMP_PREFIX = ".tmp-"
 _OURS = ".tmp-keep-"  # our temp files: .tmp-keep-<pid>-<random>, flocked while their writer lives
@@ -55,47 +49,6 @@ class FileOps(FileSystem):
             os.unlink(path)
 
 
-class Digest(Protocol):
-    """What a writer needs of a hash: hashlib's md5, or `BackgroundMd5`."""
-
-    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
-
-    def hexdigest(self) -> str: ...
-
-
-class BackgroundMd5:
-    """An md5 computed on a thread of its own from the chunks handed to `update` (hashlib
-    releases the GIL), so hashing a big block overlaps receiving and writing it. At most
-    *depth* chunks wait: a receiver faster than the hash waits for it, memory stays bounded.
-
-    Args:
-        depth: Chunks that may wait to be hashed.
-    """
-
-    def __init__(self, depth: int = 8) -> None:
-        self._digest = hashlib.md5(usedforsecurity=False)
-        self._chunks: queue.Queue[bytes | bytearray | memoryview | None] = queue.Queue(depth)
-        self._thread = threading.Thread(target=self._run, name="keep-md5", daemon=True)
-        self._thread.start()
-        self._result: str | None = None
-
-    def _run(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
-            self._digest.update(chunk)
-
-    def update(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Hash *chunk* (it must not change afterwards: bytes, as a body's chunks are)."""
-        self._chunks.put(chunk)
-
-    def hexdigest(self) -> str:
-        """The md5 of every chunk given (waits for the hash to catch up; ends the thread)."""
-        if self._result is None:
-            self._chunks.put(None)
-            self._thread.join()
-            self._result = self._digest.hexdigest()
-        return self._result
-
-
 class VolumeWriter:
     """Stream one block into a locked temp file beside its final name; `commit()` checks the
     md5 and makes the block durable in this order: the new prefix directory's entry (its
@@ -107,17 +60,14 @@ class VolumeWriter:
         md5: The md5 the block must have.
         fsync: Make the block durable before `commit` returns.
         ops: The file-system layer writes go through.
-        size: The block's expected size: a big one is hashed on a thread of its own (`BackgroundMd5`).
     """
 
-    def __init__(self, root: Path, md5: str, *, fsync: bool = True, ops: FileOps | None = None,
-                 size: int = 0) -> None:
+    def __init__(self, root: Path, md5: str, *, fsync: bool = True, ops: FileOps | None = None) -> None:
         self.ops = ops or FileOps()
         self.md5 = md5
         self.final = root / md5[:3] / md5
         self._fsync = fsync
-        self._hash: Digest = (BackgroundMd5() if size >= BACKGROUND_HASH_SIZE
-                                                     else hashlib.md5(usedforsecurity=False))
+        self._hash = hashlib.md5(usedforsecurity=False)
         self.size = 0
         if self.ops.mkdir(self.final.parent) and fsync:
             self.ops.fsync_dir(root)  # a new prefix directory must survive with the block in it
@@ -148,8 +98,6 @@ class VolumeWriter:
         return Locator(self.md5, self.size)
 
     def abort(self) -> None:
-        if isinstance(self._hash, BackgroundMd5):
-            self._hash.hexdigest()  # ends its thread
         if self._fd is not None:
             fd, self._fd = self._fd, None
             self.ops.close(fd)

@@ -128,9 +128,9 @@ class Volume:
                     log.warning("volume %s: cannot list %s: %s", self.path, name, exc.strerror or exc)
         yield self.path, top  # the flat layout of the Arvados SDK's local_store
 
-    def writer(self, md5: str, size: int = 0) -> VolumeWriter:
-        """A crash-safe writer of block *md5* (of *size* bytes, when known) on this volume."""
-        return VolumeWriter(self.path, md5, fsync=self.fsync, ops=self.ops, size=size)
+    def writer(self, md5: str) -> VolumeWriter:
+        """A crash-safe writer of block *md5* on this volume."""
+        return VolumeWriter(self.path, md5, fsync=self.fsync, ops=self.ops)
 
     def reclaim(self) -> int:
         """Remove the temp files of writers that died (kill -9); see `reclaim_temp_files`."""
