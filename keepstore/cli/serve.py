@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -65,14 +67,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="the private key for --tls-cert (PEM)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync on writes (faster, not crash safe)")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="serve from N processes on one port (SO_REUSEPORT), for several CPUs; limits such as "
+                        "--max-requests apply per process, the background jobs run in the first (default 1)")
     p.set_defaults(func=run)
-
-
-
-
-
-
-
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
@@ -89,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from ..server.volumes import parse_volume
 
     host, port = parse_listen(args.listen)
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     volumes = [parse_volume(spec, create=args.create) for spec in args.volume]
     key = read_secret(args.signing_key_file, "signing key") if args.signing_key_file else None
     system_token = read_secret(args.system_token_file, "system token") if args.system_token_file else None
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert, tls_key=args.tls_key, fsync=not args.no_fsync,
         trash_lifetime=args.trash_lifetime, trash_min_age=args.trash_min_age,
         trash_check_interval=args.trash_check_interval,
-        scrub_interval=args.scrub_interval, scrub_rate=args.scrub_rate,
+        scrub_interval=args.scrub_interval, scrub_rate=args.scrub_rate, reuse_port=workers > 1,
     )
     logger = logging.getLogger("keepstore.server")
     if getattr(args, "debug", False):
@@ -121,9 +122,30 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    server.listen()  # the port, before any thread runs: workers fork from here
+    parent, children = os.getpid(), list[int]()
+    for _ in range(workers - 1):
+        pid = os.fork()
+        if pid == 0:  # a worker: its own socket on the port, no background jobs (the first process runs them)
+            children, server.background = [], False
+            server.relisten()
+            break
+        children.append(pid)
     server.start()
-    print(f"listening on {server.url}", flush=True)
+    if os.getpid() == parent:
+        print(f"listening on {server.url}", flush=True)
     while not done.wait(0.5):
-        pass
+        if os.getpid() != parent and os.getppid() != parent:  # the first process is gone: so is this worker
+            break
+        for pid in list(children):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                logger.warning("worker process %d exited; %d worker(s) left", pid, len(children))
+                children.remove(pid)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+            os.kill(pid, signal.SIGTERM)
     server.stop()
-    return 0
+    for pid in children:
+        with contextlib.suppress(ChildProcessError):  # reaped already
+            os.waitpid(pid, 0)
+    return 0  # a worker too: it exits as the command does (--workers forks: a command-line option only)

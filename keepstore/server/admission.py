@@ -25,7 +25,7 @@ class Admission:
     def __init__(self, max_requests: int, max_connections: int = 1024) -> None:
         self.max_requests = max_requests
         self.max_connections = max_connections
-        self._state = threading.Condition()
+        self._state = threading.Condition(threading.Lock())  # never re-entered: a plain lock is cheaper
         self._inflight = 0
         self._connections: dict[socket.socket, float | None] = {}  # -> waiting since (None: busy)
         self.evicted = 0  # idle connections closed to make room (for tests and figures)

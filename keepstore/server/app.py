@@ -68,6 +68,10 @@ class KeepServer:
         clock: unix time for trash ages and deadlines (tests pass a fake one).
         metrics: serve Prometheus metrics on ``/metrics`` (`ServerMetrics`), to the system token.
         metrics_public: serve them to anyone.
+        reuse_port: listen with ``SO_REUSEPORT``, so other processes (``keep serve --workers``) can
+            listen on the same port and the kernel spreads connections over them.
+        background: run the background jobs (trash emptier, scrub); a worker process leaves
+            them to the first process, so they run once per machine.
     """
 
     def __init__(
@@ -96,6 +100,8 @@ class KeepServer:
         clock: Callable[[], float] = time.time,
         metrics: bool = True,
         metrics_public: bool = False,
+        reuse_port: bool = False,
+        background: bool = True,
     ) -> None:
         if not volumes:
             raise ConfigError("keep serve needs at least one --volume")
@@ -131,7 +137,9 @@ class KeepServer:
                              trash_check_interval)
         self.metrics = ServerMetrics(self.volumes, lambda: self.admission.in_flight,
                                      public=metrics_public) if metrics else None
-        self.blocks = Blocks(self.volumes, policy, clock)
+        # Worker processes (reuse_port) share the block locks through a file in the first volume.
+        self.blocks = Blocks(self.volumes, policy, clock,
+                             self.volumes[0].path / ".keep-locks" if reuse_port else None)
         self.trash_emptier = Periodic("keep-trash", self.blocks.empty_trash, policy.check_interval)
         stop_scrub = threading.Event()
         self.scrubber = Scrubber(self.blocks, scrub_rate, sleep=stop_scrub.wait, stopping=stop_scrub.is_set)
@@ -140,7 +148,10 @@ class KeepServer:
             if scrub_interval <= 0:
                 raise ConfigError(f"scrub interval must be positive, got {scrub_interval}")
             self.scrub_job = Periodic("keep-scrub", self.scrubber.scrub_once, scrub_interval, stop_scrub)
+        self.reuse_port = reuse_port
+        self.background = background
         self._httpd: KeepHTTPServer | None = None
+        self._bound: KeepHTTPServer | None = None  # listening, not serving yet (see listen())
         self._thread: threading.Thread | None = None
         for volume in self.volumes:
             volume.reclaim()
@@ -194,23 +205,42 @@ class KeepServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
 
+    def listen(self) -> int:
+        """Bind and listen now, without serving yet (`start()` serves); the port. A process
+        that forks workers learns its port this way before any thread runs."""
+        if self._httpd is None and self._bound is None:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            context = Context(self.blocks, self.permissions, self.admission, self.faults, self.requests,
+                              self.idle_timeout, self.min_rate, self.first_byte_timeout, self.metrics)
+            self._bound = KeepHTTPServer((self.host, self.port), KeepHandler, context, family, self.tls,
+                                         reuse_port=self.reuse_port)
+            self.port = self._bound.server_address[1]
+        return self.port
+
+    def relisten(self) -> None:
+        """In a forked worker: close the socket inherited from the parent and listen on the
+        same port with a socket of this process's own (needs *reuse_port*)."""
+        if self._bound is not None:
+            self._bound.server_close()
+            self._bound = None
+        self.listen()
+
     def start(self) -> "KeepServer":
         """Listen (on the same port as before after a `stop()`) and serve in a background thread."""
         if self._httpd is not None:
             return self
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        context = Context(self.blocks, self.permissions, self.admission, self.faults, self.requests,
-                          self.idle_timeout, self.min_rate, self.first_byte_timeout, self.metrics)
-        httpd = KeepHTTPServer((self.host, self.port), KeepHandler, context, family, self.tls)
+        self.listen()
+        httpd, self._bound = self._bound, None
+        assert httpd is not None
         httpd.on_fd_exhausted = lambda: self.admission.evict_idle(16)
-        self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"keep-serve-{self.port}", daemon=True)
         self._thread.start()
-        self.trash_emptier.start()
-        if self.scrub_job is not None:
-            self.scrub_job.start()
+        if self.background:
+            self.trash_emptier.start()
+            if self.scrub_job is not None:
+                self.scrub_job.start()
         log.info("listening on %s with %d volume(s)", self.url, len(self.volumes))
         return self
 

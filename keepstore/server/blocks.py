@@ -8,7 +8,6 @@ import errno
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,7 +17,9 @@ from ..errors import WriteError
 from ..locator import Locator
 from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
+from .locks import BlockLock, BlockLocks
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
+from .verified import VerifiedFiles
 from .volumes import Volume, VolumeFull, rank_volumes
 
 __all__ = ["BlockDamaged", "Blocks", "Found", "Stored", "verified_chunks"]
@@ -74,15 +75,16 @@ class Blocks:
     """
 
     def __init__(self, volumes: Sequence[Volume], trash: TrashPolicy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, shared_locks: Path | None = None) -> None:
         self.volumes = list(volumes)
         self.trash_policy = trash or TrashPolicy()
         self.clock = clock
-        self._locks = tuple(threading.Lock() for _ in range(256))
+        self._locks = BlockLocks(shared_locks)  # shared: worker processes exclude each other too
+        self.verified = VerifiedFiles()  # files that hashed to their names, sent unread while unchanged
 
-    def lock(self, md5: str) -> threading.Lock:
+    def lock(self, md5: str) -> BlockLock:
         """The lock of block *md5* (striped: one of 256, by its first two hex digits)."""
-        return self._locks[int(md5[:2], 16)]
+        return self._locks(md5)
 
     def find(self, md5: str, size: int | None) -> Found | None:
         """The first volume holding *md5* (with *size*, when given)."""
@@ -119,7 +121,7 @@ class Blocks:
                 log.warning("block %s at %s does not match its name; rewriting it from the PUT", md5, path)
         return found
 
-    def store(self, md5: str, length: int, body: Iterable[bytes], classes: Sequence[str],
+    def store(self, md5: str, length: int, body: Iterable[bytes | memoryview], classes: Sequence[str],
               refuse_new: Callable[[], bool] = lambda: False) -> Stored | Refusal:
         """A PUT: one copy on a volume of each wanted class (any volume, preferring ``default``,
         when none is named), counting intact copies already stored. A class no volume has is
@@ -156,7 +158,7 @@ class Blocks:
         _touch(existing)
         return Stored(result.locator, tuple(f.volume for f in existing) + result.volumes)
 
-    def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes]) -> Stored | Refusal:
+    def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes | memoryview]) -> Stored | Refusal:
         """Copies already stored: check the body against the name too, and touch them."""
         digest = hashlib.md5(usedforsecurity=False)
         for chunk in body:
@@ -197,6 +199,7 @@ class Blocks:
                 outcome = keep or trash_file(found.path, md5, policy, now, fsync=found.volume.fsync)
                 if outcome.removed:
                     found.volume.forget(md5)
+                    self.verified.forget(found.path)
                     log.info("volume %s: %s block %s", found.volume.path, outcome.value, md5)
                 outcomes.append(outcome)
             return outcomes
@@ -230,6 +233,7 @@ class Blocks:
             except FileNotFoundError:  # trashed or removed meanwhile
                 return False
             target = quarantine_file(found.path, md5, self.clock(), fsync=found.volume.fsync)
+            self.verified.forget(found.path)
         if target is None:
             return False
         found.volume.forget(md5)
@@ -268,7 +272,7 @@ class Blocks:
         return "".join(lines).encode()
 
 
-def _write(volumes: list[Volume], md5: str, body: Iterable[bytes], lock: threading.Lock) -> Stored | Refusal:
+def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], lock: BlockLock) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
     to answer (nothing partial is left behind on any volume)."""
     with contextlib.ExitStack() as stack:
@@ -334,9 +338,12 @@ def intact(path: Path, md5: str) -> bool:
     return digest.hexdigest() == md5
 
 
-def verified_chunks(f: BinaryIO, md5: str, size: int) -> Iterator[bytes]:
+def verified_chunks(f: BinaryIO, md5: str, size: int, on_verified: Callable[[], object] = lambda: None,
+                    ) -> Iterator[bytes]:
     """The file's chunks, the last held back until the whole file hashes to *md5* and has
-    *size* bytes: a damaged copy ends in `BlockDamaged` before its last byte is sent."""
+    *size* bytes: a damaged copy ends in `BlockDamaged` before its last byte is sent, a good
+    one calls *on_verified* before its last chunk is given out. (Hashing on a second thread,
+    to overlap sending, measured slower on two busy cores: see docs/performance.md.)"""
     digest = hashlib.md5(usedforsecurity=False)
     held: bytes | None = None
     offset = 0
@@ -349,4 +356,5 @@ def verified_chunks(f: BinaryIO, md5: str, size: int) -> Iterator[bytes]:
     if held is not None:
         if offset != size or digest.hexdigest() != md5:
             raise BlockDamaged(f"block {md5} does not match its locator")
+        on_verified()
         yield held

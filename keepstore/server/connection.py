@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Body", "DeadlineReader", "KeepHTTPServer"]
+__all__ = ["Body", "DeadlineReader", "KeepHTTPServer", "set_timeout"]
 
 log = logging.getLogger("keepstore.server")
 
@@ -37,16 +37,22 @@ class KeepHTTPServer(http.server.ThreadingHTTPServer):
     _backoff = 0.0
 
     def __init__(self, address: tuple[str, int], handler: type, context: Any, family: int,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, *, reuse_port: bool = False) -> None:
         self.address_family = family
         self.context = context
         self.tls = tls
+        self.reuse_port = reuse_port
         try:
             super().__init__(address, handler)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from exc
 
     on_fd_exhausted: Callable[[], object] | None = None  # frees descriptors (closes idle connections)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:  # several worker processes, each its own socket on one port: the kernel spreads connections
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[Any, Any]:
         try:
@@ -67,6 +73,13 @@ class KeepHTTPServer(http.server.ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+def set_timeout(sock: socket.socket, seconds: float) -> None:
+    """``sock.settimeout(seconds)`` unless it has that timeout already: each call is a system
+    call (the socket's blocking mode is set again), and a request would make several."""
+    if sock.gettimeout() != seconds:
+        sock.settimeout(seconds)
 
 
 class DeadlineReader(io.RawIOBase):
@@ -93,7 +106,7 @@ class DeadlineReader(io.RawIOBase):
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("request not received in time")
-            self.sock.settimeout(min(self.idle, remaining))
+            set_timeout(self.sock, min(self.idle, remaining))
         return self.sock.recv_into(buffer)
 
 
@@ -118,19 +131,22 @@ class Body:
         self.chunk = chunk
         self.deadline = time.monotonic() + reader.idle + length / min_rate
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[memoryview]:
+        """The body's chunks, each read into one buffer reused for the next (no allocation, no
+        fresh pages per chunk): a chunk is valid until the next is asked for."""
         self.reader.deadline = self.deadline
+        buffer = memoryview(bytearray(min(self.chunk, self.remaining)))
         try:
             while self.remaining:
-                chunk = self.rfile.read(min(self.chunk, self.remaining))
-                if not chunk:
+                count = self.rfile.readinto(buffer[:min(len(buffer), self.remaining)])
+                if not count:
                     raise ConnectionError(f"client sent {self.length - self.remaining} of {self.length} bytes")
-                self.remaining -= len(chunk)
-                yield chunk
+                self.remaining -= count
+                yield buffer[:count]
         finally:
             self.reader.deadline = None
             with contextlib.suppress(OSError):  # the connection is gone: the next read says so
-                self.reader.sock.settimeout(self.reader.idle)
+                set_timeout(self.reader.sock, self.reader.idle)
 
     def drain(self) -> None:
         """Read and discard what is left, so the connection can carry the next request."""

@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import enum
+import functools
 import re
 from email.message import Message
 from urllib.parse import urlsplit
 
-from ..locator import MAX_BLOCK_SIZE
+from ..errors import LocatorError
+from ..locator import EMPTY_BLOCK, MAX_BLOCK_SIZE, Locator
 from .faults import FaultKind
+from .wire import Headers
 
 __all__ = ["BUSY", "BodyAction", "Exchange", "Refusal", "RequestRecord", "block_target", "decimal",
-           "framing_refusal", "public_path", "put_refusal", "unmodified_since"]
+           "framing_refusal", "public_path", "put_refusal", "read_target", "unmodified_since",
+           "wants_local_signature"]
 
 MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
 _BLOCK_OF_PATH = re.compile(r"/([0-9a-f]{32})(?:\+|\Z)")
@@ -22,6 +26,8 @@ _REMOTE_SIGNATURE = re.compile(r"\+R([a-z0-9]{5})-[0-9a-f]{40}@[0-9a-f]{8}")
 _TARGET = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?((?:\+[A-Z][A-Za-z0-9@_-]*)*)\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() also takes "²", which int() refuses
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_SIZELESS = re.compile(r"/([0-9a-f]{32})((?:\+[A-Z][A-Za-z0-9@_-]*)*)\Z")
+_EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
 
 
 @dataclasses.dataclass
@@ -99,7 +105,7 @@ class Exchange:
 
     method: str
     target: str  # the request target as sent (path and query)
-    headers: Message
+    headers: Message | Headers  # the standard library's parse, or the lean reader's (keepstore.server.wire)
     start: float
     status: int = 0
     bytes_out: int = 0
@@ -110,7 +116,7 @@ class Exchange:
     send_size: int = 0  # the response body's length
     send_deadline: float | None = None  # when the response body must be out (set by its first write)
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         return urlsplit(self.target).path
 
@@ -118,7 +124,7 @@ class Exchange:
     def public_path(self) -> str:
         return public_path(self.path)
 
-    @property
+    @functools.cached_property
     def md5(self) -> str | None:
         """The block the path names, in any locator form (for fault matching)."""
         match = _BLOCK_OF_PATH.match(self.path)
@@ -132,7 +138,7 @@ class Exchange:
                 return auth[len(scheme):].strip() or None
         return None
 
-    @property
+    @functools.cached_property
     def length(self) -> int | None:
         """The Content-Length (None when absent or not a decimal number)."""
         return decimal(self.headers.get("Content-Length"))
@@ -151,7 +157,7 @@ class Exchange:
         return [c.strip() for c in self.headers.get("X-Keep-Storage-Classes", "").split(",") if c.strip()]
 
 
-def framing_refusal(version: str, headers: Message) -> Refusal | None:
+def framing_refusal(version: str, headers: Message | Headers) -> Refusal | None:
     """How a strict HTTP/1.1 server refuses an ambiguous request frame (RFC 9112), or None."""
     lengths = {v.strip() for v in headers.get_all("Content-Length") or ()}
     if len(lengths) > 1:
@@ -213,4 +219,36 @@ def unmodified_since(value: str | None) -> int | None:
 
 def public_path(path: str) -> str:
     """A path fit for logs: signatures replaced."""
+    if "+A" not in path and "+R" not in path:  # nothing to replace (most requests): skip the patterns
+        return path
     return _REMOTE_SIGNATURE.sub(r"+R\1-...", _SIGNATURE.sub("+A...", path))
+
+
+def read_target(path: str, method: str) -> tuple[Locator, str, int | None] | Refusal | None:
+    """What a GET or HEAD of *path* names: ``(locator, md5, size or None)``, the refusal (a bad
+    locator, a GET without a size), or None for the empty block (always served). A signed
+    HEAD may leave out the size (``/<md5>+A<sig>@<exp>``, as Go clients send)."""
+    sizeless = _SIZELESS.match(path)
+    if sizeless:
+        md5 = sizeless.group(1)
+        if md5 == _EMPTY_MD5:
+            return None
+        if method == "GET":
+            return Refusal(405, "GET needs the block size in the locator")
+        hints = sizeless.group(2)[1:].split("+") if sizeless.group(2) else []
+        try:  # the size is not part of a signature: check the hints against a stand-in
+            return Locator(md5, 0, tuple(hints)), md5, None
+        except LocatorError:
+            return Refusal(400, "bad locator")
+    try:
+        loc = Locator.parse(path[1:])
+    except LocatorError:
+        return Refusal(400, "bad locator")
+    if loc.md5 == _EMPTY_MD5 and loc.size == 0:
+        return None
+    return loc, loc.md5, loc.size
+
+
+def wants_local_signature(value: str | None) -> bool:
+    """``X-Keep-Signature: local, <UTC time>``: the client asks for a locally signed locator."""
+    return value is not None and value.split(",", 1)[0].strip() == "local"

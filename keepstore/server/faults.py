@@ -232,6 +232,8 @@ class FaultPlan:
         *skip* / *only* limit the kinds considered: the server takes ``full`` rules only where
         a new block would be written, so a PUT of a block already stored does not spend one.
         """
+        if not self._rules:  # no faults planned (the common case): no lock to take
+            return None
         skipped, wanted = set(skip), None if only is None else set(only)
         with self._lock:
             for rule in self._rules:

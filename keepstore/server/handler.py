@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import io
 import logging
+import os
 import re
 import socket
 import ssl
@@ -14,10 +15,10 @@ import time
 from typing import Any
 
 from .._version import __version__
-from ..errors import LocatorError, scrub
-from ..locator import EMPTY_BLOCK, MAX_BLOCK_SIZE, Locator
-from .blocks import BlockDamaged, Found, verified_chunks
-from .connection import Body, DeadlineReader, KeepHTTPServer
+from ..errors import scrub
+from ..locator import MAX_BLOCK_SIZE
+from .blocks import BlockDamaged, verified_chunks
+from .connection import Body, DeadlineReader, KeepHTTPServer, set_timeout
 from .context import MIN_BODY_RATE, Context
 from .exchange import (
     BUSY,
@@ -31,23 +32,26 @@ from .exchange import (
     framing_refusal,
     public_path,
     put_refusal,
+    read_target,
     unmodified_since,
+    wants_local_signature,
 )
 from .faults import Fault, FaultKind
 from .shaping import Before, before, shape_body
 from .trash import Outcome
+from .verified import file_key, open_copy, send_file
+from .wire import MAX_HEAD, read_head, response_head
 
 __all__ = ["MIN_BODY_RATE", "Context", "KeepHandler"]
 
 log = logging.getLogger("keepstore.server")
 access_log = logging.getLogger("keepstore.server.access")
 
-_EMPTY_MD5 = EMPTY_BLOCK.split("+")[0]
-_SIZELESS = re.compile(r"/([0-9a-f]{32})((?:\+[A-Z][A-Za-z0-9@_-]*)*)\Z")
 _INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
 _UNTRASH_PATH = re.compile(r"/untrash(/.*)\Z")
 _QUERY = re.compile(r"\?[^\s'\"]*")
 _SOCKET_PIECE = 64 << 10  # sent this much per socket write
+_SMALL_BODY = 64 << 10  # a body up to this size goes out with its head in one write
 
 
 class _Abort(Exception):
@@ -67,14 +71,12 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     _ex: Exchange | None = None  # the request being served (None between requests)
     _requests = 0  # requests seen on this connection
 
-    @property
-    def ctx(self) -> Context:
-        context: Context = self.server.context
-        return context
+    ctx: Context  # the server's, set by setup() (an attribute: read a dozen times per request)
 
     # -- connection -------------------------------------------------------------------------
 
     def setup(self) -> None:
+        self.ctx = self.server.context
         self.timeout = self.ctx.idle_timeout  # type: ignore[misc]  # per-server, read by setup()
         super().setup()
         if not self.ctx.admission.opened(self.connection):
@@ -100,7 +102,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         admission.waiting(self.connection)
         wait = self.ctx.idle_timeout if self._requests else min(self.ctx.idle_timeout, self.ctx.first_byte_timeout)
         try:
-            self.connection.settimeout(wait)
+            set_timeout(self.connection, wait)
             first = self._buffered.peek(1)
         except (TimeoutError, OSError):
             first = b""
@@ -110,9 +112,33 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         admission.busy(self.connection)
         self._requests += 1
         with contextlib.suppress(OSError):  # gone: the next read says so
-            self.connection.settimeout(self.ctx.idle_timeout)
+            set_timeout(self.connection, self.ctx.idle_timeout)
         self._reader.deadline = time.monotonic() + self.ctx.idle_timeout
-        super().handle_one_request()
+        if not self._lean_request():
+            super().handle_one_request()
+
+    def _lean_request(self) -> bool:
+        """Serve the next request as the standard library would, without its (slow) header
+        parser, when its head is whole in the buffer and plain (`read_head`); False when it is
+        not, and nothing was read: the standard library then reads and answers it."""
+        head = read_head(self._buffered.peek(MAX_HEAD))
+        if head is None:
+            return False
+        self._buffered.read(head.length)
+        self._reader.deadline = None  # as after parse_request: bodies and answers use the idle timeout
+        self.command, self.path, self.request_version = head.command, head.path, "HTTP/1.1"
+        self.requestline, self.raw_requestline = f"{head.command} {head.path} HTTP/1.1", b""
+        self.headers = head.headers  # type: ignore[assignment]  # get/get_all/in: all Exchange uses
+        self.close_connection = (head.headers.get("Connection") or "").lower() == "close"
+        try:
+            set_timeout(self.connection, self.ctx.idle_timeout)
+            if (head.headers.get("Expect") or "").lower() == "100-continue" and not self.handle_expect_100():
+                return True
+            getattr(self, "do_" + head.command)()
+        except TimeoutError as exc:  # as the standard library's handle_one_request
+            self.log_error("Request timed out: %r", exc)
+            self.close_connection = True
+        return True
 
     def parse_request(self) -> bool:
         try:
@@ -120,7 +146,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         finally:  # headers are in (or failed): bodies and responses use the idle timeout
             self._reader.deadline = None
             with contextlib.suppress(OSError):  # the connection is gone: the next read says so
-                self.connection.settimeout(self.ctx.idle_timeout)
+                set_timeout(self.connection, self.ctx.idle_timeout)
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):  # the client is gone: nothing left to flush to
@@ -324,88 +350,95 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
 
     def _get(self, ex: Exchange, fault: Fault | None) -> None:
         permissions = self.ctx.permissions
-        sizeless = _SIZELESS.match(ex.path)  # /<md5>, or /<md5>+A<sig>@<exp>... as Go clients send
-        size: int | None
-        if sizeless:
-            md5, size = sizeless.group(1), None
-            if md5 == _EMPTY_MD5:
-                return self._respond(ex, 200, b"")
-            if ex.method == "GET":
-                return self._simple(ex, 405, "GET needs the block size in the locator")
-            hints = sizeless.group(2)[1:].split("+") if sizeless.group(2) else []
-            try:  # the size is not part of a signature: check the hints against a stand-in
-                loc = Locator(md5, 0, tuple(hints))
-            except LocatorError:
-                return self._simple(ex, 400, "bad locator")
-        else:
-            try:
-                loc = Locator.parse(ex.path[1:])
-            except LocatorError:
-                return self._simple(ex, 400, "bad locator")
-            md5, size = loc.md5, loc.size
-            if str(loc.bare()) == EMPTY_BLOCK:
-                return self._respond(ex, 200, b"")
+        target = read_target(ex.path, ex.method)
+        if target is None:  # the empty block: always there
+            return self._respond(ex, 200, b"")
+        if isinstance(target, Refusal):
+            return self._simple(ex, target.status, target.reason)
+        loc, md5, size = target
         problem = permissions.check_read(loc, ex.token)
         if problem is not None:  # a bare md5 carries no signature: refused like an unsigned locator
             return self._simple(ex, *problem)
+        if ex.method == "GET" and size is not None:
+            return self._send_block(ex, md5, size, fault)
         copies = self.ctx.blocks.locate(md5, size)
         if not copies:
             return self._simple(ex, 404, "not found")
         found = copies[0]
-        if ex.method == "HEAD":
-            headers = {"Content-Length": str(found.size)}
-            if _wants_local_signature(ex.headers.get("X-Keep-Signature")):
-                local = permissions.local_signature(loc, found.size, ex.token)
-                if local is not None:
-                    headers["X-Keep-Locator"] = str(local)
-            return self._head_only(ex, 200, headers)
-        return self._send_block(ex, md5, copies, fault)
+        headers = {"Content-Length": str(found.size)}
+        if wants_local_signature(ex.headers.get("X-Keep-Signature")):
+            local = permissions.local_signature(loc, found.size, ex.token)
+            if local is not None:
+                headers["X-Keep-Locator"] = str(local)
+        return self._head_only(ex, 200, headers)
 
-    def _send_block(self, ex: Exchange, md5: str, copies: list[Found], fault: Fault | None) -> None:
-        """Stream the first copy that opens while hashing it; the last chunk is held back until
-        the hash checks, so a damaged copy reaches the client as a truncated body (as keepstore
-        3.x does). A copy that cannot be opened (removed, unreadable) gives way to the next."""
-        for found in copies:
-            try:
-                f = open(found.path, "rb")  # noqa: SIM115 - closed by the with below
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("volume %s: cannot open block %s: %s", found.volume.path, md5, exc.strerror or exc)
-                continue
-            break
-        else:
+    def _send_block(self, ex: Exchange, md5: str, size: int, fault: Fault | None) -> None:
+        """Send the first volume's copy that opens. A copy verified before, and unchanged since
+        (`VerifiedFiles`), goes out unread (``sendfile``) unless a fault or TLS is in the way;
+        any other is streamed while it is hashed, the last chunk held back until the hash
+        checks, so a damaged copy reaches the client as a truncated body (as keepstore 3.x
+        does), every time. A copy that cannot be opened gives way to the next."""
+        copy = open_copy(self.ctx.blocks.volumes, md5, size)
+        if copy is None:
             return self._simple(ex, 404, "not found")
-        path, size = found.path, found.size
-        with f:
-            self._head_only(ex, 200, {"Content-Length": str(size), "Content-Type": "application/octet-stream"})
-            ex.send_size = size
+        verified, key, path = self.ctx.blocks.verified, file_key(copy.st), copy.path
+        ex.send_size = size
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        if fault is None and self.server.tls is None and verified.holds(path, key):
             try:
-                for piece in shape_body(fault, verified_chunks(f, md5, size), size):
+                return self._send_unread(ex, copy.fd, size, headers)
+            finally:
+                os.close(copy.fd)
+        with open(copy.fd, "rb", buffering=0) as f:
+            self._head_only(ex, 200, headers)
+            try:
+                for piece in shape_body(fault, verified_chunks(f, md5, size, lambda: verified.add(path, key)), size):
                     self._send(ex, piece)
             except BlockDamaged:
+                # Not quarantined here: `keep check` tells a damaged copy from a missing one by
+                # reading it; the scrubber moves it aside.
                 log.error("block %s at %s does not match its locator; truncating the response", md5, path)
+                verified.forget(path)
                 raise _Abort() from None
             if ex.bytes_out < size:
                 raise _Abort()
         return None
 
+    def _send_unread(self, ex: Exchange, fd: int, size: int, headers: dict[str, str]) -> None:
+        """A verified copy: a small one read and sent with its head in one write, a big one by
+        ``sendfile`` under the same idle timeout and minimum rate as every response."""
+        if size <= _SMALL_BODY:
+            data = os.pread(fd, size, 0)
+            if len(data) != size:  # truncated since its stat: never send a short body as whole
+                raise _Abort()
+            return self._head_only(ex, 200, headers, data)
+        self._head_only(ex, 200, headers)
+        idle = self.ctx.idle_timeout
+        deadline = time.monotonic() + idle + size / self.ctx.min_rate
+        for sent in send_file(self.connection, fd, size, idle=idle, deadline=deadline):
+            ex.bytes_out += sent
+        if ex.bytes_out < size:
+            raise _Abort()
+        return None
+
     def _send(self, ex: Exchange, data: bytes) -> None:
         """Write in pieces, each bounded by the idle timeout and all by the response's deadline
         (`min_rate`, as for request bodies): a reader draining a little per idle timeout must
-        not hold a thread and a slot for hours. Small pieces: a reader at a steady `min_rate`
-        is never asked to take megabytes within one timeout."""
+        not hold a thread and a slot for hours. Pieces sized so a reader at a steady `min_rate`
+        takes each in a quarter of the idle timeout."""
         idle = self.ctx.idle_timeout
         if ex.send_deadline is None:
             ex.send_deadline = time.monotonic() + idle + ex.send_size / self.ctx.min_rate
+        # A reader at the minimum rate takes one piece in a quarter of the idle timeout.
+        step = max(_SOCKET_PIECE, min(1 << 20, int(self.ctx.min_rate * idle / 4)))
         with memoryview(data) as view:
             try:
-                for start in range(0, len(view), _SOCKET_PIECE):
+                for start in range(0, len(view), step):
                     remaining = ex.send_deadline - time.monotonic()
                     if remaining <= 0:
                         raise TimeoutError(f"reader below {self.ctx.min_rate:g} B/s: response cut off")
                     self.connection.settimeout(min(idle, remaining))
-                    piece = view[start:start + _SOCKET_PIECE]
+                    piece = view[start:start + step]
                     self.wfile.write(piece)
                     ex.bytes_out += len(piece)
             finally:
@@ -443,30 +476,23 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
 
     # -- responses --------------------------------------------------------------------------
 
-    def _head_only(self, ex: Exchange, status: int, headers: dict[str, str]) -> None:
+    def _head_only(self, ex: Exchange, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        """Send the status line and *headers* (and a small *body* with them, in one write)."""
         ex.status = status
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
         self._remember(ex, status)
-        self.end_headers()
+        self.connection.sendall(response_head(status, headers, self.version_string(),
+                                              close=self.close_connection) + body)
         ex.headers_sent = True
+        ex.bytes_out += len(body)
 
     def _respond(self, ex: Exchange, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         all_headers = {"Content-Length": str(len(body)), "Content-Type": "text/plain; charset=utf-8"}
         all_headers.update(headers or {})
-        self._head_only(ex, status, all_headers)
         ex.send_size = len(body)
-        if ex.method != "HEAD" and body:
+        small = ex.method != "HEAD" and len(body) <= _SMALL_BODY
+        self._head_only(ex, status, all_headers, body if small else b"")
+        if ex.method != "HEAD" and not small:
             self._send(ex, body)
 
     def _simple(self, ex: Exchange, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         self._respond(ex, status, f"{status} {reason}\n".encode(), headers)
-
-
-def _wants_local_signature(value: str | None) -> bool:
-    """``X-Keep-Signature: local, <UTC time>``: the client asks for a locally signed locator."""
-    return value is not None and value.split(",", 1)[0].strip() == "local"
-
