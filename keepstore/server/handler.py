@@ -240,9 +240,11 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
             if not ex.headers_sent:
                 with contextlib.suppress(OSError):  # the client is gone too
                     self._simple(ex, 500, "internal error")
-        finally:
-            self._end(ex)
-            self._log(ex)
+        finally:  # recorded before the slot is freed: no request in flight means every one recorded
+            try:
+                self._log(ex)
+            finally:
+                self._end(ex)
 
     def _end(self, ex: Exchange) -> None:
         if ex.admitted:
