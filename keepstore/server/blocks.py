@@ -19,7 +19,7 @@ from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
 from .locks import BlockLock, BlockLocks
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
-from .verified import VerifiedFiles
+from .verified import FileKey, VerifiedFiles, file_key
 from .volumes import Volume, VolumeFull, rank_volumes
 
 __all__ = ["BlockDamaged", "Blocks", "Found", "Stored", "verified_chunks"]
@@ -148,7 +148,7 @@ class Blocks:
             return Refusal(507, "every volume is full")
         result: Stored | Refusal | None = None
         try:
-            result = _write(chosen, md5, body, self.lock(md5))
+            result = _write(chosen, md5, body, self.lock(md5), self.verified.add)
         finally:
             done = result.volumes if isinstance(result, Stored) else ()
             for volume in chosen:
@@ -272,9 +272,12 @@ class Blocks:
         return "".join(lines).encode()
 
 
-def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], lock: BlockLock) -> Stored | Refusal:
+def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], lock: BlockLock,
+           verified: Callable[[str, FileKey], None]) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
-    to answer (nothing partial is left behind on any volume)."""
+    to answer (nothing partial is left behind on any volume). Each new copy is *verified* with
+    the key it has once renamed into place: its bytes are the body that hashed to its name,
+    so the first GET after a PUT is sent unread too."""
     with contextlib.ExitStack() as stack:
         writers: list[tuple[Volume, VolumeWriter]] = []
         failed: list[tuple[Volume, OSError]] = []
@@ -297,6 +300,9 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], 
             try:
                 with lock:
                     loc = writer.commit()
+                    with contextlib.suppress(OSError):  # gone already: the next GET hashes whatever is there
+                        path = f"{os.fspath(volume.path)}/{md5[:3]}/{md5}"  # as open_copy names it
+                        verified(path, file_key(os.stat(path)))
                 stored.append(volume)
             except WriteError:  # the body does not match the name: no writer commits
                 return Refusal(400, "body md5 does not match the block name")

@@ -64,6 +64,24 @@ def test_a_verified_copy_is_sent_unread_and_whole(server: KeepServer, size: int)
     assert server.blocks.verified.hits == hits + 3
 
 
+@pytest.mark.parametrize("size", [4096, 3 << 20])
+def test_the_first_get_after_a_put_is_sent_unread_and_a_copy_changed_since_is_hashed_again(
+        server: KeepServer, size: int) -> None:
+    data = os.urandom(size)
+    path = _put(server, data)  # the body hashed to its name as it was written: verified
+    hits = server.blocks.verified.hits
+    assert _get(server, path) == (200, data)
+    assert server.blocks.verified.hits == hits + 1
+    other = os.urandom(size)
+    second = _put(server, other)
+    found = server.find(second[1:33], size)
+    assert found is not None
+    _rewrite_keeping_mtime(found.path, bytes(size))  # damaged after the PUT, before any GET
+    misses = server.blocks.verified.misses
+    assert _short_get(server, second) < size  # hashed, found damaged, cut short: never sent as good
+    assert server.blocks.verified.misses == misses + 1
+
+
 def test_many_requests_on_one_connection_all_get_their_own_answer(server: KeepServer) -> None:
     blocks = [os.urandom(n) for n in (1, 100, 70_000, 1 << 20)]
     paths = [_put(server, b) for b in blocks]
