@@ -201,17 +201,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._dispatch()
 
-    def do_HEAD(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
+    do_HEAD = do_PUT = do_POST = do_DELETE = do_GET  # every method goes through _dispatch
 
     # -- dispatch ---------------------------------------------------------------------------
 

@@ -58,9 +58,11 @@ class _SlowReader(threading.Thread):
 def test_slow_readers_are_cut_off_at_the_minimum_rate_and_other_clients_are_served_again(tmp_path: Path) -> None:
     data = os.urandom(16 << 20)
     path = f"/{hashlib.md5(data).hexdigest()}+{len(data)}"
-    # 16 MiB at 8 MiB/s after 3 s of grace: each response must be out within 5 s. (The grace
-    # leaves room for reader threads that a busy machine does not schedule for a while.)
-    with KeepServer([tmp_path / "v"], max_requests=2, idle_timeout=3, min_rate=8 << 20, fsync=False) as s:
+    # 16 MiB at 8 MiB/s after 8 s of grace: each response must be out within 10 s, so the two
+    # readers must overlap within that. (The grace leaves room for reader threads that a busy
+    # machine does not schedule for a while: with 3 s, the first reader was sometimes cut off
+    # before a loaded machine had started the second.)
+    with KeepServer([tmp_path / "v"], max_requests=2, idle_timeout=8, min_rate=8 << 20, fsync=False) as s:
         conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
         conn.request("PUT", path.split("+")[0], body=data)
         assert conn.getresponse().status == 200
