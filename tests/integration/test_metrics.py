@@ -16,6 +16,7 @@ from keepstore import KeepClient
 from keepstore.errors import ReadError
 from keepstore.server import KeepServer
 from keepstore.server.volumes import Volume
+from keepstore.testing import wait_until
 
 SYSTEM = "opclient-system-token-0123456789"
 
@@ -57,6 +58,7 @@ def test_metrics_count_requests_bytes_and_latency(server: KeepServer) -> None:
         kc.head(loc)
         with pytest.raises(ReadError):
             kc.get("acbd18db4cc2f85cedef654fccc4a4d8+3", request_id=None)
+    wait_until(lambda: server.in_flight == 0, 10, what="every request counted (each is, as it ends)")
     status, samples = scrape(server.url)
     assert status == 200
     requests = {labels: value for (name, labels), value in samples.items() if name == "keep_server_requests_total"}
