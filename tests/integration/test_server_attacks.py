@@ -9,11 +9,10 @@ import resource
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from slow_clients import SlowReader
 
 from keepstore.server import KeepServer
 from keepstore.testing import wait_until
@@ -29,31 +28,6 @@ def _get(server: KeepServer, path: str, headers: dict[str, str] | None = None) -
         conn.close()
 
 
-class _SlowReader(threading.Thread):
-    """GET a block and drain it at about 320 KiB/s: far under the server's minimum rate, but
-    never idle for as long as the idle timeout (the attack of issue 15, item 1, scaled up)."""
-
-    def __init__(self, port: int, path: str) -> None:
-        super().__init__(daemon=True)
-        self.port, self.path = port, path
-        self.received = 0
-        self.closed_by_server = threading.Event()
-
-    def run(self) -> None:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
-            sock.settimeout(30)
-            sock.connect(("127.0.0.1", self.port))
-            sock.sendall(f"GET {self.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            try:
-                while chunk := sock.recv(16 << 10):
-                    self.received += len(chunk)
-                    time.sleep(0.05)  # the attacker's pace (the behaviour under test), not synchronisation
-            except ConnectionResetError:
-                pass
-            self.closed_by_server.set()
-
-
 @pytest.mark.wall_clock  # the minimum rate is a deadline per response: both readers must overlap within it
 def test_slow_readers_are_cut_off_at_the_minimum_rate_and_other_clients_are_served_again(tmp_path: Path) -> None:
     data = os.urandom(16 << 20)
@@ -67,7 +41,7 @@ def test_slow_readers_are_cut_off_at_the_minimum_rate_and_other_clients_are_serv
         conn.request("PUT", path.split("+")[0], body=data)
         assert conn.getresponse().status == 200
         conn.close()
-        readers = [_SlowReader(s.port, path) for _ in range(2)]
+        readers = [SlowReader(s.port, path) for _ in range(2)]
         for reader in readers:
             reader.start()
         wait_until(lambda: s.in_flight == 2, 20, what="both slow readers admitted")

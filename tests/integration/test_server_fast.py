@@ -7,11 +7,10 @@ import hashlib
 import http.client
 import os
 import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from slow_clients import SlowReader
 
 from keepstore.server import KeepServer
 from keepstore.testing import wait_until
@@ -182,30 +181,6 @@ def test_requests_the_lean_reader_does_not_take_are_answered_as_before(server: K
         assert answer.split(b" ", 2)[1] == str(status).encode(), (head, answer[:80])
 
 
-class _SlowReader(threading.Thread):
-    """GET a block and drain it at about 320 KiB/s, far under the server's minimum rate."""
-
-    def __init__(self, port: int, path: str) -> None:
-        super().__init__(daemon=True)
-        self.port, self.path = port, path
-        self.received = 0
-        self.closed_by_server = threading.Event()
-
-    def run(self) -> None:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
-            sock.settimeout(30)
-            sock.connect(("127.0.0.1", self.port))
-            sock.sendall(f"GET {self.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            try:
-                while chunk := sock.recv(16 << 10):
-                    self.received += len(chunk)
-                    time.sleep(0.05)  # the attacker's pace (the behaviour under test), not synchronisation
-            except ConnectionResetError:
-                pass
-            self.closed_by_server.set()
-
-
 def test_a_slow_reader_of_a_verified_copy_holds_one_slot_until_the_minimum_rate_cuts_it_off(tmp_path: Path) -> None:
     data = os.urandom(16 << 20)
     with KeepServer([tmp_path / "v"], max_requests=1, idle_timeout=2, min_rate=8 << 20, fsync=False) as s:
@@ -214,7 +189,7 @@ def test_a_slow_reader_of_a_verified_copy_holds_one_slot_until_the_minimum_rate_
         assert _get(s, path) == (200, data)  # verified: the slow reader gets sendfile
         wait_until(lambda: s.in_flight == 0, 20, what="the GET's slot given back")
         hits = s.blocks.verified.hits
-        reader = _SlowReader(s.port, path)
+        reader = SlowReader(s.port, path)
         reader.start()
         wait_until(lambda: s.in_flight == 1, 20, what="the slow reader admitted")
         assert _get(s, path)[0] == 503  # admission holds on the fast path
