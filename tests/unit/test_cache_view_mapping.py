@@ -258,18 +258,26 @@ def test_concurrent_views_and_evictions_only_ever_see_whole_blocks(tmp_path: Pat
     cache.close()
 
 
+ROOM = 2 * MiB + 512 * KiB  # two 1 MiB blocks fit, a third evicts one
+
+
+def _two_stored(path: Path, seeds: tuple[int, int, int]) -> tuple[tuple[Locator, bytes], ...]:
+    """Three 1 MiB blocks; the first two stored (in that order) in a cache at *path* of `ROOM`."""
+    blocks = tuple(_block(n, MiB) for n in seeds)
+    with DiskBlockCache(path, ROOM) as setup:
+        setup.put(*blocks[0])
+        setup.put(*blocks[1])
+    return blocks
+
+
 def test_hits_reach_other_processes_eviction_order_when_written(tmp_path: Path) -> None:
     path = tmp_path / "c"
-    size = MiB
-    first, second, third = (_block(n, size) for n in (50, 51, 52))
-    with DiskBlockCache(path, 2 * size + 512 * KiB) as setup:
-        setup.put(*first)
-        setup.put(*second)
-    reader = DiskBlockCache(path, 2 * size + 512 * KiB, touch_delay=3600)
+    first, second, third = _two_stored(path, (50, 51, 52))
+    reader = DiskBlockCache(path, ROOM, touch_delay=3600)
     view = reader.get_view(first[0])  # the oldest entry, now used; not yet written to the index
     assert view == first[1]
     reader.close()  # writes it
-    with DiskBlockCache(path, 2 * size + 512 * KiB) as other:  # another process, say
+    with DiskBlockCache(path, ROOM) as other:  # another process, say
         other.put(*third)
         assert other.get(second[0]) is None  # the least recently used, once the hit is known
         assert other.get(first[0]) == first[1]
@@ -277,15 +285,12 @@ def test_hits_reach_other_processes_eviction_order_when_written(tmp_path: Path) 
 
 def test_a_dropped_cache_object_still_writes_its_hits(tmp_path: Path) -> None:
     path = tmp_path / "c"
-    first, second, third = (_block(n, MiB) for n in (53, 54, 55))
-    with DiskBlockCache(path, 2 * MiB + 512 * KiB) as setup:
-        setup.put(*first)
-        setup.put(*second)
-    reader = DiskBlockCache(path, 2 * MiB + 512 * KiB, touch_delay=3600)
+    first, second, third = _two_stored(path, (53, 54, 55))
+    reader = DiskBlockCache(path, ROOM, touch_delay=3600)
     assert reader.get(first[0]) == first[1]
     del reader
     gc.collect()
-    with DiskBlockCache(path, 2 * MiB + 512 * KiB) as other:
+    with DiskBlockCache(path, ROOM) as other:
         other.put(*third)
         assert other.get(second[0]) is None and other.get(first[0]) == first[1]
 
@@ -294,13 +299,10 @@ def test_an_unwritten_hit_is_not_seen_by_another_process_yet(tmp_path: Path) -> 
     # The other side of the batching: until the hits are written, another process evicts by
     # what it knows (the documented delay); this object's own evictions know every hit.
     path = tmp_path / "c"
-    first, second, third = (_block(n, MiB) for n in (56, 57, 58))
-    with DiskBlockCache(path, 2 * MiB + 512 * KiB) as setup:
-        setup.put(*first)
-        setup.put(*second)
-    reader = DiskBlockCache(path, 2 * MiB + 512 * KiB, touch_delay=3600)
+    first, second, third = _two_stored(path, (56, 57, 58))
+    reader = DiskBlockCache(path, ROOM, touch_delay=3600)
     assert reader.get(first[0]) == first[1]
-    with DiskBlockCache(path, 2 * MiB + 512 * KiB) as other:
+    with DiskBlockCache(path, ROOM) as other:
         other.put(*third)
         assert other.get(first[0]) is None and other.get(second[0]) == second[1]
     reader.close()
@@ -308,13 +310,10 @@ def test_an_unwritten_hit_is_not_seen_by_another_process_yet(tmp_path: Path) -> 
 
 def test_with_no_delay_every_hit_is_written_at_once(tmp_path: Path) -> None:
     path = tmp_path / "c"
-    first, second, third = (_block(n, MiB) for n in (59, 60, 61))
-    with DiskBlockCache(path, 2 * MiB + 512 * KiB) as setup:
-        setup.put(*first)
-        setup.put(*second)
-    reader = DiskBlockCache(path, 2 * MiB + 512 * KiB, touch_delay=0)
+    first, second, third = _two_stored(path, (59, 60, 61))
+    reader = DiskBlockCache(path, ROOM, touch_delay=0)
     assert reader.get(first[0]) == first[1]
-    with DiskBlockCache(path, 2 * MiB + 512 * KiB) as other:
+    with DiskBlockCache(path, ROOM) as other:
         other.put(*third)
         assert other.get(second[0]) is None and other.get(first[0]) == first[1]
     reader.close()
