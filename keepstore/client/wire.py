@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..config import Timeout
 from ..errors import ConfigError, redact, scrub
 from ..services import Service, ServiceDirectory
-from ..transport import Request, Response, Transport, TransportError
+from ..transport import Race, Request, Response, Transport, TransportError
 from .health import HedgePolicy, ServiceHealth
 from .rounds import RoundPolicy
 from .stats import Counters
@@ -170,7 +170,15 @@ class Wire:
              on_start: Callable[[int], None] | None = None) -> "CountedRace":
         """`Transport.race` of *requests* (``requests[i]`` to ``services[i]``; each should carry
         the client's cancel event), counted as `send` counts (see `CountedRace`)."""
-        return CountedRace(self, services, requests, hedge_after, on_start)
+        counted = CountedRace(self, services, requests, on_start)
+        return counted.running(self.transport.race(requests, hedge_after, counted.started))
+
+    def fan_out(self, services: Sequence[Service], requests: Sequence[Request]) -> "CountedRace | None":
+        """`Transport.fan_out` of *requests* (``requests[i]`` to ``services[i]``), counted as
+        `send` counts; None when the transport cannot overlap requests in one thread."""
+        counted = CountedRace(self, services, requests, None)
+        race = self.transport.fan_out(requests, counted.started)
+        return None if race is None else counted.running(race)
 
     def _with_cancel(self, request: Request) -> Request:
         if request.cancel is None and self.cancel is not None:
@@ -200,22 +208,29 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
     """A `Wire`'s race: each request's index and its response or error as it ends, counted as
     `Wire.send` counts. `close` it when done: that abandons what still runs."""
 
-    def __init__(self, wire: Wire, services: Sequence[Service], requests: Sequence[Request], hedge_after: float,
+    def __init__(self, wire: Wire, services: Sequence[Service], requests: Sequence[Request],
                  on_start: Callable[[int], None] | None) -> None:
         self._wire = wire
         self._services = services
         self._requests = requests
         self._on_start = on_start
         self._started: dict[int, float] = {}
-        self._race = wire.transport.race(requests, hedge_after, self._start)
+        self._race: Race | None = None
 
-    def _start(self, index: int) -> None:
+    def running(self, race: Race) -> "CountedRace":
+        """This, counting *race* (the transport's, made with `started` as its start callback)."""
+        self._race = race
+        return self
+
+    def started(self, index: int) -> None:
+        """The transport's start callback: count request *index* as sent."""
         self._wire.counters.add(requests=1)
         self._started[index] = self._wire.clock()
         if self._on_start is not None:
             self._on_start(index)
 
     def __next__(self) -> tuple[int, Response | TransportError]:
+        assert self._race is not None  # made by Wire.race / Wire.fan_out, which attach one
         finished = next(self._race)
         index = finished.position
         if finished.response is not None:
@@ -226,7 +241,8 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
         return index, finished.error
 
     def close(self) -> None:
-        self._race.close()
+        if self._race is not None:
+            self._race.close()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -247,6 +247,13 @@ class Transport(abc.ABC):
         """
         return self._one_at_a_time(requests, on_start)
 
+    def fan_out(self, requests: Sequence[Request], on_start: Callable[[int], None] | None = None) -> Race | None:
+        """Perform *requests* (to different services) all at once in the caller's thread, giving
+        each as it ends; closing the race abandons those still running. None (this default):
+        the transport cannot overlap requests in one thread, and the caller runs them its own
+        way (the client: on its writer pool)."""
+        return None
+
     def _one_at_a_time(self, requests: Sequence[Request],
                        on_start: Callable[[int], None] | None) -> Generator[Finished, None, None]:
         for index, request in enumerate(requests):
