@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..config import Timeout
 from ..errors import ConfigError, redact, scrub
 from ..services import Service, ServiceDirectory
-from ..transport import Race, Request, Response, Transport, TransportError
+from ..transport import FanOut, Race, Request, Response, Transport, TransportError
 from .health import HedgePolicy, ServiceHealth
 from .rounds import RoundPolicy
 from .stats import Counters
@@ -178,7 +178,10 @@ class Wire:
         `send` counts; None when the transport cannot overlap requests in one thread."""
         counted = CountedRace(self, services, requests, None)
         race = self.transport.fan_out(requests, counted.started)
-        return None if race is None else counted.running(race)
+        if race is None:
+            return None
+        counted.fan = race
+        return counted.running(race)
 
     def _with_cancel(self, request: Request) -> Request:
         if request.cancel is None and self.cancel is not None:
@@ -211,16 +214,24 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
     def __init__(self, wire: Wire, services: Sequence[Service], requests: Sequence[Request],
                  on_start: Callable[[int], None] | None) -> None:
         self._wire = wire
-        self._services = services
-        self._requests = requests
+        self._services = list(services)
+        self._requests = list(requests)
         self._on_start = on_start
         self._started: dict[int, float] = {}
         self._race: Race | None = None
+        self.fan: FanOut | None = None  # a fan-out's (`Wire.fan_out`), which can take more requests
 
     def running(self, race: Race) -> "CountedRace":
         """This, counting *race* (the transport's, made with `started` as its start callback)."""
         self._race = race
         return self
+
+    def add(self, service: Service, request: Request) -> None:
+        """One more request, to *service*, in a fan-out (`Wire.fan_out`); it starts at once."""
+        assert self.fan is not None  # only a fan-out takes more
+        self._services.append(service)
+        self._requests.append(request)
+        self.fan.add(request)
 
     def started(self, index: int) -> None:
         """The transport's start callback: count request *index* as sent."""

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import pycurl
 
-from .base import Race, Request, Response, Transport, TransportError
+from .base import FanOut, Race, Request, Response, Transport, TransportError
 from .exchange import HEADER_LIMIT, BodyReader, Exchange
 from .race import CurlRace, Slot
 
@@ -124,7 +124,7 @@ class CurlTransport(Transport):
         return CurlRace(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed,
                         done=self._checkin_slot)
 
-    def fan_out(self, requests: Sequence[Request], on_start: Callable[[int], None] | None = None) -> Race:
+    def fan_out(self, requests: Sequence[Request], on_start: Callable[[int], None] | None = None) -> FanOut:
         with self._slots_lock:
             slot = self._slots.pop() if self._slots else Slot()
         return CurlRace(slot, requests, 0.0, on_start, self._configure, _map_error, self._closed,

@@ -87,7 +87,7 @@ class CurlRace(Iterator[Finished]):
                  clock: Callable[[], float] = time.monotonic, *, together: bool = False) -> None:
         self._slot = slot
         self._multi = slot.multi
-        self._requests = requests
+        self._requests = list(requests)
         self._hedge_after = hedge_after
         self._on_start = on_start
         self._configure = configure
@@ -108,6 +108,12 @@ class CurlRace(Iterator[Finished]):
                 raise StopIteration
             self._step()
         return self._ready.popleft()
+
+    def add(self, request: Request) -> int:
+        """Another request for this race (fan-out: it starts at the next step); its index."""
+        self._requests.append(request)
+        self._waiting.append(len(self._requests) - 1)
+        return len(self._requests) - 1
 
     def close(self) -> None:
         """Drop what still runs (halted, connections closed) and give the slot back; idempotent."""
