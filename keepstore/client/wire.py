@@ -234,8 +234,9 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
         self.fan.add(request)
 
     def started(self, index: int) -> None:
-        """The transport's start callback: count request *index* as sent."""
-        self._wire.counters.add(requests=1)
+        """The transport's start callback: count request *index* (and its body) as sent."""
+        body = self._requests[index].body
+        self._wire.counters.add(requests=1, bytes_up=body.nbytes if body is not None else 0)
         self._started[index] = self._wire.clock()
         if self._on_start is not None:
             self._on_start(index)
