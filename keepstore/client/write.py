@@ -30,6 +30,11 @@ Submit = Callable[..., "Future[Any]"]
 
 # Bytes of a PUT answer read: it is one locator (under 200 bytes, even with a signature).
 PUT_ANSWER_LIMIT = 4096
+# Bodies up to this size are written by the calling thread (all copies on one multi handle, or
+# one copy itself beside the pool's): there the per-request costs are what counts. Larger ones go
+# to the replica pool, one thread per copy, so the copies' bytes move on both cores at once
+# (64 MiB to two servers: 297 against 261 MB/s in one thread), and no copy waits for the caller.
+CALLER_WRITES_MAX = 1 << 20
 
 _CLASS_SPLIT = re.compile(r"[,;]")
 
@@ -259,7 +264,8 @@ class _Put:
             launch: list[Service] = []
             while queue and len(inflight) + len(launch) < limit:
                 launch.append(queue.popleft())
-            if len(launch) > 1 and not inflight:
+            small = self.view.nbytes <= CALLER_WRITES_MAX
+            if len(launch) > 1 and not inflight and small:
                 # Several copies at once: on one multi handle in the caller's thread, when the
                 # transport has one (no thread hand-offs, no two threads taking turns with the
                 # interpreter lock for every callback); else on the replica pool.
@@ -270,7 +276,7 @@ class _Put:
                     continue
             # When the caller would only wait, it makes one of the PUTs itself: one thread
             # hand-off fewer per put, which is most of a small block's cost beyond the wire.
-            inline = launch.pop() if launch and not inflight else None
+            inline = launch.pop() if launch and not inflight and small else None
             for service in launch:
                 inflight[self.submit(self.attempt, service, timeout)] = service
             if inline is not None:

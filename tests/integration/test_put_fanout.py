@@ -1,5 +1,6 @@
-"""A put's copies go out at once on one curl multi handle in the caller's thread (no replica
-pool thread), and a copy that fails is replaced while the others still run."""
+"""A small put's copies go out at once on one curl multi handle in the caller's thread (no
+replica pool thread), and a copy that fails is replaced while the others still run (also for
+a large put, whose copies go to the replica pool)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ def test_copies_go_out_together_without_a_pool_thread(servers: list[KeepServer])
             assert found is not None and found.path.read_bytes() == data
 
 
-def test_a_failed_copy_is_replaced_while_the_other_still_runs() -> None:
-    data = os.urandom(4096)
+@pytest.mark.parametrize("size", [4096, 2 << 20], ids=["fan-out", "replica pool"])
+def test_a_failed_copy_is_replaced_while_the_other_still_runs(size: int) -> None:
+    data = os.urandom(size)
     loc = Locator.for_data(data)
     answer = f"{loc}\n"
     http = [HTTPServer(host="127.0.0.1", port=0) for _ in range(3)]
