@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     volumes = [parse_volume(spec, create=args.create) for spec in args.volume]
+    for volume in volumes:  # KeepServer keeps a Volume as given: --no-fsync must reach it here
+        volume.fsync = volume.store.fsync = not args.no_fsync
     key = read_secret(args.signing_key_file, "signing key") if args.signing_key_file else None
     system_token = read_secret(args.system_token_file, "system token") if args.system_token_file else None
     server = KeepServer(

@@ -17,6 +17,7 @@ from ..errors import WriteError
 from ..locator import Locator
 from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
+from .hashing import BodyHasher
 from .locks import BlockLock, BlockLocks
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
 from .verified import FileKey, VerifiedFiles, file_key
@@ -160,11 +161,11 @@ class Blocks:
 
     def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes | memoryview]) -> Stored | Refusal:
         """Copies already stored: check the body against the name too, and touch them."""
-        digest = hashlib.md5(usedforsecurity=False)
-        for chunk in body:
-            digest.update(chunk)
-        if digest.hexdigest() != md5:
-            return Refusal(400, "body md5 does not match the block name")
+        with BodyHasher() as hasher:
+            for _ in hasher.chunks(body):
+                pass
+            if hasher.hexdigest() != md5:
+                return Refusal(400, "body md5 does not match the block name")
         return Stored(Locator(md5, existing[0].size), tuple(f.volume for f in existing))
 
     def _touch_present(self, md5: str, copies: list[Found]) -> list[Found]:
@@ -275,10 +276,12 @@ class Blocks:
 def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], lock: BlockLock,
            verified: Callable[[str, FileKey], None]) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
-    to answer (nothing partial is left behind on any volume). Each new copy is *verified* with
-    the key it has once renamed into place: its bytes are the body that hashed to its name,
-    so the first GET after a PUT is sent unread too."""
+    to answer (nothing partial is left behind on any volume). The body is hashed once for all
+    volumes (`BodyHasher`: on a second thread, overlapping the reads and writes, for a body of
+    several chunks). Each new copy is *verified* with the key it has once renamed into place:
+    its bytes are the body that hashed to its name, so the first GET after a PUT is sent unread too."""
     with contextlib.ExitStack() as stack:
+        hasher = stack.enter_context(BodyHasher())  # entered first, so left last: joined after the writers abort
         writers: list[tuple[Volume, VolumeWriter]] = []
         failed: list[tuple[Volume, OSError]] = []
         for volume in volumes:
@@ -286,20 +289,21 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], 
                 writers.append((volume, stack.enter_context(volume.writer(md5))))
             except OSError as exc:
                 failed.append((volume, exc))
-        for chunk in body:
+        for chunk in hasher.chunks(body):
             for volume, writer in list(writers):
                 try:
-                    writer.write(chunk)
+                    writer.write(chunk, hashed=True)
                 except OSError as exc:  # this volume failed: the others carry on
                     failed.append((volume, exc))
                     writers.remove((volume, writer))
                     writer.abort()
+        digest = hasher.hexdigest()
         stored: list[Volume] = []
         loc: Locator | None = None
         for volume, writer in writers:
             try:
                 with lock:
-                    loc = writer.commit()
+                    loc = writer.commit(digest)
                     with contextlib.suppress(OSError):  # gone already: the next GET hashes whatever is there
                         path = f"{os.fspath(volume.path)}/{md5[:3]}/{md5}"  # as open_copy names it
                         verified(path, file_key(os.stat(path)))
