@@ -72,12 +72,15 @@ class Blocks:
     PUT found, trash, untrash, quarantine) holds that block's lock, so a DELETE never trashes
     a copy that a concurrent PUT has just confirmed, and a scrub never moves aside a good copy
     that replaced the damaged one it read. *clock* gives the time (unix seconds) for trash
-    ages and deadlines.
+    ages and deadlines. *hasher* makes the `BodyHasher` of each PUT's body (one per body,
+    whatever the number of volumes taking a copy).
     """
 
     def __init__(self, volumes: Sequence[Volume], trash: TrashPolicy | None = None,
-                 clock: Callable[[], float] = time.time, shared_locks: Path | None = None) -> None:
+                 clock: Callable[[], float] = time.time, shared_locks: Path | None = None,
+                 hasher: Callable[[], BodyHasher] = BodyHasher) -> None:
         self.volumes = list(volumes)
+        self.hasher = hasher
         self.trash_policy = trash or TrashPolicy()
         self.clock = clock
         self._locks = BlockLocks(shared_locks)  # shared: worker processes exclude each other too
@@ -149,7 +152,7 @@ class Blocks:
             return Refusal(507, "every volume is full")
         result: Stored | Refusal | None = None
         try:
-            result = _write(chosen, md5, body, self.lock(md5), self.verified.add)
+            result = _write(chosen, md5, body, self.lock(md5), self.verified.add, self.hasher())
         finally:
             done = result.volumes if isinstance(result, Stored) else ()
             for volume in chosen:
@@ -161,7 +164,7 @@ class Blocks:
 
     def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes | memoryview]) -> Stored | Refusal:
         """Copies already stored: check the body against the name too, and touch them."""
-        with BodyHasher() as hasher:
+        with self.hasher() as hasher:
             for _ in hasher.chunks(body):
                 pass
             if hasher.hexdigest() != md5:
@@ -274,14 +277,14 @@ class Blocks:
 
 
 def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], lock: BlockLock,
-           verified: Callable[[str, FileKey], None]) -> Stored | Refusal:
+           verified: Callable[[str, FileKey], None], hasher: BodyHasher) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
     to answer (nothing partial is left behind on any volume). The body is hashed once for all
     volumes (`BodyHasher`: on a second thread, overlapping the reads and writes, for a body of
     several chunks). Each new copy is *verified* with the key it has once renamed into place:
     its bytes are the body that hashed to its name, so the first GET after a PUT is sent unread too."""
     with contextlib.ExitStack() as stack:
-        hasher = stack.enter_context(BodyHasher())  # entered first, so left last: joined after the writers abort
+        stack.enter_context(hasher)  # entered first, so left last: its thread is joined after the writers abort
         writers: list[tuple[Volume, VolumeWriter]] = []
         failed: list[tuple[Volume, OSError]] = []
         for volume in volumes:

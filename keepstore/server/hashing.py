@@ -21,6 +21,8 @@ class PooledBody(Protocol):
     length: int
     chunk: int
 
+    def __iter__(self) -> Iterator[memoryview]: ...
+
     def into(self, buffers: Callable[[], memoryview]) -> Iterator[memoryview]: ...
 
 
