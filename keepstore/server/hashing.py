@@ -38,7 +38,8 @@ class BodyHasher:
     and joins the thread, so it never outlives the request, whatever ended the body.
 
     Args:
-        buffers: How many chunk buffers the pool holds (the thread may lag this many behind).
+        buffers: How many chunk buffers the pool holds at most (the thread may lag this many
+            behind); they are made as needed.
     """
 
     def __init__(self, buffers: int = 4) -> None:
@@ -50,6 +51,7 @@ class BodyHasher:
         self._work: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self._free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self._pool: dict[int, memoryview] = {}  # the pool's buffers, by id() of the memory under each
+        self._size = 0  # bytes per buffer
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failure: BaseException | None = None
@@ -87,16 +89,21 @@ class BodyHasher:
         self._finish()
 
     def _start(self, size: int) -> None:
-        for _ in range(self.buffers):
-            buffer = memoryview(bytearray(size))
-            self._pool[id(buffer.obj)] = buffer
-            self._free.put(buffer)
+        self._size = size
         self._thread = threading.Thread(target=self._hash, name=HASHER_THREAD, daemon=True)
         self._thread.start()
 
     def _buffer(self) -> memoryview:
-        """A free buffer of the pool, waiting for the thread to hash one if none is free."""
-        buffer = self._free.get()
+        """A free buffer of the pool: a new one while the pool is not full (so a body that the
+        thread keeps up with, a slow client's, pins one or two), else the next the thread frees."""
+        try:
+            buffer = self._free.get_nowait()
+        except queue.Empty:  # the thread still holds every buffer made so far
+            if len(self._pool) < self.buffers:
+                buffer = memoryview(bytearray(self._size))
+                self._pool[id(buffer.obj)] = buffer
+                return buffer
+            buffer = self._free.get()
         if buffer is None:  # the thread died: nothing will come back
             raise RuntimeError("the body's hashing thread failed") from self._failure
         return buffer
