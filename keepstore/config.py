@@ -76,7 +76,9 @@ class Timeout:
 
     def for_round(self, round_number: int) -> "Timeout":
         """The timeout for retry round *round_number* (0-based): connect doubles, with a cap."""
-        connect = min(self.max_connect, self.connect * (2 ** max(0, round_number)))
+        if round_number <= 0:
+            return self  # the first round's: as configured (no copy on every request)
+        connect = min(self.max_connect, self.connect * (2 ** round_number))
         return dataclasses.replace(self, connect=max(connect, self.connect))
 
     def __repr__(self) -> str:

@@ -11,13 +11,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..locator import DEFAULT_SIGNING_TTL
 from .types import non_negative_seconds, positive_seconds, read_secret
 
-__all__ = ["parse_listen", "register", "run"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..server.app import KeepServer
+
+__all__ = ["build_server", "parse_listen", "register", "run"]
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -81,21 +84,17 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Serve until a signal arrives; in-flight requests finish before the process exits."""
+def build_server(args: argparse.Namespace) -> KeepServer:
+    """The `KeepServer` that ``keep serve`` *args* describe (not listening yet)."""
     from ..server.app import KeepServer
     from ..server.volumes import parse_volume
 
     host, port = parse_listen(args.listen)
     workers = getattr(args, "workers", 1)
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    volumes = [parse_volume(spec, create=args.create) for spec in args.volume]
-    for volume in volumes:  # KeepServer keeps a Volume as given: --no-fsync must reach it here
-        volume.fsync = volume.store.fsync = not args.no_fsync
+    volumes = [parse_volume(spec, create=args.create, fsync=not args.no_fsync) for spec in args.volume]
     key = read_secret(args.signing_key_file, "signing key") if args.signing_key_file else None
     system_token = read_secret(args.system_token_file, "system token") if args.system_token_file else None
-    server = KeepServer(
+    return KeepServer(
         volumes, host=host, port=port,
         signing_key=key, signing_ttl=args.signing_ttl,
         require_signatures=args.require_signatures,
@@ -107,6 +106,14 @@ def run(args: argparse.Namespace) -> int:
         trash_check_interval=args.trash_check_interval,
         scrub_interval=args.scrub_interval, scrub_rate=args.scrub_rate, reuse_port=workers > 1,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until a signal arrives; in-flight requests finish before the process exits."""
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    server = build_server(args)
     logger = logging.getLogger("keepstore.server")
     if getattr(args, "debug", False):
         logger.setLevel(logging.DEBUG)  # `keep --debug` set up the root handler: use it, once

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import random
 import re
-import secrets
 import string
 import threading
 import time
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..config import Timeout
 from ..errors import ConfigError, redact, scrub
 from ..services import Service, ServiceDirectory
-from ..transport import Request, Response, Transport, TransportError
+from ..transport import FanOut, Race, Request, Response, Transport, TransportError
 from .health import HedgePolicy, ServiceHealth
 from .rounds import RoundPolicy
 from .stats import Counters
@@ -95,9 +95,10 @@ def reason_text(status: int, body: bytes) -> str:
 
 def new_request_id() -> str:
     """An Arvados-style request id: ``req-`` and 20 characters of ``[0-9a-z]``."""
-    # One draw of 20 base-36 digits: uniform like 20 secrets.choice calls, at one urandom call
-    # instead of twenty (60 -> 8 us an id, docs/performance.md).
-    n = secrets.randbelow(36**20)
+    # One draw of 20 base-36 digits, uniform, from the `random` module's generator (seeded from
+    # urandom, and again in a forked child): an id only tells log lines apart, and a system call
+    # per request for it showed in a 4 KiB get's profile.
+    n = random.randrange(36**20)
     digits = []
     for _ in range(20):
         n, d = divmod(n, 36)
@@ -170,7 +171,18 @@ class Wire:
              on_start: Callable[[int], None] | None = None) -> "CountedRace":
         """`Transport.race` of *requests* (``requests[i]`` to ``services[i]``; each should carry
         the client's cancel event), counted as `send` counts (see `CountedRace`)."""
-        return CountedRace(self, services, requests, hedge_after, on_start)
+        counted = CountedRace(self, services, requests, on_start)
+        return counted.running(self.transport.race(requests, hedge_after, counted.started))
+
+    def fan_out(self, services: Sequence[Service], requests: Sequence[Request]) -> "CountedRace | None":
+        """`Transport.fan_out` of *requests* (``requests[i]`` to ``services[i]``), counted as
+        `send` counts; None when the transport cannot overlap requests in one thread."""
+        counted = CountedRace(self, services, requests, None)
+        race = self.transport.fan_out(requests, counted.started)
+        if race is None:
+            return None
+        counted.fan = race
+        return counted.running(race)
 
     def _with_cancel(self, request: Request) -> Request:
         if request.cancel is None and self.cancel is not None:
@@ -200,22 +212,38 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
     """A `Wire`'s race: each request's index and its response or error as it ends, counted as
     `Wire.send` counts. `close` it when done: that abandons what still runs."""
 
-    def __init__(self, wire: Wire, services: Sequence[Service], requests: Sequence[Request], hedge_after: float,
+    def __init__(self, wire: Wire, services: Sequence[Service], requests: Sequence[Request],
                  on_start: Callable[[int], None] | None) -> None:
         self._wire = wire
-        self._services = services
-        self._requests = requests
+        self._services = list(services)
+        self._requests = list(requests)
         self._on_start = on_start
         self._started: dict[int, float] = {}
-        self._race = wire.transport.race(requests, hedge_after, self._start)
+        self._race: Race | None = None
+        self.fan: FanOut | None = None  # a fan-out's (`Wire.fan_out`), which can take more requests
 
-    def _start(self, index: int) -> None:
-        self._wire.counters.add(requests=1)
+    def running(self, race: Race) -> "CountedRace":
+        """This, counting *race* (the transport's, made with `started` as its start callback)."""
+        self._race = race
+        return self
+
+    def add(self, service: Service, request: Request) -> None:
+        """One more request, to *service*, in a fan-out (`Wire.fan_out`); it starts at once."""
+        assert self.fan is not None  # only a fan-out takes more
+        self._services.append(service)
+        self._requests.append(request)
+        self.fan.add(request)
+
+    def started(self, index: int) -> None:
+        """The transport's start callback: count request *index* (and its body) as sent."""
+        body = self._requests[index].body
+        self._wire.counters.add(requests=1, bytes_up=body.nbytes if body is not None else 0)
         self._started[index] = self._wire.clock()
         if self._on_start is not None:
             self._on_start(index)
 
     def __next__(self) -> tuple[int, Response | TransportError]:
+        assert self._race is not None  # made by Wire.race / Wire.fan_out, which attach one
         finished = next(self._race)
         index = finished.position
         if finished.response is not None:
@@ -226,7 +254,8 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
         return index, finished.error
 
     def close(self) -> None:
-        self._race.close()
+        if self._race is not None:
+            self._race.close()
 
 
 @dataclasses.dataclass(frozen=True)

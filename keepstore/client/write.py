@@ -150,6 +150,38 @@ class _Put:
             return _Outcome(service, Verdict.TRANSIENT, exc.reason)
         return self.judge(service, response)
 
+    def fan_out(self, services: list[Service], queue: collections.deque[Service], timeout: Timeout) -> float | None:
+        """One PUT to each of *services* (which take one replica each) at once through the
+        transport's `fan_out`, each recorded as it ends; while replicas are still missing, a
+        PUT that failed is replaced at once by one to the next service of *queue*, as the
+        pool's round does. The longest ``Retry-After`` among them (-1: none), or None when the
+        transport cannot overlap requests (nothing was sent)."""
+        race = self.link.wire.fan_out(services, [self.request_for(s, timeout) for s in services])
+        if race is None:
+            return None
+        services = list(services)
+        retry_after = -1.0
+        running = len(services)
+        try:
+            for index, result in race:
+                running -= 1
+                service = services[index]
+                if isinstance(result, TransportError):
+                    outcome = _Outcome(service, Verdict.TRANSIENT, result.reason)
+                else:
+                    outcome = self.judge(service, result)
+                self.record(outcome)
+                if outcome.retry_after is not None:
+                    retry_after = max(retry_after, outcome.retry_after)
+                need = max(self.copies - self.done, 1 if self.pending_classes() else 0)
+                while queue and running < need and not self.link.rounds.cancel.is_set():
+                    services.append(queue.popleft())
+                    race.add(services[-1], self.request_for(services[-1], timeout))
+                    running += 1
+        finally:
+            race.close()
+        return retry_after
+
     def judge(self, service: Service, response: Response) -> _Outcome:
         status = response.status
         kind = classify(status)
@@ -227,6 +259,15 @@ class _Put:
             launch: list[Service] = []
             while queue and len(inflight) + len(launch) < limit:
                 launch.append(queue.popleft())
+            if len(launch) > 1 and not inflight:
+                # Several copies at once: on one multi handle in the caller's thread, when the
+                # transport has one (no thread hand-offs, no two threads taking turns with the
+                # interpreter lock for every callback); else on the replica pool.
+                fanned = self.fan_out(launch, queue, timeout)
+                if fanned is not None:
+                    if fanned >= 0:
+                        retry_after = max(retry_after or 0.0, fanned)
+                    continue
             # When the caller would only wait, it makes one of the PUTs itself: one thread
             # hand-off fewer per put, which is most of a small block's cost beyond the wire.
             inline = launch.pop() if launch and not inflight else None

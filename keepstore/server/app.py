@@ -58,7 +58,8 @@ class KeepServer:
             (at most *idle_timeout*).
         tls_cert: PEM certificate chain for HTTPS (with *tls_key*).
         tls_key: PEM private key for *tls_cert*.
-        fsync: fsync block files and directories on write (off: faster, not power-cut safe).
+        fsync: fsync block files and directories on write (off: faster, not power-cut safe),
+            for volumes given as paths; a `Volume` keeps its own ``fsync``.
         trash_lifetime: seconds a deleted block stays in the trash, recoverable (0: deleted at once).
         trash_min_age: a DELETE keeps blocks written or touched more recently than this
             (default: *signing_ttl*, as keepstore's ``BlobSigningTTL``).
@@ -161,10 +162,7 @@ class KeepServer:
         if isinstance(spec, Volume):
             return spec
         if isinstance(spec, str):
-            volume = parse_volume(spec)
-            volume.fsync = fsync
-            volume.store.fsync = fsync
-            return volume
+            return parse_volume(spec, fsync=fsync)
         return Volume(Path(spec), fsync=fsync)
 
     def __repr__(self) -> str:

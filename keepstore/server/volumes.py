@@ -183,8 +183,9 @@ class Volume:
                 self._sizes[md5] = size
 
 
-def parse_volume(text: str, *, create: bool = True) -> Volume:
-    """``DIR`` or ``DIR:class[,class...]`` -> `Volume` (`ConfigError` on a bad spec).
+def parse_volume(text: str, *, create: bool = True, fsync: bool = True) -> Volume:
+    """``DIR`` or ``DIR:class[,class...]`` -> `Volume` (`ConfigError` on a bad spec), whose
+    writes are made durable with *fsync*.
 
     A missing directory is made, unless *create* is false: then it is a `ConfigError` (a typo
     in ``keep serve --volume`` must not start an empty server that answers 404 to everything).
@@ -207,7 +208,7 @@ def parse_volume(text: str, *, create: bool = True) -> Volume:
         raise ConfigError(f"volume {path!r}: cannot create directory: {exc.strerror}") from exc
     if not os.access(path, os.W_OK):
         raise ConfigError(f"volume {path!r} is not writable")
-    return Volume(Path(path), classes)
+    return Volume(Path(path), classes, fsync=fsync)
 
 
 def rank_volumes(md5: str, volumes: Sequence[Volume], wanted: Iterable[str]) -> list[Volume]:

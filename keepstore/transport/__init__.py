@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Finished, Headers, Race, Request, Response, Transport, TransportError
+from .base import FanOut, Finished, Headers, Race, Request, Response, Transport, TransportError
 from .mock import MockTransport
 
 if TYPE_CHECKING:  # pragma: no cover
     from .curl import CurlTransport
 
-__all__ = ["CurlTransport", "Finished", "Headers", "MockTransport", "Race", "Request", "Response", "Transport",
-           "TransportError"]
+__all__ = ["CurlTransport", "FanOut", "Finished", "Headers", "MockTransport", "Race", "Request", "Response",
+           "Transport", "TransportError"]
 
 
 def __getattr__(name: str) -> object:

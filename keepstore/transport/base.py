@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol, TypeVar
 from ..config import Timeout
 from ..errors import KeepError
 
-__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "Finished", "Headers", "Race", "Request", "Response",
+__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "FanOut", "Finished", "Headers", "Race", "Request", "Response",
            "Transport", "TransportError"]
 
 _T = TypeVar("_T", bound="Transport")
@@ -225,6 +225,13 @@ class Race(Protocol):
         """Abandon the requests still running (their connections closed, not pooled)."""
 
 
+class FanOut(Race, Protocol):
+    """What `Transport.fan_out` returns: a `Race` whose requests all run at once, and more can join."""
+
+    def add(self, request: Request) -> int:
+        """Start *request* too; its index (the next after the last)."""
+
+
 class Transport(abc.ABC):
     """Sends a `Request`, returns a `Response` for any HTTP status, raises `TransportError`
     when there is no HTTP answer. Implementations must be safe to call from many threads."""
@@ -246,6 +253,13 @@ class Transport(abc.ABC):
         it starts. This default runs them one at a time, in order, on `request`.
         """
         return self._one_at_a_time(requests, on_start)
+
+    def fan_out(self, requests: Sequence[Request], on_start: Callable[[int], None] | None = None) -> FanOut | None:
+        """Perform *requests* (to different services) all at once in the caller's thread, giving
+        each as it ends; `FanOut.add` starts another; closing abandons those still running.
+        None (this default): the transport cannot overlap requests in one thread, and the
+        caller runs them its own way (the client: on its replica pool)."""
+        return None
 
     def _one_at_a_time(self, requests: Sequence[Request],
                        on_start: Callable[[int], None] | None) -> Generator[Finished, None, None]:

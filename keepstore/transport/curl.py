@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import pycurl
 
-from .base import Race, Request, Response, Transport, TransportError
+from .base import FanOut, Race, Request, Response, Transport, TransportError
 from .exchange import HEADER_LIMIT, BodyReader, Exchange
 from .race import CurlRace, Slot
 
@@ -69,7 +69,8 @@ class CurlTransport(Transport):
 
     `race` (hedged GETs) runs its requests on one curl multi handle in the caller's thread, so
     a loser is dropped at once and no thread waits for it; those multi handles (each with its
-    own kept-alive connections) are pooled too, at most half of *pool_size*.
+    own kept-alive connections) are pooled too, at most half of *pool_size*. `fan_out` (the
+    copies of a PUT, all at once) runs on the same multi handles.
 
     Args:
         ca_file: CA bundle to trust; default `default_ca_file()`.
@@ -122,6 +123,12 @@ class CurlTransport(Transport):
             slot = self._slots.pop() if self._slots else Slot()
         return CurlRace(slot, requests, hedge_after, on_start, self._configure, _map_error, self._closed,
                         done=self._checkin_slot)
+
+    def fan_out(self, requests: Sequence[Request], on_start: Callable[[int], None] | None = None) -> FanOut:
+        with self._slots_lock:
+            slot = self._slots.pop() if self._slots else Slot()
+        return CurlRace(slot, requests, 0.0, on_start, self._configure, _map_error, self._closed,
+                        done=self._checkin_slot, together=True)
 
     def close(self) -> None:
         self._closed.set()

@@ -1,4 +1,4 @@
-"""Hedged requests on one curl multi handle, in the caller's thread: at most two in flight, first answer wins."""
+"""Requests on one curl multi handle, in the caller's thread: hedged (at most two, first answer wins) or all at once."""
 
 from __future__ import annotations
 
@@ -76,15 +76,18 @@ class CurlRace(Iterator[Finished]):
     byte is dropped once another answer has started streaming. An iterator with an explicit
     `close` rather than a generator: closing a generator raises inside it, which costs more than
     the rest of a healthy 4 KiB read's bookkeeping.
+
+    With *together* (`Transport.fan_out`: the copies of one PUT) every request starts at once
+    and each runs to its own end; nothing is dropped for another's answer.
     """
 
     def __init__(self, slot: Slot, requests: Sequence[Request], hedge_after: float,
                  on_start: Callable[[int], None] | None, configure: Configure, map_error: MapError,
                  closed: threading.Event, done: Callable[[Slot], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, together: bool = False) -> None:
         self._slot = slot
         self._multi = slot.multi
-        self._requests = requests
+        self._requests = list(requests)
         self._hedge_after = hedge_after
         self._on_start = on_start
         self._configure = configure
@@ -96,6 +99,7 @@ class CurlRace(Iterator[Finished]):
         self._running: dict[int, _Running] = {}  # id(easy) -> the request it runs
         self._ready: collections.deque[Finished] = collections.deque()  # ended, not yet handed out
         self._finished = False
+        self._together = together
 
     def __next__(self) -> Finished:
         while not self._ready:
@@ -104,6 +108,12 @@ class CurlRace(Iterator[Finished]):
                 raise StopIteration
             self._step()
         return self._ready.popleft()
+
+    def add(self, request: Request) -> int:
+        """Another request for this race (fan-out: it starts at the next step); its index."""
+        self._requests.append(request)
+        self._waiting.append(len(self._requests) - 1)
+        return len(self._requests) - 1
 
     def close(self) -> None:
         """Drop what still runs (halted, connections closed) and give the slot back; idempotent."""
@@ -127,7 +137,10 @@ class CurlRace(Iterator[Finished]):
     def _step(self) -> None:
         """Start what is due, let libcurl move, collect what ended; wait when nothing did."""
         running, waiting, multi = self._running, self._waiting, self._multi
-        if waiting:
+        if self._together:
+            while waiting:
+                self._start(waiting.popleft())
+        elif waiting:
             alone = self._alone()
             if not running or (alone is not None and not alone.exchange.answered
                                and self._clock() - alone.started >= self._hedge_after):
@@ -137,7 +150,7 @@ class CurlRace(Iterator[Finished]):
         messages = multi.info_read()
         if messages[0] or messages[1] or messages[2]:
             self._ended(messages)
-        if len(running) > 1 and any(r.exchange.answered and 200 <= r.exchange.status <= 299
+        if len(running) > 1 and not self._together and any(r.exchange.answered and 200 <= r.exchange.status <= 299
                                     for r in running.values()):
             # An answer has started streaming: one that has not, beside it, only doubles the bytes.
             for key, run in list(running.items()):
@@ -153,7 +166,7 @@ class CurlRace(Iterator[Finished]):
         # Wait for socket activity, libcurl's next timer, or the moment to hedge.
         timeout_ms = multi.timeout()
         wait = _LONGEST_WAIT if timeout_ms < 0 else min(_LONGEST_WAIT, timeout_ms / 1000)
-        if waiting:
+        if waiting:  # (never, together: all started above)
             alone = self._alone()
             if alone is not None and not alone.exchange.answered:
                 wait = min(wait, alone.started + self._hedge_after - self._clock())
