@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -114,3 +115,38 @@ def test_a_slow_big_body_still_hits_the_minimum_rate(tmp_path: Path) -> None:
         wait_until(lambda: s.in_flight == 0, 30, what="the slow PUT's end")
         assert not hasher_threads()
         assert files_under(tmp_path / "v") == []
+
+
+def test_a_volume_that_fills_up_midway_stops_only_its_own_copy(tmp_path: Path) -> None:
+    """Two volumes take a 6 MiB body; the small one's disk fills up after the first chunks
+    (another writer takes the space): its copy is abandoned, with its temp file, while the
+    other volume's copy is completed and confirmed."""
+    from test_cache import mounted
+
+    tiny, plain = tmp_path / "tiny", tmp_path / "plain"
+    tiny.mkdir()
+    data = os.urandom(6 * MiB)
+    md5 = hashlib.md5(data).hexdigest()
+    with mounted("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(tiny)), \
+            KeepServer([parse_volume(f"{tiny}:hot"), plain], fsync=False) as s, \
+            socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(f"PUT /{md5} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+                     "X-Keep-Storage-Classes: hot, default\r\n\r\n".encode())
+        sock.sendall(data[:2 * MiB])
+        wait_until(lambda: any(p.name.startswith(".tmp-") for p in tiny.rglob("*")), 30,
+                   what="the copy on the small volume under way")
+        with contextlib.suppress(OSError):  # written until the disk is full (ENOSPC ends it)
+            with open(tiny / "filler", "wb") as filler:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+        sock.sendall(data[2 * MiB:])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert b"X-Keep-Replicas-Stored: 1\r\n" in answer
+        assert b"X-Keep-Storage-Classes-Confirmed: default=1\r\n" in answer
+        assert (plain / md5[:3] / md5).read_bytes() == data
+        assert [p.name for p in tiny.rglob("*") if p.is_file()] == ["filler"]  # no copy, no temp file
+        assert not hasher_threads()
