@@ -9,7 +9,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,15 @@ from keepstore.testing import wait_until
 
 MiB = 1 << 20
 
+Threads = Callable[[], list[threading.Thread]]  # the hashing threads a test started
 
-def hasher_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "keep-put-md5"]
+
+@pytest.fixture
+def hasher_threads() -> Threads:
+    """The hashing threads alive now that were not when the test began (another test's server
+    may still be ending a request of its own)."""
+    before = set(threading.enumerate())
+    return lambda: [t for t in threading.enumerate() if t.name == "keep-put-md5" and t not in before]
 
 
 def files_under(*roots: Path) -> list[Path]:
@@ -46,7 +52,8 @@ def server(tmp_path: Path) -> Iterator[KeepServer]:
         yield s
 
 
-def test_a_64_mib_body_with_the_wrong_md5_is_a_400_and_leaves_no_file(server: KeepServer, tmp_path: Path) -> None:
+def test_a_64_mib_body_with_the_wrong_md5_is_a_400_and_leaves_no_file(server: KeepServer, tmp_path: Path,
+                                                                       hasher_threads: Threads) -> None:
     data = os.urandom(64 * MiB)
     wrong = hashlib.md5(data[:-1]).hexdigest()
     status, _, body = put(server, wrong, data)
@@ -58,7 +65,8 @@ def test_a_64_mib_body_with_the_wrong_md5_is_a_400_and_leaves_no_file(server: Ke
     assert (tmp_path / "v" / good[:3] / good).read_bytes() == data
 
 
-def test_a_body_cut_off_midway_leaves_nothing_and_no_thread(server: KeepServer, tmp_path: Path) -> None:
+def test_a_body_cut_off_midway_leaves_nothing_and_no_thread(server: KeepServer, tmp_path: Path,
+                                                            hasher_threads: Threads) -> None:
     data = os.urandom(16 * MiB)
     md5 = hashlib.md5(data).hexdigest()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
@@ -72,7 +80,7 @@ def test_a_body_cut_off_midway_leaves_nothing_and_no_thread(server: KeepServer, 
     assert put(server, md5, data)[0] == 200  # and the server takes the whole body afterwards
 
 
-def test_two_volumes_both_get_the_right_bytes_of_a_big_body(tmp_path: Path) -> None:
+def test_two_volumes_both_get_the_right_bytes_of_a_big_body(tmp_path: Path, hasher_threads: Threads) -> None:
     hot, plain = tmp_path / "hot", tmp_path / "plain"
     with KeepServer([parse_volume(f"{hot}:hot"), plain], fsync=False) as s:
         data = os.urandom(9 * MiB + 5)
@@ -85,7 +93,7 @@ def test_two_volumes_both_get_the_right_bytes_of_a_big_body(tmp_path: Path) -> N
         assert not hasher_threads()
 
 
-def test_a_slow_big_body_still_hits_the_minimum_rate(tmp_path: Path) -> None:
+def test_a_slow_big_body_still_hits_the_minimum_rate(tmp_path: Path, hasher_threads: Threads) -> None:
     """The body must average --min-rate (here 1 MiB/s after 1 s of grace: 4 s for 3 MiB) even
     while its chunks are hashed on a second thread; a client at ~40 KiB/s is cut off."""
     data = os.urandom(3 * MiB)
@@ -117,7 +125,7 @@ def test_a_slow_big_body_still_hits_the_minimum_rate(tmp_path: Path) -> None:
         assert files_under(tmp_path / "v") == []
 
 
-def test_a_volume_that_fills_up_midway_stops_only_its_own_copy(tmp_path: Path) -> None:
+def test_a_volume_that_fills_up_midway_stops_only_its_own_copy(tmp_path: Path, hasher_threads: Threads) -> None:
     """Two volumes take a 6 MiB body; the small one's disk fills up after the first chunks
     (another writer takes the space): its copy is abandoned, with its temp file, while the
     other volume's copy is completed and confirmed."""
@@ -135,11 +143,11 @@ def test_a_volume_that_fills_up_midway_stops_only_its_own_copy(tmp_path: Path) -
         sock.sendall(data[:2 * MiB])
         wait_until(lambda: any(p.name.startswith(".tmp-") for p in tiny.rglob("*")), 30,
                    what="the copy on the small volume under way")
-        with contextlib.suppress(OSError):  # written until the disk is full (ENOSPC ends it)
-            with open(tiny / "filler", "wb") as filler:
-                while True:
-                    filler.write(b"\0" * 65536)
-                    filler.flush()
+        # another writer takes the rest of the disk, until ENOSPC ends it
+        with contextlib.suppress(OSError), open(tiny / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
         sock.sendall(data[2 * MiB:])
         answer = b""
         while b"\r\n\r\n" not in answer:

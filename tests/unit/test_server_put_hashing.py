@@ -45,12 +45,18 @@ class PoolBody:
             offset += count
             yield buffer[:count]
 
-
-def hasher_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "keep-put-md5"]
+Threads = Callable[[], list[threading.Thread]]  # the hashing threads a test started
 
 
-def test_a_body_of_many_chunks_is_hashed_on_a_thread_through_a_small_pool_of_buffers() -> None:
+@pytest.fixture
+def hasher_threads() -> Threads:
+    """The hashing threads alive now that were not when the test began (another test's server
+    may still be ending a request of its own)."""
+    before = set(threading.enumerate())
+    return lambda: [t for t in threading.enumerate() if t.name == "keep-put-md5" and t not in before]
+
+
+def test_a_body_of_many_chunks_is_hashed_on_a_thread_through_a_small_pool_of_buffers(hasher_threads: Threads) -> None:
     data = os.urandom(200 * 16 * KiB + 123)  # 201 chunks of distinct bytes: a buffer refilled too early shows
     body = PoolBody(data, 16 * KiB)
     assert isinstance(body, PooledBody)
@@ -75,7 +81,7 @@ def test_a_body_of_one_chunk_and_a_plain_iterable_are_hashed_inline() -> None:
         assert plain.hexdigest() == hashlib.md5(data).hexdigest()
 
 
-def test_a_body_that_fails_midway_leaves_no_hashing_thread() -> None:
+def test_a_body_that_fails_midway_leaves_no_hashing_thread(hasher_threads: Threads) -> None:
     body = PoolBody(os.urandom(64 * 16 * KiB), 16 * KiB, fail_after=20 * 16 * KiB)
     with pytest.raises(ConnectionError, match="client sent 327680 of"), BodyHasher() as hasher:
         for _ in hasher.chunks(body):
@@ -83,7 +89,7 @@ def test_a_body_that_fails_midway_leaves_no_hashing_thread() -> None:
     assert not hasher_threads()
 
 
-def test_leaving_before_the_end_of_the_body_stops_and_joins_the_thread() -> None:
+def test_leaving_before_the_end_of_the_body_stops_and_joins_the_thread(hasher_threads: Threads) -> None:
     with BodyHasher() as hasher:
         chunks = hasher.chunks(PoolBody(os.urandom(64 * 16 * KiB), 16 * KiB))
         next(chunks)
@@ -120,7 +126,7 @@ class CountingHashers:
         return self.made[-1]
 
 
-def test_two_volumes_get_the_body_and_it_is_hashed_once(tmp_path: Path) -> None:
+def test_two_volumes_get_the_body_and_it_is_hashed_once(tmp_path: Path, hasher_threads: Threads) -> None:
     hashers = CountingHashers()
     volumes = [Volume(tmp_path / "hot", ("hot",), fsync=False), Volume(tmp_path / "plain", fsync=False)]
     blocks = Blocks(volumes, hasher=hashers)
@@ -134,7 +140,7 @@ def test_two_volumes_get_the_body_and_it_is_hashed_once(tmp_path: Path) -> None:
     assert not hasher_threads()
 
 
-def test_a_wrong_md5_commits_no_copy_on_any_volume(tmp_path: Path) -> None:
+def test_a_wrong_md5_commits_no_copy_on_any_volume(tmp_path: Path, hasher_threads: Threads) -> None:
     volumes = [Volume(tmp_path / "hot", ("hot",), fsync=False), Volume(tmp_path / "plain", fsync=False)]
     data = os.urandom(40 * 16 * KiB)
     wrong = hashlib.md5(b"something else").hexdigest()
@@ -144,7 +150,7 @@ def test_a_wrong_md5_commits_no_copy_on_any_volume(tmp_path: Path) -> None:
     assert not hasher_threads()
 
 
-def test_a_body_cut_off_leaves_nothing_on_either_volume_and_no_thread(tmp_path: Path) -> None:
+def test_a_body_cut_off_leaves_nothing_on_either_volume_and_no_thread(tmp_path: Path, hasher_threads: Threads) -> None:
     volumes = [Volume(tmp_path / "hot", ("hot",), fsync=False), Volume(tmp_path / "plain", fsync=False)]
     data = os.urandom(40 * 16 * KiB)
     md5 = hashlib.md5(data).hexdigest()
