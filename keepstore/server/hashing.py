@@ -47,6 +47,7 @@ class BodyHasher:
             raise ValueError(f"a hashing pool needs at least 2 buffers, got {buffers}")
         self.buffers = buffers
         self.updates = 0  # md5 updates made: one per chunk, whatever the number of volumes
+        self.hashed = 0  # chunks the thread has hashed and given back to the pool
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._work: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self._free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
@@ -55,6 +56,11 @@ class BodyHasher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failure: BaseException | None = None
+
+    @property
+    def made(self) -> int:
+        """How many buffers the pool has made so far (at most *buffers*)."""
+        return len(self._pool)
 
     @property
     def threaded(self) -> bool:
@@ -115,6 +121,7 @@ class BodyHasher:
                 if not self._stopping:
                     self._md5.update(chunk)
                 self._free.put(self._owner(chunk))
+                self.hashed += 1  # only this thread counts: no lock needed
         except BaseException as exc:  # reported by hexdigest(), and _buffer() must not wait forever
             self._failure = exc
             self._free.put(None)

@@ -16,6 +16,7 @@ from keepstore.server.disk import VolumeWriter
 from keepstore.server.exchange import Refusal
 from keepstore.server.hashing import BodyHasher, PooledBody
 from keepstore.server.volumes import Volume
+from keepstore.testing import wait_until
 
 KiB = 1024
 
@@ -67,6 +68,33 @@ def test_a_body_of_many_chunks_is_hashed_on_a_thread_through_a_small_pool_of_buf
     assert hasher.updates == 201
     assert 1 <= len(body.buffers_seen) <= 3  # every chunk went through the pool's (at most) three buffers
     assert not hasher_threads()
+
+
+class SlowBody(PoolBody):
+    """A body whose client is slower than the hashing: each chunk arrives only once the thread
+    has hashed the one before (the test waits on the hasher's count, not on the clock)."""
+
+    def __init__(self, data: bytes, chunk: int, hasher: BodyHasher) -> None:
+        super().__init__(data, chunk)
+        self.hasher = hasher
+
+    def into(self, buffers: Callable[[], memoryview]) -> Iterator[memoryview]:
+        def caught_up() -> memoryview:
+            wait_until(lambda: self.hasher.hashed == self.hasher.updates, what="the hasher catching up")
+            return buffers()
+        return super().into(caught_up)
+
+
+def test_a_client_slower_than_the_hashing_pins_one_buffer_a_fast_one_at_most_the_pool() -> None:
+    data = os.urandom(30 * 16 * KiB)
+    with BodyHasher(buffers=4) as slow:
+        list(slow.chunks(SlowBody(data, 16 * KiB, slow)))
+        assert slow.hexdigest() == hashlib.md5(data).hexdigest()
+    assert slow.made == 1
+    with BodyHasher(buffers=4) as fast:
+        list(fast.chunks(PoolBody(data, 16 * KiB)))
+        assert fast.hexdigest() == hashlib.md5(data).hexdigest()
+    assert 1 <= fast.made <= 4
 
 
 def test_a_body_of_one_chunk_and_a_plain_iterable_are_hashed_inline() -> None:
