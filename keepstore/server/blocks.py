@@ -17,6 +17,7 @@ from ..errors import WriteError
 from ..locator import Locator
 from .disk import VolumeWriter
 from .exchange import BodyAction, Refusal
+from .hashing import BodyHasher
 from .locks import BlockLock, BlockLocks
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
 from .verified import FileKey, VerifiedFiles, file_key
@@ -71,12 +72,15 @@ class Blocks:
     PUT found, trash, untrash, quarantine) holds that block's lock, so a DELETE never trashes
     a copy that a concurrent PUT has just confirmed, and a scrub never moves aside a good copy
     that replaced the damaged one it read. *clock* gives the time (unix seconds) for trash
-    ages and deadlines.
+    ages and deadlines. *hasher* makes the `BodyHasher` of each PUT's body (one per body,
+    whatever the number of volumes taking a copy).
     """
 
     def __init__(self, volumes: Sequence[Volume], trash: TrashPolicy | None = None,
-                 clock: Callable[[], float] = time.time, shared_locks: Path | None = None) -> None:
+                 clock: Callable[[], float] = time.time, shared_locks: Path | None = None,
+                 hasher: Callable[[], BodyHasher] = BodyHasher) -> None:
         self.volumes = list(volumes)
+        self.hasher = hasher
         self.trash_policy = trash or TrashPolicy()
         self.clock = clock
         self._locks = BlockLocks(shared_locks)  # shared: worker processes exclude each other too
@@ -148,7 +152,7 @@ class Blocks:
             return Refusal(507, "every volume is full")
         result: Stored | Refusal | None = None
         try:
-            result = _write(chosen, md5, body, self.lock(md5), self.verified.add)
+            result = _write(chosen, md5, body, self.lock(md5), self.verified.add, self.hasher())
         finally:
             done = result.volumes if isinstance(result, Stored) else ()
             for volume in chosen:
@@ -160,11 +164,11 @@ class Blocks:
 
     def _keep(self, existing: list[Found], md5: str, body: Iterable[bytes | memoryview]) -> Stored | Refusal:
         """Copies already stored: check the body against the name too, and touch them."""
-        digest = hashlib.md5(usedforsecurity=False)
-        for chunk in body:
-            digest.update(chunk)
-        if digest.hexdigest() != md5:
-            return Refusal(400, "body md5 does not match the block name")
+        with self.hasher() as hasher:
+            for _ in hasher.chunks(body):
+                pass
+            if hasher.hexdigest() != md5:
+                return Refusal(400, "body md5 does not match the block name")
         return Stored(Locator(md5, existing[0].size), tuple(f.volume for f in existing))
 
     def _touch_present(self, md5: str, copies: list[Found]) -> list[Found]:
@@ -273,12 +277,14 @@ class Blocks:
 
 
 def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], lock: BlockLock,
-           verified: Callable[[str, FileKey], None]) -> Stored | Refusal:
+           verified: Callable[[str, FileKey], None], hasher: BodyHasher) -> Stored | Refusal:
     """Stream the body to every volume at once; the volumes that took it whole, or the refusal
-    to answer (nothing partial is left behind on any volume). Each new copy is *verified* with
-    the key it has once renamed into place: its bytes are the body that hashed to its name,
-    so the first GET after a PUT is sent unread too."""
+    to answer (nothing partial is left behind on any volume). The body is hashed once for all
+    volumes (`BodyHasher`: on a second thread, overlapping the reads and writes, for a body of
+    several chunks). Each new copy is *verified* with the key it has once renamed into place:
+    its bytes are the body that hashed to its name, so the first GET after a PUT is sent unread too."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(hasher)  # entered first, so left last: its thread is joined after the writers abort
         writers: list[tuple[Volume, VolumeWriter]] = []
         failed: list[tuple[Volume, OSError]] = []
         for volume in volumes:
@@ -286,20 +292,21 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], 
                 writers.append((volume, stack.enter_context(volume.writer(md5))))
             except OSError as exc:
                 failed.append((volume, exc))
-        for chunk in body:
+        for chunk in hasher.chunks(body):
             for volume, writer in list(writers):
                 try:
-                    writer.write(chunk)
+                    writer.write(chunk, hashed=True)
                 except OSError as exc:  # this volume failed: the others carry on
                     failed.append((volume, exc))
                     writers.remove((volume, writer))
                     writer.abort()
+        digest = hasher.hexdigest()
         stored: list[Volume] = []
         loc: Locator | None = None
         for volume, writer in writers:
             try:
                 with lock:
-                    loc = writer.commit()
+                    loc = writer.commit(digest)
                     with contextlib.suppress(OSError):  # gone already: the next GET hashes whatever is there
                         path = f"{os.fspath(volume.path)}/{md5[:3]}/{md5}"  # as open_copy names it
                         verified(path, file_key(os.stat(path)))

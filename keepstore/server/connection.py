@@ -134,10 +134,16 @@ class Body:
     def __iter__(self) -> Iterator[memoryview]:
         """The body's chunks, each read into one buffer reused for the next (no allocation, no
         fresh pages per chunk): a chunk is valid until the next is asked for."""
-        self.reader.deadline = self.deadline
         buffer = memoryview(bytearray(min(self.chunk, self.remaining)))
+        return self.into(lambda: buffer)
+
+    def into(self, buffers: Callable[[], memoryview]) -> Iterator[memoryview]:
+        """The body's chunks, each read into the buffer *buffers* gives for it (a pool, so a
+        chunk can still be hashed on another thread while the next is read)."""
+        self.reader.deadline = self.deadline
         try:
             while self.remaining:
+                buffer = buffers()
                 count = self.rfile.readinto(buffer[:min(len(buffer), self.remaining)])
                 if not count:
                     raise ConnectionError(f"client sent {self.length - self.remaining} of {self.length} bytes")

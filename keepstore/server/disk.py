@@ -75,16 +75,21 @@ class VolumeWriter:
         self._fd: int | None = self.ops.create(self.temp)
         self.ops.lock(self._fd)  # held until close: reclaim_temp_files leaves a live writer's file
 
-    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+    def write(self, chunk: bytes | bytearray | memoryview, *, hashed: bool = False) -> None:
+        """Append *chunk*; *hashed*: the caller hashes the body itself (once, for every volume
+        taking a copy) and gives `commit` the digest, so this writer does not hash it again."""
         if self.size + len(chunk) > MAX_BLOCK_SIZE:
             raise WriteError(f"block {self.md5} exceeds the 64 MiB maximum", locator=self.md5)
         assert self._fd is not None
-        self._hash.update(chunk)
+        if not hashed:
+            self._hash.update(chunk)
         self.ops.write(self._fd, chunk)
         self.size += len(chunk)
 
-    def commit(self) -> Locator:
-        actual = self._hash.hexdigest()
+    def commit(self, digest: str | None = None) -> Locator:
+        """Check the md5 (*digest*, the caller's hash of what it wrote, or this writer's own),
+        then make the block durable under its name."""
+        actual = self._hash.hexdigest() if digest is None else digest
         if actual != self.md5:
             raise WriteError(f"data md5 {actual} does not match block name {self.md5}", locator=self.md5)
         assert self._fd is not None
