@@ -134,7 +134,6 @@ class KeepClient(BlockStore):
         self._clock = clock
         self._cancel = cancel_event if cancel_event is not None else threading.Event()
         self._on_retry = on_retry
-        self._last_link: Link | None = None
         if transport is None:
             from ..transport.curl import CurlTransport
 
@@ -229,20 +228,10 @@ class KeepClient(BlockStore):
         return self._cancel.is_set()
 
     def _link(self) -> Link:
-        """What a read or write needs of this client, with the policies as they are now (made
-        again only when `retry` or `timeout` was changed: one per operation costs a 4 KiB get)."""
-        link = self._last_link
-        if link is None or link.rounds.retry is not self.retry or link.timeout is not self.timeout:
-            rounds = RoundPolicy(self.retry, self._sleep, self._is_closed, self._count_retry, self.timeout,
-                                 self._cancel, self._clock, self._on_retry or (lambda notice: None))
-            link = self._last_link = Link(self._wire, rounds, self.timeout)
-        return link
-
-    def _is_closed(self) -> bool:
-        return self._closed
-
-    def _count_retry(self) -> None:
-        self._counters.add(retries=1)
+        """What a read or write needs of this client, with the policies as they are now."""
+        rounds = RoundPolicy(self.retry, self._sleep, lambda: self._closed, lambda: self._counters.add(retries=1),
+                             self.timeout, self._cancel, self._clock, self._on_retry or (lambda notice: None))
+        return Link(self._wire, rounds, self.timeout)
 
     # -- writes ---------------------------------------------------------------------------
 
