@@ -69,10 +69,15 @@ class VolumeWriter:
         self._fsync = fsync
         self._hash = hashlib.md5(usedforsecurity=False)
         self.size = 0
-        if self.ops.mkdir(self.final.parent) and fsync:
-            self.ops.fsync_dir(root)  # a new prefix directory must survive with the block in it
         self.temp = self.final.parent / f"{_OURS}{os.getpid()}-{secrets.token_hex(8)}"
-        self._fd: int | None = self.ops.create(self.temp)
+        try:
+            # Most prefix directories exist: creating the file first saves a mkdir per PUT (a
+            # system call, which lets go of the interpreter lock that 16 busy threads queue for).
+            self._fd: int | None = self.ops.create(self.temp)
+        except FileNotFoundError:
+            if self.ops.mkdir(self.final.parent) and fsync:
+                self.ops.fsync_dir(root)  # a new prefix directory must survive with the block in it
+            self._fd = self.ops.create(self.temp)
         self.ops.lock(self._fd)  # held until close: reclaim_temp_files leaves a live writer's file
 
     def write(self, chunk: bytes | bytearray | memoryview, *, hashed: bool = False) -> None:
