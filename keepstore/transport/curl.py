@@ -14,6 +14,7 @@ import pycurl
 
 from .base import Race, Request, Response, Transport, TransportError
 from .exchange import HEADER_LIMIT, BodyReader, Exchange
+from .overlap import OverlapCounts
 from .race import CurlRace, Slot
 
 __all__ = ["CurlTransport", "default_ca_file"]
@@ -90,6 +91,8 @@ class CurlTransport(Transport):
         self._slots: list[Slot] = []  # idle multi handles for races, most recently used last
         self._slots_lock = threading.Lock()
         self._closed = threading.Event()
+        #: Large GET bodies hashed while they arrived (see `HashedBody`), and their threads.
+        self.overlap = OverlapCounts()
 
     def __repr__(self) -> str:
         return f"CurlTransport(ca_file={self.ca_file!r}, insecure={self.insecure}, pool_size={self.pool_size})"
@@ -113,6 +116,7 @@ class CurlTransport(Transport):
             healthy = True
             return exchange.response()
         finally:
+            exchange.close()  # a failed large GET's hashing thread ends here
             self._checkin(curl, healthy)
 
     def race(self, requests: Sequence[Request], hedge_after: float,
@@ -163,6 +167,7 @@ class CurlTransport(Transport):
 
     def _configure(self, curl: pycurl.Curl, request: Request, exchange: Exchange) -> None:
         timeout = request.timeout
+        exchange.overlap = self.overlap
         curl.setopt(pycurl.URL, request.url)
         curl.setopt(pycurl.NOSIGNAL, 1)
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
