@@ -88,6 +88,13 @@ class Exchange:
         return None
 
     def on_body(self, chunk: bytes) -> int | None:
+        large = self.large
+        if large is not None:  # first: 4,096 calls per 64 MiB block
+            if large.write(chunk):
+                self.received += len(chunk)
+                return None
+            self.too_long = True
+            return 0  # makes libcurl abort with E_WRITE_ERROR, long before the body ends
         size = len(chunk)
         if self._limit is not None:
             room = self._limit - self.received
@@ -103,10 +110,6 @@ class Exchange:
         if self.received + size > self.expected_size:
             self.too_long = True
             return 0  # makes libcurl abort with E_WRITE_ERROR, long before the body ends
-        if self.large is not None:
-            self.large.write(chunk)  # fits: checked above
-            self.received += size
-            return None
         assert self.md5 is not None
         self.md5.update(chunk)
         if self.request.sink is not None:  # the caller writes the pieces where they belong
