@@ -66,7 +66,9 @@ class CurlTransport(Transport):
     that failed below HTTP is closed rather than pooled. The CA bundle is always set
     (*ca_file* or `default_ca_file()`); ``insecure=True`` turns off certificate checks and
     warns. TCP keepalive is on. Connect timeout, the low-speed limit and the overall deadline
-    apply to GET, PUT and HEAD alike; answer bodies are bounded (see `Request`).
+    apply to GET, PUT and HEAD alike; answer bodies are bounded (see `Request`). A block GET's
+    body of at least `OVERLAP_MIN` bytes is received into the `bytes` answered and hashed on a
+    second thread as it arrives (`HashedBody`); ``overlap`` counts those bodies.
 
     `race` (hedged GETs) runs its requests on one curl multi handle in the caller's thread, so
     a loser is dropped at once and no thread waits for it; those multi handles (each with its
