@@ -187,3 +187,21 @@ def test_a_get_cancelled_mid_body_ends_its_hashing_thread(transport: CurlTranspo
         finish.set()
     assert len(errors) == 1 and errors[0].cancelled
     assert md5_threads() == []
+
+
+def test_a_large_get_holds_one_copy_of_the_block(keep_cluster_factory: Callable[..., KeepCluster],
+                                                 transport: CurlTransport) -> None:
+    import tracemalloc
+
+    cluster = keep_cluster_factory(2)
+    loc, data, _ = on_both(cluster, 4 * LARGE)
+    with cluster.client(transport=transport) as kc:
+        kc.get(loc)  # connections open, imports done
+        tracemalloc.start()
+        try:
+            got = kc.get(loc)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert got == data and transport.overlap.bodies == 2
+    assert peak < 1.25 * len(data)  # the bytes returned are the buffer received into
