@@ -133,7 +133,8 @@ def test_no_hashing_thread_outlives_many_gets_or_failing_ones(
                 kc.get(loc)
             assert md5_threads() == []
     assert transport.overlap.bodies == 12 + 2 * 2
-    assert [t for t in threading.enumerate() if t not in before] == []  # the client's own ended at close
+    # The client's own threads ended at close (the servers' connection threads end on their own time).
+    assert [t for t in threading.enumerate() if t not in before and t.name.startswith("keepstore")] == []
 
 
 def test_a_longer_body_than_the_block_is_refused_and_leaves_no_thread(
