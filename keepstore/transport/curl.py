@@ -14,6 +14,7 @@ import pycurl
 
 from .base import FanOut, Race, Request, Response, Transport, TransportError
 from .exchange import HEADER_LIMIT, BodyReader, Exchange
+from .overlap import OverlapCounts
 from .race import CurlRace, Slot
 
 __all__ = ["CurlTransport", "default_ca_file"]
@@ -65,7 +66,9 @@ class CurlTransport(Transport):
     that failed below HTTP is closed rather than pooled. The CA bundle is always set
     (*ca_file* or `default_ca_file()`); ``insecure=True`` turns off certificate checks and
     warns. TCP keepalive is on. Connect timeout, the low-speed limit and the overall deadline
-    apply to GET, PUT and HEAD alike; answer bodies are bounded (see `Request`).
+    apply to GET, PUT and HEAD alike; answer bodies are bounded (see `Request`). A block GET's
+    body of at least `OVERLAP_MIN` bytes is received into the `bytes` answered and hashed on a
+    second thread as it arrives (`HashedBody`); ``overlap`` counts those bodies.
 
     `race` (hedged GETs) runs its requests on one curl multi handle in the caller's thread, so
     a loser is dropped at once and no thread waits for it; those multi handles (each with its
@@ -91,6 +94,8 @@ class CurlTransport(Transport):
         self._slots: list[Slot] = []  # idle multi handles for races, most recently used last
         self._slots_lock = threading.Lock()
         self._closed = threading.Event()
+        #: Large GET bodies hashed while they arrived (see `HashedBody`), and their threads.
+        self.overlap = OverlapCounts()
 
     def __repr__(self) -> str:
         return f"CurlTransport(ca_file={self.ca_file!r}, insecure={self.insecure}, pool_size={self.pool_size})"
@@ -114,6 +119,7 @@ class CurlTransport(Transport):
             healthy = True
             return exchange.response()
         finally:
+            exchange.close()  # a failed large GET's hashing thread ends here
             self._checkin(curl, healthy)
 
     def race(self, requests: Sequence[Request], hedge_after: float,
@@ -170,6 +176,7 @@ class CurlTransport(Transport):
 
     def _configure(self, curl: pycurl.Curl, request: Request, exchange: Exchange) -> None:
         timeout = request.timeout
+        exchange.overlap = self.overlap
         curl.setopt(pycurl.URL, request.url)
         curl.setopt(pycurl.NOSIGNAL, 1)
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)

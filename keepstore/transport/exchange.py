@@ -9,6 +9,7 @@ import os
 import pycurl
 
 from .base import Headers, Request, Response
+from .overlap import OVERLAP_MIN, HashedBody, OverlapCounts, overlap_supported
 
 __all__ = ["HEADER_LIMIT", "BodyReader", "Exchange"]
 
@@ -20,10 +21,12 @@ class Exchange:
 
     A block GET's 2xx body must be exactly ``expected_size`` bytes; any other body is kept up
     to the request's limit, and reading stops there (``truncated``): a hostile or broken
-    server cannot grow our memory or hold us with an endless answer.
+    server cannot grow our memory or hold us with an endless answer. A block body of at least
+    `OVERLAP_MIN` bytes is received into a `HashedBody` (hashed on a second thread as it
+    arrives; counted in *overlap*); `close` ends that thread when the body is not taken.
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, overlap: OverlapCounts | None = None) -> None:
         self.request = request
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -37,6 +40,8 @@ class Exchange:
         self.headers_too_long = False
         self.cancelled = False
         self.answered = False  # the final status line and headers are in (the first-byte signal)
+        self.overlap = overlap
+        self.large: HashedBody | None = None
         self._limit: int | None = 0
         self._last_header: str | None = None
 
@@ -65,7 +70,11 @@ class Exchange:
             self.headers = {}
             self._last_header = None
             self._limit = self.request.limit_for(self.status)
-            if self._limit is None and self.expected_size and self.request.sink is None:
+            self.close()  # a body begun before this status line (none comes before a 100's)
+            if (self._limit is None and self.expected_size and self.expected_size >= OVERLAP_MIN
+                    and self.request.sink is None and overlap_supported()):
+                self.large = HashedBody(self.expected_size, self.overlap)
+            elif self._limit is None and self.expected_size and self.request.sink is None:
                 # Preallocate once; BytesIO.getvalue() then hands the buffer over without a copy.
                 self.body.seek(self.expected_size - 1)
                 self.body.write(b"\0")
@@ -79,6 +88,13 @@ class Exchange:
         return None
 
     def on_body(self, chunk: bytes) -> int | None:
+        large = self.large
+        if large is not None:  # first: 4,096 calls per 64 MiB block
+            if large.write(chunk):
+                self.received += len(chunk)
+                return None
+            self.too_long = True
+            return 0  # makes libcurl abort with E_WRITE_ERROR, long before the body ends
         size = len(chunk)
         if self._limit is not None:
             room = self._limit - self.received
@@ -104,6 +120,9 @@ class Exchange:
         return None
 
     def response(self) -> Response:
+        if self.large is not None:
+            large, self.large = self.large, None
+            return Response(self.status, Headers(self.headers), *large.result())
         if self._limit is None and self.expected_size is not None:
             value = self.body.getvalue()
             body = value if self.received == len(value) else value[: self.received]
@@ -111,6 +130,13 @@ class Exchange:
             size = self.received if self.request.sink is not None else None
             return Response(self.status, Headers(self.headers), body, md5, body_size=size)
         return Response(self.status, Headers(self.headers), self.body.getvalue(), truncated=self.truncated)
+
+    def close(self) -> None:
+        """End a large body's hashing thread and drop its buffer, unless `response` took it
+        (a failed or abandoned transfer); idempotent, and cheap for every other exchange."""
+        if self.large is not None:
+            self.large.close()
+            self.large = None
 
 
 class BodyReader:

@@ -129,6 +129,7 @@ class CurlRace(Iterator[Finished]):
     def _drop(self, run: _Running) -> None:
         # Removing a transfer that has not ended halts it; libcurl closes its connection.
         self._multi.remove_handle(run.easy)
+        run.exchange.close()  # and a large body's hashing thread with it
         self._slot.release(run.easy)
 
     def _alone(self) -> _Running | None:
