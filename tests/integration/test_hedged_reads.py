@@ -383,7 +383,10 @@ def test_bench_hedge_runs_and_counts_one_get_per_healthy_read(tmp_path: Path) ->
                            "--late", "0.1", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = {row["case"]: row for row in json.loads(out.read_text())}
-    assert rows["healthy, 4 KiB, hedging on (round 1)"]["requests_per_get"] == 1.0
+    # Healthy servers answer within the 50 ms hedge floor, so a read asks one replica; a busy
+    # machine (this suite's other worker) can stall one of the 20 reads past the floor, and
+    # then hedging it is right: at most one of them (always hedging would give 2.0).
+    assert 1.0 <= rows["healthy, 4 KiB, hedging on (round 1)"]["requests_per_get"] <= 1.05
     assert rows["healthy, 4 KiB, hedging off (round 1)"]["requests_per_get"] == 1.0
     assert rows["one late, 4 KiB, hedging off"]["requests_per_get"] == 1.0
     # Fail-back off: each read whose best replica is the late one asks the other too.
