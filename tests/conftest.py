@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
+
+if TYPE_CHECKING:
+    from hashing_threads import Threads
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,3 +48,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+
+
+@pytest.fixture
+def hasher_threads() -> Threads:
+    """The PUT-hashing threads started since the test began (`hashing_threads.started_since`)."""
+    from hashing_threads import started_since  # here: the conftest imports no keepstore module itself
+
+    return started_since()

@@ -7,28 +7,17 @@ import hashlib
 import http.client
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hashing_threads import Threads
 
 from keepstore.server import KeepServer, parse_volume
 from keepstore.testing import wait_until
 
 MiB = 1 << 20
-
-Threads = Callable[[], list[threading.Thread]]  # the hashing threads a test started
-
-
-@pytest.fixture
-def hasher_threads() -> Threads:
-    """The hashing threads alive now that were not when the test began (another test's server
-    may still be ending a request of its own)."""
-    before = set(threading.enumerate())
-    return lambda: [t for t in threading.enumerate() if t.name == "keep-put-md5" and t not in before]
-
 
 def files_under(*roots: Path) -> list[Path]:
     """Every file in the volumes (block files and temp files alike), apart from the lock file."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hashing_threads import Threads
 
 from keepstore.errors import WriteError
 from keepstore.server.blocks import Blocks, Stored
@@ -45,17 +45,6 @@ class PoolBody:
             buffer[:count] = self.data[offset:offset + count]
             offset += count
             yield buffer[:count]
-
-Threads = Callable[[], list[threading.Thread]]  # the hashing threads a test started
-
-
-@pytest.fixture
-def hasher_threads() -> Threads:
-    """The hashing threads alive now that were not when the test began (another test's server
-    may still be ending a request of its own)."""
-    before = set(threading.enumerate())
-    return lambda: [t for t in threading.enumerate() if t.name == "keep-put-md5" and t not in before]
-
 
 def test_a_body_of_many_chunks_is_hashed_on_a_thread_through_a_small_pool_of_buffers(hasher_threads: Threads) -> None:
     data = os.urandom(200 * 16 * KiB + 123)  # 201 chunks of distinct bytes: a buffer refilled too early shows
