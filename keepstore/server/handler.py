@@ -12,13 +12,14 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .._version import __version__
 from ..errors import scrub
 from ..locator import MAX_BLOCK_SIZE
 from .blocks import BlockDamaged, verified_chunks
-from .connection import Body, DeadlineReader, KeepHTTPServer, set_timeout
+from .connection import Body, DeadlineReader, KeepHTTPServer, send_now, set_timeout
 from .context import MIN_BODY_RATE, Context
 from .exchange import (
     BUSY,
@@ -39,7 +40,7 @@ from .exchange import (
 from .faults import Fault, FaultKind
 from .shaping import Before, before, shape_body
 from .trash import Outcome
-from .verified import file_key, open_copy, send_file
+from .verified import cached_copy, file_key, open_copy, send_file
 from .wire import MAX_HEAD, read_head, response_head
 
 __all__ = ["MIN_BODY_RATE", "Context", "KeepHandler"]
@@ -366,19 +367,25 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
 
     def _send_block(self, ex: Exchange, md5: str, size: int, fault: Fault | None) -> None:
         """Send the first volume's copy that opens. A copy verified before, and unchanged since
-        (`VerifiedFiles`), goes out unread (``sendfile``) unless a fault or TLS is in the way;
-        any other is streamed while it is hashed, the last chunk held back until the hash
-        checks, so a damaged copy reaches the client as a truncated body (as keepstore 3.x
-        does), every time. A copy that cannot be opened gives way to the next."""
-        copy = open_copy(self.ctx.blocks.volumes, md5, size)
+        (`VerifiedFiles`), goes out unread (``sendfile``; a small one from bytes kept, found by
+        one ``stat``) unless a fault or TLS is in the way; any other is streamed while hashed,
+        the last chunk held back until the hash checks, so a damaged copy reaches the client as
+        a truncated body (as keepstore 3.x does), every time. A copy that cannot be opened
+        gives way to the next."""
+        verified, volumes = self.ctx.blocks.verified, self.ctx.blocks.volumes
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        unread = fault is None and self.server.tls is None
+        if unread and size <= _SMALL_BODY and (data := cached_copy(volumes, md5, size, verified)) is not None:
+            ex.send_size = size
+            return self._head_only(ex, 200, headers, data)
+        copy = open_copy(volumes, md5, size)
         if copy is None:
             return self._simple(ex, 404, "not found")
-        verified, key, path = self.ctx.blocks.verified, file_key(copy.st), copy.path
+        key, path = file_key(copy.st), copy.path
         ex.send_size = size
-        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
-        if fault is None and self.server.tls is None and verified.holds(path, key):
+        if unread and verified.holds(path, key):
             try:
-                return self._send_unread(ex, copy.fd, size, headers)
+                return self._send_unread(ex, copy.fd, size, headers, lambda data: verified.keep(path, key, data))
             finally:
                 os.close(copy.fd)
         with open(copy.fd, "rb", buffering=0) as f:
@@ -396,13 +403,15 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
                 raise _Abort()
         return None
 
-    def _send_unread(self, ex: Exchange, fd: int, size: int, headers: dict[str, str]) -> None:
-        """A verified copy: a small one read and sent with its head in one write, a big one by
-        ``sendfile`` under the same idle timeout and minimum rate as every response."""
+    def _send_unread(self, ex: Exchange, fd: int, size: int, headers: dict[str, str],
+                     keep: Callable[[bytes], object]) -> None:
+        """A verified copy: a small one read, *kept*, and sent with its head in one write, a big
+        one by ``sendfile`` under the same idle timeout and minimum rate as every response."""
         if size <= _SMALL_BODY:
             data = os.pread(fd, size, 0)
             if len(data) != size:  # truncated since its stat: never send a short body as whole
                 raise _Abort()
+            keep(data)
             return self._head_only(ex, 200, headers, data)
         self._head_only(ex, 200, headers)
         idle = self.ctx.idle_timeout
@@ -472,8 +481,8 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         """Send the status line and *headers* (and a small *body* with them, in one write)."""
         ex.status = status
         self._remember(ex, status)
-        self.connection.sendall(response_head(status, headers, self.version_string(),
-                                              close=self.close_connection) + body)
+        send_now(self.connection, response_head(status, headers, self.version_string(),
+                                                close=self.close_connection) + body)
         ex.headers_sent = True
         ex.bytes_out += len(body)
 

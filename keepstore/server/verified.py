@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from .volumes import Volume
 
-__all__ = ["FileKey", "OpenCopy", "VerifiedFiles", "open_copy", "send_file"]
+__all__ = ["FileKey", "OpenCopy", "VerifiedFiles", "cached_copy", "open_copy", "send_file"]
 
 log = logging.getLogger("keepstore.server")
 
@@ -35,13 +35,26 @@ class VerifiedFiles:
     unless something wrote to the disk beneath the file system (bit rot, a raw device write),
     which the scrubber and every client's own md5 check catch. Bounded: beyond *capacity*
     entries the oldest are forgotten (and hashed again when next served).
+
+    Small verified files may also be *kept*: their bytes, held with the key they were read
+    under, up to *kept_bytes* in all (oldest dropped first), so a GET of a hot small block
+    costs one ``stat`` instead of open, fstat, read and close. Kept bytes are the bytes that
+    were read from the verified file, and are served only while the file has that key.
+
+    Args:
+        capacity: How many files' keys to remember.
+        kept_bytes: How many bytes of small files' contents to keep (0: none).
     """
 
-    def __init__(self, capacity: int = 65536) -> None:
+    def __init__(self, capacity: int = 65536, kept_bytes: int = 16 << 20) -> None:
         self.capacity = capacity
+        self.kept_bytes = kept_bytes
         self._lock = threading.Lock()
         self._keys: collections.OrderedDict[str, FileKey] = collections.OrderedDict()
+        self._kept: collections.OrderedDict[str, tuple[FileKey, bytes]] = collections.OrderedDict()
+        self._kept_total = 0
         self.hits = self.misses = 0  # counted for tests and figures
+        self.kept_hits = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -65,14 +78,50 @@ class VerifiedFiles:
             while len(self._keys) > self.capacity:
                 self._keys.popitem(last=False)
 
+    def keep(self, path: str, key: FileKey, data: bytes) -> None:
+        """Keep *data*, read from the file at *path* while it had *key* and was verified with
+        that key (the caller checked `holds` before reading), for `kept`."""
+        if len(data) > self.kept_bytes:
+            return
+        with self._lock:
+            if self._keys.get(path) != key:  # forgotten or changed since it was checked
+                return
+            old = self._kept.pop(path, None)
+            if old is not None:
+                self._kept_total -= len(old[1])
+            self._kept[path] = (key, data)
+            self._kept_total += len(data)
+            while self._kept_total > self.kept_bytes:
+                _, (_, dropped) = self._kept.popitem(last=False)
+                self._kept_total -= len(dropped)
+
+    def kept(self, path: str, key: FileKey) -> bytes | None:
+        """The bytes kept for the file at *path*, if it still has the *key* they were read under
+        (a hit, as `holds`; a miss is not counted, as the caller then opens the file and asks
+        `holds`)."""
+        with self._lock:
+            entry = self._kept.get(path)
+            if entry is None or entry[0] != key or self._keys.get(path) != key:
+                return None
+            self._kept.move_to_end(path)
+            self.hits += 1
+            self.kept_hits += 1
+            return entry[1]
+
     def forget(self, path: str | os.PathLike[str]) -> None:
         """The file at *path* was renamed away or found damaged: hash it again if it comes back."""
         with self._lock:
-            self._keys.pop(os.fspath(path), None)
+            path = os.fspath(path)
+            self._keys.pop(path, None)
+            old = self._kept.pop(path, None)
+            if old is not None:
+                self._kept_total -= len(old[1])
 
     def clear(self) -> None:
         with self._lock:
             self._keys.clear()
+            self._kept.clear()
+            self._kept_total = 0
 
 
 class OpenCopy(NamedTuple):
@@ -104,6 +153,26 @@ def open_copy(volumes: Sequence[Volume], md5: str, size: int) -> OpenCopy | None
             os.close(fd)
             if stat.S_ISREG(st.st_mode):  # another size: not this block, and not another volume's path
                 break
+    return None
+
+
+def cached_copy(volumes: Sequence[Volume], md5: str, size: int, verified: VerifiedFiles) -> bytes | None:
+    """The kept bytes (`VerifiedFiles.kept`) of the copy `open_copy` would open, found by
+    ``stat`` alone; None when that copy is not kept under its key now (or cannot be
+    looked at), and the caller opens it instead."""
+    for volume in volumes:
+        root = os.fspath(volume.path)
+        for path in (f"{root}/{md5[:3]}/{md5}", f"{root}/{md5}"):
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError:  # open_copy logs it, and passes it over
+                return None
+            if stat.S_ISREG(st.st_mode) and st.st_size == size:
+                return verified.kept(path, file_key(st))
+            if stat.S_ISREG(st.st_mode):  # another size: as open_copy, not another volume's path
+                return None
     return None
 
 

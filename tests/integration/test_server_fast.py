@@ -121,6 +121,27 @@ def test_a_copy_changed_after_verification_is_hashed_again_and_never_sent_as_goo
     assert _get(server, path)[0] == 404
 
 
+def test_a_hot_small_block_is_served_from_kept_bytes_only_while_its_file_is_unchanged(server: KeepServer) -> None:
+    data = os.urandom(4096)
+    path = _put(server, data)
+    verified = server.blocks.verified
+    assert _get(server, path) == (200, data)  # verified by the PUT: read, sent, and kept
+    for _ in range(3):
+        assert _get(server, path) == (200, data)
+    assert verified.kept_hits == 3
+    found = server.find(path[1:33], len(data))
+    assert found is not None
+    _rewrite_keeping_mtime(found.path, bytes(len(data)))  # same inode, size, mtime: the ctime tells
+    assert _short_get(server, path) < len(data)  # hashed again, found damaged: never the kept bytes
+    assert verified.kept_hits == 3
+    found.path.write_bytes(data)  # repaired: verified again when next read, then kept again
+    for _ in range(3):
+        assert _get(server, path) == (200, data)
+    assert verified.kept_hits == 4
+    found.path.unlink()
+    assert _get(server, path)[0] == 404  # gone: kept bytes are never an answer without the file
+
+
 def test_a_copy_replaced_by_a_new_file_is_hashed_again(server: KeepServer) -> None:
     data = os.urandom(1 << 20)
     path = _put(server, data)
