@@ -216,7 +216,7 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
                  on_start: Callable[[int], None] | None) -> None:
         self._wire = wire
         self._services = list(services)
-        self._requests = list(requests)
+        self._requests: Sequence[Request] = requests  # not copied: the race builds them lazily
         self._on_start = on_start
         self._started: dict[int, float] = {}
         self._race: Race | None = None
@@ -231,7 +231,7 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
         """One more request, to *service*, in a fan-out (`Wire.fan_out`); it starts at once."""
         assert self.fan is not None  # only a fan-out takes more
         self._services.append(service)
-        self._requests.append(request)
+        self._requests = [*self._requests, request]  # (not the caller's list, appended to)
         self.fan.add(request)
 
     def started(self, index: int) -> None:

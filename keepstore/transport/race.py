@@ -87,7 +87,8 @@ class CurlRace(Iterator[Finished]):
                  clock: Callable[[], float] = time.monotonic, *, together: bool = False) -> None:
         self._slot = slot
         self._multi = slot.multi
-        self._requests = list(requests)
+        # Not copied: a hedged read's requests are built when first asked for (mostly only one).
+        self._requests: Sequence[Request] = requests
         self._hedge_after = hedge_after
         self._on_start = on_start
         self._configure = configure
@@ -111,7 +112,7 @@ class CurlRace(Iterator[Finished]):
 
     def add(self, request: Request) -> int:
         """Another request for this race (fan-out: it starts at the next step); its index."""
-        self._requests.append(request)
+        self._requests = [*self._requests, request]  # (not the caller's list, appended to)
         self._waiting.append(len(self._requests) - 1)
         return len(self._requests) - 1
 

@@ -407,3 +407,31 @@ def test_a_closed_transport_fails_each_raced_request_as_a_request_would(keep_ser
     assert [e.reason if e else None for e in errors] == ["transport is closed"] * 2
     assert not any(e.cancelled for e in errors if e)
     assert len(keep_server.requests) == 0
+
+
+def test_a_race_answered_by_its_first_request_never_builds_the_second(keep_server: KeepServer) -> None:
+    from collections.abc import Sequence
+
+    from keepstore.transport import CurlTransport, Request
+
+    data = os.urandom(4 * KiB)
+    with KeepClient(keep_server.url, copies=1) as kc:
+        loc = kc.put(data)
+    built: list[int] = []
+
+    class Lazy(Sequence[Request]):  # what a hedged read hands the race: requests made on demand
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+            if not 0 <= index < 2:
+                raise IndexError(index)
+            built.append(index)
+            return Request("GET", keep_server.url + str(loc.bare()), expected_size=loc.size)
+
+    with CurlTransport() as transport:
+        race = transport.race(Lazy(), 5.0)
+        first = next(race)  # a read stops at its first verified answer
+        race.close()
+    assert first.position == 0 and first.response is not None and first.response.body == data
+    assert set(built) == {0}
