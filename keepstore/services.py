@@ -148,15 +148,18 @@ def probe_order(loc_or_md5: Locator | str, services: Sequence[Service]) -> list[
     else:
         loc, md5 = None, loc_or_md5
     ordered: list[Service] = []
-    if loc is not None:
+    targets = loc.service_hints if loc is not None and loc.hints else ()
+    if targets:
         by_uuid = {s.uuid: s for s in services if not s.from_url_list}
-        for target in loc.service_hints:
+        for target in targets:
             if len(target) == 5:
                 ordered.append(Service(uuid=f"{target}-bi6l4-000000000000000",
                                        root=f"https://keep.{target}.arvadosapi.com/", service_type="proxy"))
             elif target in by_uuid:
                 ordered.append(by_uuid[target])
     ranked = sorted((s for s in services if not s.is_gateway), key=lambda s: s.weight(md5), reverse=True)
+    if not ordered:
+        return ranked
     seen = {s.root for s in ordered}
     ordered.extend(s for s in ranked if s.root not in seen)
     return ordered

@@ -53,6 +53,10 @@ class Headers(Mapping[str, str]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def lines(self) -> list[str]:
+        """``Name: value`` for each header, as given (what a transport sends)."""
+        return [f"{name}: {value}" for name, value in self._items.values()]
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):
             return NotImplemented

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import pycurl
 
-from .base import FanOut, Race, Request, Response, Transport, TransportError
+from .base import FanOut, Headers, Race, Request, Response, Transport, TransportError
 from .exchange import HEADER_LIMIT, BodyReader, Exchange
 from .overlap import OverlapCounts
 from .race import CurlRace, Slot
@@ -202,7 +202,8 @@ class CurlTransport(Transport):
         curl.setopt(pycurl.XFERINFOFUNCTION, exchange.on_progress)
         curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, exchange.on_body)
-        headers = [f"{name}: {value}" for name, value in request.headers.items()]
+        given = request.headers  # always Headers (Request makes them so)
+        headers = given.lines() if isinstance(given, Headers) else [f"{k}: {v}" for k, v in given.items()]
         method = request.method.upper()
         if method == "HEAD":
             curl.setopt(pycurl.NOBODY, 1)

@@ -384,9 +384,9 @@ def test_bench_hedge_runs_and_counts_one_get_per_healthy_read(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     rows = {row["case"]: row for row in json.loads(out.read_text())}
     # Healthy servers answer within the 50 ms hedge floor, so a read asks one replica; a busy
-    # machine (this suite's other worker) can stall one of the 20 reads past the floor, and
-    # then hedging it is right: at most one of them (always hedging would give 2.0).
-    assert 1.0 <= rows["healthy, 4 KiB, hedging on (round 1)"]["requests_per_get"] <= 1.05
+    # machine (this suite's other worker, a VM's stalls) can hold a few of the 20 reads past
+    # the floor, and then hedging them is right: at most five (always hedging would give 2.0).
+    assert 1.0 <= rows["healthy, 4 KiB, hedging on (round 1)"]["requests_per_get"] <= 1.25
     assert rows["healthy, 4 KiB, hedging off (round 1)"]["requests_per_get"] == 1.0
     assert rows["one late, 4 KiB, hedging off"]["requests_per_get"] == 1.0
     # Fail-back off: each read whose best replica is the late one asks the other too.
