@@ -28,3 +28,15 @@ def test_bench_quick_miss_writes_json_with_both_clients_and_ratios(tmp_path):
     assert {"miss_ms", "miss_max_ms"} <= miss["ours"].keys() == miss["theirs"].keys()
     assert len(miss["runs"]["ours"]) == len(miss["runs"]["theirs"]) == 1
     assert "miss" in proc.stdout
+
+
+def test_bench_ceilings_report_what_a_new_block_file_costs_the_volume_filesystem(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "ceilings", "--reps", "1",
+                           "--json", str(out), "--tmp", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ceilings = json.loads(out.read_text())["ceilings"]
+    assert ceilings["file_create_us"] > 0 and ceilings["file_create_after_delete_us"] > 0
+    assert "right after as many deletes" in proc.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the probe's files are gone
