@@ -44,10 +44,13 @@ class Exchange:
         self.large: HashedBody | None = None
         self._limit: int | None = 0
         self._last_header: str | None = None
+        # libcurl calls on_progress about ten times in a 4 KiB GET: ask the event directly.
+        self._cancel_set = request.cancel.is_set if request.cancel is not None else None
 
     def on_progress(self, *_counts: int) -> int:
         """libcurl's progress callback: non-zero (abort) once the request is cancelled."""
-        if self.request.cancelled:
+        cancel_set = self._cancel_set
+        if cancel_set is not None and cancel_set():
             self.cancelled = True
             return 1
         return 0

@@ -133,7 +133,11 @@ def test_repeated_hedges_leave_no_connections_or_waiting_requests_behind(
         with cluster.client(hedge=HedgePolicy(initial=0.02, floor=0.02, cap=0.02, threshold=1e9)) as kc:
             for _ in range(10):
                 assert kc.get(loc) == data
-            assert gate.arrived == 10 and gets(second) == 10
+            # Each read asked the held replica first, then the other. (A request to the held one
+            # can be dropped before its server has read it, on a machine that stalls longer than
+            # the 20 ms delay: the client's count is the one that cannot miss it.)
+            assert kc.stats().requests == 20 and gets(second) == 10
+            assert 1 <= gate.arrived <= 10
             gate.open()
             wait_until(lambda: best.open_connections == 0, what="the abandoned connections to close")
             assert kc.get(loc) == data  # the best answers again, on a new connection
@@ -391,8 +395,10 @@ def test_bench_hedge_runs_and_counts_one_get_per_healthy_read(tmp_path: Path) ->
     assert rows["one late, 4 KiB, hedging off"]["requests_per_get"] == 1.0
     # Fail-back off: each read whose best replica is the late one asks the other too.
     assert 1.0 < rows["one late, 4 KiB, hedge alone (no fail-back)"]["requests_per_get"] <= 2.0
-    assert rows["one late, 4 KiB, hedge alone (no fail-back)"]["server_gets_per_get"] == \
-        rows["one late, 4 KiB, hedge alone (no fail-back)"]["requests_per_get"]
+    # The servers saw what the client sent, less a request or two dropped (the other replica
+    # answered first) before its server had read it, when the machine stalls.
+    late = rows["one late, 4 KiB, hedge alone (no fail-back)"]
+    assert late["requests_per_get"] - 0.1 <= late["server_gets_per_get"] <= late["requests_per_get"]
     assert "load average before" in done.stdout
 
 
