@@ -9,6 +9,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import pycurl
 
@@ -202,8 +203,7 @@ class CurlTransport(Transport):
         curl.setopt(pycurl.XFERINFOFUNCTION, exchange.on_progress)
         curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, exchange.on_body)
-        given = request.headers  # always Headers (Request makes them so)
-        headers = given.lines() if isinstance(given, Headers) else [f"{k}: {v}" for k, v in given.items()]
+        headers = cast(Headers, request.headers).lines()  # Request.__post_init__ makes them Headers
         method = request.method.upper()
         if method == "HEAD":
             curl.setopt(pycurl.NOBODY, 1)
