@@ -30,6 +30,8 @@ NOT_FOUND_STATUSES = frozenset({403, 404, 410})
 FULL = 507
 
 _ID_ALPHABET = string.digits + string.ascii_lowercase
+_ID_DIGITS = bytes(ord(_ID_ALPHABET[i % 36]) for i in range(256))  # byte -> its digit (mod 36)
+_ID_DROP = bytes(range(252, 256))  # the bytes past the last whole run of 36
 
 #: Characters of a server's reason text (its answer's first line) kept in a message.
 REASON_LIMIT = 100
@@ -95,15 +97,14 @@ def reason_text(status: int, body: bytes) -> str:
 
 def new_request_id() -> str:
     """An Arvados-style request id: ``req-`` and 20 characters of ``[0-9a-z]``."""
-    # One draw of 20 base-36 digits, uniform, from the `random` module's generator (seeded from
-    # urandom, and again in a forked child): an id only tells log lines apart, and a system call
-    # per request for it showed in a 4 KiB get's profile.
-    n = random.randrange(36**20)
-    digits = []
-    for _ in range(20):
-        n, d = divmod(n, 36)
-        digits.append(_ID_ALPHABET[d])
-    return "req-" + "".join(digits)
+    # Random bytes from the `random` module's generator (seeded from urandom, and again in a
+    # forked child: an id only tells log lines apart; a system call per request showed in a
+    # 4 KiB get's profile), mapped to digits in one C call: 252 = 7 * 36, so dropping the bytes
+    # 252-255 leaves every digit equally likely. 24 bytes keep 20 but about once in 10^5 draws.
+    while True:
+        digits = random.randbytes(24).translate(_ID_DIGITS, _ID_DROP)
+        if len(digits) >= 20:
+            return "req-" + digits[:20].decode("ascii")
 
 
 class Wire:

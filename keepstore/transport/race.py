@@ -15,7 +15,7 @@ from .exchange import Exchange
 __all__ = ["CurlRace", "Slot"]
 
 # The longest one wait for socket activity lasts, so a cancel set from another thread is seen
-# by libcurl's progress callback within it (as a plain request sees it).
+# within it (a race's requests have no progress callback: each step asks their cancel events).
 _LONGEST_WAIT = 1.0
 # libcurl sometimes has no socket to wait on (a resolver without one): its documentation
 # suggests waiting a little and asking again; this little.
@@ -56,13 +56,15 @@ class Slot:
 class _Running:
     """One request in flight: its index, easy handle, exchange and start time."""
 
-    __slots__ = ("easy", "exchange", "index", "started")
+    __slots__ = ("cancel_set", "easy", "exchange", "index", "started")
 
     def __init__(self, index: int, easy: pycurl.Curl, exchange: Exchange, started: float) -> None:
         self.index = index
         self.easy = easy
         self.exchange = exchange
         self.started = started
+        cancel = exchange.request.cancel
+        self.cancel_set = cancel.is_set if cancel is not None else None
 
 
 class CurlRace(Iterator[Finished]):
@@ -139,6 +141,10 @@ class CurlRace(Iterator[Finished]):
     def _step(self) -> None:
         """Start what is due, let libcurl move, collect what ended; wait when nothing did."""
         running, waiting, multi = self._running, self._waiting, self._multi
+        for run in running.values():
+            if run.cancel_set is not None and run.cancel_set():
+                self._cancelled()
+                break
         if self._together:
             while waiting:
                 self._start(waiting.popleft())
@@ -175,6 +181,16 @@ class CurlRace(Iterator[Finished]):
         if wait > 0 and multi.select(wait) == 0 and not any(multi.fdset()):
             # No socket to wait on (select returned at once): libcurl's advice is to wait a little.
             time.sleep(min(wait, _NO_SOCKET_WAIT))
+
+    def _cancelled(self) -> None:
+        """Drop the running requests whose cancel event is set: each ends as a cancelled request."""
+        for key, run in list(self._running.items()):
+            if run.cancel_set is not None and run.cancel_set():
+                del self._running[key]
+                self._drop(run)
+                request = run.exchange.request
+                self._ready.append(Finished(run.index, error=TransportError(
+                    f"{request.method} cancelled", url=request.url.split("?", 1)[0], cancelled=True)))
 
     def _start(self, index: int) -> None:
         request = self._requests[index]

@@ -160,3 +160,18 @@ def test_a_cache_set_after_construction_is_used() -> None:
     with KeepClient(["http://127.0.0.1:1"], transport=transport, retries=0) as kc:
         kc.cache = foreign
         assert kc.get(LOC) == DATA and transport.requests == []
+
+
+def test_request_ids_are_arvados_shaped_distinct_and_use_every_digit() -> None:
+    import collections
+    import re
+
+    from keepstore.client import new_request_id
+
+    ids = [new_request_id() for _ in range(3000)]
+    assert all(re.fullmatch(r"req-[0-9a-z]{20}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    counts = collections.Counter("".join(i[4:] for i in ids))
+    # 60,000 digits: 1,667 of each of the 36, give or take 40; bytes taken mod 36 without
+    # dropping 252-255 would give four of them 1,905 each.
+    assert len(counts) == 36 and min(counts.values()) > 1467 and max(counts.values()) < 1867
