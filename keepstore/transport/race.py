@@ -16,7 +16,8 @@ __all__ = ["CurlRace", "Slot"]
 
 # The longest one wait for socket activity lasts, so a cancel set from another thread is seen
 # within it (a race's requests have no progress callback: each step asks their cancel events).
-_LONGEST_WAIT = 1.0
+# A wait ends at once when a socket is ready, so this costs a healthy transfer nothing.
+_LONGEST_WAIT = 0.1
 # libcurl sometimes has no socket to wait on (a resolver without one): its documentation
 # suggests waiting a little and asking again; this little.
 _NO_SOCKET_WAIT = 0.002
