@@ -107,7 +107,17 @@ class Locator:
             raise LocatorError(f"invalid locator {text!r}: size exceeds the 64 MiB maximum")
         for hint in hints:
             _check_hint(hint, text)
-        return cls(md5, int(size), tuple(hints))
+        return cls._checked(md5, int(size), tuple(hints))
+
+    @classmethod
+    def _checked(cls, md5: str, size: int, hints: tuple[str, ...]) -> "Locator":
+        """A locator of fields already checked (by `parse`, or taken from a valid locator),
+        without checking them again in ``__post_init__``: one is made for every read and write."""
+        loc = object.__new__(cls)
+        object.__setattr__(loc, "md5", md5)
+        object.__setattr__(loc, "size", size)
+        object.__setattr__(loc, "hints", hints)
+        return loc
 
     @classmethod
     def for_data(cls, data: bytes | bytearray | memoryview | str) -> "Locator":
@@ -152,8 +162,8 @@ class Locator:
         return dataclasses.replace(self, hints=tuple(h for h in self.hints if h[0] not in "AR"))
 
     def bare(self) -> "Locator":
-        """Just ``md5+size``."""
-        return Locator(self.md5, self.size)
+        """Just ``md5+size`` (this locator itself when it has no hints)."""
+        return self if not self.hints else Locator._checked(self.md5, self.size, ())
 
     def with_hints(self, *hints: str) -> "Locator":
         """This locator with *hints* appended."""

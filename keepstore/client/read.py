@@ -109,7 +109,11 @@ class _Read:
         self.last: dict[str, _Attempt] = {}
         self.order: list[Service] = []
         self.operation = method
-        self.subject = str(loc.bare())
+
+    @property
+    def subject(self) -> str:
+        """The block, for messages (only a failed or cancelled read has any)."""
+        return str(self.loc.bare())
 
     def run_round(self, number: int, timeout: Timeout) -> RoundResult[bytes]:
         self.order = probe_order(self.loc, self.link.wire.services())

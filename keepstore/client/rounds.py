@@ -87,7 +87,10 @@ class RoundJob(Protocol[T]):
     """One read or write, run round by round."""
 
     operation: str  # GET, HEAD or PUT
-    subject: str  # the block's locator, for messages
+
+    @property
+    def subject(self) -> str:
+        """The block's locator, for messages."""
 
     def run_round(self, number: int, timeout: Timeout) -> "RoundResult[T]":
         """Try every candidate service once (*number* counts rounds from 0) with *timeout*; may

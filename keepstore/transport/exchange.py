@@ -42,6 +42,7 @@ class Exchange:
         self.answered = False  # the final status line and headers are in (the first-byte signal)
         self.overlap = overlap
         self.large: HashedBody | None = None
+        self._whole: bytes | None = None  # a block body that came in one piece
         self._limit: int | None = 0
         self._last_header: str | None = None
         # libcurl calls on_progress about ten times in a 4 KiB GET: ask the event directly.
@@ -77,11 +78,6 @@ class Exchange:
             if (self._limit is None and self.expected_size and self.expected_size >= OVERLAP_MIN
                     and self.request.sink is None and overlap_supported()):
                 self.large = HashedBody(self.expected_size, self.overlap)
-            elif self._limit is None and self.expected_size and self.request.sink is None:
-                # Preallocate once; BytesIO.getvalue() then hands the buffer over without a copy.
-                self.body.seek(self.expected_size - 1)
-                self.body.write(b"\0")
-                self.body.seek(0)
         elif line[:1] in (" ", "\t") and self._last_header:
             self.headers[self._last_header] += " " + line.strip()
         elif ":" in line:
@@ -118,6 +114,15 @@ class Exchange:
         if self.request.sink is not None:  # the caller writes the pieces where they belong
             self.received += size
             return self.request.sink(self.received - size, chunk)
+        if self.received == 0:
+            if size == self.expected_size:  # a block in one piece (any more is too long, above): kept uncopied
+                self._whole = chunk
+                self.received = size
+                return None
+            # Preallocate once; BytesIO.getvalue() then hands the buffer over without a copy.
+            self.body.seek(self.expected_size - 1)
+            self.body.write(b"\0")
+            self.body.seek(0)
         self.body.write(chunk)
         self.received += size
         return None
@@ -127,7 +132,7 @@ class Exchange:
             large, self.large = self.large, None
             return Response(self.status, Headers(self.headers), *large.result())
         if self._limit is None and self.expected_size is not None:
-            value = self.body.getvalue()
+            value = self._whole if self._whole is not None else self.body.getvalue()
             body = value if self.received == len(value) else value[: self.received]
             md5 = self.md5.hexdigest() if self.md5 is not None else None
             size = self.received if self.request.sink is not None else None
