@@ -163,7 +163,7 @@ class Locator:
 
     def bare(self) -> "Locator":
         """Just ``md5+size`` (this locator itself when it has no hints)."""
-        return self if not self.hints else Locator._checked(self.md5, self.size, ())
+        return self if not self.hints else self._checked(self.md5, self.size, ())
 
     def with_hints(self, *hints: str) -> "Locator":
         """This locator with *hints* appended."""
