@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,25 @@ def test_requests_the_lean_reader_does_not_take_are_answered_as_before(server: K
             while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
                 answer += chunk
         assert answer.split(b" ", 2)[1] == str(status).encode(), (head, answer[:80])
+
+
+@pytest.mark.wall_clock
+def test_a_head_built_to_make_the_reader_backtrack_does_not_stall_other_connections(server: KeepServer) -> None:
+    # 60,000 spaces and a NUL in one field: the lean reader's field pattern once tried every
+    # split of the spaces, 13 s of CPU holding the interpreter lock, and every connection of
+    # the process waited. Now it refuses the head at once and the standard library answers it.
+    path = _put(server, b"plain")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as hostile:
+        hostile.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nA:".encode() + b" " * 60000 + b"\x00\r\n\r\n")
+        started = time.monotonic()  # (the server runs in this process: a socket timeout would
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)  # wait for the lock too)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"plain")
+        seconds = time.monotonic() - started
+        conn.close()
+        answer = hostile.recv(100)
+    assert answer.startswith(b"HTTP/1.1 ") and seconds < 5
 
 
 def test_a_slow_reader_of_a_verified_copy_holds_one_slot_until_the_minimum_rate_cuts_it_off(tmp_path: Path) -> None:
