@@ -205,8 +205,8 @@ class CurlTransport(Transport):
             # or for a stalled server: a set cancel event aborts the transfer there, and on the
             # main thread Python gets to run its signal handlers (Ctrl-C) instead of waiting for
             # libcurl to return. On a multi handle (a race) control comes back to Python between
-            # waits of at most a second anyway, and the race asks the events then: about ten
-            # Python calls fewer per 4 KiB GET.
+            # waits of at most a tenth of a second anyway, and the race makes the check then:
+            # about ten Python calls fewer per 4 KiB GET.
             curl.setopt(pycurl.NOPROGRESS, 0)
             curl.setopt(pycurl.XFERINFOFUNCTION, exchange.on_progress)
         curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)

@@ -49,7 +49,8 @@ class Exchange:
         self._cancel_set = request.cancel.is_set if request.cancel is not None else None
 
     def on_progress(self, *_counts: int) -> int:
-        """libcurl's progress callback: non-zero (abort) once the request is cancelled."""
+        """libcurl's progress callback (and a race's own check, each step): non-zero (abort)
+        once the request is cancelled."""
         cancel_set = self._cancel_set
         if cancel_set is not None and cancel_set():
             self.cancelled = True

@@ -15,7 +15,7 @@ from .exchange import Exchange
 __all__ = ["CurlRace", "Slot"]
 
 # The longest one wait for socket activity lasts, so a cancel set from another thread is seen
-# within it (a race's requests have no progress callback: each step asks their cancel events).
+# within it (a race's requests have no progress callback: each step makes the check for them).
 # A wait ends at once when a socket is ready, so this costs a healthy transfer nothing.
 _LONGEST_WAIT = 0.1
 # libcurl sometimes has no socket to wait on (a resolver without one): its documentation
@@ -57,15 +57,13 @@ class Slot:
 class _Running:
     """One request in flight: its index, easy handle, exchange and start time."""
 
-    __slots__ = ("cancel_set", "easy", "exchange", "index", "started")
+    __slots__ = ("easy", "exchange", "index", "started")
 
     def __init__(self, index: int, easy: pycurl.Curl, exchange: Exchange, started: float) -> None:
         self.index = index
         self.easy = easy
         self.exchange = exchange
         self.started = started
-        cancel = exchange.request.cancel
-        self.cancel_set = cancel.is_set if cancel is not None else None
 
 
 class CurlRace(Iterator[Finished]):
@@ -143,7 +141,7 @@ class CurlRace(Iterator[Finished]):
         """Start what is due, let libcurl move, collect what ended; wait when nothing did."""
         running, waiting, multi = self._running, self._waiting, self._multi
         for run in running.values():
-            if run.cancel_set is not None and run.cancel_set():
+            if run.exchange.on_progress():  # the check libcurl makes for a request on an easy handle
                 self._cancelled()
                 break
         if self._together:
@@ -186,7 +184,7 @@ class CurlRace(Iterator[Finished]):
     def _cancelled(self) -> None:
         """Drop the running requests whose cancel event is set: each ends as a cancelled request."""
         for key, run in list(self._running.items()):
-            if run.cancel_set is not None and run.cancel_set():
+            if run.exchange.on_progress():
                 del self._running[key]
                 self._drop(run)
                 request = run.exchange.request
