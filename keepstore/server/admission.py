@@ -25,7 +25,12 @@ class Admission:
     def __init__(self, max_requests: int, max_connections: int = 1024) -> None:
         self.max_requests = max_requests
         self.max_connections = max_connections
-        self._state = threading.Condition(threading.Lock())  # never re-entered: a plain lock is cheaper
+        # Every count is guarded by the plain lock, taken directly (a C call: a Condition's
+        # ``with`` is Python code, and this runs four times per request); the condition on it
+        # is notified only while `drain` waits, the one wait there is.
+        self._lock = threading.Lock()
+        self._state = threading.Condition(self._lock)
+        self._draining = 0  # threads waiting in drain()
         self._inflight = 0
         self._connections: dict[socket.socket, float | None] = {}  # -> waiting since (None: busy)
         self.evicted = 0  # idle connections closed to make room (for tests and figures)
@@ -33,18 +38,18 @@ class Admission:
     @property
     def in_flight(self) -> int:
         """How many requests hold a slot now."""
-        with self._state:
+        with self._lock:
             return self._inflight
 
     @property
     def connections(self) -> int:
         """How many connections are open now."""
-        with self._state:
+        with self._lock:
             return len(self._connections)
 
     def admit(self) -> bool:
         """Take a slot; False when all *max_requests* are taken."""
-        with self._state:
+        with self._lock:
             if self._inflight >= self.max_requests:
                 return False
             self._inflight += 1
@@ -52,13 +57,14 @@ class Admission:
 
     def release(self) -> None:
         """Give back a slot `admit()` gave."""
-        with self._state:
+        with self._lock:
             self._inflight -= 1
-            self._state.notify_all()
+            if self._draining:
+                self._state.notify_all()
 
     def opened(self, conn: socket.socket) -> bool:
         """Register a new connection (waiting for its first request); False: refuse it."""
-        with self._state:
+        with self._lock:
             if len(self._connections) >= self.max_connections and not self._evict(1):
                 return False
             self._connections[conn] = time.monotonic()
@@ -66,24 +72,25 @@ class Admission:
 
     def waiting(self, conn: socket.socket) -> None:
         """*conn* waits for its next request (it may be closed to make room)."""
-        with self._state:
+        with self._lock:
             if conn in self._connections:
                 self._connections[conn] = time.monotonic()
 
     def busy(self, conn: socket.socket) -> None:
         """*conn* is sending or being answered a request."""
-        with self._state:
+        with self._lock:
             if conn in self._connections:
                 self._connections[conn] = None
 
     def closed(self, conn: socket.socket) -> None:
-        with self._state:
+        with self._lock:
             self._connections.pop(conn, None)
-            self._state.notify_all()
+            if self._draining:
+                self._state.notify_all()
 
     def evict_idle(self, count: int) -> int:
         """Close up to *count* connections waiting for a request, longest-waiting first."""
-        with self._state:
+        with self._lock:
             return self._evict(count)
 
     def _evict(self, count: int) -> int:
@@ -98,9 +105,13 @@ class Admission:
     def drain(self, grace: float) -> None:
         """Wait (up to *grace* s) for the requests in flight, then shut every connection down."""
         deadline = time.monotonic() + grace
-        with self._state:
-            while self._inflight and (remaining := deadline - time.monotonic()) > 0:
-                self._state.wait(remaining)
+        with self._lock:
+            self._draining += 1
+            try:
+                while self._inflight and (remaining := deadline - time.monotonic()) > 0:
+                    self._state.wait(remaining)
+            finally:
+                self._draining -= 1
             connections = list(self._connections)
         for conn in connections:  # idle keep-alive connections (and stragglers past the grace)
             with contextlib.suppress(OSError):  # already closed by its handler
