@@ -59,7 +59,7 @@ class Admission:
         """Give back a slot `admit()` gave."""
         with self._lock:
             self._inflight -= 1
-            if self._draining:
+            if self._draining:  # only drain() waits, and only on this count
                 self._state.notify_all()
 
     def opened(self, conn: socket.socket) -> bool:
@@ -84,9 +84,7 @@ class Admission:
 
     def closed(self, conn: socket.socket) -> None:
         with self._lock:
-            self._connections.pop(conn, None)
-            if self._draining:
-                self._state.notify_all()
+            self._connections.pop(conn, None)  # drain() waits on requests, not connections: no notify
 
     def evict_idle(self, count: int) -> int:
         """Close up to *count* connections waiting for a request, longest-waiting first."""
