@@ -42,7 +42,7 @@ class KeepServer:
     `requests` records what was asked. See ``docs/server.md``.
 
     Args:
-        volumes: block directories (`Volume`, ``"DIR[:class,...]"`` text, or a path).
+        volumes: block directories (`Volume`, ``"DIR[:class,...]"`` text, or a path), or one.
         host: the address to listen on.
         port: the port (0: a free one, known after `start()`).
         signing_key: the blob signing key; PUT answers are then signed for the caller's token.
@@ -77,7 +77,7 @@ class KeepServer:
 
     def __init__(
         self,
-        volumes: Sequence[Volume | str | os.PathLike[str]],
+        volumes: Sequence[Volume | str | os.PathLike[str]] | Volume | str | os.PathLike[str],
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -104,6 +104,8 @@ class KeepServer:
         reuse_port: bool = False,
         background: bool = True,
     ) -> None:
+        if isinstance(volumes, (Volume, str, os.PathLike)):  # one volume (a str is not a list of them)
+            volumes = [volumes]
         if not volumes:
             raise ConfigError("keep serve needs at least one --volume")
         if require_signatures and not signing_key:

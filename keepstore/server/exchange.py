@@ -16,8 +16,8 @@ from .faults import FaultKind
 from .wire import Headers
 
 __all__ = ["BUSY", "BodyAction", "Exchange", "Refusal", "RequestRecord", "block_target", "decimal",
-           "framing_refusal", "public_path", "put_refusal", "read_target", "unmodified_since",
-           "wants_local_signature"]
+           "framing_refusal", "public_path", "put_refusal", "read_target", "request_id_of", "token_of",
+           "unmodified_since", "wants_local_signature"]
 
 MD5_PATH = re.compile(r"/([0-9a-f]{32})(?:\+([0-9]+))?\Z")
 _BLOCK_OF_PATH = re.compile(r"/([0-9a-f]{32})(?:\+|\Z)")
@@ -132,11 +132,7 @@ class Exchange:
 
     @property
     def token(self) -> str | None:
-        auth = self.headers.get("Authorization", "")
-        for scheme in ("Bearer ", "OAuth2 "):
-            if auth.startswith(scheme):
-                return auth[len(scheme):].strip() or None
-        return None
+        return token_of(self.headers)
 
     @functools.cached_property
     def length(self) -> int | None:
@@ -149,12 +145,26 @@ class Exchange:
 
     @property
     def request_id(self) -> str:
-        rid = self.headers.get("X-Request-Id", "")
-        return rid if _REQUEST_ID.match(rid) else ""
+        return request_id_of(self.headers)
 
     @property
     def storage_classes(self) -> list[str]:
         return [c.strip() for c in self.headers.get("X-Keep-Storage-Classes", "").split(",") if c.strip()]
+
+
+def token_of(headers: Message | Headers) -> str | None:
+    """The token an ``Authorization: Bearer`` (or ``OAuth2``) header carries, or None."""
+    auth = headers.get("Authorization", "")
+    for scheme in ("Bearer ", "OAuth2 "):
+        if auth.startswith(scheme):
+            return auth[len(scheme):].strip() or None
+    return None
+
+
+def request_id_of(headers: Message | Headers) -> str:
+    """The ``X-Request-Id`` sent, when it is one we repeat in logs (short, plain), else ""."""
+    rid = headers.get("X-Request-Id", "")
+    return rid if _REQUEST_ID.match(rid) else ""
 
 
 def framing_refusal(version: str, headers: Message | Headers) -> Refusal | None:

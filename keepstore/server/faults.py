@@ -245,6 +245,12 @@ class FaultPlan:
         return None
 
     @property
+    def planned(self) -> bool:
+        """Whether any rule was added since the last `clear()` (spent ones included): read
+        without the lock, by a request that takes no fault when there is none."""
+        return bool(self._rules)
+
+    @property
     def pending(self) -> int:
         """How many uses of counted rules are left (rules without a count are not included)."""
         with self._lock:

@@ -38,6 +38,7 @@ from .exchange import (
     wants_local_signature,
 )
 from .faults import Fault, FaultKind
+from .quick import QUICK_MAX, Served, account, quick_get
 from .shaping import Before, before, shape_body
 from .trash import Outcome
 from .verified import cached_copy, file_key, open_copy, send_file
@@ -46,13 +47,11 @@ from .wire import MAX_HEAD, read_head, response_head
 __all__ = ["MIN_BODY_RATE", "Context", "KeepHandler"]
 
 log = logging.getLogger("keepstore.server")
-access_log = logging.getLogger("keepstore.server.access")
 
 _INDEX_PATH = re.compile(r"/index(?:/([0-9a-f]{0,32}))?\Z")
 _UNTRASH_PATH = re.compile(r"/untrash(/.*)\Z")
 _QUERY = re.compile(r"\?[^\s'\"]*")
 _SOCKET_PIECE = 64 << 10  # sent this much per socket write
-_SMALL_BODY = 64 << 10  # a body up to this size goes out with its head in one write
 
 
 class _Abort(Exception):
@@ -134,6 +133,11 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         try:
             set_timeout(self.connection, self.ctx.idle_timeout)
             if (head.headers.get("Expect") or "").lower() == "100-continue" and not self.handle_expect_100():
+                return True
+            if self.server.tls is None and (served := quick_get(
+                    self.ctx, self.connection, head, close=self.close_connection, server=self.version_string(),
+                    client=self.client_address[0])) is not Served.PASSED:
+                self.close_connection |= served is Served.LOST
                 return True
             getattr(self, "do_" + head.command)()
         except TimeoutError as exc:  # as the standard library's handle_one_request
@@ -251,17 +255,13 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         return ex.record
 
     def _log(self, ex: Exchange) -> None:
-        seconds = time.monotonic() - ex.start
         record = self._remember(ex, ex.status)
         record.status = ex.status
         record.bytes_out = ex.bytes_out
-        record.seconds = seconds
+        record.seconds = time.monotonic() - ex.start
         record.fault = ex.fault.value if ex.fault else None
-        access_log.info('%s "%s %s" %s %d %.1fms %s', self.client_address[0], ex.method, record.path, ex.status,
-                        record.bytes_out, seconds * 1000, record.request_id or "-")
-        if self.ctx.metrics is not None:
-            stored = ex.length or 0 if ex.method == "PUT" and ex.status == 200 else 0
-            self.ctx.metrics.observe(ex.method or "?", ex.status, seconds, stored, ex.bytes_out)
+        stored = ex.length or 0 if ex.method == "PUT" and ex.status == 200 else 0
+        account(self.ctx, self.client_address[0], record, stored)
 
     def _route(self, ex: Exchange) -> None:
         method = ex.method
@@ -375,7 +375,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         verified, volumes = self.ctx.blocks.verified, self.ctx.blocks.volumes
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         unread = fault is None and self.server.tls is None
-        if unread and size <= _SMALL_BODY and (data := cached_copy(volumes, md5, size, verified)) is not None:
+        if unread and size <= QUICK_MAX and (data := cached_copy(volumes, md5, size, verified)) is not None:
             ex.send_size = size
             return self._head_only(ex, 200, headers, data)
         copy = open_copy(volumes, md5, size)
@@ -407,7 +407,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
                      keep: Callable[[bytes], object]) -> None:
         """A verified copy: a small one read, *kept*, and sent with its head in one write, a big
         one by ``sendfile`` under the same idle timeout and minimum rate as every response."""
-        if size <= _SMALL_BODY:
+        if size <= QUICK_MAX:
             data = os.pread(fd, size, 0)
             if len(data) != size:  # truncated since its stat: never send a short body as whole
                 raise _Abort()
@@ -490,7 +490,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         all_headers = {"Content-Length": str(len(body)), "Content-Type": "text/plain; charset=utf-8"}
         all_headers.update(headers or {})
         ex.send_size = len(body)
-        small = ex.method != "HEAD" and len(body) <= _SMALL_BODY
+        small = ex.method != "HEAD" and len(body) <= QUICK_MAX
         self._head_only(ex, status, all_headers, body if small else b"")
         if ex.method != "HEAD" and not small:
             self._send(ex, body)

@@ -47,6 +47,13 @@ class Headers:
     def get_all(self, name: str, failobj: Any = None) -> Any:
         return list(self._all.get(name.lower(), ())) or failobj
 
+    def bodiless(self) -> bool:
+        """A Host, and no Content-Length, Transfer-Encoding or Expect: a request with no body
+        and nothing in its framing for `framing_refusal` to refuse."""
+        fields = self._all
+        return ("host" in fields and "content-length" not in fields and "transfer-encoding" not in fields
+                and "expect" not in fields)
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._all
 
