@@ -124,6 +124,7 @@ def test_a_full_server_answers_a_kept_block_503_until_a_slot_frees(tmp_path: Pat
         data = os.urandom(4096)
         path = _kept(server, data)
         other = os.urandom(4096)
+        wait_until(lambda: server.admission.in_flight == 0, what="the warm-up GETs ended")
         held = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         try:  # a PUT whose body has not all arrived holds the only slot
             held.sendall(f"PUT /{hashlib.md5(other).hexdigest()} HTTP/1.1\r\nHost: x\r\n"
