@@ -10,13 +10,14 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Body", "DeadlineReader", "KeepHTTPServer", "send_now", "set_timeout"]
+__all__ = ["Body", "DeadlineReader", "KeepHTTPServer", "reset_on_close", "send_now", "set_timeout"]
 
 log = logging.getLogger("keepstore.server")
 
@@ -81,6 +82,13 @@ def set_timeout(sock: socket.socket, seconds: float) -> None:
     call (the socket's blocking mode is set again), and a request would make several."""
     if sock.gettimeout() != seconds:
         sock.settimeout(seconds)
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make closing *sock* reset it (``SO_LINGER`` 0): for a reader too slow to take its answer,
+    whose unsent bytes the kernel would otherwise go on trying to deliver."""
+    with contextlib.suppress(OSError):  # already gone
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def send_now(sock: socket.socket, data: bytes) -> None:

@@ -10,7 +10,6 @@ import os
 import re
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ from .._version import __version__
 from ..errors import scrub
 from ..locator import MAX_BLOCK_SIZE
 from .blocks import BlockDamaged, verified_chunks
-from .connection import Body, DeadlineReader, KeepHTTPServer, send_now, set_timeout
+from .connection import Body, DeadlineReader, KeepHTTPServer, reset_on_close, send_now, set_timeout
 from .context import MIN_BODY_RATE, Context
 from .exchange import (
     BUSY,
@@ -38,11 +37,11 @@ from .exchange import (
     wants_local_signature,
 )
 from .faults import Fault, FaultKind
-from .quick import QUICK_MAX, Served, account, quick_get
+from .quick import Served, account, quick_get
 from .shaping import Before, before, shape_body
 from .trash import Outcome
 from .verified import cached_copy, file_key, open_copy, send_file
-from .wire import MAX_HEAD, read_head, response_head
+from .wire import MAX_HEAD, SMALL_BODY, read_head, response_head
 
 __all__ = ["MIN_BODY_RATE", "Context", "KeepHandler"]
 
@@ -226,8 +225,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
             log.debug("%s %s: connection lost: %s", ex.method, ex.public_path, exc)
             self.close_connection = True
             if isinstance(exc, TimeoutError):  # too slow: reset, or the kernel keeps sending its buffer
-                with contextlib.suppress(OSError):  # already gone
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                reset_on_close(self.connection)
             ex.status = ex.status or 499
         except Exception:  # a bug must cost one request, not the server
             log.exception("%s %s failed", ex.method, ex.public_path)
@@ -375,7 +373,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         verified, volumes = self.ctx.blocks.verified, self.ctx.blocks.volumes
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         unread = fault is None and self.server.tls is None
-        if unread and size <= QUICK_MAX and (data := cached_copy(volumes, md5, size, verified)) is not None:
+        if unread and size <= SMALL_BODY and (data := cached_copy(volumes, md5, size, verified)) is not None:
             ex.send_size = size
             return self._head_only(ex, 200, headers, data)
         copy = open_copy(volumes, md5, size)
@@ -407,7 +405,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
                      keep: Callable[[bytes], object]) -> None:
         """A verified copy: a small one read, *kept*, and sent with its head in one write, a big
         one by ``sendfile`` under the same idle timeout and minimum rate as every response."""
-        if size <= QUICK_MAX:
+        if size <= SMALL_BODY:
             data = os.pread(fd, size, 0)
             if len(data) != size:  # truncated since its stat: never send a short body as whole
                 raise _Abort()
@@ -490,7 +488,7 @@ class KeepHandler(http.server.BaseHTTPRequestHandler):
         all_headers = {"Content-Length": str(len(body)), "Content-Type": "text/plain; charset=utf-8"}
         all_headers.update(headers or {})
         ex.send_size = len(body)
-        small = ex.method != "HEAD" and len(body) <= QUICK_MAX
+        small = ex.method != "HEAD" and len(body) <= SMALL_BODY
         self._head_only(ex, status, all_headers, body if small else b"")
         if ex.method != "HEAD" and not small:
             self._send(ex, body)

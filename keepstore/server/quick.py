@@ -3,27 +3,24 @@ served in one pass, and the accounting every request ends with."""
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import re
 import socket
-import struct
 import time
 
 from ..errors import LocatorError
 from ..locator import Locator
-from .connection import send_now
+from .connection import reset_on_close, send_now
 from .context import Context
 from .exchange import RequestRecord, public_path, request_id_of, token_of
 from .verified import cached_copy
-from .wire import LeanRequest, response_head
+from .wire import SMALL_BODY, LeanRequest, response_head
 
-__all__ = ["QUICK_MAX", "Served", "account", "quick_get"]
+__all__ = ["Served", "account", "quick_get"]
 
 access_log = logging.getLogger("keepstore.server.access")
 
-QUICK_MAX = 64 << 10  # the largest block the quick GET answers (a body sent with its head in one write)
 # A sized locator, bare or with one +A signature and no other hint: anything else (a remote
 # signature, a hint, a size with leading zeros or over five digits) takes the general path.
 _QUICK_PATH = re.compile(r"/([0-9a-f]{32})\+([1-9][0-9]{0,4})(\+A[0-9a-f]{40}@[0-9a-f]{8})?\Z")
@@ -54,7 +51,7 @@ def quick_get(ctx: Context, conn: socket.socket, head: LeanRequest, *, close: bo
     if match is None or not head.headers.bodiless() or ctx.faults.planned:
         return Served.PASSED
     md5, size = match.group(1), int(match.group(2))
-    if size > QUICK_MAX:
+    if size > SMALL_BODY:  # sent with its head in one write, or not here
         return Served.PASSED
     permissions = ctx.permissions
     if permissions.require_signatures:  # a denial is answered by the general path, with its reason
@@ -79,9 +76,8 @@ def quick_get(ctx: Context, conn: socket.socket, head: LeanRequest, *, close: bo
             record.bytes_out = size
         except OSError as exc:  # gone, or too slow to take 64 KiB within the idle timeout
             served = Served.LOST
-            if isinstance(exc, TimeoutError):  # reset, or the kernel keeps sending its buffer
-                with contextlib.suppress(OSError):  # already gone
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if isinstance(exc, TimeoutError):
+                reset_on_close(conn)
         record.seconds = time.monotonic() - start
         account(ctx, client, record, 0)
         return served

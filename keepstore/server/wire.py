@@ -9,8 +9,9 @@ import time
 from http import HTTPStatus
 from typing import Any
 
-__all__ = ["MAX_HEAD", "Headers", "LeanRequest", "http_date", "read_head", "response_head"]
+__all__ = ["MAX_HEAD", "SMALL_BODY", "Headers", "LeanRequest", "http_date", "read_head", "response_head"]
 
+SMALL_BODY = 64 << 10  # an answer body up to this size goes out with its head in one write
 MAX_HEAD = 64 * 1024  # a head bigger than this goes to the standard library's parser (and its limits)
 _MAX_HEADERS = 100  # the standard library's limit: more is its 431, so more goes to it
 # The request lines this reader takes: the methods keep serve answers, an origin-form target
