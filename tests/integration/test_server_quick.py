@@ -31,16 +31,23 @@ def _request(server: KeepServer, method: str, path: str, headers: dict[str, str]
 
 
 def _kept(server: KeepServer, data: bytes, headers: dict[str, str] | None = None) -> str:
-    """Store *data* and GET it once, so its bytes are kept: the next GET is a quick one."""
+    """Store *data* and GET it once, so its bytes are kept: the next GET is a quick one. Each
+    request's slot is freed before the next is sent (a slot is given back after the answer is
+    out, so with ``max_requests=1`` the next request could otherwise find it still taken)."""
+    def ended() -> None:
+        wait_until(lambda: server.admission.in_flight == 0, what="the request ended")
+
     md5 = hashlib.md5(data).hexdigest()
     status, _, _ = _request(server, "PUT", f"/{md5}", headers, data)
     assert status == 200
+    ended()
     path = f"/{md5}+{len(data)}"
     if server.permissions.require_signatures:
         path = "/" + str(sign_locator(Locator(md5, len(data)), key=KEY, token=TOKEN))
     hits = server.blocks.verified.kept_hits
-    assert _request(server, "GET", path, headers)[0] == 200
-    assert _request(server, "GET", path, headers)[0] == 200
+    for _ in range(2):
+        assert _request(server, "GET", path, headers)[0] == 200
+        ended()
     assert server.blocks.verified.kept_hits > hits  # kept: served from memory
     return path
 
