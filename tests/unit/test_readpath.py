@@ -22,19 +22,35 @@ BLOCK = 64 * 1024  # small blocks so files span many of them
 
 
 class CountingStore(LocalStore):
-    """A real LocalStore that records which blocks were fetched, and by which thread."""
+    """A real LocalStore that records which blocks were fetched, and by which thread.
+
+    With ``meet`` set, each fetch waits (up to 10 s) until two fetches are in flight at once,
+    so a test of parallel fetching does not depend on how the scheduler happened to run them.
+    """
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, fsync=False)
         self.fetched: list[str] = []
         self.threads: set[str] = set()
-        self._count_lock = threading.Lock()
+        self.meet = False
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._count_lock = threading.Condition()
 
     def get(self, locator: LocatorLike, *, request_id: str | None = None) -> bytes:
         with self._count_lock:
             self.fetched.append(Locator.parse(str(locator)).md5)
             self.threads.add(threading.current_thread().name)
-        return super().get(locator, request_id=request_id)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self._count_lock.notify_all()
+            if self.meet and not self._count_lock.wait_for(lambda: self.most_in_flight >= 2, timeout=10):
+                self.meet = False  # nobody came: the rest need not wait too
+        try:
+            return super().get(locator, request_id=request_id)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
 
 
 def write_dataset(store: LocalStore, files: dict[str, bytes], dirs: Iterable[str] = ()) -> str:
@@ -174,8 +190,10 @@ def test_a_read_over_many_blocks_fetches_them_in_parallel(tree: ReadPath, store:
                                                           files: dict[str, bytes]) -> None:
     store.fetched.clear()
     store.threads.clear()
+    store.meet = True  # a serial reader leaves the first fetch waiting out its 10 s alone
     assert tree.read("data/big.bin", 0, 6 * BLOCK, sequential=False) == files["data/big.bin"][:6 * BLOCK]
     assert sorted(store.fetched) == blocks_of(tree, "data/big.bin", [(0, 6 * BLOCK)])
+    assert store.most_in_flight >= 2
     assert len({name for name in store.threads if name.startswith("keep-read")}) > 1
 
 
