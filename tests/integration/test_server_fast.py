@@ -224,7 +224,7 @@ def test_a_head_built_to_make_the_reader_backtrack_does_not_stall_other_connecti
 
 def test_a_slow_reader_of_a_verified_copy_holds_one_slot_until_the_minimum_rate_cuts_it_off(tmp_path: Path) -> None:
     data = os.urandom(16 << 20)
-    with KeepServer([tmp_path / "v"], max_requests=1, idle_timeout=2, min_rate=8 << 20, fsync=False) as s:
+    with KeepServer([tmp_path / "v"], max_requests=1, idle_timeout=8, min_rate=8 << 20, fsync=False) as s:
         path = _put(s, data)
         wait_until(lambda: s.in_flight == 0, 20, what="the PUT's slot given back")  # freed after its answer
         assert _get(s, path) == (200, data)  # verified: the slow reader gets sendfile
