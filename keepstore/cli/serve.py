@@ -7,9 +7,11 @@ import contextlib
 import logging
 import os
 import re
+import select
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +110,26 @@ def build_server(args: argparse.Namespace) -> KeepServer:
     )
 
 
+def wait_for_workers(ready: int, count: int, logger: logging.Logger, timeout: float = 60.0) -> None:
+    """Read one byte per worker from the *ready* pipe (each writes it once its socket listens),
+    so "listening" is announced only when every worker takes connections. A worker that dies
+    first closes its end: the read sees end-of-file and the parent goes on with those left."""
+    got, deadline = 0, time.monotonic() + timeout
+    try:
+        while got < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([ready], [], [], left)[0]:
+                logger.warning("%d of %d worker(s) not listening after %.0f s", count - got, count, timeout)
+                return
+            chunk = os.read(ready, count - got)
+            if not chunk:  # every worker's end is closed: the rest died before listening
+                logger.warning("%d of %d worker(s) exited before listening", count - got, count)
+                return
+            got += len(chunk)
+    finally:
+        os.close(ready)
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal arrives; in-flight requests finish before the process exits."""
     workers = getattr(args, "workers", 1)
@@ -133,15 +155,21 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server.listen()  # the port, before any thread runs: workers fork from here
     parent, children = os.getpid(), list[int]()
+    ready_r, ready_w = os.pipe()  # each worker writes one byte once its own socket listens
     for _ in range(workers - 1):
         pid = os.fork()
         if pid == 0:  # a worker: its own socket on the port, no background jobs (the first process runs them)
             children, server.background = [], False
+            os.close(ready_r)
             server.relisten()
+            os.write(ready_w, b".")
+            os.close(ready_w)
             break
         children.append(pid)
     server.start()
     if os.getpid() == parent:
+        os.close(ready_w)
+        wait_for_workers(ready_r, len(children), logger)
         print(f"listening on {server.url}", flush=True)
     while not done.wait(0.5):
         if os.getpid() != parent and os.getppid() != parent:  # the first process is gone: so is this worker
