@@ -24,8 +24,12 @@ from keepstore.testing import KeepCluster, wait_until
 
 KiB = 1024
 MiB = 1024 * KiB
-# A short hedge delay that no learning moves: these tests decide who is slow with faults.
+# A short hedge delay that no learning moves: these tests decide who is slow with faults. Only
+# where a gate holds the first replica, so the hedge is sure to be sent, however busy the machine.
 QUICK = HedgePolicy(initial=0.02, floor=0.02, cap=0.02)
+# A hedge delay that no first byte on a busy machine outlasts: where a test counts requests that
+# must not be hedged, a stall or a hold (which is longer still) is what makes a replica slow.
+PATIENT = HedgePolicy(initial=0.5, floor=0.5, cap=0.5)
 
 
 class Clock:
@@ -64,6 +68,8 @@ def test_a_get_held_before_its_first_byte_is_answered_by_the_next_replica(
     try:
         with cluster.client(hedge=QUICK) as kc:  # without hedging this get waits 60 s at the gate
             assert kc.get(loc) == data
+        # The held request was sent first; its server may read it only after the hedge answered.
+        wait_until(lambda: gate.arrived >= 1, what="the best replica's GET to reach its gate")
         assert gate.arrived == 1 and gets(second) == 1
     finally:
         gate.open()
@@ -146,13 +152,16 @@ def test_repeated_hedges_leave_no_connections_or_waiting_requests_behind(
 
 
 def test_a_transfer_whose_headers_arrived_is_never_hedged(keep_cluster_factory: Callable[..., KeepCluster]) -> None:
-    """The best replica sends its headers at once and then stalls its body 25 times longer
+    """The best replica sends its headers at once and then stalls its body five times longer
     than the hedge delay: the read waits for it and never asks the other replica."""
     cluster = keep_cluster_factory(2)
     loc, data, (best, second) = stored_on_all(cluster)
-    best.faults.stall(0.5, methods="GET")
-    with cluster.client(hedge=QUICK) as kc:
+    best.faults.stall(2.5, methods="GET")
+    with cluster.client(hedge=PATIENT) as kc:
         assert kc.get(loc) == data
+        # What the client sent: a hedge dropped at once beside the streaming answer may never
+        # be read by its server.
+        assert kc.stats().requests == 1
     assert (gets(best), gets(second)) == (1, 0)
 
 
@@ -172,28 +181,56 @@ def test_no_hedge_when_disabled(keep_cluster_factory: Callable[..., KeepCluster]
 
 
 def test_at_most_one_extra_request_is_in_flight(keep_cluster_factory: Callable[..., KeepCluster]) -> None:
-    """The two best replicas answer 0.5 s late: the third is never asked, although the hedge
-    delay (20 ms) passes 25 times over while the first two are in flight."""
+    """The two best replicas are held: the third is never asked, although the hedge delay
+    (20 ms) passes 25 times over while the first two are in flight."""
     cluster = keep_cluster_factory(3)
     loc, data, (best, second, third) = stored_on_all(cluster)
-    gates = [Gate(), Gate()]  # they only count: each request goes on after 0.5 s
-    best.faults.hold(gates[0], methods="GET", timeout=0.5)
-    second.faults.hold(gates[1], methods="GET", timeout=0.5)
-    with cluster.client(hedge=QUICK) as kc:
-        assert kc.get(loc) == data
-    assert (gates[0].arrived, gates[1].arrived, gets(third)) == (1, 1, 0)
+    gates = [Gate(), Gate()]
+    best.faults.hold(gates[0], methods="GET", timeout=60.0)
+    second.faults.hold(gates[1], methods="GET", timeout=60.0)
+    result: list[bytes] = []
+    try:
+        with cluster.client(hedge=QUICK) as kc:
+            reader = threading.Thread(target=lambda: result.append(kc.get(loc)))
+            reader.start()
+            gates[0].wait_for(1, timeout=30)
+            gates[1].wait_for(1, timeout=30)  # the hedge is in flight beside the first request
+            # The window in which a third request would be sent (it would answer at once and end
+            # the read): 25 hedge delays, an observation, not synchronisation.
+            reader.join(0.5)
+            assert reader.is_alive() and gets(third) == 0
+            for gate in gates:
+                gate.open()
+            reader.join(30)
+        assert not reader.is_alive() and result == [data]
+        assert (gates[0].arrived, gates[1].arrived, gets(third)) == (1, 1, 0)
+    finally:
+        for gate in gates:
+            gate.open()
 
 
 def test_a_late_replica_still_answers_when_its_hedge_fails(keep_cluster_factory: Callable[..., KeepCluster]) -> None:
     cluster = keep_cluster_factory(2)
     loc, data, (best, second) = stored_on_all(cluster)
-    best.faults.delay(0.3, methods="GET", times=1)
+    gate = Gate()
+    best.faults.hold(gate, methods="GET", times=1, timeout=60.0)
     second.faults.fail(503, methods="GET", times=None)
     waits: list[float] = []
-    with cluster.client(hedge=QUICK, sleep=waits.append) as kc:
-        assert kc.get(loc) == data
-    # One round: the best is late, the hedge to the second gets 503, the best answers after all.
-    assert (gets(best), gets(second)) == (1, 1) and waits == []
+    result: list[bytes] = []
+    try:
+        with cluster.client(hedge=QUICK, sleep=waits.append) as kc:
+            reader = threading.Thread(target=lambda: result.append(kc.get(loc)))
+            reader.start()
+            gate.wait_for(1, timeout=30)  # the best is late (held until the hedge has failed) ...
+            wait_until(lambda: kc.stats().failures.get(second.url, 0) == 1,
+                       timeout=30, what="the hedge's 503 to reach the client")
+            gate.open()  # ... and answers after all
+            reader.join(30)
+        # One round: the best is late, the hedge to the second gets 503, the best answers after all.
+        assert not reader.is_alive() and result == [data]
+        assert (gets(best), gets(second)) == (1, 1) and waits == []
+    finally:
+        gate.open()
 
 
 def test_a_hedge_that_also_fails_falls_through_to_the_retry_rounds(
@@ -205,8 +242,10 @@ def test_a_hedge_that_also_fails_falls_through_to_the_retry_rounds(
     second.faults.fail(503, methods="GET", times=1)
     waits: list[float] = []
     try:
-        with cluster.client(hedge=QUICK, sleep=waits.append, timeout=Timeout(connect=1, read=1),
-                            clock=Clock()) as kc:
+        # The hedge delay is short of the read timeout (round 1 hedges: the best is held) and
+        # longer than any first byte of round 2's best (which must not be hedged).
+        with cluster.client(hedge=HedgePolicy(initial=1.0, floor=1.0, cap=1.0), sleep=waits.append,
+                            timeout=Timeout(connect=1, read=2), clock=Clock()) as kc:
             assert kc.get(loc) == data
         # Round 1: the best is held until the read timeout, its hedge gets 503; one backoff,
         # then round 2 asks the best first again (both failed once, at the same clock time).
@@ -221,9 +260,12 @@ def test_a_64_mib_get_slower_than_the_hedge_delay_is_asked_once(
     """The body takes several hedge delays to arrive, its first byte none: one GET."""
     cluster = keep_cluster_factory(2)
     loc, data, servers = stored_on_all(cluster, 64 * MiB)
-    with cluster.client(hedge=HedgePolicy(initial=0.05, floor=0.05, cap=0.05)) as kc:
+    for server in servers:  # 2 s a body: four hedge delays, while its first byte takes none
+        server.faults.throttle(32 * MiB, methods="GET", times=None)
+    with cluster.client(hedge=PATIENT) as kc:
         for _ in range(2):
             assert kc.get(loc) == data
+        assert kc.stats().requests == 2  # sent (a hedge dropped beside a streaming answer may go unread)
     assert sum(gets(server) for server in servers) == 2
 
 
@@ -334,15 +376,25 @@ def pair_with_dataset(keep_cluster_factory: Callable[..., KeepCluster]):
     return cluster, files, receipt, big
 
 
+def gets_per_server_and_block(cluster: KeepCluster) -> collections.Counter[tuple[str, str]]:
+    return collections.Counter((server.url, r.path.strip("/").split("+")[0]) for server in cluster.servers
+                               for r in server.requests if r.method == "GET")
+
+
 def read_everything(cluster: KeepCluster, files: dict[str, bytes], receipt: Receipt, big: Locator,
-                    tmp_path: Path) -> collections.Counter[str]:
-    """The dataset by DatasetReader (threads), then by ``keep get``, then the 64 MiB block by get();
-    the GETs per block the DatasetReader made."""
-    with cluster.client() as kc:
+                    tmp_path: Path, hedge: HedgePolicy | None = None,
+                    snapshots: list[collections.Counter[tuple[str, str]]] | None = None
+                    ) -> collections.Counter[str]:
+    """The dataset by DatasetReader (threads), then by ``keep get``, then the 64 MiB block by get()
+    (both in-process readers with *hedge*); the GETs per block the DatasetReader made. The GETs
+    per server and block after the DatasetReader and after ``keep get`` go to *snapshots*."""
+    with cluster.client(hedge=hedge) as kc:
         with DatasetReader(kc, receipt.locator, threads=3) as reader:
             for f in reader.files():
                 assert reader.read_bytes(f.path) == files[f.path]
         counts = gets_per_block(cluster)
+        if snapshots is not None:
+            snapshots.append(gets_per_server_and_block(cluster))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEP_", "ARVADOS_"))}
         env.update(cluster.env(), HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"),
                    XDG_CACHE_HOME=str(tmp_path / "cache"))
@@ -352,17 +404,33 @@ def read_everything(cluster: KeepCluster, files: dict[str, bytes], receipt: Rece
         for path, data in files.items():
             if path != "big.bin":
                 assert (tmp_path / "got" / path).read_bytes() == data
+        if snapshots is not None:  # a hedged GET that lost is recorded once its answer starts
+            wait_until(lambda: all(s.in_flight == 0 for s in cluster.servers), what="keep get's GETs to end")
+            snapshots.append(gets_per_server_and_block(cluster))
         assert kc.get(big) == files["big.bin"]
     return counts
 
 
 def test_healthy_servers_get_each_block_exactly_once(pair_with_dataset, tmp_path: Path) -> None:
     cluster, files, receipt, big = pair_with_dataset
-    after_reader = read_everything(cluster, files, receipt, big, tmp_path)
+    # The in-process readers race the replicas as by default, with a hedge delay no first byte
+    # on a busy machine outlasts: a healthy read must then cost exactly one GET.
+    snapshots: list[collections.Counter[tuple[str, str]]] = []
+    after_reader = read_everything(cluster, files, receipt, big, tmp_path, hedge=PATIENT, snapshots=snapshots)
     blocks = {b.locator.split("+")[0] for b in receipt.blocks} | {receipt.locator.split("+")[0]}
     assert len(blocks) >= 6
     assert after_reader == dict.fromkeys(blocks, 1)  # DatasetReader
-    assert gets_per_block(cluster) == {**dict.fromkeys(blocks, 2), big.md5: 1}  # + keep get, + get()
+    # ``keep get`` (a subprocess) hedges with the default policy, whose 50-100 ms a busy machine
+    # can hold a healthy first byte past; a hedge then rightly asks the other replica. So: each
+    # block once from keep get, or once from each server (a hedge; fetching a block twice would
+    # ask one server twice), and hedges the exception (always hedging would hedge every block).
+    by_server = snapshots[1] - snapshots[0]
+    per_block = collections.Counter(md5 for _, md5 in by_server.elements())
+    assert set(per_block) == blocks and max(by_server.values()) == 1
+    assert sum(1 for n in per_block.values() if n == 2) <= len(blocks) // 4
+    total = gets_per_block(cluster)
+    assert total[big.md5] == 1 and set(total) == blocks | {big.md5}  # + get(): once
+    assert all(total[md5] == 1 + per_block[md5] for md5 in blocks)
 
 
 def test_one_server_slow_to_first_byte_costs_at_most_two_gets_a_block(pair_with_dataset, tmp_path: Path) -> None:
