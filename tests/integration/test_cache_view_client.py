@@ -12,10 +12,14 @@ import pytest
 
 from keepstore import BlockNotFound, KeepClient, LocalStore, Locator
 from keepstore.cache import DiskBlockCache, MemoryBlockCache
+from keepstore.client import HedgePolicy
 from keepstore.testing import KeepCluster
 
 KiB = 1024
 MiB = 1024 * KiB
+# For tests that count GETs: a hedge (after 0.1 s without a first byte, which a busy machine
+# gives) would add one. test_hedged_reads tests hedging.
+NO_HEDGE = HedgePolicy(enabled=False)
 
 
 def _gets(cluster: KeepCluster, loc: Locator) -> int:
@@ -44,7 +48,7 @@ def test_a_damaged_cache_file_is_read_from_the_network_again(keep_cluster: KeepC
     data = os.urandom(2 * MiB)
     path = tmp_path / "cache"
     cache = DiskBlockCache(path)
-    with keep_cluster.client(cache=cache, retries=0) as kc:
+    with keep_cluster.client(cache=cache, retries=0, hedge=NO_HEDGE) as kc:
         loc = kc.put(data)
         assert kc.get_view(loc) == data
         (victim,) = sorted(path.rglob("*.val"))
@@ -70,7 +74,7 @@ def test_without_a_cache_a_view_is_of_the_verified_bytes(keep_cluster: KeepClust
 
 
 def test_a_memory_cache_hit_is_a_view_of_the_cached_bytes(keep_cluster: KeepCluster) -> None:
-    with keep_cluster.client(cache=MemoryBlockCache()) as kc:
+    with keep_cluster.client(cache=MemoryBlockCache(), hedge=NO_HEDGE) as kc:
         loc = kc.put(b"kept in memory")
         assert kc.get_view(loc) == b"kept in memory"
         view = kc.get_view(loc)

@@ -32,6 +32,7 @@ from keepstore import (
     WriteError,
     probe_order,
 )
+from keepstore.client import HedgePolicy
 from keepstore.locator import sign_locator
 from keepstore.server import KeepServer
 from keepstore.server.faults import Gate
@@ -41,6 +42,11 @@ from keepstore.transport import MockTransport, Request, Response
 TOKEN = "v2/zzzzz-gj3su-000000000000000/secret123"
 FAST = Timeout(connect=1, read=1, min_bandwidth=100_000)
 BLOCK_PATH = re.compile(r"/[0-9a-f]{32}")
+# Tests here count requests: a hedge (by default after 0.1 s without a first byte, which a busy
+# machine gives) would add one. RACED reads as by default, racing the replicas, and never hedges
+# (faults decide who answers); test_hedged_reads tests hedging.
+RACED = HedgePolicy(initial=5.0, floor=5.0, cap=5.0)
+NO_HEDGE = HedgePolicy(enabled=False)
 
 
 class Sleeps(list[float]):
@@ -135,7 +141,7 @@ def count(server: KeepServer, method: str) -> int:
 def three(servers_factory: Callable[..., list[KeepServer]],
           sleeps: Sleeps) -> Iterator[tuple[KeepClient, list[KeepServer]]]:
     servers = servers_factory(3)
-    with KeepClient(disk_services(servers), token=TOKEN, sleep=sleeps, timeout=FAST) as kc:
+    with KeepClient(disk_services(servers), token=TOKEN, sleep=sleeps, timeout=FAST, hedge=RACED) as kc:
         yield kc, servers
 
 
@@ -468,7 +474,7 @@ def test_cache_is_consulted_first_and_filled_after_verified_reads(
         servers_factory: Callable[..., list[KeepServer]]) -> None:
     servers = servers_factory(2)
     cache = DictCache()
-    with KeepClient(disk_services(servers), cache=cache) as kc:
+    with KeepClient(disk_services(servers), cache=cache, hedge=RACED) as kc:
         loc = kc.put(b"cached")
         assert kc.get(loc) == b"cached" and cache.data[loc.md5] == b"cached"
         gets = sum(count(s, "GET") for s in servers)
@@ -546,7 +552,8 @@ def test_concurrent_reads_through_a_block_cache_download_once(
 
     servers = servers_factory(2)
     data = b"popular" * 100_000
-    with KeepClient(disk_services(servers), cache=MemoryBlockCache(max_bytes=1 << 24)) as kc:
+    # Hedging off: the held download would be hedged to the other server (held too).
+    with KeepClient(disk_services(servers), cache=MemoryBlockCache(max_bytes=1 << 24), hedge=NO_HEDGE) as kc:
         loc = kc.put(data)
         gate = Gate()
         for s in servers:

@@ -17,6 +17,10 @@ from keepstore.client import HedgePolicy
 from keepstore.server.faults import Gate
 from keepstore.testing import KeepCluster
 
+# For tests that count GETs: a hedge (after 0.1 s without a first byte, which a busy machine or
+# a held request gives) would add one. test_hedged_reads tests hedging.
+NO_HEDGE = HedgePolicy(enabled=False)
+
 
 def _gets(cluster: KeepCluster, loc: Locator) -> int:
     return sum(1 for server in cluster.servers for r in server.requests
@@ -69,7 +73,7 @@ def test_prefetched_blocks_are_read_after_the_servers_stop(keep_cluster: KeepClu
     gate = Gate()
     for server in keep_cluster.servers:
         server.faults.hold(gate, methods="GET", times=None)
-    with keep_cluster.client(cache=MemoryBlockCache(), retries=0) as kc:
+    with keep_cluster.client(cache=MemoryBlockCache(), retries=0, hedge=NO_HEDGE) as kc:
         # Every GET waits at the gate: prefetch must return before any block has arrived. A
         # repeat is skipped while its block is still queued.
         futures = kc.prefetch(locs + locs)
@@ -177,7 +181,7 @@ def test_tiered_cache_serves_from_memory_then_from_disk_for_a_new_process_view(
     with keep_cluster.client() as writer:
         loc = writer.put(b"memory in front of disk")
     tiered = TieredBlockCache(MemoryBlockCache(), DiskBlockCache(tmp_path / "c"))
-    with keep_cluster.client(cache=tiered, retries=0) as kc:
+    with keep_cluster.client(cache=tiered, retries=0, hedge=NO_HEDGE) as kc:
         assert kc.get(loc) == b"memory in front of disk"  # a miss in both tiers: one GET fills both
         assert kc.get(loc) == b"memory in front of disk"
         assert _gets(keep_cluster, loc) == 1

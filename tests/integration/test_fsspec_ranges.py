@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from keepstore import BlockStore, Locator
+from keepstore.client import HedgePolicy
 from keepstore.contrib.fsspec import KeepFileSystem
 from keepstore.datasets import DatasetWriter
 from keepstore.locator import LocatorLike
@@ -28,6 +29,9 @@ BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench_fsspec"
 BLOCK = 128 * 1024
 ROWS = 20_000
 COLUMNS = [f"c{i}" for i in range(24)]
+# The tests count block GETs: a hedge (after 0.1 s without a first byte, which a busy machine
+# gives) would add one. test_hedged_reads tests hedging.
+NO_HEDGE = HedgePolicy(enabled=False)
 
 
 class GatedStore(BlockStore):
@@ -107,9 +111,10 @@ def loc(keep_cluster: KeepCluster, big: bytes, parquet: bytes) -> str:
 
 @pytest.fixture
 def fs(keep_cluster: KeepCluster) -> Iterator[KeepFileSystem]:
-    fs = KeepFileSystem(services=keep_cluster.urls, token=keep_cluster.token, skip_instance_cache=True)
-    yield fs
-    fs.close()
+    with keep_cluster.client(hedge=NO_HEDGE) as client:
+        fs = KeepFileSystem(store=client, skip_instance_cache=True)
+        yield fs
+        fs.close()
 
 
 def test_cat_ranges_returns_each_range(fs: KeepFileSystem, loc: str, big: bytes) -> None:
