@@ -22,5 +22,8 @@ def test_bench_server_quick_writes_json_with_medians_ratios_and_load(tmp_path: P
     if results["meta"]["nginx"]:  # nginx installed: measured in the same run, with the ratio and target
         assert len(small["runs"]["nginx"]) == 1 and small["target"]["ratio"] == 3.0
     assert put["medians"]["md5"] > 0 and put["ratio"] > 0 and put["target"]["ratio"] == 0.8
+    # the file system's own rate for a new 64 MiB file, measured beside the PUT as its ceiling
+    assert put["medians"]["file"] > 0 and put["file_ceiling"] == put["medians"]["file"] / put["medians"]["md5"]
+    assert "the volume's file system takes a new 64 MiB file at" in proc.stdout
     assert "small" in proc.stdout and "put64" in proc.stdout
     assert not list(tmp_path.glob("bench-server-*"))  # its volume and nginx files are removed

@@ -16,7 +16,12 @@ LOG = logging.getLogger("test")
 def test_it_returns_once_every_worker_has_reported() -> None:
     r, w = os.pipe()
     returned = threading.Event()
-    thread = threading.Thread(target=lambda: (wait_for_workers(r, 2, LOG), returned.set()))
+
+    def wait() -> None:
+        wait_for_workers(r, 2, LOG)
+        returned.set()
+
+    thread = threading.Thread(target=wait)
     thread.start()
     os.write(w, b".")
     assert not returned.wait(0.2)  # one of two reported: still waiting
