@@ -256,7 +256,7 @@ def test_a_server_dripping_below_min_bandwidth_fails_in_bounded_time(
         start = time.monotonic()
         with pytest.raises(ReadError, match="slower than"):
             kc.get(loc)
-    assert time.monotonic() - start < 3.5
+    assert time.monotonic() - start < 10  # the whole drip takes 30 s
 
 
 @pytest.mark.wall_clock  # a timeout's bound is the behaviour under test
@@ -268,7 +268,9 @@ def test_a_stalled_head_times_out(servers_factory: Callable[..., list[KeepServer
         start = time.monotonic()
         with pytest.raises(ReadError, match="no response within"):
             kc.head(loc)
-    assert time.monotonic() - start < 3.5
+    # The timeout fired before the stall ended (the HEAD would then have succeeded); the bound
+    # is a hang guard with room for a busy machine.
+    assert time.monotonic() - start < 8
 
 
 def test_failing_top_ranked_service_is_routed_around_without_duplicate_puts(

@@ -39,15 +39,20 @@ def test_future_of_a_missing_block_holds_block_not_found(keep_cluster: KeepClust
 
 
 def test_cancel_stops_work_not_yet_started_and_not_work_running(keep_cluster: KeepCluster) -> None:
+    gate = Gate()  # the first put's PUTs wait here: it cannot finish before the cancels
     for server in keep_cluster.servers:
-        server.faults.delay(0.5, methods="PUT", times=None)
+        server.faults.hold(gate, methods="PUT", times=None, timeout=60.0)
     with keep_cluster.client(threads=1) as kc:
-        first = kc.put_async(b"first, running")
-        second = kc.put_async(b"second, queued")
-        _wait_running(first)
-        assert second.cancel() is True
-        assert second.cancelled()
-        assert first.cancel() is False
+        try:
+            first = kc.put_async(b"first, running")
+            second = kc.put_async(b"second, queued")
+            _wait_running(first)
+            gate.wait_for(1, timeout=30)  # the first is on the wire, the second still queued
+            assert second.cancel() is True
+            assert second.cancelled()
+            assert first.cancel() is False
+        finally:
+            gate.open()
         first.result(timeout=30)
     assert keep_cluster.holders(Locator.for_data(b"first, running"))
     assert keep_cluster.holders(Locator.for_data(b"second, queued")) == []
