@@ -463,10 +463,11 @@ def test_bench_hedge_runs_and_counts_one_get_per_healthy_read(tmp_path: Path) ->
     assert rows["one late, 4 KiB, hedging off"]["requests_per_get"] == 1.0
     # Fail-back off: each read whose best replica is the late one asks the other too.
     assert 1.0 < rows["one late, 4 KiB, hedge alone (no fail-back)"]["requests_per_get"] <= 2.0
-    # The servers saw what the client sent, less a request or two dropped (the other replica
-    # answered first) before its server had read it, when the machine stalls.
+    # The servers saw no more than the client sent, and every read reached one: fewer when a
+    # request was dropped (the other replica answered first) before its server had read it,
+    # which a stalled machine makes common (a loaded run lost 3 of 30).
     late = rows["one late, 4 KiB, hedge alone (no fail-back)"]
-    assert late["requests_per_get"] - 0.1 <= late["server_gets_per_get"] <= late["requests_per_get"]
+    assert 1.0 <= late["server_gets_per_get"] <= late["requests_per_get"]
     assert "load average before" in done.stdout
 
 
