@@ -202,6 +202,7 @@ def _is_int(low: int) -> Callable[[Any], bool]:
 
 
 _text = _typed(lambda v: isinstance(v, str), "text")
+_flag = _typed(lambda v: isinstance(v, bool), "true or false")
 _path = _typed(lambda v: isinstance(v, str), "a path")
 
 
@@ -219,7 +220,7 @@ _KEYS: dict[str, _Key] = {
     "services": _Key(("KEEP_SERVICES", "ARVADOS_KEEP_SERVICES"), service_urls, service_urls, service_urls),
     "token": _Key(("KEEP_TOKEN", "ARVADOS_API_TOKEN"), _token, _token, _token),
     "api_host": _Key(("ARVADOS_API_HOST",), None, _typed(lambda v: isinstance(v, str), "host[:port]")),
-    "insecure": _Key(("ARVADOS_API_HOST_INSECURE",), _boolean, _typed(lambda v: isinstance(v, bool), "true or false")),
+    "insecure": _Key(("ARVADOS_API_HOST_INSECURE",), _boolean, _flag),
     "ca_file": _Key((), None, _path),
     "local_store": _Key(("KEEP_LOCAL_STORE",), None, _path),
     "cache_dir": _Key(("KEEP_CACHE_DIR",), None, _path),
@@ -228,6 +229,7 @@ _KEYS: dict[str, _Key] = {
     "retries": _Key((), None, _typed(_is_int(0), "a non-negative integer")),
     "deadline": _Key(("KEEP_DEADLINE",), _seconds, _seconds, _seconds),
     "threads": _Key((), None, _typed(_is_int(1), "a positive integer")),
+    "hedging": _Key(("KEEP_HEDGING",), _boolean, _flag, _flag),
     "timeout": _Key((), None, _timeout, lambda v, where: Timeout.from_value(v)),
     "proxy": _Key(),
     "config_path": _Key(),
@@ -258,6 +260,8 @@ class Settings:
         deadline: Seconds a block operation may spend retrying in all (`Retry.deadline`);
             None for no limit (``keep`` uses 15 s then).
         threads: Parallel transfers.
+        hedging: Hedge GETs (ask the next replica when the best is slow to answer; a client
+            made here gets ``HedgePolicy(enabled=hedging)``, or the ``hedge=`` it is given).
         timeout: Connection timeouts.
         proxy: True when *services* is one Keep proxy (``ARVADOS_KEEP_PROXY``).
         config_path: The config file read, if any.
@@ -277,6 +281,7 @@ class Settings:
     retries: int = 10
     deadline: float | None = None
     threads: int = 8
+    hedging: bool = True
     timeout: Timeout = dataclasses.field(default_factory=Timeout)
     proxy: bool = False
     config_path: str | None = None

@@ -37,11 +37,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Blocks waiting for prefetch at once; more are dropped (prefetch is a hint, not a queue).
-MAX_PREFETCH_PENDING = 256
-
-# Bytes a service-discovery answer may have (a list of services as JSON).
-DISCOVERY_BODY_LIMIT = 16 << 20
+MAX_PREFETCH_PENDING = 256  # blocks waiting for prefetch at once; more are dropped (a hint, not a queue)
+DISCOVERY_BODY_LIMIT = 16 << 20  # bytes a service-discovery answer may have (a list of services as JSON)
 
 
 class KeepClient(BlockStore):
@@ -71,12 +68,10 @@ class KeepClient(BlockStore):
         cache_writes: Also cache blocks this client puts.
         close_cache: Close *cache* when the client closes (``from_env`` sets it for a cache it made).
         prefetch_threads: Threads that fill the cache for `prefetch`.
-        transport: The `Transport` to send requests with; default a `CurlTransport` built
-            from *insecure* and *ca_file*.
+        transport: The `Transport` to send requests with; default a `CurlTransport` of *insecure* and *ca_file*.
         insecure: Skip TLS certificate checks (warns); for the default transport only.
         ca_file: CA bundle to trust; for the default transport only.
-        sleep: What waits between retry rounds (tests pass one that does not sleep); default
-            a wait that `cancel` ends at once.
+        sleep: What waits between retry rounds (tests pass one that does not sleep); default a wait `cancel` ends.
         refresh_interval: Seconds between refreshes of a discovered service list.
         clock: Monotonic seconds for refreshes, retry deadlines, latencies and failure scores (tests pass theirs).
         cancel_event: An event that cancels every operation of this client once set (`cancel`
@@ -118,8 +113,8 @@ class KeepClient(BlockStore):
         hedge: HedgePolicy | None = None,
     ) -> None:
         if copies < 1 or threads < 1 or prefetch_threads < 1:
-            raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, "
-                             f"got {copies}, {threads} and {prefetch_threads}")
+            raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, got {copies}, {threads} "
+                          f"and {prefetch_threads}")
         token = clean_token(token)
         self.timeout = Timeout.from_value(timeout)
         self.retry = Retry.from_value(retries)
@@ -183,7 +178,7 @@ class KeepClient(BlockStore):
                 services=list(settings.services) if settings.services else None,
                 api_host=settings.api_host, token=settings.token, timeout=settings.timeout,
                 retries=Retry(total=settings.retries, deadline=settings.deadline), copies=settings.copies,
-                threads=settings.threads,
+                threads=settings.threads, hedge=extra.pop("hedge", None) or HedgePolicy(enabled=settings.hedging),
                 insecure=settings.insecure, ca_file=settings.ca_file, cache=cache,
                 close_cache=owned or bool(extra.pop("close_cache", False)), **extra,
             )
@@ -205,6 +200,11 @@ class KeepClient(BlockStore):
     def cache(self, cache: BlockCache | BlockCacheLike | None) -> None:
         self._cache = cache
         self._cache_front = as_block_cache(cache) if cache is not None else None  # a foreign one wrapped once
+
+    @property
+    def hedge_policy(self) -> HedgePolicy:
+        """The `HedgePolicy` this client's GETs follow (``hedge=``, or from the settings)."""
+        return self._wire.health.policy
 
     @property
     def services(self) -> list[Service]:

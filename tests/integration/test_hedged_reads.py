@@ -383,11 +383,12 @@ def gets_per_server_and_block(cluster: KeepCluster) -> collections.Counter[tuple
 
 def read_everything(cluster: KeepCluster, files: dict[str, bytes], receipt: Receipt, big: Locator,
                     tmp_path: Path, hedge: HedgePolicy | None = None,
-                    snapshots: list[collections.Counter[tuple[str, str]]] | None = None
-                    ) -> collections.Counter[str]:
-    """The dataset by DatasetReader (threads), then by ``keep get``, then the 64 MiB block by get()
-    (both in-process readers with *hedge*); the GETs per block the DatasetReader made. The GETs
-    per server and block after the DatasetReader and after ``keep get`` go to *snapshots*."""
+                    snapshots: list[collections.Counter[tuple[str, str]]] | None = None,
+                    keep_hedging: bool = True) -> collections.Counter[str]:
+    """The dataset by DatasetReader (threads), then by ``keep get`` (``KEEP_HEDGING`` set from
+    *keep_hedging*), then the 64 MiB block by get() (both in-process readers with *hedge*); the
+    GETs per block the DatasetReader made. The GETs per server and block after the
+    DatasetReader and after ``keep get`` go to *snapshots*."""
     with cluster.client(hedge=hedge) as kc:
         with DatasetReader(kc, receipt.locator, threads=3) as reader:
             for f in reader.files():
@@ -397,7 +398,7 @@ def read_everything(cluster: KeepCluster, files: dict[str, bytes], receipt: Rece
             snapshots.append(gets_per_server_and_block(cluster))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEP_", "ARVADOS_"))}
         env.update(cluster.env(), HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"),
-                   XDG_CACHE_HOME=str(tmp_path / "cache"))
+                   XDG_CACHE_HOME=str(tmp_path / "cache"), KEEP_HEDGING="1" if keep_hedging else "0")
         done = subprocess.run([sys.executable, "-m", "keepstore", "get", "--no-progress", receipt.locator,
                                str(tmp_path / "got")], env=env, capture_output=True, timeout=300)
         assert done.returncode == 0, done.stderr.decode()
@@ -415,22 +416,29 @@ def test_healthy_servers_get_each_block_exactly_once(pair_with_dataset, tmp_path
     cluster, files, receipt, big = pair_with_dataset
     # The in-process readers race the replicas as by default, with a hedge delay no first byte
     # on a busy machine outlasts: a healthy read must then cost exactly one GET.
-    snapshots: list[collections.Counter[tuple[str, str]]] = []
-    after_reader = read_everything(cluster, files, receipt, big, tmp_path, hedge=PATIENT, snapshots=snapshots)
+    # ``keep get`` runs with KEEP_HEDGING=0: the default policy's 50-100 ms is a delay a busy
+    # machine can hold a healthy first byte past (test_keep_get_with_hedging_off_... below).
+    after_reader = read_everything(cluster, files, receipt, big, tmp_path, hedge=PATIENT, keep_hedging=False)
     blocks = {b.locator.split("+")[0] for b in receipt.blocks} | {receipt.locator.split("+")[0]}
     assert len(blocks) >= 6
     assert after_reader == dict.fromkeys(blocks, 1)  # DatasetReader
-    # ``keep get`` (a subprocess) hedges with the default policy, whose 50-100 ms a busy machine
-    # can hold a healthy first byte past; a hedge then rightly asks the other replica. So: each
-    # block once from keep get, or once from each server (a hedge; fetching a block twice would
-    # ask one server twice), and hedges the exception (always hedging would hedge every block).
-    by_server = snapshots[1] - snapshots[0]
-    per_block = collections.Counter(md5 for _, md5 in by_server.elements())
-    assert set(per_block) == blocks and max(by_server.values()) == 1
-    assert sum(1 for n in per_block.values() if n == 2) <= len(blocks) // 4
-    total = gets_per_block(cluster)
-    assert total[big.md5] == 1 and set(total) == blocks | {big.md5}  # + get(): once
-    assert all(total[md5] == 1 + per_block[md5] for md5 in blocks)
+    total = gets_per_block(cluster)  # + keep get, + get(): once each
+    assert total == {**dict.fromkeys(blocks, 2), big.md5: 1}
+
+
+def test_keep_get_with_hedging_off_asks_one_replica_however_slow_it_is(pair_with_dataset, tmp_path: Path) -> None:
+    """KEEP_HEDGING=0: `keep get` never asks a second replica of a block whose first answers
+    late (with hedging on, a 0.3 s first byte gets a hedge after the 0.1 s initial delay)."""
+    cluster, files, receipt, big = pair_with_dataset
+    cluster.servers[0].faults.delay(0.3, methods="GET", times=None)
+    snapshots: list[collections.Counter[tuple[str, str]]] = []
+    read_everything(cluster, files, receipt, big, tmp_path, hedge=HedgePolicy(enabled=False), snapshots=snapshots,
+                    keep_hedging=False)
+    blocks = {b.locator.split("+")[0] for b in receipt.blocks} | {receipt.locator.split("+")[0]}
+    by_keep_get = collections.Counter(md5 for _, md5 in (snapshots[1] - snapshots[0]).elements())
+    assert by_keep_get == dict.fromkeys(blocks, 1)
+    slow = {md5 for (url, md5) in snapshots[1] - snapshots[0] if url == cluster.servers[0].url}
+    assert slow  # some blocks' best replica is the slow one: each was read from it alone
 
 
 def test_one_server_slow_to_first_byte_costs_at_most_two_gets_a_block(pair_with_dataset, tmp_path: Path) -> None:

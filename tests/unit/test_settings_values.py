@@ -129,3 +129,41 @@ def test_sources_are_origins_with_a_source_enum(tmp_path: Path) -> None:
     proxy = Settings.from_env({"HOME": "/nonexistent", "ARVADOS_KEEP_PROXY": "https://p:1/"})
     assert proxy.mode is Mode.SERVICES and proxy.proxy
     assert proxy.sources["services"] == Origin(Source.ENVIRONMENT, "ARVADOS_KEEP_PROXY")
+
+
+def test_hedging_is_on_by_default_and_set_from_each_layer(tmp_path: Path) -> None:
+    base = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "none")}
+    assert Settings.from_env(base).hedging is True
+    assert Settings.from_env({**base, "KEEP_HEDGING": "off"}).hedging is False
+    assert Settings.from_env({**base, "KEEP_HEDGING": "off"}, hedging=True).hedging is True  # argument wins
+    env, _ = config_env(tmp_path, "hedging: false\n")
+    settings_ = Settings.from_env(env)
+    assert settings_.hedging is False and settings_.sources["hedging"].source is Source.FILE
+    assert Settings.from_env({**env, "KEEP_HEDGING": "yes"}).hedging is True  # environment beats the file
+
+
+@pytest.mark.parametrize(("env", "text", "argument", "wanted"), [
+    ({"KEEP_HEDGING": "sometimes"}, "", None, "environment KEEP_HEDGING: expected a boolean"),
+    ({}, "hedging: 0.5\n", None, "key 'hedging': expected true or false"),
+    ({}, "", "no", "argument hedging: expected true or false"),
+])
+def test_a_hedging_value_that_is_not_a_boolean_is_a_config_error_naming_where(
+        tmp_path: Path, env: dict[str, str], text: str, argument: str | None, wanted: str) -> None:
+    file_env, _ = config_env(tmp_path, text)
+    overrides = {"hedging": argument} if argument is not None else {}
+    with pytest.raises(ConfigError, match=wanted):
+        Settings.from_env({**file_env, **env}, **overrides)
+
+
+def test_a_client_from_env_hedges_as_the_setting_says_unless_given_a_policy(tmp_path: Path) -> None:
+    from keepstore import KeepClient
+    from keepstore.client import HedgePolicy
+
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "none"), "KEEP_SERVICES": "http://127.0.0.1:9",
+           "KEEP_HEDGING": "0"}
+    with KeepClient.from_env(env, cache=False) as kc:
+        assert isinstance(kc, KeepClient) and kc.hedge_policy.enabled is False
+    with KeepClient.from_env(env, cache=False, hedge=HedgePolicy(floor=0.2, initial=0.3)) as kc:
+        assert isinstance(kc, KeepClient) and kc.hedge_policy == HedgePolicy(floor=0.2, initial=0.3)
+    with KeepClient.from_env({**env, "KEEP_HEDGING": "1"}, cache=False) as kc:
+        assert isinstance(kc, KeepClient) and kc.hedge_policy == HedgePolicy()
