@@ -41,6 +41,9 @@ def test_slow_readers_are_cut_off_at_the_minimum_rate_and_other_clients_are_serv
         conn.request("PUT", path.split("+")[0], body=data)
         assert conn.getresponse().status == 200
         conn.close()
+        # The PUT's handler gives its slot back after its 200 is out: on a loaded machine it may
+        # still hold it when the readers arrive, and one of them would get 503, not the block.
+        wait_until(lambda: s.in_flight == 0, 20, what="the PUT's slot given back")
         readers = [SlowReader(s.port, path) for _ in range(2)]
         for reader in readers:
             reader.start()
