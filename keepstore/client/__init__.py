@@ -114,7 +114,7 @@ class KeepClient(BlockStore):
     ) -> None:
         if copies < 1 or threads < 1 or prefetch_threads < 1:
             raise ConfigError(f"copies, threads and prefetch_threads must be at least 1, got {copies}, {threads} "
-                          f"and {prefetch_threads}")
+                              f"and {prefetch_threads}")
         token = clean_token(token)
         self.timeout = Timeout.from_value(timeout)
         self.retry = Retry.from_value(retries)
