@@ -48,17 +48,18 @@ def workers(tmp_path: Path):
             proc.wait(30)
 
 
+def _sockets(pid: int, port: int, status: str) -> int:
+    """How many of *pid*'s TCP sockets on local *port* are in *status* (a psutil CONN_*)."""
+    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
+               if c.laddr and c.laddr.port == port and c.status == status)
+
+
 def _connections_by_process(pids: list[int], port: int) -> dict[int, int]:
-    counts = {}
-    for pid in pids:
-        conns = psutil.Process(pid).net_connections(kind="tcp")
-        counts[pid] = sum(1 for c in conns if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
-    return counts
+    return {pid: _sockets(pid, port, psutil.CONN_ESTABLISHED) for pid in pids}
 
 
 def _listening(pid: int, port: int) -> bool:
-    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
-               for c in psutil.Process(pid).net_connections(kind="tcp"))
+    return _sockets(pid, port, psutil.CONN_LISTEN) > 0
 
 
 def test_every_worker_listens_on_the_one_port_and_answers(workers) -> None:
