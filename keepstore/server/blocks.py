@@ -22,6 +22,7 @@ from .locks import BlockLock, BlockLocks
 from .trash import Outcome, TrashPolicy, check_file, empty_trash, quarantine_file, trash_file, untrash_block
 from .verified import FileKey, VerifiedFiles, file_key
 from .volumes import Volume, VolumeFull, rank_volumes
+from .wire import SMALL_BODY
 
 __all__ = ["BlockDamaged", "Blocks", "Found", "Stored", "verified_chunks"]
 
@@ -152,7 +153,7 @@ class Blocks:
             return Refusal(507, "every volume is full")
         result: Stored | Refusal | None = None
         try:
-            result = _write(chosen, md5, body, self.lock(md5), self.verified.add, self.hasher())
+            result = _write(chosen, md5, length, body, self.lock(md5), self.verified.add, self.hasher())
         finally:
             done = result.volumes if isinstance(result, Stored) else ()
             for volume in chosen:
@@ -276,13 +277,15 @@ class Blocks:
         return "".join(lines).encode()
 
 
-def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], lock: BlockLock,
-           verified: Callable[[str, FileKey], None], hasher: BodyHasher) -> Stored | Refusal:
-    """Stream the body to every volume at once; the volumes that took it whole, or the refusal
-    to answer (nothing partial is left behind on any volume). The body is hashed once for all
-    volumes (`BodyHasher`: on a second thread, overlapping the reads and writes, for a body of
-    several chunks). Each new copy is *verified* with the key it has once renamed into place:
-    its bytes are the body that hashed to its name, so the first GET after a PUT is sent unread too."""
+def _write(volumes: list[Volume], md5: str, length: int, body: Iterable[bytes | memoryview], lock: BlockLock,
+           verified: Callable[[str, FileKey, bytes | None], None], hasher: BodyHasher) -> Stored | Refusal:
+    """Stream the *length*-byte body to every volume at once; the volumes that took it whole,
+    or the refusal to answer (nothing partial is left behind on any volume). The body is hashed
+    once for all volumes (`BodyHasher`: on a second thread, overlapping the reads and writes,
+    for a body of several chunks). Each new copy is *verified* with the key it has once renamed
+    into place: its bytes are the body that hashed to its name, so the first GET after a PUT is
+    sent unread too, and a small block's bytes (up to `SMALL_BODY`) are handed over to be kept,
+    so that GET is answered from memory, as the next ones are."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(hasher)  # entered first, so left last: its thread is joined after the writers abort
         writers: list[tuple[Volume, VolumeWriter]] = []
@@ -292,7 +295,10 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], 
                 writers.append((volume, stack.enter_context(volume.writer(md5))))
             except OSError as exc:
                 failed.append((volume, exc))
+        pieces: list[bytes] | None = [] if length <= SMALL_BODY else None
         for chunk in hasher.chunks(body):
+            if pieces is not None:
+                pieces.append(bytes(chunk))  # (kept as bytes: a chunk is a view of a buffer read into again)
             for volume, writer in list(writers):
                 try:
                     writer.write(chunk, hashed=True)
@@ -301,6 +307,7 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], 
                     writers.remove((volume, writer))
                     writer.abort()
         digest = hasher.hexdigest()
+        data = b"".join(pieces) if pieces is not None else None  # (one piece: that piece, uncopied)
         stored: list[Volume] = []
         loc: Locator | None = None
         for volume, writer in writers:
@@ -309,7 +316,7 @@ def _write(volumes: list[Volume], md5: str, body: Iterable[bytes | memoryview], 
                     loc = writer.commit(digest)
                     with contextlib.suppress(OSError):  # gone already: the next GET hashes whatever is there
                         path = f"{os.fspath(volume.path)}/{md5[:3]}/{md5}"  # as open_copy names it
-                        verified(path, file_key(os.stat(path)))
+                        verified(path, file_key(os.stat(path)), data)
                 stored.append(volume)
             except WriteError:  # the body does not match the name: no writer commits
                 return Refusal(400, "body md5 does not match the block name")

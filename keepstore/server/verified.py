@@ -70,13 +70,17 @@ class VerifiedFiles:
                 self.misses += 1
             return good
 
-    def add(self, path: str, key: FileKey) -> None:
-        """The file at *path* hashed to its name; *key* is what it had before it was read."""
+    def add(self, path: str, key: FileKey, data: bytes | None = None) -> None:
+        """The file at *path* hashed to its name; *key* is what it had before it was read.
+        *data*: its bytes, when the caller has them (a PUT's body, which hashed to the name and
+        is what the file was written from), kept as `keep` keeps them."""
         with self._lock:
             self._keys[path] = key
             self._keys.move_to_end(path)
             while len(self._keys) > self.capacity:
                 self._keys.popitem(last=False)
+        if data is not None:
+            self.keep(path, key, data)
 
     def keep(self, path: str, key: FileKey, data: bytes) -> None:
         """Keep *data*, read from the file at *path* while it had *key* and was verified with

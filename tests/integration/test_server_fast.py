@@ -14,6 +14,7 @@ import pytest
 from slow_clients import SlowReader
 
 from keepstore.server import KeepServer
+from keepstore.server.wire import SMALL_BODY
 from keepstore.testing import wait_until
 
 
@@ -126,21 +127,32 @@ def test_a_hot_small_block_is_served_from_kept_bytes_only_while_its_file_is_unch
     data = os.urandom(4096)
     path = _put(server, data)
     verified = server.blocks.verified
-    assert _get(server, path) == (200, data)  # verified by the PUT: read, sent, and kept
-    for _ in range(3):
+    for _ in range(4):  # the PUT's own bytes were kept: the first GET is answered from them too
         assert _get(server, path) == (200, data)
-    assert verified.kept_hits == 3
+    assert verified.kept_hits == 4
     found = server.find(path[1:33], len(data))
     assert found is not None
     _rewrite_keeping_mtime(found.path, bytes(len(data)))  # same inode, size, mtime: the ctime tells
     assert _short_get(server, path) < len(data)  # hashed again, found damaged: never the kept bytes
-    assert verified.kept_hits == 3
+    assert verified.kept_hits == 4
     found.path.write_bytes(data)  # repaired: verified again when next read, then kept again
     for _ in range(3):
         assert _get(server, path) == (200, data)
-    assert verified.kept_hits == 4
+    assert verified.kept_hits == 5
     found.path.unlink()
     assert _get(server, path)[0] == 404  # gone: kept bytes are never an answer without the file
+
+
+def test_a_put_keeps_a_small_blocks_bytes_for_the_first_get_and_not_a_large_ones(server: KeepServer) -> None:
+    verified = server.blocks.verified
+    small, large = os.urandom(SMALL_BODY), os.urandom(SMALL_BODY + 1)
+    small_path, large_path = _put(server, small), _put(server, large)
+    hits = verified.kept_hits
+    assert _get(server, small_path) == (200, small)
+    assert verified.kept_hits == hits + 1  # answered from the PUT's bytes, not read from the file
+    for _ in range(2):
+        assert _get(server, large_path) == (200, large)  # verified, sent unread, never kept
+    assert verified.kept_hits == hits + 1
 
 
 def test_a_copy_replaced_by_a_new_file_is_hashed_again(server: KeepServer) -> None:
