@@ -15,13 +15,16 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import TypeAlias
 
 from .errors import BlockNotFound, KeepError, LocatorError, ReadError, WriteError
 from .locator import MAX_BLOCK_SIZE, Locator, LocatorLike
 from .locator import md5 as new_md5
 from .store import BlockStore, Data, as_view
 
-__all__ = ["BlockWriter", "FileSystem", "LocalStore", "ReplicationWarning"]
+__all__ = ["BlockWriter", "FileSystem", "LocalStore", "ReplicationWarning", "StrPath"]
+
+StrPath: TypeAlias = "str | os.PathLike[str]"  # what the `FileSystem` calls take
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ class FileSystem:
     parent first). A subclass may record the calls or drop what was never synced.
     """
 
-    def mkdir(self, path: Path) -> bool:
+    def mkdir(self, path: StrPath) -> bool:
         """Create directory *path*; True when it was made now (False when it existed)."""
         try:
             os.mkdir(path)
@@ -50,7 +53,7 @@ class FileSystem:
             return False
         return True
 
-    def mkstemp(self, directory: Path, prefix: str) -> tuple[int, str]:
+    def mkstemp(self, directory: StrPath, prefix: str) -> tuple[int, str]:
         """A new temp file in *directory*: ``(fd, path)``."""
         return tempfile.mkstemp(prefix=prefix, dir=directory)
 
@@ -58,11 +61,11 @@ class FileSystem:
         """Flush a file's data to stable storage."""
         os.fsync(fd)
 
-    def replace(self, source: Path, target: Path) -> None:
+    def replace(self, source: StrPath, target: StrPath) -> None:
         """Rename *source* onto *target* atomically."""
         os.replace(source, target)
 
-    def fsync_dir(self, path: Path) -> None:
+    def fsync_dir(self, path: StrPath) -> None:
         """Flush a directory's entries (a rename or a new name in it) to stable storage."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import WriteError
-from ..local import FileSystem
+from ..local import FileSystem, StrPath
 from ..locator import MAX_BLOCK_SIZE, Locator
 
 __all__ = ["TEMP_PREFIX", "FileOps", "VolumeWriter", "reclaim_temp_files"]
@@ -30,7 +30,7 @@ class FileOps(FileSystem):
     fsync_dir) are the LocalStore's `FileSystem`; a server write also creates, locks, writes and
     closes its temp file by descriptor."""
 
-    def create(self, path: Path) -> int:
+    def create(self, path: StrPath) -> int:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     def lock(self, fd: int) -> None:
@@ -44,7 +44,7 @@ class FileOps(FileSystem):
     def close(self, fd: int) -> None:
         os.close(fd)
 
-    def unlink(self, path: Path) -> None:
+    def unlink(self, path: StrPath) -> None:
         with contextlib.suppress(FileNotFoundError):  # already renamed or reclaimed
             os.unlink(path)
 
@@ -65,20 +65,32 @@ class VolumeWriter:
     def __init__(self, root: Path, md5: str, *, fsync: bool = True, ops: FileOps | None = None) -> None:
         self.ops = ops or FileOps()
         self.md5 = md5
-        self.final = root / md5[:3] / md5
+        # Strings, not Paths (`final` and `temp` make those): this runs for every PUT.
+        directory = f"{os.fspath(root)}/{md5[:3]}"
+        self._final = f"{directory}/{md5}"
         self._fsync = fsync
         self._hash = hashlib.md5(usedforsecurity=False)
         self.size = 0
-        self.temp = self.final.parent / f"{_OURS}{os.getpid()}-{secrets.token_hex(8)}"
+        self._temp = f"{directory}/{_OURS}{os.getpid()}-{secrets.token_hex(8)}"
         try:
             # Most prefix directories exist: creating the file first saves a mkdir per PUT (a
             # system call, which lets go of the interpreter lock that 16 busy threads queue for).
-            self._fd: int | None = self.ops.create(self.temp)
+            self._fd: int | None = self.ops.create(self._temp)
         except FileNotFoundError:
-            if self.ops.mkdir(self.final.parent) and fsync:
+            if self.ops.mkdir(directory) and fsync:
                 self.ops.fsync_dir(root)  # a new prefix directory must survive with the block in it
-            self._fd = self.ops.create(self.temp)
+            self._fd = self.ops.create(self._temp)
         self.ops.lock(self._fd)  # held until close: reclaim_temp_files leaves a live writer's file
+
+    @property
+    def final(self) -> Path:
+        """The block's file, once committed."""
+        return Path(self._final)
+
+    @property
+    def temp(self) -> Path:
+        """The temp file being written (removed, or renamed onto `final`, when done)."""
+        return Path(self._temp)
 
     def write(self, chunk: bytes | bytearray | memoryview, *, hashed: bool = False) -> None:
         """Append *chunk*; *hashed*: the caller hashes the body itself (once, for every volume
@@ -100,18 +112,18 @@ class VolumeWriter:
         assert self._fd is not None
         if self._fsync:
             self.ops.fsync(self._fd)
-        self.ops.replace(self.temp, self.final)
+        self.ops.replace(self._temp, self._final)
         fd, self._fd = self._fd, None
         self.ops.close(fd)
         if self._fsync:
-            self.ops.fsync_dir(self.final.parent)
+            self.ops.fsync_dir(os.path.dirname(self._final))
         return Locator(self.md5, self.size)
 
     def abort(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             self.ops.close(fd)
-            self.ops.unlink(self.temp)
+            self.ops.unlink(self._temp)
 
     def __enter__(self) -> "VolumeWriter":
         return self

@@ -86,10 +86,11 @@ class Volume:
         """
         if not _BLOCK_NAME.match(md5):
             return None
-        for path in (self.path / md5[:3] / md5, self.path / md5):
+        root = os.fspath(self.path)  # strings, not Paths, until one is found: this runs for every PUT
+        for path in (f"{root}/{md5[:3]}/{md5}", f"{root}/{md5}"):
             try:
                 if stat.S_ISREG(os.stat(path).st_mode):
-                    return path
+                    return Path(path)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:

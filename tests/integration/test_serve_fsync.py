@@ -10,6 +10,7 @@ import pytest
 from keepstore import KeepClient
 from keepstore.cli import build_parser
 from keepstore.cli.serve import build_server
+from keepstore.local import StrPath
 from keepstore.server.disk import FileOps
 
 
@@ -23,7 +24,7 @@ class CountingOps(FileOps):
         self.syncs += 1
         super().fsync(fd)
 
-    def fsync_dir(self, path: Path) -> None:
+    def fsync_dir(self, path: StrPath) -> None:
         self.syncs += 1
         super().fsync_dir(path)
 

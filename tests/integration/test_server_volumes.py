@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from keepstore.local import StrPath
 from keepstore.server import KeepServer, Volume
 from keepstore.server.disk import FileOps
 from keepstore.testing import wait_until
@@ -150,13 +151,13 @@ class _Recording(FileOps):
         self.log: list[tuple[str, str]] = []
         self.names: dict[int, str] = {}
 
-    def mkdir(self, path: Path) -> bool:
+    def mkdir(self, path: StrPath) -> bool:
         created = super().mkdir(path)
         if created:
             self.log.append(("mkdir", str(path)))
         return created
 
-    def create(self, path: Path) -> int:
+    def create(self, path: StrPath) -> int:
         fd = super().create(path)
         self.names[fd] = str(path)
         self.log.append(("create", str(path)))
@@ -170,11 +171,11 @@ class _Recording(FileOps):
         super().fsync(fd)
         self.log.append(("fsync", self.names[fd]))
 
-    def replace(self, src: Path, dst: Path) -> None:
+    def replace(self, src: StrPath, dst: StrPath) -> None:
         super().replace(src, dst)
         self.log.append(("replace", f"{src}>{dst}"))
 
-    def fsync_dir(self, path: Path) -> None:
+    def fsync_dir(self, path: StrPath) -> None:
         super().fsync_dir(path)
         self.log.append(("fsync_dir", str(path)))
 

@@ -10,7 +10,7 @@ import pytest
 from contract.store_contract import StoreContract
 
 from keepstore.errors import BlockNotFound, KeepError, LocatorError, ReadError
-from keepstore.local import TEMP_PREFIX, FileSystem, LocalStore
+from keepstore.local import TEMP_PREFIX, FileSystem, LocalStore, StrPath
 from keepstore.locator import Locator
 from keepstore.locator import md5 as fips_md5
 
@@ -336,13 +336,13 @@ class RecordingFileSystem(FileSystem):
     def _rel(self, path: object) -> str:
         return str(Path(str(path)).relative_to(self.root)) if str(path) != str(self.root) else "."
 
-    def mkdir(self, path: Path) -> bool:
+    def mkdir(self, path: StrPath) -> bool:
         made = super().mkdir(path)
         if made:
             self.calls.append(("mkdir", self._rel(path)))
         return made
 
-    def mkstemp(self, directory: Path, prefix: str) -> tuple[int, str]:
+    def mkstemp(self, directory: StrPath, prefix: str) -> tuple[int, str]:
         fd, name = super().mkstemp(directory, prefix)
         self.fds[fd] = self._rel(name)
         return fd, name
@@ -351,11 +351,11 @@ class RecordingFileSystem(FileSystem):
         self.calls.append(("fsync", self.fds[fd]))
         super().fsync(fd)
 
-    def replace(self, source: Path, target: Path) -> None:
+    def replace(self, source: StrPath, target: StrPath) -> None:
         self.calls.append(("replace", f"{self._rel(source)} -> {self._rel(target)}"))
         super().replace(source, target)
 
-    def fsync_dir(self, path: Path) -> None:
+    def fsync_dir(self, path: StrPath) -> None:
         self.calls.append(("fsync_dir", self._rel(path)))
         super().fsync_dir(path)
 
