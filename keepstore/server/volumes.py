@@ -219,6 +219,8 @@ def parse_volume(text: str, *, create: bool = True, fsync: bool = True) -> Volum
 def rank_volumes(md5: str, volumes: Sequence[Volume], wanted: Iterable[str]) -> list[Volume]:
     """Volumes to try for a new block: those with more of the *wanted* classes first, then a
     stable per-block order (rendezvous on md5 + path) so blocks spread over the volumes."""
+    if len(volumes) == 1:  # (the commonest server: nothing to rank)
+        return list(volumes)
     want = set(wanted)
 
     def key(v: Volume) -> tuple[int, str]:
