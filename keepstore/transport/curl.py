@@ -28,6 +28,9 @@ _SYSTEM_BUNDLES = (
     "/etc/pki/tls/certs/ca-bundle.crt",  # Red Hat
 )
 _UPLOAD_BUFFER = 1 << 20  # fewer read callbacks per PUT
+# A body up to this size goes to libcurl whole (POSTFIELDS): no read callback, and libcurl puts
+# it in the same buffer as the request head (its own limit for that is 64 KiB too).
+_WHOLE_BODY = 64 << 10
 _RECEIVE_BUFFER = 512 << 10  # libcurl's default is 16 KiB: 32x the body callbacks on a 64 MiB GET
 
 # libcurl error codes that mean "no connection was made" (the service list may be stale)
@@ -220,18 +223,27 @@ class CurlTransport(Transport):
             curl.setopt(pycurl.BUFFERSIZE, _RECEIVE_BUFFER)
         elif method == "PUT":
             body = request.body if request.body is not None else memoryview(b"")
-            self._set_upload(curl, body)
+            self._set_upload(curl, method, body, headers)
             # 100-continue costs a round trip per block; Keep servers answer errors fast anyway.
             headers.append("Expect:")
         else:
             curl.setopt(pycurl.CUSTOMREQUEST, method)
             if request.body is not None:
-                self._set_upload(curl, request.body)
+                self._set_upload(curl, method, request.body, headers)
                 headers.append("Expect:")
         curl.setopt(pycurl.HTTPHEADER, headers)
 
     @staticmethod
-    def _set_upload(curl: pycurl.Curl, body: memoryview) -> None:
+    def _set_upload(curl: pycurl.Curl, method: str, body: memoryview, headers: list[str]) -> None:
+        if body.nbytes <= _WHOLE_BODY:
+            # libcurl sends this as a POST with the method renamed: its form Content-Type is
+            # dropped, and it resends the bytes itself when a kept-alive connection was closed.
+            curl.setopt(pycurl.CUSTOMREQUEST, method)
+            curl.setopt(pycurl.POSTFIELDSIZE_LARGE, body.nbytes)
+            curl.setopt(pycurl.POSTFIELDS, body.obj if type(body.obj) is bytes and len(body.obj) == body.nbytes
+                        else body.tobytes())
+            headers.append("Content-Type:")
+            return
         curl.setopt(pycurl.UPLOAD, 1)
         curl.setopt(pycurl.INFILESIZE_LARGE, body.nbytes)
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, _UPLOAD_BUFFER)

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -86,6 +86,56 @@ def test_put_sends_memoryview_body_without_expect_continue(transport: CurlTransp
     ((request, _),) = httpserver.log
     assert "Expect" not in request.headers and request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert request.headers["Content-Length"] == str(len(data)) and request.get_data() == data
+
+
+@pytest.mark.parametrize("make", [
+    lambda: memoryview(b""),
+    lambda: memoryview(bytes(range(256)) * 16),  # a whole bytes object: handed to libcurl uncopied
+    lambda: memoryview(bytearray(range(256)) * 300)[100:4196],  # a slice of a bigger buffer
+    lambda: memoryview(b"w" * (64 << 10)),  # the largest body sent whole (with the head)
+    lambda: memoryview(b"r" * ((64 << 10) + 1)),  # the smallest read by callback
+], ids=["empty", "bytes", "slice", "64KiB", "64KiB+1"])
+def test_put_bodies_of_every_size_arrive_whole_and_untyped(transport: CurlTransport, httpserver: HTTPServer,
+                                                           make: Callable[[], memoryview]) -> None:
+    body = make()
+    md5 = hashlib.md5(body).hexdigest()
+    httpserver.expect_request(f"/{md5}", method="PUT").respond_with_data(f"{md5}+{body.nbytes}\n")
+    response = transport.request(Request("PUT", httpserver.url_for(f"/{md5}"), body=body))
+    assert response.status == 200
+    ((request, _),) = httpserver.log
+    assert request.method == "PUT" and request.get_data() == body.tobytes()
+    assert request.headers["Content-Length"] == str(body.nbytes)
+    assert "Content-Type" not in request.headers and "Expect" not in request.headers
+
+
+def test_a_put_after_the_server_closed_the_kept_alive_connection_is_sent_whole_again() -> None:
+    """The server answers each PUT and then closes the connection without saying so: the next
+    PUT (small, sent with its head; large, read by callback) reaches it whole on a new one."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:
+        for _ in range(4):
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as f:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    head += f.readline()
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                received.append(f.read(length))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            # closed here, kept-alive as far as the client knows
+
+    with ThreadPoolExecutor(1) as pool, CurlTransport(pool_size=1) as transport:
+        served = pool.submit(serve)
+        bodies = [b"a" * 4096, b"b" * 4096, b"c" * (1 << 20), b"d" * (1 << 20)]
+        for body in bodies:
+            url = f"http://127.0.0.1:{port}/{hashlib.md5(body).hexdigest()}"
+            assert transport.request(Request("PUT", url, body=memoryview(body), timeout=FAST)).status == 200
+        served.result(timeout=30)
+    listener.close()
+    assert received == bodies
 
 
 def test_response_headers_are_case_insensitive(transport: CurlTransport, server: KeepServer) -> None:
