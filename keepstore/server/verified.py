@@ -39,7 +39,8 @@ class VerifiedFiles:
     Small verified files may also be *kept*: their bytes, held with the key they were read
     under, up to *kept_bytes* in all (oldest dropped first), so a GET of a hot small block
     costs one ``stat`` instead of open, fstat, read and close. Kept bytes are the bytes that
-    were read from the verified file, and are served only while the file has that key.
+    were read from the verified file (or, for a file a PUT just wrote, the body it was written
+    from, which hashed to its name), and are served only while the file has that key.
 
     Args:
         capacity: How many files' keys to remember.
