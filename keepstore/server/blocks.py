@@ -315,8 +315,7 @@ def _write(volumes: list[Volume], md5: str, length: int, body: Iterable[bytes | 
                 with lock:
                     loc = writer.commit(digest)
                     with contextlib.suppress(OSError):  # gone already: the next GET hashes whatever is there
-                        path = f"{os.fspath(volume.path)}/{md5[:3]}/{md5}"  # as open_copy names it
-                        verified(path, file_key(os.stat(path)), data)
+                        verified(writer.path, file_key(os.stat(writer.path)), data)  # as open_copy names it
                 stored.append(volume)
             except WriteError:  # the body does not match the name: no writer commits
                 return Refusal(400, "body md5 does not match the block name")

@@ -16,12 +16,18 @@ from ..errors import WriteError
 from ..local import FileSystem, StrPath
 from ..locator import MAX_BLOCK_SIZE, Locator
 
-__all__ = ["TEMP_PREFIX", "FileOps", "VolumeWriter", "reclaim_temp_files"]
+__all__ = ["TEMP_PREFIX", "FileOps", "VolumeWriter", "block_file", "reclaim_temp_files"]
 
 TEMP_PREFIX = ".tmp-"
 _OURS = ".tmp-keep-"  # our temp files: .tmp-keep-<pid>-<random>, flocked while their writer lives
 TEMP_GRACE = 10.0  # a temp file younger than this may not be locked by its writer yet
 FOREIGN_TEMP_AGE = 3600.0  # other writers' temp files (a LocalStore's) hold no lock: wait this long
+
+
+def block_file(root: str, md5: str) -> str:
+    """Where block *md5* is written in volume directory *root*: ``<root>/<md5[:3]>/<md5>``, the
+    layout keepstore's unix volumes use (a string, not a `Path`: this is named on every request)."""
+    return f"{root}/{md5[:3]}/{md5}"
 
 
 class FileOps(FileSystem):
@@ -66,8 +72,8 @@ class VolumeWriter:
         self.ops = ops or FileOps()
         self.md5 = md5
         # Strings, not Paths (`final` and `temp` make those): this runs for every PUT.
-        directory = f"{os.fspath(root)}/{md5[:3]}"
-        self._final = f"{directory}/{md5}"
+        self.path = block_file(os.fspath(root), md5)  # the block's file, once committed
+        directory = os.path.dirname(self.path)
         self._fsync = fsync
         self._hash = hashlib.md5(usedforsecurity=False)
         self.size = 0
@@ -84,8 +90,8 @@ class VolumeWriter:
 
     @property
     def final(self) -> Path:
-        """The block's file, once committed."""
-        return Path(self._final)
+        """`path` as a `Path`."""
+        return Path(self.path)
 
     @property
     def temp(self) -> Path:
@@ -112,11 +118,11 @@ class VolumeWriter:
         assert self._fd is not None
         if self._fsync:
             self.ops.fsync(self._fd)
-        self.ops.replace(self._temp, self._final)
+        self.ops.replace(self._temp, self.path)
         fd, self._fd = self._fd, None
         self.ops.close(fd)
         if self._fsync:
-            self.ops.fsync_dir(os.path.dirname(self._final))
+            self.ops.fsync_dir(os.path.dirname(self.path))
         return Locator(self.md5, self.size)
 
     def abort(self) -> None:

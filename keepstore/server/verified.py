@@ -143,8 +143,7 @@ def open_copy(volumes: Sequence[Volume], md5: str, size: int) -> OpenCopy | None
     layout, then flat, as `Volume.find`), or None. A copy that cannot be opened is logged and
     passed over, as `Blocks.locate` does. The caller closes the descriptor."""
     for volume in volumes:
-        root = os.fspath(volume.path)  # strings, not Paths: this runs for every GET
-        for path in (f"{root}/{md5[:3]}/{md5}", f"{root}/{md5}"):
+        for path in volume.block_files(md5):
             try:  # O_NONBLOCK: a FIFO under a block's name must not hang the thread
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except (FileNotFoundError, NotADirectoryError):
@@ -166,8 +165,7 @@ def cached_copy(volumes: Sequence[Volume], md5: str, size: int, verified: Verifi
     ``stat`` alone; None when that copy is not kept under its key now (or cannot be
     looked at), and the caller opens it instead."""
     for volume in volumes:
-        root = os.fspath(volume.path)
-        for path in (f"{root}/{md5[:3]}/{md5}", f"{root}/{md5}"):
+        for path in volume.block_files(md5):
             try:
                 st = os.stat(path)
             except (FileNotFoundError, NotADirectoryError):

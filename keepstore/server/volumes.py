@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..local import LocalStore
-from .disk import FileOps, VolumeWriter, reclaim_temp_files
+from .disk import FileOps, VolumeWriter, block_file, reclaim_temp_files
 
 __all__ = ["Volume", "VolumeFull", "parse_volume", "rank_volumes"]
 
@@ -86,8 +86,7 @@ class Volume:
         """
         if not _BLOCK_NAME.match(md5):
             return None
-        root = os.fspath(self.path)  # strings, not Paths, until one is found: this runs for every PUT
-        for path in (f"{root}/{md5[:3]}/{md5}", f"{root}/{md5}"):
+        for path in self.block_files(md5):
             try:
                 if stat.S_ISREG(os.stat(path).st_mode):
                     return Path(path)
@@ -96,6 +95,13 @@ class Volume:
             except OSError as exc:
                 log.warning("volume %s: cannot look up block %s: %s", self.path, md5, exc.strerror or exc)
         return None
+
+    def block_files(self, md5: str) -> tuple[str, str]:
+        """The names a copy of block *md5* may have here, in the order they are looked up: the
+        layered one we write (`block_file`), then the flat one of the Arvados SDK's local_store.
+        Strings, not Paths: they are looked up on every request."""
+        root = os.fspath(self.path)
+        return block_file(root, md5), f"{root}/{md5}"
 
     def index(self, prefix: str = "") -> Iterator[tuple[str, int, int]]:
         """``(md5, size, mtime_ns)`` of every block file whose md5 starts with *prefix*
