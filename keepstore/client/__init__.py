@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -20,15 +21,17 @@ from ..local import LocalStore
 from ..locator import EMPTY_BLOCK, Locator, LocatorLike
 from ..services import Service, ServiceDirectory, ServiceLike, discover, parse_services
 from ..store import BlockStore, Data, PutResult, as_view
-from ..transport import Headers, Request, Transport, TransportError
+from ..transport import Transport
 from . import direct, stream
 from .envcache import CacheChoice, cache_from_settings
 from .health import HedgePolicy
+from .prefetch import Prefetcher
+from .putloop import PutLoop, QueuedPut
 from .read import SIGNATURE_HEADER, read_block
 from .rounds import RetryNotice, RoundPolicy
 from .stats import ClientStats, Counters, ServiceStats
 from .wire import Link, Wire, clean_token, new_request_id
-from .write import ReplicaMemory, write_block
+from .write import CALLER_WRITES_MAX, BlockWrite, ReplicaMemory, write_block
 
 __all__ = ["BlockCacheLike", "ClientStats", "HedgePolicy", "KeepClient", "RetryNotice", "ServiceStats",
            "new_request_id"]
@@ -37,7 +40,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_PREFETCH_PENDING = 256  # blocks waiting for prefetch at once; more are dropped (a hint, not a queue)
 DISCOVERY_BODY_LIMIT = 16 << 20  # bytes a service-discovery answer may have (a list of services as JSON)
 
 
@@ -145,10 +147,11 @@ class KeepClient(BlockStore):
         self._counters = Counters()
         self._wire = Wire(transport, token, self._directory, self._counters, clock, self._cancel, hedge)
         self._replicas = ReplicaMemory()
+        self._loop: PutLoop | None = PutLoop(self._wire, limit=threads)
+        weakref.finalize(self, self._loop.close)  # a client dropped unclosed, or left at exit, ends its puts
         self._pool: ThreadPoolExecutor | None = None  # replica fan-out inside one put
         self._tasks: ThreadPoolExecutor | None = None  # whole operations: *_async, batches, aio
-        self._prefetcher: ThreadPoolExecutor | None = None
-        self._prefetching: set[str] = set()
+        self._prefetcher = Prefetcher(self.get, prefetch_threads)
         self._accepting = True
         self._pool_lock = threading.Lock()
         self._closed = False
@@ -252,8 +255,7 @@ class KeepClient(BlockStore):
         classes = tuple(storage_classes) if storage_classes is not None else self.storage_classes
         result = write_block(self._link(), self._submit_replica, self._replicas, view, loc, copies=wanted,
                              classes=classes, request_id=request_id or new_request_id())
-        if self.cache_writes and self._cache_front is not None:
-            self._cache_front.put(loc, view, verified=True)  # just hashed: it is the block
+        self._stored(result, view)
         return result
 
     # -- reads ----------------------------------------------------------------------------
@@ -347,15 +349,40 @@ class KeepClient(BlockStore):
 
     def put_async(self, data: Data, *, copies: int | None = None, storage_classes: Iterable[str] | None = None,
                   request_id: str | None = None) -> Future[Locator]:
-        """`put` on the client's task pool; a `Future` of the locator."""
-        return self._submit(self.put, data, copies=copies, storage_classes=storage_classes, request_id=request_id)
+        """`put` in the background; a `Future` of the locator (see `put_block_async`)."""
+        return self._put_later(data, copies, storage_classes, request_id, locator_only=True)
 
     def put_block_async(self, data: Data, *, copies: int | None = None,
                         storage_classes: Iterable[str] | None = None,
                         request_id: str | None = None) -> Future[PutResult]:
-        """`put_block` on the client's task pool; a `Future` of the `PutResult`."""
-        return self._submit(self.put_block, data, copies=copies, storage_classes=storage_classes,
-                            request_id=request_id)
+        """`put_block` in the background; a `Future` of the `PutResult`.
+
+        A block up to 1 MiB goes to the put loop: one thread that runs the first round of up to
+        ``threads`` such puts at once on one curl multi handle (a put it does not finish
+        there goes on, with retries, on the task pool). Larger blocks run on the task pool.
+        """
+        return self._put_later(data, copies, storage_classes, request_id, locator_only=False)
+
+    def _put_later(self, data: Data, copies: int | None, storage_classes: Iterable[str] | None,
+                   request_id: str | None, *, locator_only: bool) -> Future[Any]:
+        wanted = self.copies if copies is None else copies
+        view = as_view(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
+        if view is not None and view.nbytes <= CALLER_WRITES_MAX and wanted >= 1 and self._loop is not None:
+            self._check_open()
+            classes = tuple(storage_classes) if storage_classes is not None else self.storage_classes
+            write = BlockWrite(self._link(), self._submit_replica, self._replicas, view, Locator.for_data(view),
+                               wanted, classes, request_id or new_request_id())
+            queued = QueuedPut(write, self._carry_on, self._stored, locator_only=locator_only)
+            if self._loop.submit(queued):
+                return queued.future
+            self._loop = None  # the transport cannot overlap requests in one thread
+        return self._submit(self.put if locator_only else self.put_block, data, copies=copies,
+                            storage_classes=storage_classes, request_id=request_id)
+
+    def _stored(self, result: PutResult, view: memoryview) -> None:
+        """A put succeeded: write it through to the cache when asked to."""
+        if self.cache_writes and self._cache_front is not None:
+            self._cache_front.put(result.locator, view, verified=True)  # just hashed: it is the block
 
     def get_async(self, locator: LocatorLike, *, request_id: str | None = None) -> Future[bytes]:
         """`get` on the client's task pool; a `Future` of the verified bytes."""
@@ -391,39 +418,13 @@ class KeepClient(BlockStore):
         """Start fetching blocks into ``kc.cache`` in the background; return at once.
 
         Does nothing without a cache. Blocks already queued are skipped, and so are blocks
-        beyond `MAX_PREFETCH_PENDING` waiting ones (prefetch is a hint). Failures are logged,
+        beyond 256 waiting ones (prefetch is a hint). Failures are logged,
         never raised; the returned futures (one per block queued) complete either way (those still
         queued when the client closes are cancelled).
         """
         if self._cache_front is None:
             return []
-        queued: list[Future[None]] = []
-        for locator in locators:
-            loc = self._locator(locator)
-            key = str(loc.bare())
-            with self._pool_lock:
-                if not self._accepting or key in self._prefetching or key == EMPTY_BLOCK:
-                    continue
-                if len(self._prefetching) >= MAX_PREFETCH_PENDING:
-                    log.debug("prefetch queue full; not prefetching %s", key)
-                    continue
-                if self._prefetcher is None:
-                    self._prefetcher = ThreadPoolExecutor(max_workers=self.prefetch_threads,
-                                                          thread_name_prefix="keepstore-prefetch")
-                self._prefetching.add(key)
-                queued.append(self._prefetcher.submit(self._prefetch_one, loc, key))
-        return queued
-
-    def _prefetch_one(self, loc: Locator, key: str) -> None:
-        try:
-            self.get(loc)
-        except BlockNotFound as exc:
-            log.debug("prefetch of %s: %s", key, exc)
-        except Exception:  # nobody waits on a prefetch: say what went wrong, don't lose it
-            log.warning("prefetch of %s failed", key, exc_info=True)
-        finally:
-            with self._pool_lock:
-                self._prefetching.discard(key)
+        return self._prefetcher.queue([self._locator(locator) for locator in locators])
 
     def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` on the task pool (bounded by ``threads``).
@@ -446,22 +447,19 @@ class KeepClient(BlockStore):
                 self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="keepstore-put")
             return self._pool.submit(fn, *args)
 
+    def _carry_on(self, fn: Callable[[], None]) -> Future[None]:
+        """Run the rest of a put the loop began on the task pool (also while closing: `close`
+        waits for the loop first). RuntimeError once the pool is shut down."""
+        with self._pool_lock:
+            if self._closed:
+                raise RuntimeError("the task pool is shut down")
+            if self._tasks is None:
+                self._tasks = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="keepstore-task")
+            return self._tasks.submit(fn)
+
     def _discover(self) -> list[Service]:
         assert self.api_host is not None
-
-        def fetch(url: str) -> tuple[int, bytes]:
-            headers = self._wire.headers(new_request_id())
-            headers["Accept"] = "application/json"
-            request = Request("GET", url, Headers(headers), timeout=self.timeout, body_limit=DISCOVERY_BODY_LIMIT)
-            try:
-                response = self.transport.request(request)
-            except TransportError as exc:
-                raise NoServicesError(f"Keep service discovery failed: {exc}") from exc
-            if response.truncated:
-                raise NoServicesError(f"Keep service discovery failed: an answer over {DISCOVERY_BODY_LIMIT} bytes")
-            return response.status, response.body
-
-        services = discover(self.api_host, fetch)
+        services = discover(self.api_host, direct.discovery_fetch(self._wire, self.timeout, DISCOVERY_BODY_LIMIT))
         log.debug("discovered %d Keep services", len(services))
         return services
 
@@ -480,10 +478,12 @@ class KeepClient(BlockStore):
             if not self._accepting:
                 return
             self._accepting = False  # no new work; what is queued still runs
-            tasks, prefetcher = self._tasks, self._prefetcher
+        if self._loop is not None:
+            self._loop.close()  # (its puts not done in one round go on on the task pool)
+        with self._pool_lock:
+            tasks = self._tasks
         wait = not self._cancel.is_set()
-        if prefetcher is not None:
-            prefetcher.shutdown(wait=wait, cancel_futures=True)
+        self._prefetcher.close(wait)
         if tasks is not None:
             tasks.shutdown(wait=wait, cancel_futures=not wait)
         with self._pool_lock:

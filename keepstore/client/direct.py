@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from ..config import Timeout
-from ..errors import BlockNotFound, LocatorError, ReadError, WriteError
+from ..errors import BlockNotFound, LocatorError, NoServicesError, ReadError, WriteError
 from ..locator import Locator
 from ..services import Service
-from ..transport import Headers, Request
-from .wire import Status, Wire, classify
+from ..transport import Headers, Request, TransportError
+from .wire import Status, Wire, classify, new_request_id
 from .write import PUT_ANSWER_LIMIT
 
-__all__ = ["get_from", "head_on", "put_to"]
+__all__ = ["discovery_fetch", "get_from", "head_on", "put_to"]
+
+
+def discovery_fetch(wire: Wire, timeout: Timeout, limit: int) -> Callable[[str], tuple[int, bytes]]:
+    """What service discovery fetches with: a GET of a URL with the token, as (status, body);
+    `NoServicesError` for no answer or one over *limit* bytes."""
+
+    def fetch(url: str) -> tuple[int, bytes]:
+        headers = wire.headers(new_request_id())
+        headers["Accept"] = "application/json"
+        request = Request("GET", url, Headers(headers), timeout=timeout, body_limit=limit)
+        try:
+            response = wire.transport.request(request)
+        except TransportError as exc:
+            raise NoServicesError(f"Keep service discovery failed: {exc}") from exc
+        if response.truncated:
+            raise NoServicesError(f"Keep service discovery failed: an answer over {limit} bytes")
+        return response.status, response.body
+
+    return fetch
 
 
 def head_on(wire: Wire, service: Service, loc: Locator, timeout: Timeout, request_id: str) -> bool:

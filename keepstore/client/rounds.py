@@ -13,7 +13,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ..config import Retry, Timeout
 from ..errors import Cancelled, KeepError
 
-__all__ = ["GiveUp", "RetryNotice", "RoundJob", "RoundPolicy", "RoundResult", "run_rounds"]
+__all__ = ["GiveUp", "RetryNotice", "RoundJob", "RoundPolicy", "RoundResult", "round_timeout", "run_rounds"]
 
 log = logging.getLogger("keepstore.client")
 
@@ -142,24 +142,39 @@ class RoundPolicy:
             self.sleep(seconds)
 
 
-def run_rounds(job: RoundJob[T], policy: RoundPolicy) -> T:
+def round_timeout(policy: RoundPolicy, number: int, deadline: float | None) -> Timeout:
+    """The timeouts of round *number* (from 0): the policy's for that round, cut to what the
+    *deadline* (on the policy's clock) leaves; a stalled server is cut off too, a transfer
+    moving at min_bandwidth is not."""
+    timeout = policy.timeout.for_round(number)
+    if deadline is not None:
+        left = deadline - policy.clock()
+        timeout = dataclasses.replace(timeout, connect=max(MIN_CONNECT, min(timeout.connect, left)),
+                                      read=max(MIN_CONNECT, min(timeout.read, left)))
+    return timeout
+
+
+def run_rounds(job: RoundJob[T], policy: RoundPolicy, *, first: RoundResult[T] | None = None,
+               started: float | None = None) -> T:
     """Run *job* round by round until a round is done; raise ``job.give_up(...)`` when a round
     leaves no hope, the retries are used up (`Retry.increment` decides), the deadline passed
-    or the client closed, and `Cancelled` once the policy's cancel event is set."""
+    or the client closed, and `Cancelled` once the policy's cancel event is set.
+
+    *first*, when given, is what round 0 gave, run elsewhere (the client's put loop) from
+    *started* (the policy's clock): the rounds go on from there, under the same deadline.
+    """
     retry = policy.retry
-    deadline = None if retry.deadline is None else policy.clock() + retry.deadline
+    begun = policy.clock() if started is None else started
+    deadline = None if retry.deadline is None else begun + retry.deadline
     number = 0
     last = False  # the round about to run is the last the deadline allows
     while True:
-        if policy.cancel.is_set():
-            raise Cancelled(f"{job.operation} {job.subject} cancelled")
-        timeout = policy.timeout.for_round(number)
-        if deadline is not None:
-            left = deadline - policy.clock()
-            # A stalled server is cut off too; a transfer moving at min_bandwidth is not.
-            timeout = dataclasses.replace(timeout, connect=max(MIN_CONNECT, min(timeout.connect, left)),
-                                          read=max(MIN_CONNECT, min(timeout.read, left)))
-        result = job.run_round(number, timeout)
+        if first is not None:
+            result, first = first, None
+        else:
+            if policy.cancel.is_set():
+                raise Cancelled(f"{job.operation} {job.subject} cancelled")
+            result = job.run_round(number, round_timeout(policy, number, deadline))
         if result.done:
             return result.value  # type: ignore[return-value]  # a done round carries its value
         if policy.cancel.is_set():

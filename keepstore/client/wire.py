@@ -11,11 +11,12 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from ..config import Timeout
 from ..errors import ConfigError, redact, scrub
 from ..services import Service, ServiceDirectory
-from ..transport import FanOut, Race, Request, Response, Transport, TransportError
+from ..transport import FanOut, Pump, Race, Request, Response, Transport, TransportError
 from .health import HedgePolicy, ServiceHealth
 from .rounds import RoundPolicy
 from .stats import Counters
@@ -185,6 +186,16 @@ class Wire:
         counted.fan = race
         return counted.running(race)
 
+    def pump(self) -> "CountedPump | None":
+        """`Transport.pump`, its requests counted as `send` counts; None when the transport
+        cannot overlap requests in one thread."""
+        counted = CountedPump(self)
+        pump = self.transport.pump(counted.started)
+        if pump is None:
+            return None
+        counted.pump = pump
+        return counted
+
     def _with_cancel(self, request: Request) -> Request:
         if request.cancel is None and self.cancel is not None:
             return dataclasses.replace(request, cancel=self.cancel)
@@ -257,6 +268,59 @@ class CountedRace(Iterator[tuple[int, "Response | TransportError"]]):
     def close(self) -> None:
         if self._race is not None:
             self._race.close()
+
+
+class CountedPump:
+    """A `Wire`'s pump (`Wire.pump`): requests to services, driven by one thread, each counted
+    as `Wire.send` counts when it starts and when it ends."""
+
+    def __init__(self, wire: Wire) -> None:
+        self._wire = wire
+        self._sent: dict[int, list[Any]] = {}  # index -> [service, request, start time or None]
+        self.pump: Pump | None = None
+
+    def add(self, service: Service, request: Request) -> int:
+        """Queue *request* to *service* (it starts at the next `step`); its index."""
+        assert self.pump is not None  # attached by Wire.pump
+        index = self.pump.add(request)
+        self._sent[index] = [service, request, None]
+        return index
+
+    def started(self, index: int) -> None:
+        """The transport's start callback: count request *index* (and its body) as sent."""
+        entry = self._sent[index]
+        body = entry[1].body
+        self._wire.counters.add(requests=1, bytes_up=body.nbytes if body is not None else 0)
+        entry[2] = self._wire.clock()
+
+    def step(self, wait: float | None) -> list[tuple[int, Response | TransportError]]:
+        """`Pump.step`: each request that ended, by index, with its response or error."""
+        assert self.pump is not None
+        ended: list[tuple[int, Response | TransportError]] = []
+        for finished in self.pump.step(wait):
+            service, request, started = self._sent.pop(finished.position)
+            if finished.response is not None:
+                self._wire.answered(service, request, finished.response, started)
+                ended.append((finished.position, finished.response))
+            else:
+                assert finished.error is not None  # a Finished holds one or the other
+                self._wire.failed(service, request, finished.error, started)
+                ended.append((finished.position, finished.error))
+        return ended
+
+    def wake(self) -> None:
+        """End a `step`'s wait (from any thread)."""
+        assert self.pump is not None
+        self.pump.wake()
+
+    @property
+    def running(self) -> int:
+        """Requests added and not yet given back by `step`."""
+        return len(self._sent)
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.close()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..transport import Headers, Request, Response, TransportError
 from .rounds import GiveUp, RoundResult, run_rounds
 from .wire import Link, Status, classify
 
-__all__ = ["ReplicaMemory", "Verdict", "parse_classes_confirmed", "write_block"]
+__all__ = ["BlockWrite", "FanRound", "ReplicaMemory", "Verdict", "parse_classes_confirmed", "write_block"]
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ class _Outcome:
     asked_several: bool = False
 
 
-class _Put:
-    """The state of one `write_block` call."""
+class BlockWrite:
+    """The state of one block's write, round by round (`write_block`, or the client's put loop)."""
 
     def __init__(self, link: Link, submit: Submit, memory: ReplicaMemory, view: memoryview, loc: Locator,
                  copies: int, classes: Sequence[str], request_id: str) -> None:
@@ -152,40 +152,37 @@ class _Put:
         try:
             response = self.link.wire.send(service, self.request_for(service, timeout))
         except TransportError as exc:
-            return _Outcome(service, Verdict.TRANSIENT, exc.reason)
+            return self.outcome(service, exc)
         return self.judge(service, response)
+
+    def need(self) -> int:
+        """PUTs still wanted: replicas missing, or one more for a storage class not confirmed."""
+        return max(self.copies - self.done, 1 if self.pending_classes() else 0)
 
     def fan_out(self, services: list[Service], queue: collections.deque[Service], timeout: Timeout) -> float | None:
         """One PUT to each of *services* (which take one replica each) at once through the
-        transport's `fan_out`, each recorded as it ends; while replicas are still missing, a
-        PUT that failed is replaced at once by one to the next service of *queue*, as the
-        pool's round does. The longest ``Retry-After`` among them (-1: none), or None when the
-        transport cannot overlap requests (nothing was sent)."""
-        race = self.link.wire.fan_out(services, [self.request_for(s, timeout) for s in services])
+        transport's `fan_out` (see `FanRound`). The longest ``Retry-After`` among them (-1:
+        none), or None when the transport cannot overlap requests (nothing was sent)."""
+        fan = FanRound(self, queue, timeout, parallel=True)
+        started = fan.start(services)
+        race = self.link.wire.fan_out([s for s, _ in started], [r for _, r in started])
         if race is None:
             return None
-        services = list(services)
-        retry_after = -1.0
-        running = len(services)
+        services = [s for s, _ in started]
         try:
             for index, result in race:
-                running -= 1
-                service = services[index]
-                if isinstance(result, TransportError):
-                    outcome = _Outcome(service, Verdict.TRANSIENT, result.reason)
-                else:
-                    outcome = self.judge(service, result)
-                self.record(outcome)
-                if outcome.retry_after is not None:
-                    retry_after = max(retry_after, outcome.retry_after)
-                need = max(self.copies - self.done, 1 if self.pending_classes() else 0)
-                while queue and running < need and not self.link.rounds.cancel.is_set():
-                    services.append(queue.popleft())
-                    race.add(services[-1], self.request_for(services[-1], timeout))
-                    running += 1
+                for service, request in fan.ended(services[index], result):
+                    services.append(service)
+                    race.add(service, request)
         finally:
             race.close()
-        return retry_after
+        return fan.retry_after
+
+    def outcome(self, service: Service, result: Response | TransportError) -> _Outcome:
+        """What *result* (an answer or a failed transfer) to a PUT to *service* achieved."""
+        if isinstance(result, TransportError):
+            return _Outcome(service, Verdict.TRANSIENT, result.reason)
+        return self.judge(service, result)
 
     def judge(self, service: Service, response: Response) -> _Outcome:
         status = response.status
@@ -245,21 +242,12 @@ class _Put:
 
     def run_round(self, round_number: int, timeout: Timeout) -> RoundResult[PutResult]:
         """Write to candidates in probe order until satisfied or out of candidates."""
-        self.failures = {}
         cancel = self.link.rounds.cancel
-        writable = [s for s in self.link.wire.services() if not s.read_only and not s.is_gateway]
-        if not writable:
-            raise NoServicesError(f"[{self.request_id}] no writable Keep services for {self.loc}")
-        order = [s for s in probe_order(self.loc.md5, writable)
-                 if s.root not in self.retired and s.root not in self.confirmed]
-        queue = collections.deque(order)
-        # A disk service (or one seen storing a single replica) takes one replica per PUT, so
-        # we can write `need` at once; a proxy might store them all, so go one at a time there.
-        parallel = all(self.memory.takes_one(s) for s in order)
+        writable, queue, parallel = self.candidates()
         inflight: dict[Future[_Outcome], Service] = {}
         retry_after: float | None = None
         while not cancel.is_set():  # cancelled: PUTs in flight abort on their own; the loop says so
-            need = max(self.copies - self.done, 1 if self.pending_classes() else 0)
+            need = self.need()
             limit = need if parallel else min(need, 1)
             launch: list[Service] = []
             while queue and len(inflight) + len(launch) < limit:
@@ -294,6 +282,23 @@ class _Put:
                 self.record(outcome)
                 if outcome.retry_after is not None:
                     retry_after = max(retry_after or 0.0, outcome.retry_after)
+        return self.round_result(writable, retry_after)
+
+    def candidates(self) -> tuple[list[Service], collections.deque[Service], bool]:
+        """A new round's writable services, those to try in probe order, and whether they may
+        be written at once. Raises `NoServicesError` when no service is writable."""
+        self.failures = {}
+        writable = [s for s in self.link.wire.services() if not s.read_only and not s.is_gateway]
+        if not writable:
+            raise NoServicesError(f"[{self.request_id}] no writable Keep services for {self.loc}")
+        order = [s for s in probe_order(self.loc.md5, writable)
+                 if s.root not in self.retired and s.root not in self.confirmed]
+        # A disk service (or one seen storing a single replica) takes one replica per PUT, so
+        # we can write `need` at once; a proxy might store them all, so go one at a time there.
+        return writable, collections.deque(order), all(self.memory.takes_one(s) for s in order)
+
+    def round_result(self, writable: list[Service], retry_after: float | None) -> RoundResult[PutResult]:
+        """What the round that wrote to *writable* gave: done, or whether another could help."""
         left = [s for s in writable if s.root not in self.retired and s.root not in self.confirmed]
         # A later round helps only if what is left can still hold the replicas missing: one each
         # for disk services (and those seen storing one), possibly all of them for a proxy.
@@ -332,6 +337,53 @@ class _Put:
             attempts=attempts)
 
 
+class FanRound:
+    """One round of a put's PUTs to services that take one replica each, all at once, each
+    recorded as it ends; while replicas are still missing, a PUT that failed is replaced at once
+    by one to the next service of *queue* (one at a time when not *parallel*: a proxy may store
+    them all). Driven by `BlockWrite.fan_out` on a race of its own, or by the client's put loop
+    beside other puts' PUTs (`QueuedPut`).
+
+    ``running`` counts the PUTs started and not yet ended; ``retry_after`` is the longest
+    ``Retry-After`` among the answers (-1: none).
+    """
+
+    def __init__(self, put: BlockWrite, queue: collections.deque[Service], timeout: Timeout, *,
+                 parallel: bool) -> None:
+        self.put = put
+        self.queue = queue
+        self.timeout = timeout
+        self.parallel = parallel
+        self.running = 0
+        self.retry_after = -1.0
+
+    def want(self) -> int:
+        need = self.put.need()
+        return need if self.parallel else min(need, 1)
+
+    def start(self, services: Sequence[Service]) -> list[tuple[Service, Request]]:
+        """The PUTs to *services*, counted as running."""
+        self.running += len(services)
+        return [(s, self.put.request_for(s, self.timeout)) for s in services]
+
+    def opening(self) -> list[tuple[Service, Request]]:
+        """The round's first PUTs: as many as are wanted, from the front of the queue."""
+        launch = [self.queue.popleft() for _ in range(min(self.want(), len(self.queue)))]
+        return self.start(launch)
+
+    def ended(self, service: Service, result: Response | TransportError) -> list[tuple[Service, Request]]:
+        """Record the end of the PUT to *service*; the PUTs to start in its place."""
+        self.running -= 1
+        outcome = self.put.outcome(service, result)
+        self.put.record(outcome)
+        if outcome.retry_after is not None:
+            self.retry_after = max(self.retry_after, outcome.retry_after)
+        launch: list[Service] = []
+        while self.queue and self.running + len(launch) < self.want() and not self.put.link.rounds.cancel.is_set():
+            launch.append(self.queue.popleft())
+        return self.start(launch)
+
+
 def write_block(link: Link, submit: Submit, memory: ReplicaMemory, view: memoryview, loc: Locator, *,
                 copies: int, classes: Sequence[str], request_id: str) -> PutResult:
     """Store *view* (whose locator is *loc*) on enough services; raise `WriteError` if not.
@@ -339,4 +391,4 @@ def write_block(link: Link, submit: Submit, memory: ReplicaMemory, view: memoryv
     *submit* runs the parallel PUTs on the client's replica pool; *memory* is what the client's
     earlier puts learnt about which services store one replica per PUT.
     """
-    return run_rounds(_Put(link, submit, memory, view, loc, copies, classes, request_id), link.rounds)
+    return run_rounds(BlockWrite(link, submit, memory, view, loc, copies, classes, request_id), link.rounds)

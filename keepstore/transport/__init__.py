@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import FanOut, Finished, Headers, Race, Request, Response, Transport, TransportError
+from .base import FanOut, Finished, Headers, Pump, Race, Request, Response, Transport, TransportError
 from .mock import MockTransport
 
 if TYPE_CHECKING:  # pragma: no cover
     from .curl import CurlTransport
 
-__all__ = ["CurlTransport", "FanOut", "Finished", "Headers", "MockTransport", "Race", "Request", "Response",
+__all__ = ["CurlTransport", "FanOut", "Finished", "Headers", "MockTransport", "Pump", "Race", "Request", "Response",
            "Transport", "TransportError"]
 
 

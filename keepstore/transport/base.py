@@ -15,8 +15,8 @@ from typing import NamedTuple, Protocol, TypeVar
 from ..config import Timeout
 from ..errors import KeepError
 
-__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "FanOut", "Finished", "Headers", "Race", "Request", "Response",
-           "Transport", "TransportError"]
+__all__ = ["DEFAULT_BODY_LIMIT", "ERROR_BODY_LIMIT", "FanOut", "Finished", "Headers", "Pump", "Race", "Request",
+           "Response", "Transport", "TransportError"]
 
 _T = TypeVar("_T", bound="Transport")
 _SECRET_HEADERS = frozenset({"authorization"})
@@ -236,6 +236,28 @@ class FanOut(Race, Protocol):
         """Start *request* too; its index (the next after the last)."""
 
 
+class Pump(Protocol):
+    """What `Transport.pump` returns: requests that one thread drives, step by step, for as long
+    as it likes. `add` and `step` are for that thread only; `wake` may be called from any."""
+
+    def add(self, request: Request) -> int:
+        """Queue *request* (it starts at the next `step`); its index, unique for the pump's life."""
+
+    def step(self, wait: float | None) -> list[Finished]:
+        """Start what was added, move the transfers on, and give those that ended; when none did,
+        first wait up to *wait* seconds (None: until something happens) for activity or a `wake`."""
+
+    def wake(self) -> None:
+        """End the wait of a `step` now or the next one (safe from any thread)."""
+
+    @property
+    def running(self) -> int:
+        """Requests added and not yet given back by `step`."""
+
+    def close(self) -> None:
+        """Abandon what still runs (connections closed) and release the pump's handles."""
+
+
 class Transport(abc.ABC):
     """Sends a `Request`, returns a `Response` for any HTTP status, raises `TransportError`
     when there is no HTTP answer. Implementations must be safe to call from many threads."""
@@ -263,6 +285,12 @@ class Transport(abc.ABC):
         each as it ends; `FanOut.add` starts another; closing abandons those still running.
         None (this default): the transport cannot overlap requests in one thread, and the
         caller runs them its own way (the client: on its replica pool)."""
+        return None
+
+    def pump(self, on_start: Callable[[int], None] | None = None) -> Pump | None:
+        """A `Pump`: many requests in flight at once, driven by one thread (the client's put
+        loop); *on_start* is called with each request's index as it starts. None (this default):
+        the transport cannot overlap requests in one thread."""
         return None
 
     def _one_at_a_time(self, requests: Sequence[Request],

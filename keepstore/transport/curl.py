@@ -13,10 +13,10 @@ from typing import cast
 
 import pycurl
 
-from .base import FanOut, Headers, Race, Request, Response, Transport, TransportError
+from .base import FanOut, Headers, Pump, Race, Request, Response, Transport, TransportError
 from .exchange import HEADER_LIMIT, BodyReader, Exchange
 from .overlap import OverlapCounts
-from .race import CurlRace, Slot
+from .race import CurlPump, CurlRace, Slot
 
 __all__ = ["CurlTransport", "default_ca_file"]
 
@@ -139,6 +139,9 @@ class CurlTransport(Transport):
             slot = self._slots.pop() if self._slots else Slot()
         return CurlRace(slot, requests, 0.0, on_start, self._configure_on_multi, _map_error, self._closed,
                         done=self._checkin_slot, together=True)
+
+    def pump(self, on_start: Callable[[int], None] | None = None) -> Pump:
+        return CurlPump(Slot(), on_start, self._configure_on_multi, _map_error, self._closed)
 
     def close(self) -> None:
         self._closed.set()

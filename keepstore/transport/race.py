@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +14,7 @@ import pycurl
 from .base import Finished, Request, TransportError
 from .exchange import Exchange
 
-__all__ = ["CurlRace", "Slot"]
+__all__ = ["CurlPump", "CurlRace", "Slot"]
 
 # The longest one wait for socket activity lasts, so a cancel set from another thread is seen
 # within it (a race's requests have no progress callback: each step makes the check for them).
@@ -139,6 +141,23 @@ class CurlRace(Iterator[Finished]):
 
     def _step(self) -> None:
         """Start what is due, let libcurl move, collect what ended; wait when nothing did."""
+        self._advance()
+        if self._ready or not self._running:
+            return
+        # Wait for socket activity, libcurl's next timer, or the moment to hedge.
+        multi = self._multi
+        timeout_ms = multi.timeout()
+        wait = _LONGEST_WAIT if timeout_ms < 0 else min(_LONGEST_WAIT, timeout_ms / 1000)
+        if self._waiting:  # (never, together: all started above)
+            alone = self._alone()
+            if alone is not None and not alone.exchange.answered:
+                wait = min(wait, alone.started + self._hedge_after - self._clock())
+        if wait > 0 and multi.select(wait) == 0 and not any(multi.fdset()):
+            # No socket to wait on (select returned at once): libcurl's advice is to wait a little.
+            time.sleep(min(wait, _NO_SOCKET_WAIT))
+
+    def _advance(self) -> None:
+        """Start what is due, let libcurl move, and collect what ended (no waiting)."""
         running, waiting, multi = self._running, self._waiting, self._multi
         for run in running.values():
             if run.exchange.on_progress():  # the check libcurl makes for a request on an easy handle
@@ -168,18 +187,6 @@ class CurlRace(Iterator[Finished]):
                     self._ready.append(Finished(run.index, error=TransportError(
                         f"{request.method} abandoned: another service answered first",
                         url=request.url.split("?", 1)[0], cancelled=True)))
-        if self._ready or not running:
-            return
-        # Wait for socket activity, libcurl's next timer, or the moment to hedge.
-        timeout_ms = multi.timeout()
-        wait = _LONGEST_WAIT if timeout_ms < 0 else min(_LONGEST_WAIT, timeout_ms / 1000)
-        if waiting:  # (never, together: all started above)
-            alone = self._alone()
-            if alone is not None and not alone.exchange.answered:
-                wait = min(wait, alone.started + self._hedge_after - self._clock())
-        if wait > 0 and multi.select(wait) == 0 and not any(multi.fdset()):
-            # No socket to wait on (select returned at once): libcurl's advice is to wait a little.
-            time.sleep(min(wait, _NO_SOCKET_WAIT))
 
     def _cancelled(self) -> None:
         """Drop the running requests whose cancel event is set: each ends as a cancelled request."""
@@ -191,8 +198,11 @@ class CurlRace(Iterator[Finished]):
                 self._ready.append(Finished(run.index, error=TransportError(
                     f"{request.method} cancelled", url=request.url.split("?", 1)[0], cancelled=True)))
 
+    def _request(self, index: int) -> Request:
+        return self._requests[index]
+
     def _start(self, index: int) -> None:
-        request = self._requests[index]
+        request = self._request(index)
         if self._closed.is_set() or request.cancelled:
             closed = self._closed.is_set()
             reason = "transport is closed" if closed else f"{request.method} cancelled"
@@ -227,3 +237,94 @@ class CurlRace(Iterator[Finished]):
             if not queued:
                 return
             messages = self._multi.info_read()
+
+
+class CurlPump(CurlRace):
+    """`Transport.pump` on a *slot* of its own: a fan-out (every request starts at the next
+    step, each runs to its own end) that lives as long as its one thread wants, and whose waits
+    `wake` ends from any thread (a socket pair beside libcurl's sockets in one ``poll``).
+
+    Requests are held until they start, then only by their transfer: a pump's life is long.
+    libcurl's ``fdset`` leaves out sockets numbered past ``FD_SETSIZE`` (1,024); a transfer on
+    one still moves at every step, and the steps come at least every 0.1 s while any run.
+    """
+
+    def __init__(self, slot: Slot, on_start: Callable[[int], None] | None, configure: Configure,
+                 map_error: MapError, closed: threading.Event) -> None:
+        self._pending: dict[int, Request] = {}  # added, not yet started
+        super().__init__(slot, (), 0.0, on_start, configure, map_error, closed, together=True)
+        self._next = 0
+        self._open = 0
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+
+    def add(self, request: Request) -> int:
+        index = self._next
+        self._next += 1
+        self._pending[index] = request
+        self._waiting.append(index)
+        self._open += 1
+        return index
+
+    @property
+    def running(self) -> int:
+        return self._open
+
+    def wake(self) -> None:
+        try:
+            self._wake_out.send(b"w")
+        except (BlockingIOError, OSError):  # full: a wake is already waiting; closed: nothing to wake
+            pass
+
+    def step(self, wait: float | None) -> list[Finished]:
+        if self._finished:
+            return []
+        self._advance()
+        if not self._ready:
+            self._poll(wait)
+            self._advance()
+        ready = list(self._ready)
+        self._ready.clear()
+        self._open -= len(ready)
+        return ready
+
+    def _request(self, index: int) -> Request:
+        return self._pending.pop(index)
+
+    def _poll(self, wait: float | None) -> None:
+        """Wait up to *wait* (None: for ever) for a socket, libcurl's next timer, or a wake."""
+        multi = self._multi
+        if self._running:
+            timeout_ms = multi.timeout()
+            limit = _LONGEST_WAIT if timeout_ms < 0 else min(_LONGEST_WAIT, timeout_ms / 1000)
+            wait = limit if wait is None else min(wait, limit)
+        if wait is not None and wait <= 0:
+            return
+        poller = select.poll()
+        poller.register(self._wake_in, select.POLLIN)
+        reads, writes, errors = multi.fdset()
+        masks: dict[int, int] = {}
+        for fds, mask in ((reads, select.POLLIN), (writes, select.POLLOUT), (errors, select.POLLPRI)):
+            for fd in fds:
+                masks[fd] = masks.get(fd, 0) | mask
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
+        if not masks and self._running and wait is not None:
+            wait = min(wait, _NO_SOCKET_WAIT)  # no socket yet: libcurl's advice (see `CurlRace`)
+        events = poller.poll(None if wait is None else max(1, int(wait * 1000 + 0.999)))
+        if any(fd == self._wake_in.fileno() for fd, _ in events):
+            try:
+                while self._wake_in.recv(4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+
+    def close(self) -> None:
+        if self._finished:
+            return
+        super().close()
+        self._pending.clear()
+        self._slot.close()
+        self._wake_in.close()
+        self._wake_out.close()
