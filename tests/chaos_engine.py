@@ -221,8 +221,9 @@ class _Engine:
     def op_put(self, rng: random.Random) -> None:
         data = self.data_for(rng, self.config.max_block)
         bare = str(Locator.for_data(data))
+        later = rng.random() < 0.5  # half through put_async: small blocks then go the put loop
         try:
-            loc = self.client.put(data)
+            loc = self.client.put_async(data).result() if later else self.client.put(data)
         except Exception as exc:  # judged by failure(): any non-KeepError is flagged
             return self.failure("put", exc, bare.split("+")[0])
         with self.lock:

@@ -62,8 +62,8 @@ class KeepClient(BlockStore):
         retries: A `Retry` policy or a number of retry rounds (default 10).
         copies: Replicas each `put` stores unless told otherwise (default 2).
         storage_classes: Storage classes each `put` asks for unless told otherwise.
-        threads: Size of each pool: replica PUTs in one put, and whole operations
-            (``*_async``, batches, the asyncio client).
+        threads: Size of each pool: replica PUTs in one put, whole operations (``*_async``,
+            batches, the asyncio client), and small puts at once on the put loop.
         cache: A block cache for reads: a keepstore `BlockCache`, or any object with
             ``get(locator)`` and ``put(locator, data)`` (wrapped in a `ForeignCache`, whose
             hits are md5-checked and whose failures never fail a read).
