@@ -367,13 +367,14 @@ class KeepClient(BlockStore):
                    request_id: str | None, *, locator_only: bool) -> Future[Any]:
         wanted = self.copies if copies is None else copies
         view = as_view(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
-        if view is not None and view.nbytes <= CALLER_WRITES_MAX and wanted >= 1 and self._loop is not None:
-            self._check_open()
+        loop = self._loop  # (never from its own thread: a done-callback waiting there would wait for ever)
+        small = view is not None and view.nbytes <= CALLER_WRITES_MAX and wanted >= 1
+        if small and view is not None and loop is not None and not loop.in_loop():
             classes = tuple(storage_classes) if storage_classes is not None else self.storage_classes
             write = BlockWrite(self._link(), self._submit_replica, self._replicas, view, Locator.for_data(view),
                                wanted, classes, request_id or new_request_id())
             queued = QueuedPut(write, self._carry_on, self._stored, locator_only=locator_only)
-            if self._loop.submit(queued):
+            if loop.submit(queued):
                 return queued.future
             self._loop = None  # the transport cannot overlap requests in one thread
         return self._submit(self.put if locator_only else self.put_block, data, copies=copies,

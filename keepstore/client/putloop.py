@@ -127,7 +127,9 @@ class PutLoop:
     every libcurl callback. At most *limit* puts run at once; the rest wait in order.
 
     `submit` is safe from any thread; `close` lets every queued and running put finish (a
-    client's cancel aborts their transfers) and stops the thread.
+    client's cancel aborts their transfers) and stops the thread. The futures complete on the
+    loop's thread, so their done-callbacks run there: a put submitted from one (`in_loop`)
+    must go elsewhere, or waiting for it there would wait for ever.
     """
 
     def __init__(self, wire: Wire, limit: int, name: str = "keepstore-puts") -> None:
@@ -164,6 +166,10 @@ class PutLoop:
             pump = self._pump
         pump.wake()
         return True
+
+    def in_loop(self) -> bool:
+        """Whether the calling thread is the loop's own (a done-callback of one of its puts)."""
+        return self._thread is not None and self._thread is threading.current_thread()
 
     def close(self) -> None:
         """Finish what is queued and running, then stop the thread and close the pump; idempotent."""

@@ -181,3 +181,24 @@ def test_a_transport_that_cannot_overlap_runs_them_on_the_task_pool() -> None:
         assert [f.result(timeout=30).bare() for f in futures] == [Locator.for_data(f"mock {i}".encode())
                                                                   for i in range(5)]
     assert sorted(stored.values()) == sorted(f"mock {i}".encode() for i in range(5))
+
+
+def test_a_done_callback_may_put_and_wait(servers: list[KeepServer]) -> None:
+    inner: list[tuple[str, Locator]] = []
+    gate = Gate()  # holds the outer put until its callback is attached, so the loop runs it
+    for server in servers:
+        server.faults.hold(gate, methods="PUT", times=None, block=hashlib.md5(b"outer").hexdigest(), timeout=60.0)
+
+    def again(future: Future[Locator]) -> None:
+        inner.append((threading.current_thread().name, kc.put_async(b"from a callback").result(timeout=20)))
+
+    with KeepClient(services=disk(servers), token="t", copies=2) as kc:
+        outer = kc.put_async(b"outer")
+        try:
+            gate.wait_for(2, timeout=30)
+            outer.add_done_callback(again)
+        finally:
+            gate.open()
+        outer.result(timeout=30)
+        assert kc.put_async(b"after").result(timeout=30).bare() == Locator.for_data(b"after")
+    assert [(name, loc.bare()) for name, loc in inner] == [("keepstore-puts", Locator.for_data(b"from a callback"))]
