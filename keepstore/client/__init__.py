@@ -357,9 +357,8 @@ class KeepClient(BlockStore):
                         request_id: str | None = None) -> Future[PutResult]:
         """`put_block` in the background; a `Future` of the `PutResult`.
 
-        A block up to 1 MiB goes to the put loop: one thread that runs the first round of up to
-        ``threads`` such puts at once on one curl multi handle (a put it does not finish
-        there goes on, with retries, on the task pool). Larger blocks run on the task pool.
+        A block up to 1 MiB goes to the put loop, whose one thread runs the first round of up to
+        ``threads`` such puts on one curl multi handle (docs/concurrency.md); larger ones to the task pool.
         """
         return self._put_later(data, copies, storage_classes, request_id, locator_only=False)
 
