@@ -245,8 +245,10 @@ class CurlPump(CurlRace):
     `wake` ends from any thread (a socket pair beside libcurl's sockets in one ``poll``).
 
     Requests are held until they start, then only by their transfer: a pump's life is long.
-    libcurl's ``fdset`` leaves out sockets numbered past ``FD_SETSIZE`` (1,024); a transfer on
-    one still moves at every step, and the steps come at least every 0.1 s while any run.
+    libcurl's ``fdset`` leaves out sockets numbered past ``FD_SETSIZE`` (1,024), as for
+    `CurlRace`'s ``select``: a transfer on one still moves at every step, which comes every 2 ms
+    when no socket is seen at all and at least every 0.1 s beside ones that are (checked with
+    1,100 files open: a 4 KiB get 0.38 ms, against 0.31 ms with few).
     """
 
     def __init__(self, slot: Slot, on_start: Callable[[int], None] | None, configure: Configure,
