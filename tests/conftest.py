@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from hashing_threads import Threads
+
+    from keepstore.server import KeepServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,3 +60,15 @@ def hasher_threads() -> Threads:
     from hashing_threads import started_since  # here: the conftest imports no keepstore module itself
 
     return started_since()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[KeepServer]]:
+    """Three `KeepServer`s in this process, one volume each (``tmp_path/v0`` .. ``v2``); a
+    module may define its own ``servers`` for another shape."""
+    from keepstore.server import KeepServer  # here: the conftest imports no keepstore module at load
+
+    made = [KeepServer([tmp_path / f"v{i}"]).start() for i in range(3)]
+    yield made
+    for server in made:
+        server.stop()

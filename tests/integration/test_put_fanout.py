@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -23,14 +21,6 @@ from keepstore.services import Service, probe_order
 
 def disk(urls: list[str]) -> list[Service]:
     return [Service(f"zzzzz-bi6l4-{i:015d}", url, "disk") for i, url in enumerate(urls)]
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[KeepServer]]:
-    made = [KeepServer([tmp_path / f"v{i}"]).start() for i in range(3)]
-    yield made
-    for server in made:
-        server.stop()
 
 
 def _put_pool_threads() -> set[threading.Thread]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, wait
-from pathlib import Path
 
 import pytest
 
@@ -23,14 +21,6 @@ from keepstore.transport import Headers, Request, Response
 
 def disk(servers: list[KeepServer], read_only: bool = False) -> list[Service]:
     return [Service(f"zzzzz-bi6l4-{i:015d}", s.url, "disk", read_only=read_only) for i, s in enumerate(servers)]
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[KeepServer]]:
-    made = [KeepServer([tmp_path / f"v{i}"]).start() for i in range(3)]
-    yield made
-    for server in made:
-        server.stop()
 
 
 def threads_named(prefix: str) -> set[threading.Thread]:
