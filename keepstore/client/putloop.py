@@ -81,7 +81,7 @@ class QueuedPut:
     def end(self) -> None:
         """The first round is over (nothing of it in flight): finish, or go on elsewhere."""
         if self._error is not None:
-            self._fail(self._error)
+            self.fail(self._error)
             return
         assert self._fan is not None
         retry_after = self._fan.retry_after if self._fan.retry_after >= 0 else None
@@ -92,13 +92,9 @@ class QueuedPut:
         try:
             inner = self._carry_on(lambda: self._finish(first))
         except RuntimeError:  # the task pool is shut down: the client closed
-            self._fail(self.write.give_up(GiveUp.CLOSED, 1))
+            self.fail(self.write.give_up(GiveUp.CLOSED, 1))
             return
         inner.add_done_callback(self._dropped)
-
-    def fail(self, exc: BaseException) -> None:
-        """End the put with *exc* (the loop could not run it)."""
-        self._fail(exc)
 
     def _finish(self, first: RoundResult[PutResult]) -> None:
         """Go on from *first*, the first round's result, to the put's end (on the task pool
@@ -107,16 +103,17 @@ class QueuedPut:
             result = run_rounds(self.write, self.write.link.rounds, first=first, started=self._started)
             self._stored(result, self.write.view)
         except BaseException as exc:
-            self._fail(exc)
+            self.fail(exc)
         else:
             if not self.future.done():
                 self.future.set_result(result.locator if self._locator_only else result)
 
     def _dropped(self, inner: Future[Any]) -> None:
         if inner.cancelled():  # dropped by the pool's shutdown (close after cancel)
-            self._fail(Cancelled(f"PUT {self.write.subject} cancelled"))
+            self.fail(Cancelled(f"PUT {self.write.subject} cancelled"))
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """End the put with *exc* (unless it has ended already)."""
         if not self.future.done():
             self.future.set_exception(exc)
 

@@ -256,7 +256,6 @@ class CurlPump(CurlRace):
         self._pending: dict[int, Request] = {}  # added, not yet started
         super().__init__(slot, (), 0.0, on_start, configure, map_error, closed, together=True)
         self._next = 0
-        self._open = 0
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
@@ -266,12 +265,11 @@ class CurlPump(CurlRace):
         self._next += 1
         self._pending[index] = request
         self._waiting.append(index)
-        self._open += 1
         return index
 
     @property
     def running(self) -> int:
-        return self._open
+        return len(self._pending) + len(self._running) + len(self._ready)
 
     def wake(self) -> None:
         try:
@@ -288,7 +286,6 @@ class CurlPump(CurlRace):
             self._advance()
         ready = list(self._ready)
         self._ready.clear()
-        self._open -= len(ready)
         return ready
 
     def _request(self, index: int) -> Request:
